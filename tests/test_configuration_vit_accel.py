@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from vit_accel import VIT_VARIANTS, ViTAccelConfig
+
+SEED_VARIANTS = [f"vit-{s}-p{p}-{r}" for s in ("base", "large") for p in (16, 32) for r in (224, 384)]
+
+
+def test_variant_table_has_the_seed_variants_and_the_extras():
+    for name in [*SEED_VARIANTS, "vit-tiny-p16-224", "vit-small-p16-224", "vit-huge-p14-224"]:
+        assert name in VIT_VARIANTS
+
+
+@pytest.mark.parametrize(
+    "name, width, depth, heads, mlp, patch, res",
+    [
+        ("vit-base-p16-224", 768, 12, 12, 3072, 16, 224),
+        ("vit-base-p32-384", 768, 12, 12, 3072, 32, 384),
+        ("vit-large-p16-384", 1024, 24, 16, 4096, 16, 384),
+        ("vit-large-p32-224", 1024, 24, 16, 4096, 32, 224),
+        ("vit-tiny-p16-224", 192, 12, 3, 768, 16, 224),
+        ("vit-small-p32-224", 384, 12, 6, 1536, 32, 224),
+        ("vit-huge-p14-224", 1280, 32, 16, 5120, 14, 224),
+    ],
+)
+def test_from_variant_shapes(name, width, depth, heads, mlp, patch, res):
+    config = ViTAccelConfig.from_variant(name)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (width, depth, heads)
+    assert (config.intermediate_size, config.patch_size, config.image_size) == (mlp, patch, res)
+    assert config.layer_norm_eps == 1e-6
+    assert config.grid_size == (res // patch, res // patch)
+
+
+def test_from_variant_overrides_and_labels():
+    config = ViTAccelConfig.from_variant("vit-base-p16-384", num_labels=100, drop_path_rate=0.1)
+    assert config.num_labels == 100 and config.drop_path_rate == 0.1 and config.image_size == 384
+    assert len(config.id2label) == 100
+
+
+def test_unknown_variant_lists_valid_names():
+    with pytest.raises(ValueError, match="Unknown ViT variant 'vit-base-p16-225'") as info:
+        ViTAccelConfig.from_variant("vit-base-p16-225")
+    for name in SEED_VARIANTS:
+        assert name in str(info.value)
+
+
+def test_hidden_size_not_divisible_by_heads():
+    with pytest.raises(ValueError, match=r"hidden_size \(100\) must be divisible by .*num_attention_heads \(12\)"):
+        ViTAccelConfig(hidden_size=100, num_attention_heads=12)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", 30, "image_size 30 must be a positive multiple of ViTAccelConfig.patch_size 16"),
+        ("drop_path_rate", 1.5, "drop_path_rate must be in"),
+        ("num_hidden_layers", 0, "num_hidden_layers must be a positive integer"),
+        ("representation_size", -1, "representation_size must be None or positive"),
+    ],
+)
+def test_bad_fields_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ViTAccelConfig(**{field: value})
+
+
+def test_labels_round_trip_through_json(tmp_path):
+    config = ViTAccelConfig.from_variant(
+        "vit-tiny-p16-224", id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1}
+    )
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "vit_accel"
+    assert saved["id2label"] == {"0": "cat", "1": "dog"}
+    loaded = ViTAccelConfig.from_pretrained(tmp_path)
+    assert loaded.id2label == {0: "cat", 1: "dog"} and loaded.label2id == {"cat": 0, "dog": 1}
+    assert loaded.num_labels == 2 and loaded.hidden_size == 192

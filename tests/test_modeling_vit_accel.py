@@ -1,0 +1,270 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from factories import tiny_config_kwargs
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+
+from vit_accel import (
+    ViTAccelConfig,
+    ViTAccelForImageClassification,
+    ViTAccelModel,
+    resample_position_embeddings,
+)
+
+ATOL = 1e-4
+
+
+def hf_pair(**overrides):
+    """A random transformers ViT and ours holding the very same weights (no renaming needed)."""
+    kwargs = tiny_config_kwargs(**overrides)
+    torch.manual_seed(0)
+    reference = ViTForImageClassification(
+        ViTConfig(**kwargs, layer_norm_eps=1e-6, hidden_act="gelu", attn_implementation="eager")
+    ).eval()
+    ours = ViTAccelForImageClassification(ViTAccelConfig(**kwargs)).eval()
+    missing, unexpected = ours.load_state_dict(reference.state_dict(), strict=True)
+    assert not missing and not unexpected
+    return reference, ours
+
+
+@pytest.mark.parametrize("patch_size, image_size", [(8, 32), (16, 64), (32, 64)])
+@pytest.mark.parametrize("interpolate", [False, True])
+def test_matches_transformers_vit(patch_size, image_size, interpolate):
+    reference, ours = hf_pair(patch_size=patch_size, image_size=image_size)
+    size = image_size * 3 // 2 if interpolate else image_size
+    pixels = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected = reference(pixels, interpolate_pos_encoding=interpolate, output_hidden_states=True)
+        got = ours(pixels, interpolate_pos_encoding=interpolate, output_hidden_states=True)
+    assert got.logits.shape == (3, 5)
+    torch.testing.assert_close(got.logits, expected.logits, atol=ATOL, rtol=0)
+    assert len(got.hidden_states) == len(expected.hidden_states) == 3
+    for mine, theirs in zip(got.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+
+
+def test_base_model_matches_transformers_last_hidden_state():
+    reference, ours = hf_pair()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference.vit(pixels).last_hidden_state
+        got = ours.vit(pixels).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_output_attentions_returns_real_maps():
+    reference, ours = hf_pair()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(pixels, output_attentions=True).attentions
+        got = ours(pixels, output_attentions=True)
+    assert len(got.attentions) == 2
+    for mine, theirs in zip(got.attentions, expected):
+        assert mine.shape == (2, 4, 17, 17)
+        torch.testing.assert_close(mine.sum(-1), torch.ones(2, 4, 17))
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+    # The explicit path and SDPA give the same logits.
+    with torch.no_grad():
+        torch.testing.assert_close(got.logits, ours(pixels).logits, atol=1e-5, rtol=0)
+
+
+def test_pre_logits_is_dense_tanh_on_cls():
+    torch.manual_seed(0)
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(representation_size=24))).eval()
+    assert model.classifier.in_features == 24
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.vit(pixels)
+        cls = out.last_hidden_state[:, 0]
+        torch.testing.assert_close(out.pooler_output, torch.tanh(model.vit.pooler.dense(cls)))
+        torch.testing.assert_close(model(pixels).logits, model.classifier(out.pooler_output))
+
+
+def test_tanh_gelu_option_changes_the_mlp():
+    config = ViTAccelConfig(**tiny_config_kwargs(hidden_act="gelu_pytorch_tanh"))
+    model = ViTAccelModel(config)
+    x = torch.linspace(-3, 3, 96)
+    torch.testing.assert_close(model.layers[0].mlp.activation_fn(x), torch.nn.functional.gelu(x, approximate="tanh"))
+    assert not torch.allclose(model.layers[0].mlp.activation_fn(x), torch.nn.functional.gelu(x))
+
+
+def test_save_and_load_round_trip_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    labels = {0: "a", 1: "b", 2: "c", 3: "d", 4: "e"}
+    model = ViTAccelForImageClassification(
+        ViTAccelConfig(**tiny_config_kwargs(id2label=labels, label2id={v: k for k, v in labels.items()}))
+    ).eval()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "configuration_vit_accel.py", "modeling_vit_accel.py"} <= files
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixels).logits
+    for loader in (ViTAccelForImageClassification, AutoModelForImageClassification):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is ViTAccelForImageClassification
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+        with torch.no_grad():
+            assert torch.equal(loaded(pixels).logits, expected)
+        assert loaded.config.id2label == labels
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ViTAccelConfig)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is ViTAccelModel
+
+
+def test_fresh_process_without_vit_accel_loads_with_remote_code(tmp_path):
+    torch.manual_seed(0)
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    with torch.no_grad():
+        torch.save(model(pixels).logits, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["vit_accel"] = None  # any import of vit_accel now fails
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+        assert "vit_accel" not in type(model).__module__.split(".")[0], type(model).__module__
+        pixels = torch.load({str(tmp_path / "pixels.pt")!r}, weights_only=True)
+        expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True)
+        with torch.no_grad():
+            diff = (model(pixels).logits - expected).abs().max().item()
+        print("MAXDIFF", diff, type(model).__module__)
+        assert diff == 0.0, diff
+        """
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MAXDIFF 0.0 transformers_modules" in result.stdout
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).train()
+    pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    def grads():
+        model.zero_grad()
+        model(pixels, labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = grads()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_losses_follow_problem_type():
+    torch.manual_seed(0)
+    pixels = torch.randn(4, 3, 32, 32)
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    labels = torch.tensor([0, 4, 2, 1])
+    out = model(pixels, labels=labels)
+    assert model.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    multi_hot = torch.randint(0, 2, (4, 5)).float()
+    out = model(pixels, labels=multi_hot)
+    assert model.config.problem_type == "multi_label_classification"
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, multi_hot))
+
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_labels=1))).eval()
+    target = torch.randn(4)
+    out = model(pixels, labels=target)
+    assert model.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), target))
+
+
+def test_return_dict_false_gives_tuples():
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        loss, logits = model(pixels, labels=torch.tensor([1]), return_dict=False)
+        torch.testing.assert_close(logits, model(pixels).logits)
+
+
+def test_dropout_and_drop_path_are_settable_and_off_in_eval():
+    torch.manual_seed(0)
+    config = ViTAccelConfig(**tiny_config_kwargs(hidden_dropout_prob=0.1, drop_path_rate=0.2))
+    model = ViTAccelForImageClassification(config)
+    assert model.vit.layers[0].drop_path.drop_prob == 0.0
+    assert model.vit.layers[-1].drop_path.drop_prob == pytest.approx(0.2)
+    pixels = torch.randn(8, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(pixels).logits, model(pixels).logits)
+        model.train()
+        assert not torch.allclose(model(pixels).logits, model(pixels).logits)
+
+
+def test_resample_position_embeddings_keeps_cls_and_matches_forward_interpolation():
+    reference, ours = hf_pair()
+    pos = ours.vit.embeddings.position_embeddings.detach()
+    resampled = resample_position_embeddings(pos, (6, 6))
+    assert resampled.shape == (1, 37, 48)
+    assert torch.equal(resampled[:, 0], pos[:, 0])
+    assert resample_position_embeddings(pos, (4, 4)) is pos
+    with torch.no_grad():
+        torch.testing.assert_close(ours.vit.embeddings.interpolate_pos_encoding(48, 48), resampled)
+    # Loading the resampled table into a 48-px model is the same as interpolating at forward time.
+    big = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(image_size=48))).eval()
+    state = ours.state_dict()
+    state["vit.embeddings.position_embeddings"] = resampled
+    big.load_state_dict(state)
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(big(pixels).logits, ours(pixels, interpolate_pos_encoding=True).logits)
+
+
+def test_resample_position_embeddings_matches_timm_bilinear():
+    from timm.layers import resample_abs_pos_embed
+
+    pos = torch.randn(1, 1 + 7 * 7, 16)
+    ours = resample_position_embeddings(pos, (12, 12), mode="bilinear", antialias=False)
+    theirs = resample_abs_pos_embed(pos, [12, 12], num_prefix_tokens=1, interpolation="bilinear", antialias=False)
+    torch.testing.assert_close(ours, theirs)
+    half = resample_position_embeddings(pos.half(), (12, 12), mode="bilinear")
+    assert half.dtype == torch.float16
+    with pytest.raises(ValueError, match="old_grid"):
+        resample_position_embeddings(torch.randn(1, 1 + 10, 16), (4, 4))
+
+
+def test_bad_inputs_give_clear_errors():
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    with pytest.raises(ValueError, match=r"Input image size \(48x48\) doesn't match config.image_size \(32x32\)"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="pixel_values has 1 channels but the model expects config.num_channels=3"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="4-D tensor"):
+        model(torch.randn(3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "variant, timm_name",
+    [(f"vit-{s}-p{p}-{r}", f"vit_{s}_patch{p}_{r}") for s in ("base", "large") for p in (16, 32) for r in (224, 384)],
+)
+def test_parameter_counts_match_timm(variant, timm_name):
+    import timm
+
+    with torch.device("meta"):
+        ours = ViTAccelForImageClassification(ViTAccelConfig.from_variant(variant, num_labels=1000))
+        theirs = timm.create_model(timm_name, pretrained=False, num_classes=1000)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters())
+    assert count > 80_000_000

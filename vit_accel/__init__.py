@@ -1,0 +1,32 @@
+"""vit_accel: fine-tune Vision Transformers the way the Hugging Face ecosystem expects."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_vit_accel import VIT_SIZES, VIT_VARIANTS, ViTAccelConfig
+from .modeling_vit_accel import (
+    ViTAccelForImageClassification,
+    ViTAccelModel,
+    ViTAccelPreTrainedModel,
+    resample_position_embeddings,
+)
+
+__version__ = "0.1.0"
+
+# Importing vit_accel makes the Auto classes know our model type; `register_for_auto_class` makes `save_pretrained`
+# copy the two model files and write `auto_map`, so a saved directory loads without vit_accel (trust_remote_code).
+AutoConfig.register(ViTAccelConfig.model_type, ViTAccelConfig, exist_ok=True)
+AutoModel.register(ViTAccelConfig, ViTAccelModel, exist_ok=True)
+AutoModelForImageClassification.register(ViTAccelConfig, ViTAccelForImageClassification, exist_ok=True)
+ViTAccelConfig.register_for_auto_class()
+ViTAccelModel.register_for_auto_class("AutoModel")
+ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "VIT_SIZES",
+    "VIT_VARIANTS",
+    "ViTAccelConfig",
+    "ViTAccelForImageClassification",
+    "ViTAccelModel",
+    "ViTAccelPreTrainedModel",
+    "resample_position_embeddings",
+]

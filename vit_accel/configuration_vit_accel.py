@@ -1,0 +1,159 @@
+"""ViTAccel model configuration.
+
+This file imports only `transformers` (and the standard library) so that it can travel to the Hugging Face Hub as
+remote code next to `modeling_vit_accel.py`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from transformers import PreTrainedConfig
+
+# One table of sizes, in the spirit of big_vision's `decode_variant`: width, depth, heads, MLP width.
+# Values from "An Image is Worth 16x16 Words" (Table 1) and "How to train your ViT" (Ti, S).
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (192, 12, 3, 768),
+    "small": (384, 12, 6, 1536),
+    "base": (768, 12, 12, 3072),
+    "large": (1024, 24, 16, 4096),
+    "huge": (1280, 32, 16, 5120),
+}
+
+# Named variants `vit-{size}-p{patch}-{resolution}`. The seed's eight are base/large x p16/p32 x 224/384.
+VIT_VARIANTS: tuple[str, ...] = (
+    *(
+        f"vit-{size}-p{patch}-{res}"
+        for size in ("tiny", "small", "base", "large")
+        for patch in (16, 32)
+        for res in (224, 384)
+    ),
+    "vit-base-p8-224",
+    "vit-huge-p14-224",
+)
+
+_VARIANT_RE = re.compile(r"^vit-(?P<size>[a-z]+)-p(?P<patch>\d+)-(?P<res>\d+)$")
+
+
+def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    height, width = value
+    return (int(height), int(width))
+
+
+class ViTAccelConfig(PreTrainedConfig):
+    r"""
+    Configuration of a Vision Transformer as in Google's `vit_jax` ("An Image is Worth 16x16 Words"): convolutional
+    patch embedding, learnable CLS token, learned position embeddings, pre-norm encoder blocks and a classifier on the
+    CLS token, optionally behind a `pre_logits` layer (Dense + tanh) as in the ImageNet-21k checkpoints.
+
+    Field names follow `transformers.ViTConfig` where it has them.
+
+    Args:
+        hidden_size (`int`, defaults to 768): width of the encoder.
+        num_hidden_layers (`int`, defaults to 12): number of encoder blocks.
+        num_attention_heads (`int`, defaults to 12): attention heads; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 3072): width of the MLP.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation. `"gelu"` is exact GELU (timm, transformers);
+            `"gelu_pytorch_tanh"` is the tanh approximation that Google's JAX code uses.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout after the embeddings, attention and MLP.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention probabilities.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth; grows linearly from 0 to this value over depth.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal used to initialise weights.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon (Flax's default, used by the checkpoints).
+        image_size (`int` or `(height, width)`, defaults to 224): input resolution the position embeddings are for.
+        patch_size (`int` or `(height, width)`, defaults to 16): patch (and convolution stride) size.
+        num_channels (`int`, defaults to 3): input channels.
+        qkv_bias (`bool`, defaults to `True`): bias on the query, key and value projections.
+        representation_size (`int`, *optional*): width of the `pre_logits` layer (Dense + tanh) before the
+            classifier, as in Google's ImageNet-21k checkpoints. `None` (the default, and the fine-tuning setting)
+            means no such layer.
+
+    Example:
+
+    ```python
+    >>> from vit_accel import ViTAccelConfig
+    >>> config = ViTAccelConfig.from_variant("vit-base-p16-384", num_labels=100)
+    >>> config.image_size, config.hidden_size
+    (384, 768)
+    ```
+    """
+
+    model_type = "vit_accel"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-6
+    image_size: int | list[int] | tuple[int, int] = 224
+    patch_size: int | list[int] | tuple[int, int] = 16
+    num_channels: int = 3
+    qkv_bias: bool = True
+    representation_size: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ViTAccelConfig.{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"ViTAccelConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"ViTAccelConfig.num_attention_heads ({self.num_attention_heads})."
+            )
+        image, patch = _pair(self.image_size), _pair(self.patch_size)
+        if min(patch) <= 0 or image[0] % patch[0] or image[1] % patch[1]:
+            raise ValueError(
+                f"ViTAccelConfig.image_size {self.image_size} must be a positive multiple of "
+                f"ViTAccelConfig.patch_size {self.patch_size}."
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"ViTAccelConfig.{name} must be in [0, 1), got {value!r}.")
+        if self.representation_size is not None and self.representation_size <= 0:
+            raise ValueError(
+                f"ViTAccelConfig.representation_size must be None or positive, got {self.representation_size!r}."
+            )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Number of patches along (height, width) at `image_size`."""
+        image, patch = _pair(self.image_size), _pair(self.patch_size)
+        return (image[0] // patch[0], image[1] // patch[1])
+
+    @classmethod
+    def from_variant(cls, name: str, **overrides) -> ViTAccelConfig:
+        """Build the configuration of a named variant, e.g. `"vit-base-p16-224"`, with fields overridden by keyword.
+
+        Raises:
+            ValueError: if `name` is not one of `VIT_VARIANTS`; the message lists the valid names.
+        """
+        match = _VARIANT_RE.match(name) if name in VIT_VARIANTS else None
+        if match is None:
+            raise ValueError(f"Unknown ViT variant {name!r}. Valid names: {', '.join(VIT_VARIANTS)}.")
+        hidden, depth, heads, mlp = VIT_SIZES[match["size"]]
+        fields = {
+            "hidden_size": hidden,
+            "num_hidden_layers": depth,
+            "num_attention_heads": heads,
+            "intermediate_size": mlp,
+            "patch_size": int(match["patch"]),
+            "image_size": int(match["res"]),
+        }
+        fields.update(overrides)
+        return cls(**fields)
+
+
+__all__ = ["VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]

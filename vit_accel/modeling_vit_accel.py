@@ -1,0 +1,382 @@
+"""ViTAccel: Google's Vision Transformer as a `transformers` PreTrainedModel.
+
+This file imports only `torch` and `transformers` (plus its configuration) so that it can travel to the Hugging Face
+Hub as remote code. Parameter names are those of `transformers`' own ViT (v5 in-memory names), so a
+`ViTForImageClassification` state dict loads into ours without any renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_vit_accel import ViTAccelConfig, _pair
+
+
+def resample_position_embeddings(
+    position_embeddings: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Resample learned position embeddings `(1, prefix + H*W, D)` to a new `(height, width)` grid.
+
+    The prefix (CLS) embeddings are kept as they are; the grid is interpolated in float32 and cast back. Google and timm
+    use `mode="bilinear"` for npz checkpoints; timm (other sources) and transformers use `"bicubic"`.
+    """
+    prefix, grid = position_embeddings[:, :num_prefix_tokens], position_embeddings[:, num_prefix_tokens:]
+    num_positions, dim = grid.shape[1], grid.shape[2]
+    if old_grid is None:
+        side = math.isqrt(num_positions)
+        if side * side != num_positions:
+            raise ValueError(
+                f"Cannot infer the grid of {num_positions} position embeddings; pass old_grid=(height, width)."
+            )
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != num_positions:
+        raise ValueError(f"old_grid {tuple(old_grid)} does not hold the {num_positions} position embeddings given.")
+    new_grid = (int(new_grid[0]), int(new_grid[1]))
+    if tuple(old_grid) == new_grid:
+        return position_embeddings
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(position_embeddings.dtype)
+    return torch.cat((prefix, grid), dim=1)
+
+
+class ViTAccelPatchEmbeddings(nn.Module):
+    """Turns `pixel_values (B, C, H, W)` into patch tokens `(B, H/p * W/p, D)` with a stride-p convolution."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        self.num_channels = config.num_channels
+        self.patch_size = _pair(config.patch_size)
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ViTAccelEmbeddings(nn.Module):
+    """CLS token + patch embeddings + learned position embeddings."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        self.image_size = _pair(config.image_size)
+        self.grid_size = config.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = ViTAccelPatchEmbeddings(config)
+        num_positions = self.grid_size[0] * self.grid_size[1] + 1
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for an input of `height` x `width` pixels (bicubic, as transformers does)."""
+        patch = self.patch_embeddings.patch_size
+        new_grid = (height // patch[0], width // patch[1])
+        return resample_position_embeddings(self.position_embeddings, new_grid, old_grid=self.grid_size)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be a 4-D tensor (batch, channels, height, width), got shape "
+                f"{tuple(pixel_values.shape)}."
+            )
+        batch_size, num_channels, height, width = pixel_values.shape
+        if num_channels != self.patch_embeddings.num_channels:
+            raise ValueError(
+                f"pixel_values has {num_channels} channels but the model expects "
+                f"config.num_channels={self.patch_embeddings.num_channels}."
+            )
+        patch = self.patch_embeddings.patch_size
+        if interpolate_pos_encoding:
+            if height < patch[0] or width < patch[1]:
+                raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
+            position_embeddings = self.interpolate_pos_encoding(height, width)
+        else:
+            if (height, width) != self.image_size:
+                raise ValueError(
+                    f"Input image size ({height}x{width}) doesn't match config.image_size "
+                    f"({self.image_size[0]}x{self.image_size[1]}). Resize the input, or pass "
+                    "interpolate_pos_encoding=True to resample the position embeddings on the fly."
+                )
+            position_embeddings = self.position_embeddings
+        embeddings = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(batch_size, -1, -1)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1) + position_embeddings
+        return self.dropout(embeddings)
+
+
+class ViTAccelAttention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention` (flash / memory-efficient kernels on CUDA).
+
+    With `output_attentions=True` the attention map is computed explicitly for that call, since SDPA does not return it.
+    """
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, _ = hidden_states.shape
+        shape = (batch_size, seq_len, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        if output_attentions:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+            context = torch.matmul(F.dropout(weights, p=dropout, training=self.training), value)
+        else:
+            weights = None
+            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scaling)
+        context = context.transpose(1, 2).reshape(batch_size, seq_len, -1)
+        return self.o_proj(context), weights
+
+
+class ViTAccelMLP(nn.Module):
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class ViTAccelDropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample, rescaling the kept ones."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * mask / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class ViTAccelLayer(GradientCheckpointingLayer):
+    """Pre-norm encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: ViTAccelConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ViTAccelAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTAccelMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = ViTAccelDropPath(drop_path)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attention_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
+        return hidden_states, attention_weights
+
+
+class ViTAccelPooler(nn.Module):
+    """Google's `pre_logits`: Dense + tanh on the CLS token (present only when `representation_size` is set)."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.representation_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class ViTAccelPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the hooks `transformers` needs (checkpointing, SDPA, compile)."""
+
+    config_class = ViTAccelConfig
+    config: ViTAccelConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTAccelEmbeddings", "ViTAccelLayer"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated-normal weights (std `initializer_range`), zero biases, unit LayerNorms, as transformers' ViT."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ViTAccelEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+
+
+class ViTAccelModel(ViTAccelPreTrainedModel):
+    """The bare ViT encoder: returns the normalised token sequence and, with `representation_size`, `pre_logits`."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__(config)
+        self.embeddings = ViTAccelEmbeddings(config)
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
+        self.layers = nn.ModuleList(ViTAccelLayer(config, drop_path=rate) for rate in rates)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = ViTAccelPooler(config) if config.representation_size is not None else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`): normalised images.
+            output_attentions (`bool`): also return each block's attention map `(batch, heads, tokens, tokens)`.
+            output_hidden_states (`bool`): also return the embeddings and each block's output.
+            interpolate_pos_encoding (`bool`): resample the position embeddings (bicubic) to the input size.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required.")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+
+        # Inputs arrive as float32 from most pipelines; the weights decide the compute dtype (bf16 under DeepSpeed).
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attention_weights = layer(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attention_weights,)
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
+    """ViT with a linear classifier on the CLS token (behind `pre_logits` when `representation_size` is set)."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = ViTAccelModel(config)
+        features = config.representation_size or config.hidden_size
+        self.classifier = nn.Linear(features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            labels (`torch.Tensor`, *optional*): class indices `(batch,)` for single-label classification, a float
+                multi-hot `(batch, num_labels)` for multi-label, or float targets for regression (`num_labels == 1`).
+                The kind follows `config.problem_type`, inferred as transformers does when unset.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        features = outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
+        logits = self.classifier(features)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, BCE-with-logits or MSE depending on `config.problem_type` (inferred when unset)."""
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
+            return F.mse_loss(logits.float(), labels.float())
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.dtype).float())
+
+
+__all__ = [
+    "ViTAccelForImageClassification",
+    "ViTAccelModel",
+    "ViTAccelPreTrainedModel",
+    "resample_position_embeddings",
+]
