@@ -14,3 +14,104 @@ def tiny_config_kwargs(**overrides) -> dict:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+# --- Image datasets in the real on-disk formats (issue 4). Tiny: tens of 32x32 images, built in a tmp folder. ---
+
+
+def random_rgb(seed: int, size: tuple[int, int] = (32, 32)):
+    """A seeded random uint8 RGB array of shape (height, width, 3)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+
+
+def png_bytes(array, mode: str | None = None) -> bytes:
+    """Encode an array (or a PIL image) as PNG bytes."""
+    import io
+
+    import PIL.Image
+
+    image = array if isinstance(array, PIL.Image.Image) else PIL.Image.fromarray(array, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cifar100_dataset(num: int, seed: int = 0, num_fine: int = 100):
+    """uoft-cs/cifar100's schema: `img` (PNG bytes), `fine_label` (ClassLabel 100), `coarse_label` (20)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    features = Features(
+        {
+            "img": Image(),
+            "fine_label": ClassLabel(names=[f"fine_{i}" for i in range(num_fine)]),
+            "coarse_label": ClassLabel(names=[f"coarse_{i}" for i in range(20)]),
+        }
+    )
+    return Dataset.from_dict(
+        {
+            "img": [{"bytes": png_bytes(random_rgb(seed * 100_000 + i)), "path": None} for i in range(num)],
+            "fine_label": [i % num_fine for i in range(num)],
+            "coarse_label": [(i % num_fine) % 20 for i in range(num)],
+        },
+        features=features,
+    )
+
+
+def cifar10_dataset(num: int, seed: int = 0):
+    """uoft-cs/cifar10's schema: `img` (PNG bytes) and `label` (ClassLabel of 10 names)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    features = Features({"img": Image(), "label": ClassLabel(names=names)})
+    return Dataset.from_dict(
+        {
+            "img": [{"bytes": png_bytes(random_rgb(seed * 100_000 + i)), "path": None} for i in range(num)],
+            "label": [i % 10 for i in range(num)],
+        },
+        features=features,
+    )
+
+
+def beans_dataset(num: int, seed: int = 0):
+    """beans' schema: `image_file_path` (string), `image` (Image), `labels` (ClassLabel of 3 names)."""
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+
+    names = ["angular_leaf_spot", "bean_rust", "healthy"]
+    features = Features({"image_file_path": Value("string"), "image": Image(), "labels": ClassLabel(names=names)})
+    return Dataset.from_dict(
+        {
+            "image_file_path": [f"/beans/train/{i}.jpg" for i in range(num)],
+            "image": [{"bytes": png_bytes(random_rgb(seed * 100_000 + i, (48, 40))), "path": None} for i in range(num)],
+            "labels": [i % 3 for i in range(num)],
+        },
+        features=features,
+    )
+
+
+def write_hub_parquet(root, splits: dict) -> None:
+    """Write {split: Dataset} as a Hub repository does: `root/data/<split>-00000-of-00001.parquet` (features kept)."""
+    from pathlib import Path
+
+    data = Path(root) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for split, dataset in splits.items():
+        dataset.to_parquet(str(data / f"{split}-00000-of-00001.parquet"))
+
+
+def write_image_folder(root, per_class: dict, seed: int = 0, ext: str = "png") -> list:
+    """ImageFolder layout `root/<class>/<i>.<ext>` with `per_class[class]` images each; returns the file paths."""
+    from pathlib import Path
+
+    import PIL.Image
+
+    paths = []
+    for c, (name, count) in enumerate(sorted(per_class.items())):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            path = folder / f"{i}.{ext}"
+            PIL.Image.fromarray(random_rgb(seed * 100_000 + c * 1000 + i)).save(path)
+            paths.append(path)
+    return paths

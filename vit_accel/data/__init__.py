@@ -1,0 +1,31 @@
+"""The data layer: any image-classification dataset through 🤗 datasets, augmented cheaply and reproducibly."""
+
+from .arguments import AUGMENTATIONS, BAD_IMAGE_POLICIES, DataArguments
+from .loading import (
+    BadImageError,
+    EpochShuffleSampler,
+    ImageClassificationDataset,
+    collate,
+    example_seed,
+    make_dataloader,
+)
+from .sources import ImageClassificationData, load_image_dataset, stratified_split
+from .transforms import Pipeline, build_pipeline, to_rgb
+
+__all__ = [
+    "AUGMENTATIONS",
+    "BAD_IMAGE_POLICIES",
+    "BadImageError",
+    "DataArguments",
+    "EpochShuffleSampler",
+    "ImageClassificationData",
+    "ImageClassificationDataset",
+    "Pipeline",
+    "build_pipeline",
+    "collate",
+    "example_seed",
+    "load_image_dataset",
+    "make_dataloader",
+    "stratified_split",
+    "to_rgb",
+]

@@ -1,0 +1,96 @@
+"""Command-line arguments of the data layer, named as in transformers' `run_image_classification_no_trainer.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "none")
+BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are augmented; parsed by `transformers.HfArgumentParser`."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A dataset on the Hugging Face Hub (e.g. `uoft-cs/cifar100`), or a local path: a folder of "
+            "parquet/arrow files (split names from the file names, as on the Hub) or a `save_to_disk` directory."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration name of the dataset (`datasets.load_dataset`'s `name`)."}
+    )
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A folder of training images in ImageFolder layout: `root/<class>/*.png|jpg`."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A folder of validation images in ImageFolder layout (as --train_dir)."}
+    )
+    image_column_name: str | None = field(
+        default=None,
+        metadata={"help": "The column holding the images. Default: `image`, `img`, or the only `Image` column."},
+    )
+    label_column_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The column holding the labels. Default: `label`, `labels`, `fine_label`, or the first "
+            "`ClassLabel` column."
+        },
+    )
+    train_val_split: float = field(
+        default=0.15,
+        metadata={
+            "help": "Fraction of the training split held out (seeded, stratified by label) for validation when the "
+            "dataset has no validation or test split."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "For debugging or quicker training: keep this many training examples (a seeded sample)."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "For debugging or quicker evaluation: keep this many validation examples (a seeded sample)."},
+    )
+    augmentation: str = field(
+        default="cifar",
+        metadata={
+            "help": "Training augmentation preset: `cifar` (crop 32 pad 4, flip, AutoAugment CIFAR10 at 32 px, then "
+            "resized on the accelerator), `inception` (random resized crop + flip, pixels in [-1, 1]), `randaugment` "
+            "(random resized crop + flip + RandAugment), `none` (resize only).",
+            "choices": list(AUGMENTATIONS),
+        },
+    )
+    bad_images: str = field(
+        default="error",
+        metadata={
+            "help": "What to do with an image that cannot be decoded: `error` stops with its row and path, `skip` "
+            "replaces it by the next readable example and counts it.",
+            "choices": list(BAD_IMAGE_POLICIES),
+        },
+    )
+    dataloader_num_workers: int = field(
+        default=2, metadata={"help": "Worker processes per data loader (0 decodes in the main process)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset_name is None and self.train_dir is None:
+            raise ValueError("Give a dataset: --dataset_name (a Hub id or a local path) or --train_dir (ImageFolder).")
+        if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):
+            raise ValueError("Give either --dataset_name or --train_dir/--validation_dir, not both.")
+        if self.validation_dir is not None and self.train_dir is None:
+            raise ValueError("--validation_dir needs --train_dir.")
+        if not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"--train_val_split must be in (0, 1), got {self.train_val_split}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {value}.")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"--augmentation must be one of {', '.join(AUGMENTATIONS)}; got {self.augmentation!r}.")
+        if self.bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")

@@ -1,0 +1,181 @@
+"""A torch Dataset over a normalised 🤗 dataset, its collate function and a seeded, resumable DataLoader.
+
+Every random choice is a pure function of (seed, epoch, index): the augmentation of an example through a generator
+seeded from those three numbers, the order of an epoch through a permutation seeded from (seed, epoch). So batches do
+not depend on `num_workers`, and a run resumed mid-epoch with `accelerator.skip_first_batches` sees exactly the
+batches the uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import warnings
+from collections.abc import Iterator
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .arguments import BAD_IMAGE_POLICIES
+from .transforms import Pipeline
+
+# What PIL raises on truncated, corrupt or unsupported files.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
+
+
+class BadImageError(ValueError):
+    """An image that cannot be decoded; the message names the row and, when known, the file."""
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixed from (seed, epoch, index) by numpy's SeedSequence (no collisions between neighbours)."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch, index]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """Decodes, converts to RGB and augments one example per `__getitem__`; returns uint8 pixels and an int label.
+
+    `bad_images="error"` raises `BadImageError` naming the row (and file); `"skip"` replaces an unreadable example by
+    the next readable one (deterministically), counts it in `num_skipped` (shared across worker processes) and warns.
+    """
+
+    def __init__(self, data: datasets.Dataset, pipeline: Pipeline, seed: int, bad_images: str = "error") -> None:
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {bad_images!r}.")
+        for column in ("image", "label"):
+            if column not in data.column_names:
+                raise ValueError(f"Expected columns 'image' and 'label'; got {data.column_names}.")
+        # Read the encoded bytes/path rather than a decoded image, so that a corrupt file can be caught and named.
+        image_feature = data.features["image"]
+        if isinstance(image_feature, datasets.Image) and image_feature.decode:
+            data = data.cast_column("image", datasets.Image(decode=False))
+        self.data = data
+        self.pipeline = pipeline
+        self.seed = int(seed)
+        self.bad_images = bad_images
+        self.epoch = 0
+        # A shared counter so that skips in DataLoader workers are visible from the main process.
+        self._skipped = multiprocessing.get_context().Value("q", 0)
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: changes the augmentations and (through `make_dataloader`'s sampler) the order."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_skipped(self) -> int:
+        """How many unreadable examples were replaced so far (all processes together)."""
+        return int(self._skipped.value)
+
+    def _decode(self, index: int) -> tuple[PIL.Image.Image, int]:
+        row = self.data[index]
+        image, label = row["image"], row["label"]
+        path = None
+        try:
+            if isinstance(image, PIL.Image.Image):  # a dataset whose image column still decodes
+                decoded = image
+            else:
+                path = image.get("path")
+                if image.get("bytes") is not None:
+                    decoded = PIL.Image.open(io.BytesIO(image["bytes"]))
+                elif path:
+                    decoded = PIL.Image.open(path)
+                else:
+                    raise ValueError("the row has neither image bytes nor a path")
+            decoded.load()  # force the full decode here, so truncated files fail inside the try
+        except _DECODE_ERRORS as error:
+            where = f"row {index}" + (f" (file {path!r})" if path else "")
+            raise BadImageError(f"Cannot decode the image at {where}: {type(error).__name__}: {error}") from error
+        return decoded, int(label)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, index))
+        try:
+            image, label = self._decode(index)
+        except BadImageError as error:
+            if self.bad_images == "error":
+                raise BadImageError(f"{error}. Fix or remove it, or pass --bad_images skip.") from error.__cause__
+            image, label = self._substitute(index, error)
+        return {"pixel_values": self.pipeline(image, generator), "labels": label}
+
+    def _substitute(self, index: int, error: BadImageError) -> tuple[PIL.Image.Image, int]:
+        with self._skipped.get_lock():
+            self._skipped.value += 1
+        if not self._warned:  # once per process; the exact total is `num_skipped`
+            self._warned = True
+            warnings.warn(
+                f"{error}; skipping it and any further unreadable images (bad_images='skip'): each is replaced by "
+                "the next readable example. The count so far is in ImageClassificationDataset.num_skipped.",
+                stacklevel=3,
+            )
+        for step in range(1, len(self)):
+            try:
+                return self._decode((index + step) % len(self))
+            except BadImageError:
+                continue
+        raise BadImageError(f"No image in the dataset can be decoded (tried all {len(self)} rows).")
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack examples: {"pixel_values": uint8 (B, 3, h, w), "labels": int64 (B,)}."""
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.int64),
+    }
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that is a pure function of (seed, dataset epoch), so a fresh process can rebuild any epoch.
+
+    The epoch is read from the dataset (set by `ImageClassificationDataset.set_epoch`); `set_epoch` here (called by
+    accelerate's prepared loaders) forwards to the dataset, so either call moves both the order and the augmentation.
+    """
+
+    def __init__(self, dataset: ImageClassificationDataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(example_seed(self.seed, self.dataset.epoch, -1 & 0xFFFFFFFF))
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
+def make_dataloader(
+    dataset: ImageClassificationDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader whose batches depend only on (seed, epoch): not on num_workers nor on earlier iterations."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    sampler = EpochShuffleSampler(dataset, seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        # Workers are re-created every epoch so that they see the dataset's current epoch.
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(int(seed)),
+    )

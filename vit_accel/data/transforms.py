@@ -1,0 +1,169 @@
+"""Augmentation presets, split in two: a cheap per-example part on the CPU and a batched part on the accelerator.
+
+The per-example part (`Pipeline.__call__`) converts to RGB and augments at the preset's native size, returning uint8
+so that workers move 1 byte per pixel. The batched part (`Pipeline.on_device`) resizes the whole batch to the model's
+size and normalises it. For `cifar` this means AutoAugment runs on 32x32 images instead of 224x224 ones (the seed's
+order), which is where the CPU time went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from .arguments import AUGMENTATIONS
+
+CIFAR_SIZE = 32
+# Google's fine-tuning recipe scales pixels to [-1, 1]; the inception preset always uses it.
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+# Google's inception crop (vit_jax `inception_crop`) samples 5%-100% of the image area.
+INCEPTION_CROP_SCALE = (0.05, 1.0)
+# Evaluation crop ratio for the presets that centre-crop (timm's and torchvision's usual 0.875).
+EVAL_CROP_PCT = 0.875
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL image as 8-bit RGB: grayscale, 16-bit, palette, CMYK; transparency is composited over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: `convert("L")` would clip instead of scaling, so scale to 8 bit by the type's range.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        image = PIL.Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        image = PIL.Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    if image.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class Pipeline:
+    """One augmentation preset for training or evaluation.
+
+    `__call__` runs per example on the CPU and returns uint8 (3, h, w) with the same h, w for every example;
+    `on_device` runs per batch wherever the batch is and returns float32 (B, 3, S, S), normalised.
+    """
+
+    def __init__(
+        self,
+        preset: str,
+        train: bool,
+        cpu_transform: Callable[[PIL.Image.Image], torch.Tensor],
+        native_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.preset = preset
+        self.train = train
+        self.cpu_transform = cpu_transform
+        self.native_size = native_size
+        self.image_size = image_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, image: PIL.Image.Image, generator: torch.Generator) -> torch.Tensor:
+        """RGB conversion and augmentation at the native size; randomness comes from `generator` only."""
+        image = to_rgb(image)
+        # torchvision's v2 transforms draw from the global torch RNG; fork it so that the result is a pure function
+        # of `generator` (hence of seed, epoch and index) and the caller's RNG stream is left untouched.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            pixels = self.cpu_transform(image)
+        return pixels.contiguous()
+
+    def on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, h, w) on any device -> float32 (B, 3, S, S): resized to the model's size and normalised."""
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"Expected a batch of shape (B, 3, h, w); got {tuple(batch.shape)}.")
+        pixels = batch.float()
+        size = self.image_size
+        if pixels.shape[-2:] != (size, size):
+            # Bilinear (as torchvision's Resize on tensors); antialias matters only when shrinking.
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1) * 255.0
+        return (pixels - mean) / std
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline(preset={self.preset!r}, train={self.train}, native_size={self.native_size}, "
+            f"image_size={self.image_size}, mean={self.mean}, std={self.std})"
+        )
+
+
+def _to_uint8() -> list:
+    return [v2.PILToTensor()]
+
+
+def build_pipeline(preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool) -> Pipeline:
+    """The training or evaluation pipeline of `preset` for a model taking `image_size` px images.
+
+    mean/std are the model image processor's (in [0, 1] units); `inception` forces [-1, 1] as Google's recipe does.
+    """
+    if preset not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation preset {preset!r}; choose one of: {', '.join(AUGMENTATIONS)}.")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}.")
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}.")
+    size = image_size
+    resize = v2.Resize((size, size), antialias=True)
+    if preset == "cifar":
+        # The seed's recipe, reordered: everything at 32 px, the resize to the model's size happens per batch.
+        native = CIFAR_SIZE
+        to_native = [_ResizeIfNeeded(native)]
+        if train:
+            ops = [
+                *to_native,
+                v2.RandomCrop(native, padding=4),
+                v2.RandomHorizontalFlip(),
+                v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            ]
+        else:
+            ops = to_native
+        return Pipeline(preset, train, v2.Compose([*ops, *_to_uint8()]), native, size, mean, std)
+    if preset == "inception":
+        if train:
+            ops = [v2.RandomResizedCrop(size, scale=INCEPTION_CROP_SCALE, antialias=True), v2.RandomHorizontalFlip()]
+        else:
+            ops = [resize]  # Google evaluates on the resized image, no crop
+        return Pipeline(preset, train, v2.Compose([*ops, *_to_uint8()]), size, size, INCEPTION_MEAN, INCEPTION_STD)
+    if preset == "randaugment":
+        if train:
+            ops = [
+                v2.RandomResizedCrop(size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandAugment(num_ops=2, magnitude=9),
+            ]
+        else:
+            ops = [v2.Resize(int(round(size / EVAL_CROP_PCT)), antialias=True), v2.CenterCrop(size)]
+        return Pipeline(preset, train, v2.Compose([*ops, *_to_uint8()]), size, size, mean, std)
+    # "none": resize only, for training and evaluation alike.
+    return Pipeline(preset, train, v2.Compose([resize, *_to_uint8()]), size, size, mean, std)
+
+
+class _ResizeIfNeeded(torch.nn.Module):
+    """Resize a PIL image to size x size unless it already is (CIFAR images are; others are brought to 32 px)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        if image.size == (self.size, self.size):
+            return image
+        return image.resize((self.size, self.size), PIL.Image.Resampling.BILINEAR, reducing_gap=None)
