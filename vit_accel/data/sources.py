@@ -149,8 +149,9 @@ def _check_labels(dataset: Dataset, split: str, num_labels: int, column: str) ->
         bad = np.array([i for i, value in enumerate(labels) if value is None or not 0 <= value < num_labels])
     if len(bad):
         row = int(bad[0])
+        value = labels[row].item() if isinstance(labels[row], np.generic) else labels[row]
         raise ValueError(
-            f"Split {split!r}, row {row}: label {labels[row]!r} (column {column!r}) is outside the label set "
+            f"Split {split!r}, row {row}: label {value!r} (column {column!r}) is outside the label set "
             f"of {num_labels} classes (0..{num_labels - 1}); {len(bad)} such row(s) in this split."
         )
 

@@ -1,0 +1,169 @@
+"""ImageClassificationDataset / collate / make_dataloader: reproducible, resumable, robust to bad images."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from accelerate import skip_first_batches
+from datasets import ClassLabel, Dataset, Features, Image
+from factories import cifar10_dataset, png_bytes, random_rgb, write_hub_parquet, write_image_folder
+
+from vit_accel.data import (
+    BadImageError,
+    DataArguments,
+    ImageClassificationDataset,
+    build_pipeline,
+    collate,
+    load_image_dataset,
+    make_dataloader,
+)
+
+HALF = (0.5, 0.5, 0.5)
+
+
+def cifar_train(tmp_path, num=24):
+    write_hub_parquet(tmp_path, {"train": cifar10_dataset(num), "test": cifar10_dataset(4, seed=1)})
+    return load_image_dataset(DataArguments(dataset_name=str(tmp_path)), seed=0).train
+
+
+def make_set(data, seed=0, preset="cifar", bad_images="error"):
+    return ImageClassificationDataset(data, build_pipeline(preset, 64, HALF, HALF, train=True), seed, bad_images)
+
+
+def batches(loader):
+    return [(batch["pixel_values"].clone(), batch["labels"].clone()) for batch in loader]
+
+
+def same(a, b):
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+def test_items_and_collate(tmp_path):
+    dataset = make_set(cifar_train(tmp_path))
+    item = dataset[3]
+    assert item["pixel_values"].dtype == torch.uint8 and item["pixel_values"].shape == (3, 32, 32)
+    assert item["labels"] == 3 and isinstance(item["labels"], int)
+    batch = collate([dataset[i] for i in range(5)])
+    assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["pixel_values"].dtype == torch.uint8
+    assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [0, 1, 2, 3, 4]
+    loader = make_dataloader(dataset, batch_size=8, shuffle=True, seed=0)
+    assert loader.pin_memory == torch.cuda.is_available() and not loader.persistent_workers
+
+
+def test_same_seed_same_batches_for_any_num_workers(tmp_path):
+    data = cifar_train(tmp_path)
+    reference = batches(make_dataloader(make_set(data), batch_size=5, shuffle=True, seed=0))
+    assert sorted(torch.cat([labels for _, labels in reference]).tolist()) == sorted(i % 10 for i in range(24))
+    assert same(reference, batches(make_dataloader(make_set(data), batch_size=5, shuffle=True, seed=0)))
+    workers = batches(make_dataloader(make_set(data), batch_size=5, shuffle=True, seed=0, num_workers=2))
+    assert same(reference, workers)
+    other_seed = batches(make_dataloader(make_set(data, seed=1), batch_size=5, shuffle=True, seed=1))
+    assert not same(reference, other_seed)
+
+
+def test_epochs_differ_and_are_rebuilt_from_scratch(tmp_path):
+    data = cifar_train(tmp_path)
+    dataset = make_set(data)
+    loader = make_dataloader(dataset, batch_size=6, shuffle=True, seed=0)
+    epoch0 = batches(loader)
+    dataset.set_epoch(1)
+    epoch1 = batches(loader)
+    assert not same(epoch0, epoch1)
+    # Same pixels for the same (seed, epoch, index), whatever the order: compare example by example.
+    assert not torch.equal(dataset[0]["pixel_values"], make_set(data)[0]["pixel_values"])
+    # A fresh process that goes straight to epoch 1 (a resume) sees the same epoch 1.
+    fresh = make_set(data)
+    fresh.set_epoch(1)
+    assert same(epoch1, batches(make_dataloader(fresh, batch_size=6, shuffle=True, seed=0)))
+    # Unshuffled (evaluation) order is the dataset's.
+    ordered = batches(make_dataloader(make_set(data), batch_size=6, shuffle=False, seed=0))
+    assert torch.cat([labels for _, labels in ordered]).tolist() == [i % 10 for i in range(24)]
+
+
+def test_resume_mid_epoch_with_skip_first_batches(tmp_path):
+    data = cifar_train(tmp_path)
+    dataset = make_set(data)
+    dataset.set_epoch(2)
+    uninterrupted = batches(make_dataloader(dataset, batch_size=5, shuffle=True, seed=0))
+    resumed_set = make_set(data)
+    resumed_set.set_epoch(2)
+    resumed = batches(skip_first_batches(make_dataloader(resumed_set, batch_size=5, shuffle=True, seed=0), 2))
+    assert len(resumed) == len(uninterrupted) - 2 and same(uninterrupted[2:], resumed)
+
+
+def corrupt_dataset():
+    """Ten CIFAR-like rows; rows 3 and 4 hold a truncated PNG and random bytes."""
+    good = [png_bytes(random_rgb(i)) for i in range(10)]
+    good[3] = good[3][:60]
+    good[4] = b"not an image at all"
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    return Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in good], "label": list(range(10))}, features)
+
+
+def test_corrupt_image_is_fatal_by_default_and_names_the_row():
+    dataset = make_set(corrupt_dataset(), preset="none")
+    dataset[2]
+    with pytest.raises(BadImageError, match=r"row 3.*--bad_images skip"):
+        dataset[3]
+    with pytest.raises(BadImageError, match=r"row 4"):
+        dataset[4]
+
+
+def test_corrupt_image_is_skipped_counted_and_warned_once():
+    dataset = make_set(corrupt_dataset(), preset="none", bad_images="skip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [dataset[i] for i in range(10)]
+    assert dataset.num_skipped == 2
+    assert len(caught) == 1 and "row 3" in str(caught[0].message) and "num_skipped" in str(caught[0].message)
+    assert [item["labels"] for item in items] == [0, 1, 2, 5, 5, 5, 6, 7, 8, 9]  # replaced by the next readable row
+    # Deterministic replacement, and the count is shared with DataLoader workers.
+    again = make_set(corrupt_dataset(), preset="none", bad_images="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = batches(make_dataloader(again, batch_size=5, shuffle=False, seed=0, num_workers=2))
+    assert torch.cat([labels for _, labels in loaded]).tolist() == [0, 1, 2, 5, 5, 5, 6, 7, 8, 9]
+    assert torch.equal(loaded[0][0][3], items[3]["pixel_values"])
+    assert again.num_skipped == 2
+
+
+def test_corrupt_file_in_image_folder_names_the_path(tmp_path):
+    paths = write_image_folder(tmp_path / "train", {"a": 3, "b": 3})
+    paths[4].write_bytes(paths[4].read_bytes()[:50])  # truncated PNG in class b
+    data = load_image_dataset(DataArguments(train_dir=str(tmp_path / "train"), train_val_split=0.34), seed=0)
+    with pytest.raises(BadImageError, match=r"row \d+ \(file '.*b/1\.png'\)"):
+        for split in (data.train, data.validation):
+            dataset = make_set(split, preset="none")
+            for index in range(len(dataset)):
+                dataset[index]
+    skipped = 0
+    for split in (data.train, data.validation):  # the bad file is in exactly one of them
+        lenient = make_set(split, preset="none", bad_images="skip")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert all(lenient[i]["pixel_values"].shape == (3, 64, 64) for i in range(len(lenient)))
+        skipped += lenient.num_skipped
+    assert skipped == 1
+
+
+def test_every_image_unreadable_is_an_error():
+    data = corrupt_dataset().select([3, 4])
+    dataset = make_set(data, preset="none", bad_images="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(BadImageError, match="No image in the dataset can be decoded"):
+            dataset[0]
+
+
+def test_grayscale_and_rgba_rows_come_out_rgb():
+    import PIL.Image
+
+    images = [PIL.Image.new("L", (32, 32), 9), PIL.Image.new("RGBA", (32, 32), (1, 2, 3, 255))]
+    features = Features({"image": Image(), "label": ClassLabel(names=["x", "y"])})
+    rows = {"image": [{"bytes": png_bytes(i), "path": None} for i in images], "label": [0, 1]}
+    data = Dataset.from_dict(rows, features)
+    dataset = make_set(data, preset="none")
+    assert dataset[0]["pixel_values"].shape == (3, 64, 64) and int(dataset[0]["pixel_values"].max()) == 9
+    assert dataset[1]["pixel_values"][:, 0, 0].tolist() == [1, 2, 3]
+    assert np.all(np.isfinite(dataset.pipeline.on_device(collate([dataset[0], dataset[1]])["pixel_values"]).numpy()))

@@ -1,0 +1,186 @@
+"""load_image_dataset on every source kind, in the real formats, built locally."""
+
+import numpy as np
+import PIL.Image
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from factories import (
+    beans_dataset,
+    cifar10_dataset,
+    cifar100_dataset,
+    png_bytes,
+    random_rgb,
+    write_hub_parquet,
+    write_image_folder,
+)
+from transformers import HfArgumentParser
+
+from vit_accel.data import DataArguments, load_image_dataset, stratified_split
+from vit_accel.data.sources import label_array
+
+
+def load(seed=0, **kwargs):
+    return load_image_dataset(DataArguments(**kwargs), seed=seed)
+
+
+def assert_normalised(dataset):
+    assert dataset.column_names == ["image", "label"]
+    assert isinstance(dataset.features["image"], Image)
+    assert isinstance(dataset.features["label"], ClassLabel)
+    assert isinstance(dataset[0]["image"], PIL.Image.Image)
+
+
+def test_cifar100_hub_parquet_layout(tmp_path):
+    write_hub_parquet(tmp_path, {"train": cifar100_dataset(40), "test": cifar100_dataset(20, seed=1)})
+    data = load(dataset_name=str(tmp_path))
+    assert_normalised(data.train)
+    assert_normalised(data.validation)
+    assert len(data.train) == 40 and len(data.validation) == 20  # the test split is the validation split
+    assert data.labels == [f"fine_{i}" for i in range(100)]  # fine_label, not coarse_label, from its ClassLabel
+    assert data.id2label[7] == "fine_7" and data.label2id["fine_7"] == 7
+    assert label_array(data.train).tolist() == [i % 100 for i in range(40)]
+    image = data.train[3]["image"]
+    assert image.size == (32, 32)
+    np.testing.assert_array_equal(np.asarray(image), random_rgb(3))  # pixels survive the round trip
+
+
+def test_cifar10_schema_and_label_column_override(tmp_path):
+    write_hub_parquet(tmp_path, {"train": cifar10_dataset(30), "test": cifar10_dataset(10, seed=2)})
+    data = load(dataset_name=str(tmp_path))
+    assert data.labels[:2] == ["airplane", "automobile"] and len(data.labels) == 10
+    # The coarse labels of CIFAR-100 on request.
+    root = tmp_path / "c100"
+    write_hub_parquet(root, {"train": cifar100_dataset(40), "test": cifar100_dataset(20, seed=1)})
+    coarse = load(dataset_name=str(root), label_column_name="coarse_label")
+    assert coarse.labels == [f"coarse_{i}" for i in range(20)]
+    assert label_array(coarse.train).tolist() == [(i % 100) % 20 for i in range(40)]
+
+
+def test_beans_schema_picks_image_and_labels(tmp_path):
+    write_hub_parquet(tmp_path, {"train": beans_dataset(12), "validation": beans_dataset(6, seed=1)})
+    data = load(dataset_name=str(tmp_path))
+    assert data.labels == ["angular_leaf_spot", "bean_rust", "healthy"]
+    assert data.train[0]["image"].size == (48, 40)
+    assert len(data.validation) == 6
+
+
+def test_image_folder_train_and_validation(tmp_path):
+    write_image_folder(tmp_path / "train", {"cat": 4, "dog": 3})
+    write_image_folder(tmp_path / "val", {"cat": 2, "dog": 2}, seed=1, ext="jpg")
+    data = load(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    assert_normalised(data.train)
+    assert data.labels == ["cat", "dog"]
+    assert sorted(label_array(data.train).tolist()) == [0, 0, 0, 0, 1, 1, 1]
+    assert sorted(label_array(data.validation).tolist()) == [0, 0, 1, 1]
+
+
+def test_image_folder_without_validation_is_split_stratified(tmp_path):
+    write_image_folder(tmp_path / "train", {"a": 20, "b": 10, "c": 10})
+    data = load(train_dir=str(tmp_path / "train"), train_val_split=0.25)
+    val = label_array(data.validation)
+    assert len(data.validation) == 10 and len(data.train) == 30
+    assert np.bincount(val, minlength=3).tolist() == [5, 3, 2] or np.bincount(val, minlength=3).tolist() == [5, 2, 3]
+
+
+def test_save_to_disk_dict_and_single_dataset(tmp_path):
+    DatasetDict({"train": cifar10_dataset(20), "validation": cifar10_dataset(8, seed=3)}).save_to_disk(
+        str(tmp_path / "dict")
+    )
+    data = load(dataset_name=str(tmp_path / "dict"))
+    assert_normalised(data.train)
+    assert (len(data.train), len(data.validation)) == (20, 8)
+    cifar10_dataset(20).save_to_disk(str(tmp_path / "single"))
+    single = load(dataset_name=str(tmp_path / "single"), train_val_split=0.5)
+    assert len(single.train) + len(single.validation) == 20 and len(single.validation) == 10
+
+
+def test_explicit_columns_and_string_labels(tmp_path):
+    features = Features({"pic": Image(), "target": Value("string"), "id": Value("int64")})
+    rows = {
+        "pic": [{"bytes": png_bytes(random_rgb(i)), "path": None} for i in range(12)],
+        "target": ["zebra", "ant", "moth"] * 4,
+        "id": list(range(12)),
+    }
+    Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ValueError, match=r"label column.*Available columns: pic \(Image\), target \(Value\), id"):
+        load(dataset_name=str(tmp_path / "ds"))
+    data = load(dataset_name=str(tmp_path / "ds"), label_column_name="target", train_val_split=0.25)
+    assert data.labels == ["ant", "moth", "zebra"]  # string labels become a sorted ClassLabel
+    assert data.train.column_names == ["image", "label"]
+    assert sorted(label_array(data.validation).tolist()) == [0, 1, 2]
+
+
+def test_no_image_column_lists_columns(tmp_path):
+    features = Features({"a": Image(), "b": Image(), "label": ClassLabel(names=["x", "y"])})
+    image = {"bytes": png_bytes(random_rgb(0)), "path": None}
+    Dataset.from_dict({"a": [image] * 4, "b": [image] * 4, "label": [0, 1] * 2}, features=features).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    with pytest.raises(ValueError, match=r"image column.*--image_column_name.*a \(Image\), b \(Image\), label"):
+        load(dataset_name=str(tmp_path / "ds"))
+    with pytest.raises(ValueError, match=r"--image_column_name 'photo' is not a column; available columns: a \("):
+        load(dataset_name=str(tmp_path / "ds"), image_column_name="photo")
+    assert load(dataset_name=str(tmp_path / "ds"), image_column_name="b", train_val_split=0.5).labels == ["x", "y"]
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load(dataset_name=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="--train_dir .*nope"):
+        load(train_dir=str(tmp_path / "nope"))
+
+
+def test_label_outside_label_set_names_the_row(tmp_path):
+    test = cifar10_dataset(6, seed=1)
+    test = test.map(lambda row, i: {"label": -1 if i == 4 else row["label"]}, with_indices=True)  # "no label"
+    write_hub_parquet(tmp_path, {"train": cifar10_dataset(10), "test": test})
+    with pytest.raises(ValueError, match=r"Split 'test', row 4: label -1 .*outside the label set of 10 classes"):
+        load(dataset_name=str(tmp_path))
+    # Plain integer labels: the training split defines the set; a larger one in validation is an error.
+    features = Features({"image": Image(), "label": Value("int64")})
+    image = {"bytes": png_bytes(random_rgb(0)), "path": None}
+    DatasetDict(
+        {
+            "train": Dataset.from_dict({"image": [image] * 4, "label": [0, 1, 2, 1]}, features=features),
+            "validation": Dataset.from_dict({"image": [image] * 3, "label": [0, 3, 1]}, features=features),
+        }
+    ).save_to_disk(str(tmp_path / "ints"))
+    with pytest.raises(ValueError, match=r"Split 'validation', row 1: label 3"):
+        load(dataset_name=str(tmp_path / "ints"))
+
+
+def test_stratified_split_is_seeded_and_stratified():
+    labels = np.repeat(np.arange(4), [40, 20, 10, 1])  # the singleton class must stay in training
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+    assert len(val) == round(len(labels) * 0.2)
+    assert np.bincount(labels[val], minlength=4).tolist() == [8, 4, 2, 0]
+    for cls, count in zip(range(3), [40, 20, 10]):
+        assert abs(np.sum(labels[val] == cls) - 0.2 * count) <= 1
+    again = stratified_split(labels, 0.2, seed=0)
+    assert np.array_equal(again[1], val)
+    assert not np.array_equal(stratified_split(labels, 0.2, seed=1)[1], val)
+
+
+def test_max_samples_are_seeded_subsets(tmp_path):
+    write_hub_parquet(tmp_path, {"train": cifar10_dataset(30), "test": cifar10_dataset(20, seed=1)})
+    first = load(dataset_name=str(tmp_path), max_train_samples=7, max_eval_samples=5, seed=3)
+    second = load(dataset_name=str(tmp_path), max_train_samples=7, max_eval_samples=5, seed=3)
+    assert (len(first.train), len(first.validation)) == (7, 5)
+    assert label_array(first.train).tolist() == label_array(second.train).tolist()
+    assert np.array_equal(np.asarray(first.train[0]["image"]), np.asarray(second.train[0]["image"]))
+
+
+def test_arguments_parse_and_validate():
+    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(
+        ["--dataset_name", "uoft-cs/cifar100", "--augmentation", "inception", "--bad_images", "skip"]
+    )
+    assert (args.dataset_name, args.augmentation, args.bad_images) == ("uoft-cs/cifar100", "inception", "skip")
+    with pytest.raises(ValueError, match="--dataset_name .* or --train_dir"):
+        DataArguments()
+    with pytest.raises(ValueError, match="cifar, inception, randaugment, none"):
+        DataArguments(dataset_name="x", augmentation="mixup")
+    with pytest.raises(ValueError, match="train_val_split"):
+        DataArguments(dataset_name="x", train_val_split=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        DataArguments(dataset_name="x", train_dir="y")

@@ -1,0 +1,119 @@
+"""Augmentation presets: output shape, dtype and range; RGB conversion; seeded randomness."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from factories import random_rgb
+
+from vit_accel.data import AUGMENTATIONS, build_pipeline, to_rgb
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("preset", AUGMENTATIONS)
+def test_preset_shapes_dtypes_and_ranges(preset, train):
+    size = 48
+    pipeline = build_pipeline(preset, size, MEAN, STD, train=train)
+    images = [PIL.Image.fromarray(random_rgb(i, (32 + 9 * i, 30 + 5 * i))) for i in range(4)]  # mixed sizes
+    pixels = [pipeline(image, generator(i)) for i, image in enumerate(images)]
+    native = 32 if preset == "cifar" else size
+    for example in pixels:
+        assert example.dtype == torch.uint8 and example.shape == (3, native, native)
+    out = pipeline.on_device(torch.stack(pixels))
+    assert out.dtype == torch.float32 and out.shape == (4, 3, size, size)
+    mean, std = (0.5,) * 3 if preset == "inception" else MEAN, (0.5,) * 3 if preset == "inception" else STD
+    for c in range(3):
+        low, high = (0 - mean[c]) / std[c], (1 - mean[c]) / std[c]
+        assert out[:, c].min() >= low - 1e-5 and out[:, c].max() <= high + 1e-5
+        assert out[:, c].max() - out[:, c].min() > 0.5 * (high - low)  # random images span most of the range
+
+
+def test_inception_forces_minus_one_to_one():
+    pipeline = build_pipeline("inception", 40, MEAN, STD, train=True)
+    assert pipeline.mean == (0.5,) * 3 and pipeline.std == (0.5,) * 3
+    white = torch.full((1, 3, 40, 40), 255, dtype=torch.uint8)
+    black = torch.zeros((1, 3, 40, 40), dtype=torch.uint8)
+    assert torch.allclose(pipeline.on_device(white), torch.ones(1)) and torch.allclose(
+        pipeline.on_device(black), -torch.ones(1)
+    )
+
+
+def test_on_device_resizes_and_normalises_exactly():
+    pipeline = build_pipeline("cifar", 64, MEAN, STD, train=False)
+    grey = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    out = pipeline.on_device(grey)
+    expected = (128 / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert out.shape == (2, 3, 64, 64)
+    assert torch.allclose(out, expected.view(1, 3, 1, 1).expand_as(out), atol=1e-5)
+    # Already at size: values pass through untouched except for the normalisation.
+    at_size = build_pipeline("none", 32, (0.0,) * 3, (1.0,) * 3, train=False)
+    batch = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(at_size.on_device(batch), batch.float() / 255)
+
+
+def test_cifar_eval_keeps_32px_images_untouched():
+    array = random_rgb(5)
+    pixels = build_pipeline("cifar", 224, MEAN, STD, train=False)(PIL.Image.fromarray(array), generator(0))
+    assert torch.equal(pixels, torch.from_numpy(array).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("preset", ["cifar", "inception", "randaugment"])
+def test_train_randomness_comes_from_the_generator_only(preset):
+    pipeline = build_pipeline(preset, 32, MEAN, STD, train=True)
+    image = PIL.Image.fromarray(random_rgb(1))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = pipeline(image, generator(7))
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left as it was (forked)
+    torch.manual_seed(999)  # a different global RNG state must not matter
+    assert torch.equal(first, pipeline(image, generator(7)))
+    outputs = {pipeline(image, generator(seed)).numpy().tobytes() for seed in range(8)}
+    assert len(outputs) > 4  # different seeds, different augmentations
+
+
+def test_eval_pipelines_are_deterministic():
+    image = PIL.Image.fromarray(random_rgb(2, (50, 40)))
+    for preset in AUGMENTATIONS:
+        pipeline = build_pipeline(preset, 32, MEAN, STD, train=False)
+        assert torch.equal(pipeline(image, generator(0)), pipeline(image, generator(1)))
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ValueError, match="'mixup'.*cifar, inception, randaugment, none"):
+        build_pipeline("mixup", 224, MEAN, STD, train=True)
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: PIL.Image.new("L", (8, 8), 100), (100, 100, 100)),
+        (lambda: PIL.Image.new("LA", (8, 8), (100, 255)), (100, 100, 100)),
+        (lambda: PIL.Image.new("RGBA", (8, 8), (10, 20, 30, 255)), (10, 20, 30)),
+        (lambda: PIL.Image.new("RGBA", (8, 8), (10, 20, 30, 0)), (255, 255, 255)),  # transparent -> white
+        (lambda: PIL.Image.new("CMYK", (8, 8), (0, 0, 0, 0)), (255, 255, 255)),
+        (lambda: PIL.Image.new("CMYK", (8, 8), (255, 0, 0, 0)), (0, 255, 255)),
+        (lambda: PIL.Image.new("I;16", (8, 8), 65535), (255, 255, 255)),
+        (lambda: PIL.Image.new("1", (8, 8), 1), (255, 255, 255)),
+    ],
+)
+def test_to_rgb(make, expected):
+    image = to_rgb(make())
+    assert image.mode == "RGB"
+    assert tuple(np.asarray(image)[3, 3]) == expected
+
+
+def test_palette_images_with_and_without_transparency():
+    palette = PIL.Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)
+    assert tuple(np.asarray(to_rgb(palette))[0, 0]) == (200, 10, 20)
+    palette.info["transparency"] = 1
+    assert tuple(np.asarray(to_rgb(palette))[0, 0]) == (255, 255, 255)
+    # And through a pipeline: 3 channels out whatever comes in.
+    pixels = build_pipeline("none", 16, MEAN, STD, train=True)(PIL.Image.new("L", (20, 20), 7), generator(0))
+    assert pixels.shape == (3, 16, 16) and int(pixels.min()) == int(pixels.max()) == 7
