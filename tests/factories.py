@@ -115,3 +115,94 @@ def write_image_folder(root, per_class: dict, seed: int = 0, ext: str = "png") -
             PIL.Image.fromarray(random_rgb(seed * 100_000 + c * 1000 + i)).save(path)
             paths.append(path)
     return paths
+
+
+def google_npz_arrays(
+    hidden=48,
+    depth=2,
+    heads=4,
+    mlp=96,
+    patch=8,
+    grid=4,
+    num_classes=7,
+    representation_size=None,
+    prefix="",
+    big_vision=False,
+    scanned=False,
+    zero_head=False,
+    seed=0,
+):
+    """A Google ViT npz as arrays: the real key names and layouts (vit_jax, or big_vision if asked), random values.
+
+    vit_jax: `Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/...`, `MlpBlock_3`, `LayerNorm_2`, position
+    embeddings `(1, 1 + grid**2, D)` with the CLS row first. big_vision: `MultiHeadDotProductAttention_0`, `MlpBlock_0`,
+    `LayerNorm_1`, `pos_embedding` `(1, grid**2, D)`; `scanned` stacks the blocks on a leading axis.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    head_dim = hidden // heads
+
+    def rand(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    arrays = {
+        "embedding/kernel": rand(patch, patch, 3, hidden, scale=0.05),
+        "embedding/bias": rand(hidden),
+        "cls": rand(1, 1, hidden),
+        "Transformer/encoder_norm/scale": 1 + rand(hidden),
+        "Transformer/encoder_norm/bias": rand(hidden),
+    }
+    if big_vision:
+        arrays["pos_embedding"] = rand(1, grid * grid, hidden)
+    else:
+        arrays["Transformer/posembed_input/pos_embedding"] = rand(1, 1 + grid * grid, hidden)
+    mha, mlp_name, ln2 = (
+        ("MultiHeadDotProductAttention_0", "MlpBlock_0", "LayerNorm_1")
+        if big_vision
+        else ("MultiHeadDotProductAttention_1", "MlpBlock_3", "LayerNorm_2")
+    )
+    blocks = []
+    for _ in range(depth):
+        block = {
+            "LayerNorm_0/scale": 1 + rand(hidden),
+            "LayerNorm_0/bias": rand(hidden),
+            f"{ln2}/scale": 1 + rand(hidden),
+            f"{ln2}/bias": rand(hidden),
+            f"{mha}/out/kernel": rand(heads, head_dim, hidden),
+            f"{mha}/out/bias": rand(hidden),
+            f"{mlp_name}/Dense_0/kernel": rand(hidden, mlp),
+            f"{mlp_name}/Dense_0/bias": rand(mlp),
+            f"{mlp_name}/Dense_1/kernel": rand(mlp, hidden),
+            f"{mlp_name}/Dense_1/bias": rand(hidden),
+        }
+        for name in ("query", "key", "value"):
+            block[f"{mha}/{name}/kernel"] = rand(hidden, heads, head_dim)
+            block[f"{mha}/{name}/bias"] = rand(heads, head_dim)
+        blocks.append(block)
+    if scanned:
+        for key in blocks[0]:
+            arrays[f"Transformer/encoderblock/{key}"] = np.stack([block[key] for block in blocks])
+    else:
+        for i, block in enumerate(blocks):
+            for key, value in block.items():
+                arrays[f"Transformer/encoderblock_{i}/{key}"] = value
+    features = hidden
+    if representation_size is not None:
+        arrays["pre_logits/kernel"] = rand(hidden, representation_size)
+        arrays["pre_logits/bias"] = rand(representation_size)
+        features = representation_size
+    if num_classes:
+        arrays["head/kernel"] = (
+            np.zeros((features, num_classes), np.float32) if zero_head else rand(features, num_classes)
+        )
+        arrays["head/bias"] = np.zeros((num_classes,), np.float32) if zero_head else rand(num_classes)
+    return {prefix + key: value for key, value in arrays.items()}
+
+
+def write_google_npz(path, **kwargs):
+    """Write `google_npz_arrays(**kwargs)` as an uncompressed npz (as Google's files are) and return the path."""
+    import numpy as np
+
+    np.savez(path, **google_npz_arrays(**kwargs))
+    return path

@@ -21,6 +21,9 @@ ViTAccelConfig.register_for_auto_class()
 ViTAccelModel.register_for_auto_class("AutoModel")
 ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
+# Installs the from_pretrained hook for named variants and Google/timm/transformers checkpoints.
+from . import weights  # noqa: E402, F401
+
 __all__ = [
     "VIT_SIZES",
     "VIT_VARIANTS",

@@ -232,6 +232,20 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ViTAccelEmbeddings", "ViTAccelLayer"]
     _supports_sdpa = True
     _can_compile_fullgraph = True
+    # Set by `vit_accel.weights` (a function `(cls, source, *args, **kwargs) -> model | None`) so that
+    # `from_pretrained` also takes named variants, Google npz, timm and transformers checkpoints. Remote code on the
+    # Hub has no vit_accel package: there the hook stays None and only the standard transformers path runs.
+    _checkpoint_resolver = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Standard `PreTrainedModel.from_pretrained`, extended by `vit_accel.weights` when it is imported."""
+        resolver = ViTAccelPreTrainedModel.__dict__.get("_checkpoint_resolver")
+        if resolver is not None:
+            model = resolver(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+            if model is not None:
+                return model
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Truncated-normal weights (std `initializer_range`), zero biases, unit LayerNorms, as transformers' ViT."""
