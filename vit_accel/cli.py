@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _variants(args: argparse.Namespace) -> int:
@@ -25,12 +26,113 @@ def _variants(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """Prints `<stage>: i/n tensors, MB` to stderr at most once a second, and always for the last tensor."""
+
+    def __init__(self, stage: str, quiet: bool = False):
+        self.stage, self.quiet, self.bytes, self.last = stage, quiet, 0, 0.0
+
+    def __call__(self, index: int, total: int, key: str, nbytes: int) -> None:
+        import time
+
+        self.bytes += nbytes
+        now = time.monotonic()
+        if self.quiet or (index < total and now - self.last < 1.0):
+            return
+        self.last = now
+        print(f"{self.stage}: {index}/{total} tensors, {self.bytes / 1e6:.0f} MB", file=sys.stderr, flush=True)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Any supported checkpoint -> a ViTAccel directory (config.json + model.safetensors)."""
+    import time
+
+    from .weights import CheckpointError, WeightsDownloadError, convert
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("num_labels", args.num_labels),
+            ("image_size", args.image_size),
+            ("representation_size", args.representation_size),
+            ("num_attention_heads", args.num_heads),
+        )
+        if value is not None
+    }
+    start = time.perf_counter()
+    out = Path(args.output)
+    try:
+        model = convert(
+            args.source,
+            out,
+            progress=_Progress("reading", args.quiet),
+            write_progress=_Progress("writing", args.quiet),
+            variant=args.variant,
+            head_init=args.head_init,
+            resample_mode=args.resample_mode,
+            weights=args.weights,
+            quiet=args.quiet,
+            **overrides,
+        )
+    except (CheckpointError, WeightsDownloadError, ValueError) as error:
+        print(f"vit-accel convert: {error}", file=sys.stderr)
+        return 2
+    config = model.config
+    size = (out / "model.safetensors").stat().st_size
+    print(
+        f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s: width {config.hidden_size}, "
+        f"depth {config.num_hidden_layers}, heads {config.num_attention_heads}, patch {config.patch_size}, "
+        f"image {config.image_size}, {config.num_labels} labels"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """A ViTAccel directory -> a transformers ViT directory or timm weights."""
+    from .weights import CheckpointError, export
+
+    try:
+        out = export(args.source, args.output, to=args.to)
+    except (CheckpointError, ValueError, OSError) as error:
+        print(f"vit-accel export: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.to} checkpoint to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-accel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     variants = commands.add_parser("variants", help="list the named ViT variants and their sizes")
     variants.add_argument("--num-labels", type=int, default=1000, help="classifier width used for the counts")
     variants.set_defaults(func=_variants)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a checkpoint (named variant, Google .npz, timm, transformers) to a ViTAccel directory",
+        description="Read a named variant (downloaded once into the HF cache), a Google .npz, a timm state dict or a "
+        "transformers ViT directory/Hub id, detected from the content, and write config.json + model.safetensors.",
+    )
+    convert.add_argument("source", help="named variant (e.g. vit-base-p16-384), file, directory or Hub id")
+    convert.add_argument("output", help="directory to write")
+    convert.add_argument("--variant", help="named variant the source must fit (default: the source's own shapes)")
+    convert.add_argument("--image-size", type=int, help="resample the position embeddings to this resolution")
+    convert.add_argument("--num-labels", type=int, help="classes of the new head (the source's head is kept if equal)")
+    convert.add_argument("--representation-size", type=int, help="keep the 21k pre_logits layer of this width")
+    convert.add_argument("--num-heads", type=int, help="attention heads, for sources that do not record them (timm)")
+    convert.add_argument("--head-init", choices=("zeros", "normal"), default="zeros", help="new head: Google's zeros "
+                         "or transformers' truncated normal")  # fmt: skip
+    convert.add_argument("--resample-mode", choices=("bilinear", "bicubic"), help="default: bilinear for npz, "
+                         "bicubic otherwise")  # fmt: skip
+    convert.add_argument("--weights", choices=("orig", "augreg"), help="for a named variant: which 21k file")
+    convert.add_argument("--quiet", action="store_true", help="no progress output")
+    convert.set_defaults(func=_convert)
+
+    export = commands.add_parser("export", help="export a ViTAccel directory to transformers (model_type vit) or timm")
+    export.add_argument("source", help="a ViTAccel directory (save_pretrained or vit-accel convert output)")
+    export.add_argument("output", help="directory to write")
+    export.add_argument("--to", choices=("transformers", "timm"), default="transformers")
+    export.set_defaults(func=_export)
     return parser
 
 

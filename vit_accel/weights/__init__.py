@@ -310,18 +310,29 @@ def convert(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
     progress: ProgressFn | None = None,
+    write_progress: ProgressFn | None = None,
     **kwargs: Any,
-) -> Path:
-    """Convert any supported source to a ViTAccel directory (config.json + model.safetensors), streaming the write."""
+) -> torch.nn.Module:
+    """Convert any supported source to a ViTAccel directory (config.json + model.safetensors); returns the model.
+
+    The weights are written by our streaming writer: `safetensors.torch.save_file` (and so `save_pretrained`) would
+    first hold a second copy of every tensor as bytes, and the conversion is meant to peak near one checkpoint's size.
+    """
     from ..modeling_vit_accel import ViTAccelForImageClassification
 
     model = load_pretrained(ViTAccelForImageClassification, source, progress=progress, **kwargs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.architectures = ["ViTAccelForImageClassification"]
+    if getattr(model, "_auto_class", None) is not None:
+        # As save_pretrained does: copy the model files next to the weights, so the directory also loads without
+        # vit_accel through trust_remote_code.
+        from transformers.dynamic_module_utils import custom_object_save
+
+        custom_object_save(model, out_dir, config=model.config)
     model.config.save_pretrained(out_dir)
-    save_safetensors(model.state_dict(), out_dir / "model.safetensors", {"format": "pt"})
-    return out_dir
+    save_safetensors(model.state_dict(), out_dir / "model.safetensors", {"format": "pt"}, write_progress)
+    return model
 
 
 def export(
