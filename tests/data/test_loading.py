@@ -49,6 +49,13 @@ def test_items_and_collate(tmp_path):
     assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [0, 1, 2, 3, 4]
     loader = make_dataloader(dataset, batch_size=8, shuffle=True, seed=0)
     assert loader.pin_memory == torch.cuda.is_available() and not loader.persistent_workers
+    # Resizing in the collate step (CPU-only runs) gives what on_device would give from the 32 px batch.
+    resized = next(iter(make_dataloader(dataset, batch_size=8, shuffle=True, seed=0, resize_to=64)))
+    small = next(iter(loader))
+    assert resized["pixel_values"].shape == (8, 3, 64, 64) and resized["pixel_values"].dtype == torch.uint8
+    assert torch.equal(
+        dataset.pipeline.on_device(resized["pixel_values"]), dataset.pipeline.on_device(small["pixel_values"])
+    )
 
 
 def test_same_seed_same_batches_for_any_num_workers(tmp_path):
@@ -145,6 +152,19 @@ def test_corrupt_file_in_image_folder_names_the_path(tmp_path):
             assert all(lenient[i]["pixel_values"].shape == (3, 64, 64) for i in range(len(lenient)))
         skipped += lenient.num_skipped
     assert skipped == 1
+
+
+def test_dataset_copies_keep_the_skip_count():
+    import copy
+    import pickle
+
+    dataset = make_set(corrupt_dataset(), preset="none", bad_images="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset[3]
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert copy.deepcopy(dataset).num_skipped == clone.num_skipped == 1
+    assert torch.equal(clone[0]["pixel_values"], dataset[0]["pixel_values"])
 
 
 def test_every_image_unreadable_is_an_error():

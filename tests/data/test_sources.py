@@ -89,6 +89,8 @@ def test_save_to_disk_dict_and_single_dataset(tmp_path):
     data = load(dataset_name=str(tmp_path / "dict"))
     assert_normalised(data.train)
     assert (len(data.train), len(data.validation)) == (20, 8)
+    cifar10_dataset(20).to_parquet(str(tmp_path / "one.parquet"))
+    assert len(load(dataset_name=str(tmp_path / "one.parquet"), train_val_split=0.2).validation) == 4
     cifar10_dataset(20).save_to_disk(str(tmp_path / "single"))
     single = load(dataset_name=str(tmp_path / "single"), train_val_split=0.5)
     assert len(single.train) + len(single.validation) == 20 and len(single.validation) == 10

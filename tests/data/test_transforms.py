@@ -6,7 +6,7 @@ import pytest
 import torch
 from factories import random_rgb
 
-from vit_accel.data import AUGMENTATIONS, build_pipeline, to_rgb
+from vit_accel.data import AUGMENTATIONS, build_pipeline, resize_batch, to_rgb
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -54,7 +54,16 @@ def test_on_device_resizes_and_normalises_exactly():
     # Already at size: values pass through untouched except for the normalisation.
     at_size = build_pipeline("none", 32, (0.0,) * 3, (1.0,) * 3, train=False)
     batch = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(at_size.on_device(batch), batch.float() / 255)
+    assert torch.allclose(at_size.on_device(batch), batch.float() / 255, atol=1e-6, rtol=0)
+
+
+def test_uint8_cpu_resize_matches_float_resize():
+    batch = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    fast = resize_batch(batch, 96)
+    reference = resize_batch(batch.float(), 96)  # the float path, as on an accelerator
+    assert fast.dtype == torch.uint8 and fast.shape == (3, 3, 96, 96) and fast.is_contiguous()
+    assert (fast.float() - reference).abs().max() <= 1.0  # rounding to uint8 only
+    assert resize_batch(batch, 32) is batch
 
 
 def test_cifar_eval_keeps_32px_images_untouched():

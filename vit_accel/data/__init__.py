@@ -10,7 +10,7 @@ from .loading import (
     make_dataloader,
 )
 from .sources import ImageClassificationData, load_image_dataset, stratified_split
-from .transforms import Pipeline, build_pipeline, to_rgb
+from .transforms import Pipeline, build_pipeline, resize_batch, to_rgb
 
 __all__ = [
     "AUGMENTATIONS",
@@ -26,6 +26,7 @@ __all__ = [
     "example_seed",
     "load_image_dataset",
     "make_dataloader",
+    "resize_batch",
     "stratified_split",
     "to_rgb",
 ]

@@ -8,6 +8,7 @@ batches the uninterrupted run saw.
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing
 import warnings
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .arguments import BAD_IMAGE_POLICIES
-from .transforms import Pipeline
+from .transforms import Pipeline, resize_batch
 
 # What PIL raises on truncated, corrupt or unsupported files.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
@@ -64,6 +65,18 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        # The shared counter can travel only to a starting worker process; a plain copy or pickle keeps its value.
+        if multiprocessing.context.get_spawning_popen() is None:
+            state["_skipped"] = int(self._skipped.value)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_skipped"], int):
+            state["_skipped"] = multiprocessing.get_context().Value("q", state["_skipped"])
+        self.__dict__.update(state)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch: changes the augmentations and (through `make_dataloader`'s sampler) the order."""
@@ -124,10 +137,17 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         raise BadImageError(f"No image in the dataset can be decoded (tried all {len(self)} rows).")
 
 
-def collate(examples: list[dict]) -> dict:
-    """Stack examples: {"pixel_values": uint8 (B, 3, h, w), "labels": int64 (B,)}."""
+def collate(examples: list[dict], resize_to: int | None = None) -> dict:
+    """Stack examples: {"pixel_values": uint8 (B, 3, h, w), "labels": int64 (B,)}.
+
+    `resize_to` resizes the uint8 batch to (resize_to, resize_to) here, in the worker: for runs without an
+    accelerator, where `Pipeline.on_device` would otherwise do it in the main process.
+    """
+    pixels = torch.stack([example["pixel_values"] for example in examples])
+    if resize_to is not None:
+        pixels = resize_batch(pixels, resize_to)
     return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "pixel_values": pixels,
         "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.int64),
     }
 
@@ -161,8 +181,14 @@ def make_dataloader(
     seed: int,
     num_workers: int = 0,
     drop_last: bool = False,
+    resize_to: int | None = None,
 ) -> DataLoader:
-    """A DataLoader whose batches depend only on (seed, epoch): not on num_workers nor on earlier iterations."""
+    """A DataLoader whose batches depend only on (seed, epoch): not on num_workers nor on earlier iterations.
+
+    `resize_to`: resize each uint8 batch to the model's size in the workers (the collate step). Leave it None when an
+    accelerator runs `Pipeline.on_device`; set it to the image size on CPU-only runs to take the resize out of the
+    main process (`on_device` then only normalises).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     sampler = EpochShuffleSampler(dataset, seed) if shuffle else None
@@ -172,7 +198,7 @@ def make_dataloader(
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate if resize_to is None else functools.partial(collate, resize_to=resize_to),
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         # Workers are re-created every epoch so that they see the dataset's current epoch.

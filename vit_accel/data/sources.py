@@ -51,6 +51,11 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         loaded = datasets.load_from_disk(str(path))
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    if path.is_file():
+        builder = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"--dataset_name {str(path)!r}: a single file must be .parquet or .arrow.")
+        return datasets.load_dataset(builder, data_files={"train": str(path)})
     # A folder of parquet/arrow/image files: `load_dataset` on the folder resolves data files and split names exactly
     # as it does for a Hub repository (`data/train-00000-of-00001.parquet` -> split "train"), so a local copy of a
     # Hub dataset loads like the Hub id.
