@@ -27,6 +27,10 @@ from .transforms import Pipeline, resize_batch
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
 
 
+# Skip counters: one slot per process (main + up to 255 DataLoader workers, more share slots harmlessly but racily).
+_COUNTER_SLOTS = 256
+
+
 class BadImageError(ValueError):
     """An image that cannot be decoded; the message names the row and, when known, the file."""
 
@@ -59,8 +63,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.bad_images = bad_images
         self.epoch = 0
-        # A shared counter so that skips in DataLoader workers are visible from the main process.
-        self._skipped = multiprocessing.get_context().Value("q", 0)
+        # Shared counters so that skips in DataLoader workers are visible from the main process: one slot per
+        # process (0 = main, worker i -> i + 1), so no lock is needed; a lock would tie the dataset to one start method.
+        self._skipped = multiprocessing.RawArray("q", _COUNTER_SLOTS)
         self._warned = False
 
     def __len__(self) -> int:
@@ -70,12 +75,12 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         # The shared counter can travel only to a starting worker process; a plain copy or pickle keeps its value.
         if multiprocessing.context.get_spawning_popen() is None:
-            state["_skipped"] = int(self._skipped.value)
+            state["_skipped"] = list(self._skipped)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state["_skipped"], int):
-            state["_skipped"] = multiprocessing.get_context().Value("q", state["_skipped"])
+        if isinstance(state["_skipped"], list):
+            state["_skipped"] = multiprocessing.RawArray("q", state["_skipped"])
         self.__dict__.update(state)
 
     def set_epoch(self, epoch: int) -> None:
@@ -85,7 +90,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     @property
     def num_skipped(self) -> int:
         """How many unreadable examples were replaced so far (all processes together)."""
-        return int(self._skipped.value)
+        return int(sum(self._skipped))
 
     def _decode(self, index: int) -> tuple[PIL.Image.Image, int]:
         row = self.data[index]
@@ -120,8 +125,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.pipeline(image, generator), "labels": label}
 
     def _substitute(self, index: int, error: BadImageError) -> tuple[PIL.Image.Image, int]:
-        with self._skipped.get_lock():
-            self._skipped.value += 1
+        worker = torch.utils.data.get_worker_info()
+        self._skipped[(0 if worker is None else worker.id + 1) % _COUNTER_SLOTS] += 1
         if not self._warned:  # once per process; the exact total is `num_skipped`
             self._warned = True
             warnings.warn(
