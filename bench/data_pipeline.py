@@ -29,9 +29,10 @@ import PIL
 import PIL.Image
 import torch
 import torchvision
+from datasets import ClassLabel, Dataset, Features, Image
 from torchvision import transforms as v1
 
-from vit_accel.data import build_pipeline, collate, example_seed
+from vit_accel.data import ImageClassificationDataset, build_pipeline, collate, example_seed
 
 CIFAR_MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100 statistics, as the seed normalises
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
@@ -61,7 +62,13 @@ def decode(data: bytes) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def seed_order(size: int) -> Callable[[list[bytes]], torch.Tensor]:
+def opener(source: str) -> Callable:
+    """How an example becomes a PIL image: "array" = already decoded in memory, as the seed's torchvision CIFAR100
+    dataset holds them (`Image.fromarray` per item); "png" = PNG bytes, as Hub parquet files store them."""
+    return PIL.Image.fromarray if source == "array" else decode
+
+
+def seed_order(size: int, source: str) -> Callable[[list], torch.Tensor]:
     transform = v1.Compose(
         [
             v1.RandomCrop(32, padding=4),
@@ -71,42 +78,63 @@ def seed_order(size: int) -> Callable[[list[bytes]], torch.Tensor]:
             v1.Normalize(CIFAR_MEAN, CIFAR_STD),
         ]
     )
+    open_ = opener(source)
 
-    def run(batch: list[bytes]) -> torch.Tensor:
-        return torch.stack([transform(decode(data)) for data in batch])
+    def run(batch: list) -> torch.Tensor:
+        return torch.stack([transform(open_(item)) for item in batch])
 
     return run
 
 
-def ours(size: int, stage: str) -> Callable[[list[bytes]], torch.Tensor]:
+def ours(size: int, source: str, stage: str) -> Callable[[list], torch.Tensor]:
     """stage: "device" stops at the 32 px uint8 batch (the accelerator resizes), "collate" resizes the uint8 batch
     to `size` in the collate step (CPU-only runs), "full" also normalises to float32 as `on_device` does."""
     pipeline = build_pipeline("cifar", size, CIFAR_MEAN, CIFAR_STD, train=True)
     resize_to = None if stage == "device" else size
+    open_ = opener(source)
 
-    def run(batch: list[bytes]) -> torch.Tensor:
+    def run(batch: list) -> torch.Tensor:
         examples = []
-        for index, data in enumerate(batch):
+        for index, item in enumerate(batch):
             generator = torch.Generator().manual_seed(example_seed(0, 0, index))
-            examples.append({"pixel_values": pipeline(decode(data), generator), "labels": 0})
+            examples.append({"pixel_values": pipeline(open_(item), generator), "labels": 0})
         pixels = collate(examples, resize_to=resize_to)["pixel_values"]
         return pipeline.on_device(pixels) if stage == "full" else pixels
 
     return run
 
 
-def measure(runs: dict[str, Callable], images: list[bytes], batch_size: int, repeats: int) -> dict[str, list[float]]:
+def ours_dataset(size: int, encoded: list[bytes]) -> Callable[[list], torch.Tensor]:
+    """The real worker path: ImageClassificationDataset.__getitem__ on a 🤗 dataset of PNG bytes (row fetch, decode,
+    RGB, augment), then the collate step with the uint8 resize. Ignores its argument's items, uses its indices."""
+    features = Features({"image": Image(), "label": ClassLabel(names=["x"])})
+    rows = {"image": [{"bytes": data, "path": None} for data in encoded], "label": [0] * len(encoded)}
+    dataset = ImageClassificationDataset(
+        Dataset.from_dict(rows, features=features), build_pipeline("cifar", size, CIFAR_MEAN, CIFAR_STD, True), 0
+    )
+    position = {"next": 0}
+
+    def run(batch: list) -> torch.Tensor:
+        first = position["next"] % len(dataset)
+        position["next"] = first + len(batch)
+        examples = [dataset[index % len(dataset)] for index in range(first, first + len(batch))]
+        return collate(examples, resize_to=size)["pixel_values"]
+
+    return run
+
+
+def measure(runs: dict[str, tuple[Callable, list]], batch_size: int, repeats: int) -> dict[str, list[float]]:
     """images/s of every pipeline for each of `repeats` rounds. The pipelines take turns within a round, so that a
     busy neighbour on a shared machine slows all of them alike; one warm-up batch each first."""
-    for run in runs.values():
-        run(images[:batch_size])
+    for run, items in runs.values():
+        run(items[:batch_size])
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, run in runs.items():
+        for name, (run, items) in runs.items():
             start = time.perf_counter()
-            for first in range(0, len(images), batch_size):
-                run(images[first : first + batch_size])
-            rates[name].append(len(images) / (time.perf_counter() - start))
+            for first in range(0, len(items), batch_size):
+                run(items[first : first + batch_size])
+            rates[name].append(len(items) / (time.perf_counter() - start))
     return rates
 
 
@@ -120,28 +148,44 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # one DataLoader worker = one thread
-    images = make_images(args.num_images)
+    encoded = make_images(args.num_images)
+    arrays = [np.asarray(decode(data)) for data in encoded]
     measured = {
-        "seed order: crop, resize 224, AutoAugment, normalise": seed_order(args.size),
-        "ours: augment at 32, uint8 batch resize in collate": ours(args.size, "collate"),
-        "ours: augment at 32, resize on the accelerator": ours(args.size, "device"),
-        "ours, all on CPU: + normalise to float32 (main process)": ours(args.size, "full"),
+        "[in-memory arrays] seed order: crop, resize 224, AutoAugment, normalise": (
+            seed_order(args.size, "array"),
+            arrays,
+        ),
+        "[in-memory arrays] ours: augment at 32, uint8 resize in collate": (
+            ours(args.size, "array", "collate"),
+            arrays,
+        ),
+        "[in-memory arrays] ours: augment at 32, resize on the accelerator": (
+            ours(args.size, "array", "device"),
+            arrays,
+        ),
+        "[in-memory arrays] ours, + float32 normalise in the same thread": (ours(args.size, "array", "full"), arrays),
+        "[PNG bytes] seed order: crop, resize 224, AutoAugment, normalise": (seed_order(args.size, "png"), encoded),
+        "[PNG bytes] ours: augment at 32, uint8 resize in collate": (ours(args.size, "png", "collate"), encoded),
+        "[PNG bytes] ours: augment at 32, resize on the accelerator": (ours(args.size, "png", "device"), encoded),
+        "[PNG bytes] ours, + float32 normalise in the same thread": (ours(args.size, "png", "full"), encoded),
+        "[PNG bytes] ours via ImageClassificationDataset + collate": (ours_dataset(args.size, encoded), encoded),
     }
-    rates = measure(measured, images, args.batch_size, args.repeats)
-    baseline = next(iter(rates.values()))
+    rates = measure(measured, args.batch_size, args.repeats)
     print(
-        f"cifar preset, {args.size} px output, {args.num_images} images, batch {args.batch_size}, 1 thread, "
+        f"cifar preset, {args.size} px output, {args.num_images} images of 32x32, batch {args.batch_size}, 1 thread, "
         f"{args.repeats} interleaved rounds"
     )
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}, "
         f"Python {platform.python_version()}, {platform.processor() or platform.machine()}"
     )
-    print(f"| {'pipeline':<56} | {'best images/s per worker':>24} | {'vs seed (median of rounds)':>26} |")
-    print(f"|{'-' * 58}|{'-' * 25}:|{'-' * 27}:|")
+    print(f"| {'pipeline':<72} | {'best images/s per worker':>24} | {'vs seed (median of rounds)':>26} |")
+    print(f"|{'-' * 74}|{'-' * 25}:|{'-' * 27}:|")
     for name, values in rates.items():
+        # Each line against the seed order on the same source.
+        baseline = next(rate for key, rate in rates.items() if key.split("]")[0] == name.split("]")[0])
         ratio = float(np.median([value / base for value, base in zip(values, baseline)]))
-        print(f"| {name:<56} | {max(values):>24,.0f} | {ratio:>25.1f}x |")
+        print(f"| {name:<72} | {max(values):>24,.0f} | {ratio:>25.1f}x |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "images_per_s": rates}, handle, indent=2)
