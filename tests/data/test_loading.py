@@ -187,3 +187,29 @@ def test_grayscale_and_rgba_rows_come_out_rgb():
     assert dataset[0]["pixel_values"].shape == (3, 64, 64) and int(dataset[0]["pixel_values"].max()) == 9
     assert dataset[1]["pixel_values"][:, 0, 0].tolist() == [1, 2, 3]
     assert np.all(np.isfinite(dataset.pipeline.on_device(collate([dataset[0], dataset[1]])["pixel_values"]).numpy()))
+
+
+def test_epoch_and_resume_through_accelerate_wrappers(tmp_path):
+    """As the training loop uses it: accelerate's sharded loader, `set_epoch` on the prepared loader, then
+    `skip_first_batches` on it; two simulated processes together see exactly the single-process epoch."""
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+
+    data = cifar_train(tmp_path)
+    single = make_set(data)
+    single.set_epoch(3)
+    reference = batches(make_dataloader(single, batch_size=4, shuffle=True, seed=0))
+    shards = []
+    for rank in range(2):
+        prepared = prepare_data_loader(
+            make_dataloader(make_set(data), batch_size=4, shuffle=True, seed=0),
+            num_processes=2,
+            process_index=rank,
+            put_on_device=False,
+        )
+        prepared.set_epoch(3)
+        shards.append(batches(prepared))
+        resumed = skip_first_batches(prepared, 1)
+        resumed.set_epoch(3)
+        assert same(shards[rank][1:], batches(resumed))
+    interleaved = [batch for pair in zip(*shards) for batch in pair]
+    assert same(reference, interleaved)
