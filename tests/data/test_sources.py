@@ -64,6 +64,21 @@ def test_beans_schema_picks_image_and_labels(tmp_path):
     assert len(data.validation) == 6
 
 
+def test_plain_parquet_without_hf_metadata(tmp_path):
+    """Parquet written by pyarrow (as pandas or polars would): no ClassLabel, image as a {bytes, path} struct."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [{"bytes": png_bytes(random_rgb(i)), "path": f"{i}.png"} for i in range(12)]
+    table = pa.table({"img": images, "label": [i % 3 for i in range(12)]})
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "train-00000-of-00001.parquet")
+    data = load(dataset_name=str(tmp_path), train_val_split=0.25)
+    assert_normalised(data.train)
+    assert data.labels == ["0", "1", "2"]  # integer labels without names: their values as names
+    assert len(data.validation) == 3 and sorted(label_array(data.validation).tolist()) == [0, 1, 2]
+
+
 def test_image_folder_train_and_validation(tmp_path):
     write_image_folder(tmp_path / "train", {"cat": 4, "dog": 3})
     write_image_folder(tmp_path / "val", {"cat": 2, "dog": 2}, seed=1, ext="jpg")
@@ -104,7 +119,9 @@ def test_explicit_columns_and_string_labels(tmp_path):
         "id": list(range(12)),
     }
     Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
-    with pytest.raises(ValueError, match=r"label column.*Available columns: pic \(Image\), target \(Value\), id"):
+    with pytest.raises(
+        ValueError, match=r"label column.*Available columns: pic \(Image\), target \(Value string\), id \(Value int64\)"
+    ):
         load(dataset_name=str(tmp_path / "ds"))
     data = load(dataset_name=str(tmp_path / "ds"), label_column_name="target", train_val_split=0.25)
     assert data.labels == ["ant", "moth", "zebra"]  # string labels become a sorted ClassLabel

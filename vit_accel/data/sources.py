@@ -42,7 +42,7 @@ class ImageClassificationData:
 
 def _looks_local(name: str) -> bool:
     # A Hub id is `name` or `owner/name`; anything absolute, relative-dotted, home-based or deeper is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
 def _load_local(path: Path, config_name: str | None) -> DatasetDict:
@@ -81,7 +81,17 @@ def _load_raw(args: DataArguments) -> DatasetDict:
 
 
 def _describe_columns(dataset: Dataset) -> str:
-    return ", ".join(f"{column} ({type(feature).__name__})" for column, feature in dataset.features.items())
+    def kind(feature) -> str:
+        if isinstance(feature, Value):
+            return f"Value {feature.dtype}"
+        return "struct" if isinstance(feature, dict) else type(feature).__name__
+
+    return ", ".join(f"{column} ({kind(feature)})" for column, feature in dataset.features.items())
+
+
+def _is_encoded_struct(feature) -> bool:
+    # {"bytes": binary, "path": string}: an Image column written without 🤗 metadata (pandas, pyarrow, polars).
+    return isinstance(feature, dict) and "bytes" in feature and set(feature) <= {"bytes", "path"}
 
 
 def _pick_image_column(dataset: Dataset, requested: str | None) -> str:
@@ -93,7 +103,7 @@ def _pick_image_column(dataset: Dataset, requested: str | None) -> str:
             )
         return requested
     for name in IMAGE_COLUMN_CANDIDATES:
-        if name in features and isinstance(features[name], Image):
+        if name in features and (isinstance(features[name], Image) or _is_encoded_struct(features[name])):
             return name
     image_columns = [name for name, feature in features.items() if isinstance(feature, Image)]
     if len(image_columns) == 1:
@@ -105,7 +115,7 @@ def _pick_image_column(dataset: Dataset, requested: str | None) -> str:
     )
 
 
-def _pick_label_column(dataset: Dataset, requested: str | None, image_column: str) -> str:
+def _pick_label_column(dataset: Dataset, requested: str | None) -> str:
     features = dataset.features
     if requested is not None:
         if requested not in features:
@@ -167,8 +177,10 @@ def _normalise(dataset: Dataset, image_column: str, label_column: str, split: st
             raise ValueError(f"Split {split!r} has no column {column!r}; available: {_describe_columns(dataset)}.")
     dataset = dataset.select_columns([image_column, label_column])
     feature = dataset.features[image_column]
-    if isinstance(feature, Value) and feature.dtype in ("string", "large_string", "binary", "large_binary"):
-        dataset = dataset.cast_column(image_column, Image())  # file paths or encoded bytes
+    if _is_encoded_struct(feature) or (
+        isinstance(feature, Value) and feature.dtype in ("string", "large_string", "binary", "large_binary")
+    ):
+        dataset = dataset.cast_column(image_column, Image())  # encoded bytes (+ path), or file paths
     elif not isinstance(feature, Image):
         raise ValueError(
             f"Column {image_column!r} of split {split!r} holds {feature!r}, not images (an Image feature, file paths "
@@ -221,7 +233,7 @@ def load_image_dataset(args: DataArguments, seed: int) -> ImageClassificationDat
     eval_split = next((name for name in EVAL_SPLITS if name in raw and name != train_split), None)
 
     image_column = _pick_image_column(raw[train_split], args.image_column_name)
-    label_column = _pick_label_column(raw[train_split], args.label_column_name, image_column)
+    label_column = _pick_label_column(raw[train_split], args.label_column_name)
     if image_column == label_column:
         raise ValueError(f"The image and label columns are both {image_column!r}.")
     logger.info("Images from column %r, labels from column %r.", image_column, label_column)
