@@ -1,0 +1,223 @@
+"""train.py end to end, as users launch it: `accelerate launch --config_file accelerate_configs/<mode>.yaml train.py`.
+
+Everything runs for real on the CPU: one process, two DDP processes over gloo, DeepSpeed ZeRO-2/3 with two processes,
+SIGKILL and resume. The data is scikit-learn's digits exported through `datasets` (vit_accel.demo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vit_accel.demo import export_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "digits"
+    export_digits(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def extensions_dir(tmp_path_factory) -> Path:
+    # DeepSpeed JIT-builds a CPU op on first use; one cache for the whole session builds it once.
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path_factory.mktemp("torch_extensions"))
+
+
+def tiny_args(digits: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", "vit-tiny-p16-224", "--from_scratch", "--config_overrides", TINY,
+        "--dataset_name", str(digits), "--max_train_samples", "256", "--max_eval_samples", "64",
+        "--augmentation", "none", "--dataloader_num_workers", "0",
+        "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
+        "--learning_rate", "1e-3", "--max_train_steps", "6", "--logging_steps", "1", "--eval_steps", "6",
+        "--seed", "3", "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip
+
+
+def launch(config: str, args: list[str], env: dict | None = None, check: bool = True, timeout: int = 600):
+    """`accelerate launch` as a user types it; returns the completed process."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}"]
+    command += ["--num_cpu_threads_per_process", "1", "train.py", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if config in ("multi_cpu.yaml",):
+        full_env["ACCELERATE_USE_CPU"] = "true"  # without it, --multi_gpu on CPU starts 2 unsynchronised processes
+    result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def train_losses(output_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def results(output_dir: Path) -> dict:
+    return json.loads((output_dir / "all_results.json").read_text())
+
+
+def test_digits_demo_recipe_reaches_95_percent(digits, tmp_path):
+    out = tmp_path / "demo"
+    launch("cpu.yaml", ["recipes/digits_demo.yaml", "--dataset_name", str(digits), "--output_dir", str(out)])
+    final = results(out)
+    assert final["eval_top1"] >= 0.95, final
+    expected = {"config.json", "model.safetensors", "preprocessor_config.json", "all_results.json", "log.jsonl"}
+    assert expected | {"training_args.json", "training_curves.png", "modeling_vit_accel.py"} <= set(os.listdir(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["7"] == "7" and config["auto_map"]
+    assert json.loads((out / "training_args.json").read_text())["command"][0] == "train.py"
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(digits, tmp_path):
+    launch("cpu.yaml", tiny_args(digits, tmp_path / "one"))
+    launch("multi_cpu.yaml", tiny_args(digits, tmp_path / "two", "--per_device_train_batch_size", "8"))
+    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    assert one["num_processes"] == 1
+    assert two["num_processes"] == 2 and two["distributed_type"] == "DistributedType.MULTI_CPU"
+    # Both ranks hold the same weights after training: gradients really were averaged.
+    assert two["replica_checksums"][0] == two["replica_checksums"][1]
+    # Same global batch (16 = 1 x 16 = 2 x 8), same samples per step: the same losses up to float reassociation.
+    assert len(train_losses(tmp_path / "two")) == 6
+    torch.testing.assert_close(train_losses(tmp_path / "two"), train_losses(tmp_path / "one"), atol=1e-5, rtol=1e-5)
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], atol=1e-5, rtol=1e-4, msg=key)
+    # gather_for_metrics counted the 64 eval images exactly once on 2 processes: the accuracy is the same.
+    assert two["eval_top1"] == pytest.approx(one["eval_top1"], abs=1 / 64 + 1e-9)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_processes(stage, digits, extensions_dir, tmp_path):
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    ddp = tmp_path / "ddp"
+    launch("multi_cpu.yaml", tiny_args(digits, ddp, "--per_device_train_batch_size", "8"))
+    out = tmp_path / f"zero{stage}"
+    launch(f"deepspeed_zero{stage}.yaml", tiny_args(digits, out, "--per_device_train_batch_size", "8"), env=env)
+    final = results(out)
+    assert final["num_processes"] == 2 and final["distributed_type"] == "DistributedType.DEEPSPEED"
+    torch.testing.assert_close(train_losses(out), train_losses(ddp), atol=1e-4, rtol=1e-4)
+
+    # The saved directory holds full weights (gathered under ZeRO-3) and reloads in a fresh process with the same
+    # eval accuracy as the run measured.
+    script = textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoModelForImageClassification
+        import vit_accel
+        from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset
+        from vit_accel.data import make_dataloader
+        model = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
+        processor = json.load(open({str(out / "preprocessor_config.json")!r}))
+        args = DataArguments(dataset_name={str(digits)!r}, max_eval_samples=64, augmentation="none")
+        data = load_image_dataset(args, seed=3)
+        pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
+        loader = make_dataloader(ImageClassificationDataset(data.validation, pipeline, seed=3), 32, False, 3)
+        correct = total = 0
+        with torch.no_grad():
+            for batch in loader:
+                logits = model(pipeline.on_device(batch["pixel_values"])).logits
+                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
+                total += len(batch["labels"])
+        print(json.dumps({{"top1": correct / total, "total": total}}))
+        """
+    )
+    reload = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert reload.returncode == 0, reload.stderr[-4000:]
+    measured = json.loads(reload.stdout.strip().splitlines()[-1])
+    assert measured["total"] == 64
+    assert measured["top1"] == pytest.approx(final["eval_top1"], abs=1e-9)
+
+
+def test_resume_after_sigkill_gives_the_same_weights(digits, tmp_path):
+    # Dropout and random augmentation on, so that restoring RNG states and the data order is what is tested.
+    args = [
+        "--config_overrides", TINY + ",hidden_dropout_prob=0.1", "--augmentation", "inception",
+        "--max_train_steps", "8", "--checkpointing_steps", "2", "--save_total_limit", "2",
+        "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "8", "--eval_steps", "4",
+    ]  # fmt: skip
+    reference = tmp_path / "reference"
+    launch("cpu.yaml", tiny_args(digits, reference, *args))
+
+    interrupted = tmp_path / "interrupted"
+    killed = launch(
+        "cpu.yaml", tiny_args(digits, interrupted, *args), env={"VIT_ACCEL_FAULT": "after_save:4"}, check=False
+    )
+    assert killed.returncode != 0 and not (interrupted / "model.safetensors").exists()
+    assert (interrupted / "checkpoint-4" / "trainer_state.json").is_file()
+    # Killed again, this time in the middle of writing checkpoint-6: it must not look complete.
+    resumed_args = tiny_args(digits, interrupted, *args, "--resume_from_checkpoint", "latest")
+    killed = launch("cpu.yaml", resumed_args, env={"VIT_ACCEL_FAULT": "during_save:6"}, check=False)
+    assert killed.returncode != 0
+    assert not (interrupted / "checkpoint-6").exists() and (interrupted / "checkpoint-6.tmp").exists()
+    launch("cpu.yaml", resumed_args)
+
+    assert not (interrupted / "checkpoint-6.tmp").exists()
+    expected, got = load_file(reference / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert train_losses(interrupted) == train_losses(reference)
+    assert results(interrupted)["eval_top1"] == results(reference)["eval_top1"]
+
+
+def run_train_py(args: list[str], capsys, monkeypatch, in_process: bool) -> tuple[int, str]:
+    """train.py as a user runs it; errors raised before any Accelerator exists are checked in-process (faster)."""
+    if not in_process:
+        result = subprocess.run(
+            [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        return result.returncode, result.stderr
+    monkeypatch.syspath_prepend(str(ROOT))
+    import train
+
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        train.cli()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_bad_input_is_one_clear_line_and_nothing_is_overwritten(digits, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    launch("cpu.yaml", tiny_args(digits, out, "--checkpointing_steps", "3"))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rat: 0.1\n")
+    other_shape = TINY + ",hidden_size=64"
+    cases = {
+        # name: (arguments, expected message, checked in-process)
+        "unknown flag": (
+            ["--dataset_name", str(digits), "--learning_rat", "0.1"],
+            "Unknown arguments: --learning_rat",
+            1,
+        ),
+        "unknown recipe key": ([str(recipe), "--dataset_name", str(digits)], "unknown keys: learning_rat", 1),
+        "batch size 0": (tiny_args(digits, out, "--per_device_train_batch_size", "0"), "must be at least 1, got 0", 1),
+        "existing run": (tiny_args(digits, out), "already holds a run", 1),
+        "missing dataset": (tiny_args(tmp_path / "nowhere", tmp_path / "new"), str(tmp_path / "nowhere"), 0),
+        "another shape": (
+            tiny_args(digits, out, "--resume_from_checkpoint", "latest", "--config_overrides", other_shape),
+            "written for another model shape",
+            0,
+        ),
+    }
+    for name, (args, message, in_process) in cases.items():
+        code, stderr = run_train_py(args, capsys, monkeypatch, bool(in_process))
+        assert code == 2, (name, stderr[-3000:])
+        lines = [line for line in stderr.splitlines() if line.startswith("train.py: error:")]
+        assert len(lines) == 1 and message in lines[0], (name, stderr[-3000:])
+        assert "Traceback" not in stderr, name
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -1,0 +1,55 @@
+import pytest
+
+from vit_accel.training.arguments import parse_args as parse_all
+
+DATASET = ["--dataset_name", "uoft-cs/cifar100"]
+
+
+def parse_args(argv):
+    """Every run needs a dataset; these tests are about the other arguments."""
+    if argv and argv[0].endswith(".yaml"):
+        return parse_all([argv[0], *DATASET, *argv[1:]])
+    return parse_all([*DATASET, *argv])
+
+
+def test_recipe_values_are_defaults_that_flags_override(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 3e-4\nper_device_train_batch_size: 32\naugmentation: none\nfrom_scratch: true\n")
+    model, data, training = parse_args([str(recipe), "--per_device_train_batch_size", "8", "--seed", "7"])
+    assert training.learning_rate == pytest.approx(3e-4)  # YAML's "3e-4" is a string; argparse converts it
+    assert training.per_device_train_batch_size == 8 and training.seed == 7
+    assert data.augmentation == "none" and model.from_scratch is True
+
+
+def test_config_overrides_parse_to_typed_values():
+    model, _, _ = parse_args(
+        ["--config_overrides", "image_size=32,patch_size=4,drop_path_rate=0.1", "--image_size", "48"]
+    )
+    assert model.parsed_overrides() == {"image_size": 48, "patch_size": 4, "drop_path_rate": 0.1}
+    bad, _, _ = parse_args(["--config_overrides", "image_size"])
+    with pytest.raises(ValueError, match="expected 'key=value', got 'image_size'"):
+        bad.parsed_overrides()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--no_such_flag", "1"], "Unknown arguments: --no_such_flag 1"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1, got 0"),
+        (["--optimizer", "lamb"], "--optimizer must be one of adamw, sgd"),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps must be a number of steps or 'epoch'"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+    ],
+)
+def test_bad_flags_name_the_flag(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)
+
+
+def test_unknown_recipe_key_and_missing_recipe(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 0.1\nlearnig_rate: 0.2\n")
+    with pytest.raises(ValueError, match="unknown keys: learnig_rate"):
+        parse_args([str(recipe)])
+    with pytest.raises(FileNotFoundError, match="Recipe file not found"):
+        parse_args([str(tmp_path / "missing.yaml")])

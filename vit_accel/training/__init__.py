@@ -1,0 +1,1 @@
+"""The pieces of `train.py`: arguments, model setup, optimizer, checkpoints and reporting."""

@@ -1,0 +1,182 @@
+"""Arguments of `train.py`: three dataclasses parsed by `transformers.HfArgumentParser`.
+
+Names follow transformers' `run_image_classification_no_trainer.py` where it has them, so users can reuse their
+commands. A YAML recipe may come first on the command line; flags after it override its values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from ..data import DataArguments
+
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="vit-base-p16-224",
+        metadata={
+            "help": "A named variant (e.g. vit-base-p16-224, pretrained on ImageNet-21k), a directory of ours or of "
+            "transformers' ViT, a Hub id, a Google .npz or a timm checkpoint."
+        },
+    )
+    from_scratch: bool = field(
+        default=False, metadata={"help": "Random initialisation: build the variant's shape without pretrained weights."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields to override, 'key=value,key=value' (e.g. 'image_size=32,patch_size=4')."},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Train at this resolution; pretrained position embeddings are resampled at load time."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise checkpoint weights whose shapes differ (e.g. a head for other classes)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
+    )
+
+    def parsed_overrides(self) -> dict:
+        """`config_overrides` as a dict with int/float/bool/None values where they parse as such."""
+        overrides: dict = {}
+        if self.config_overrides:
+            for item in self.config_overrides.split(","):
+                key, sep, value = item.partition("=")
+                if not sep or not key.strip():
+                    raise ValueError(f"--config_overrides: expected 'key=value', got {item!r}.")
+                overrides[key.strip()] = _parse_scalar(value.strip())
+        if self.image_size is not None:
+            overrides["image_size"] = self.image_size
+        return overrides
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs and the model go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow starting a new run in a directory that already holds one."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, shuffling and augmentation."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per process for training."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per process for evaluation."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    optimizer: str = field(default="adamw", metadata={"help": f"One of {', '.join(OPTIMIZERS)} (SGD with momentum)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "Weight decay; never applied to biases, norms, position embeddings, CLS."}
+    )
+    momentum: float = field(default=0.9, metadata={"help": "Momentum of SGD."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Global-norm gradient clipping (0 disables)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
+    num_train_epochs: int = field(default=3, metadata={"help": "Epochs, unless --max_train_steps is given."})
+    max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides the epochs."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": f"One of {', '.join(LR_SCHEDULERS)}."})
+    num_warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up, in optimizer steps."})
+    logging_steps: int = field(default=10, metadata={"help": "Log loss, lr, grad norm and images/s every N steps."})
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Evaluate every N optimizer steps (default: at the end of each epoch)."}
+    )
+    checkpointing_steps: str | None = field(
+        default=None,
+        metadata={"help": "Save the training state every N optimizer steps, or 'epoch' at each epoch's end."},
+    )
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep the last N checkpoints (plus the best by top-1); None keeps all."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' (in --output_dir) or the path of a checkpoint-N directory."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
+    with_tracking: bool = field(default=False, metadata={"help": "Send logs to trackers through accelerate."})
+    report_to: str = field(
+        default="all", metadata={"help": "Trackers for --with_tracking: tensorboard, wandb, ... or 'all'."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repository on the Hub, 'user/name'."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+
+    def __post_init__(self):
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("logging_steps", "eval_steps", "max_train_steps", "save_total_limit", "num_train_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ValueError(
+                f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}."
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
+            raise ValueError(
+                f"--checkpointing_steps must be a number of steps or 'epoch', got {self.checkpointing_steps!r}."
+            )
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def _parse_scalar(value: str):
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse `[recipe.yaml] [--flag value ...]`: the recipe's values become defaults that flags override.
+
+    Raises:
+        ValueError: unknown flag or recipe key, or a value that fails a dataclass check; the message names it.
+        FileNotFoundError: the recipe file does not exist.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        recipe = Path(argv.pop(0))
+        if not recipe.is_file():
+            raise FileNotFoundError(f"Recipe file not found: {recipe}")
+        values = yaml.safe_load(recipe.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"Recipe {recipe} must be a mapping of argument names to values.")
+        known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Recipe {recipe} has unknown keys: {', '.join(unknown)}.")
+        parser.set_defaults(**values)
+    model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if remaining:
+        raise ValueError(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`).")
+    return model_args, data_args, training_args

@@ -1,0 +1,95 @@
+"""Building the model for a run, and saving the finished one as a Hub-ready directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+from ..modeling_vit_accel import ViTAccelForImageClassification
+from .arguments import ModelArguments
+
+# Google's checkpoints were trained on pixels scaled to [-1, 1]: mean 0.5, std 0.5 per channel.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of the source's image processor when it has one, else Google's [-1, 1]."""
+    path = Path(source) / "preprocessor_config.json"
+    if path.is_file():
+        processor = json.loads(path.read_text())
+        return tuple(processor.get("image_mean", DEFAULT_MEAN)), tuple(processor.get("image_std", DEFAULT_STD))
+    return DEFAULT_MEAN, DEFAULT_STD
+
+
+def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForImageClassification, tuple, tuple]:
+    """The model to train, with a head for `labels`, and the normalisation its inputs need.
+
+    Raises:
+        ValueError: unknown variant, bad override, or a checkpoint that does not fit (named in the message).
+    """
+    label_fields = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    overrides = args.parsed_overrides()
+    source = args.model_name_or_path
+    if args.from_scratch:
+        if source in VIT_VARIANTS:
+            config = ViTAccelConfig.from_variant(source, **overrides, **label_fields)
+        elif (Path(source) / "config.json").is_file():
+            config = ViTAccelConfig.from_pretrained(source, **overrides, **label_fields)
+        else:
+            raise ValueError(
+                f"--from_scratch needs a variant name or a directory with config.json, got {source!r}. "
+                f"Variants: {', '.join(VIT_VARIANTS)}."
+            )
+        # The plain constructor, not `_from_config`: under ZeRO-3 the latter creates the weights inside zero.Init,
+        # drawing them in another order, so the same seed would not give the same model as in a DDP run.
+        model = ViTAccelForImageClassification(config)
+    else:
+        try:
+            if args.ignore_mismatched_sizes:
+                overrides["ignore_mismatched_sizes"] = True
+            model = ViTAccelForImageClassification.from_pretrained(source, **overrides, **label_fields)
+        except (RuntimeError, OSError) as error:
+            raise ValueError(
+                f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]} "
+                "(a checkpoint with another head size needs --ignore_mismatched_sizes)."
+            ) from error
+    mean, std = _normalisation(source)
+    return model, mean, std
+
+
+def save_final_model(
+    accelerator: Accelerator,
+    model,
+    output_dir: Path,
+    mean,
+    std,
+    results: dict,
+    command: list[str],
+    arguments: tuple,
+) -> None:
+    """`save_pretrained` from the full state dict (gathered under ZeRO-3), the image processor and the run's record."""
+    from transformers import ViTImageProcessor
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3: every process must call it
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        size = unwrapped.config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        ViTImageProcessor(
+            size={"height": height, "width": width}, image_mean=list(mean), image_std=list(std)
+        ).save_pretrained(output_dir)
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        record = {"command": command, **{type(a).__name__: asdict(a) for a in arguments}}
+        (output_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
+    accelerator.wait_for_everyone()

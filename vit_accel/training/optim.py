@@ -1,0 +1,49 @@
+"""Optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from .arguments import TrainingArguments
+
+# Parameters that are not weights of a linear map: decaying them hurts (Google, timm and transformers all exempt them).
+_NO_DECAY_NAMES = ("position_embeddings", "cls_token")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices/kernels with `weight_decay`; biases, norms, position embeddings and CLS without."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or any(key in name for key in _NO_DECAY_NAMES):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA) or SGD with momentum, as chosen by `--optimizer`."""
+    groups = parameter_groups(model, args.weight_decay)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
+    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), fused=fused or None
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
+    """A transformers schedule counted in optimizer steps (the loop steps it once per optimizer step)."""
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=min(args.num_warmup_steps, total_steps),
+        num_training_steps=total_steps,
+    )
