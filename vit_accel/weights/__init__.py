@@ -116,7 +116,7 @@ def _checkpoint_from_tensors(tensors: dict[str, torch.Tensor], source: str) -> C
     )
 
 
-def read_checkpoint(source: str | os.PathLike, progress: ProgressFn | None = None) -> Checkpoint:
+def read_checkpoint(source: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool = False) -> Checkpoint:
     """A local file or directory, whatever its format, as a `Checkpoint` under our names."""
     path = Path(source)
     if path.is_dir():
@@ -137,7 +137,7 @@ def read_checkpoint(source: str | os.PathLike, progress: ProgressFn | None = Non
         raise CheckpointError(f"{path}: no such file or directory. Accepted: {ACCEPTED}.")
     kind = sniff(path)
     if kind == "npz":
-        return google.load_npz(path, progress=progress)
+        return google.load_npz(path, progress=progress, lazy=lazy)
     if kind == "safetensors":
         from safetensors import safe_open
 
@@ -159,10 +159,10 @@ def named_checkpoint(
     cached = download.cache_dir() / (Path(name).stem + ".safetensors")
     if not cached.is_file():
         npz = download.fetch(relative, verify=google.verify_npz, quiet=quiet)
-        checkpoint = google.load_npz(npz, progress=progress)
+        # Streamed: each array is read, converted and written in turn (peak memory about one array).
+        checkpoint = google.load_npz(npz, progress=progress, lazy=True)
         checkpoint.source = download.base_url() + relative
-        save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata())
-        return checkpoint
+        save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata(), materialize=checkpoint.materialize)
     return read_checkpoint(cached)
 
 
@@ -213,6 +213,44 @@ def load_pretrained(
 ) -> torch.nn.Module:
     """Build `cls` (ViTAccelForImageClassification or ViTAccelModel) from any supported source.
 
+    Keyword arguments are those of `_build` (variant, config, head_init, resample_mode, resample_antialias, weights,
+    dtype, ViTAccelConfig fields); see there.
+    """
+    model, _ = _build(
+        cls,
+        source,
+        variant=variant,
+        config=config,
+        head_init=head_init,
+        resample_mode=resample_mode,
+        resample_antialias=resample_antialias,
+        weights=weights,
+        dtype=dtype,
+        progress=progress,
+        quiet=quiet,
+        **overrides,
+    )
+    return model
+
+
+def _build(
+    cls: type,
+    source: str | os.PathLike | Checkpoint,
+    *,
+    variant: str | None = None,
+    config: ViTAccelConfig | None = None,
+    head_init: str = "zeros",
+    resample_mode: str | None = None,
+    resample_antialias: bool | None = None,
+    weights: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: ProgressFn | None = None,
+    quiet: bool = False,
+    lazy: bool = False,
+    **overrides: Any,
+) -> tuple[torch.nn.Module, Checkpoint]:
+    """The model and the checkpoint it was built from (with `lazy`, large npz tensors stay meta placeholders).
+
     Args:
         source: a named variant, a local file or directory, a Hub id of a transformers ViT, or a `Checkpoint`.
         variant: for a file, the named variant it must fit (otherwise the shape of the file decides).
@@ -233,7 +271,7 @@ def load_pretrained(
             raise ValueError(f"variant={variant!r} contradicts the named source {source!r}.")
         checkpoint, variant = named_checkpoint(source, weights, progress, quiet), source
     elif Path(source).exists():
-        checkpoint = read_checkpoint(source, progress)
+        checkpoint = read_checkpoint(source, progress, lazy=lazy)
     else:
         source = str(source)
         checkpoint = _hub_checkpoint(source)
@@ -245,7 +283,8 @@ def load_pretrained(
     state_dict = adapt_state_dict(checkpoint, built, head_init, resample_mode, resample_antialias)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    return load_into(cls, built, state_dict, checkpoint.source, dtype if isinstance(dtype, torch.dtype) else None)
+    model = load_into(cls, built, state_dict, checkpoint.source, dtype if isinstance(dtype, torch.dtype) else None)
+    return model, checkpoint
 
 
 # Keyword arguments of transformers' from_pretrained that mean nothing for a converted checkpoint (all on CPU).
@@ -320,7 +359,8 @@ def convert(
     """
     from ..modeling_vit_accel import ViTAccelForImageClassification
 
-    model = load_pretrained(ViTAccelForImageClassification, source, progress=progress, **kwargs)
+    # Planned lazily: large npz arrays are read one at a time while the output is written.
+    model, checkpoint = _build(ViTAccelForImageClassification, source, progress=progress, lazy=True, **kwargs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.architectures = ["ViTAccelForImageClassification"]
@@ -331,7 +371,9 @@ def convert(
 
         custom_object_save(model, out_dir, config=model.config)
     model.config.save_pretrained(out_dir)
-    save_safetensors(model.state_dict(), out_dir / "model.safetensors", {"format": "pt"}, write_progress)
+    save_safetensors(
+        model.state_dict(), out_dir / "model.safetensors", {"format": "pt"}, write_progress, checkpoint.materialize
+    )
     return model
 
 

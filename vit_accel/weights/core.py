@@ -49,6 +49,8 @@ class Checkpoint:
     resample_antialias: bool = False
     num_attention_heads: int | None = None
     config: dict[str, Any] = field(default_factory=dict)  # extra ViTAccelConfig fields read from the source
+    # For a lazily read checkpoint: reads the tensor that a meta tensor of `state_dict` stands for.
+    materialize: Callable[[str], torch.Tensor] | None = None
 
     def metadata(self) -> dict[str, str]:
         """String metadata for a cached safetensors file, enough to rebuild this record without the source."""
@@ -97,11 +99,13 @@ def save_safetensors(
     path: str | os.PathLike,
     metadata: Mapping[str, str] | None = None,
     progress: ProgressFn | None = None,
+    materialize: Callable[[str], torch.Tensor] | None = None,
 ) -> None:
     """Write a safetensors file tensor by tensor (no second in-memory copy of the whole dict), atomically.
 
     `safetensors.torch.save_file` first serialises every tensor to bytes, which doubles the peak memory of converting
     a 1.2 GB checkpoint; the format is simple (8-byte header length, JSON header, raw little-endian data) to stream.
+    Meta tensors are placeholders: `materialize(key)` supplies their data when their turn comes.
     """
     path = Path(path)
     header: dict[str, Any] = {}
@@ -126,6 +130,13 @@ def save_safetensors(
         handle.write(struct.pack("<Q", len(blob)))
         handle.write(blob)
         for index, (key, tensor) in enumerate(tensors.items()):
+            if tensor.is_meta:
+                if materialize is None:
+                    raise CheckpointError(f"{key!r} is a placeholder (meta tensor) and nothing can read its data.")
+                real = materialize(key)
+                if tuple(real.shape) != tuple(tensor.shape):
+                    raise CheckpointError(f"{key!r}: read shape {tuple(real.shape)}, planned {tuple(tensor.shape)}.")
+                tensor = real.to(tensor.dtype)
             data = tensor.detach().cpu().contiguous().reshape(-1)
             if data.numel():
                 handle.write(memoryview(data.view(torch.uint8).numpy()))

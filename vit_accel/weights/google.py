@@ -43,30 +43,32 @@ from .core import Checkpoint, CheckpointError, ProgressFn
 PREFIXES = ("opt/target/", "params/img/", "params/", "")
 REQUIRED = ("embedding/kernel", "embedding/bias")
 
-Transform = Callable[[np.ndarray], np.ndarray]
+# Transforms work on torch tensors (real or meta): torch's blocked, multi-threaded copy makes the transposes several
+# times faster than numpy's, and on meta tensors the same code plans the output shapes without touching any data.
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _conv(a: np.ndarray) -> np.ndarray:
-    return a.transpose(3, 2, 0, 1)
+def _conv(a: torch.Tensor) -> torch.Tensor:
+    return a.permute(3, 2, 0, 1)  # HWIO -> OIHW
 
 
-def _dense(a: np.ndarray) -> np.ndarray:
-    return a.T
+def _dense(a: torch.Tensor) -> torch.Tensor:
+    return a.t()  # (in, out) -> (out, in)
 
 
-def _qkv_kernel(a: np.ndarray) -> np.ndarray:
-    return a.reshape(a.shape[0], -1).T
+def _qkv_kernel(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(a.shape[0], -1).t()  # (D, heads, head_dim) -> (heads * head_dim, D)
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
+def _flat(a: torch.Tensor) -> torch.Tensor:
     return a.reshape(-1)
 
 
-def _out_kernel(a: np.ndarray) -> np.ndarray:
-    return a.reshape(-1, a.shape[-1]).T
+def _out_kernel(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(-1, a.shape[-1]).t()  # (heads, head_dim, D) -> (D, heads * head_dim)
 
 
-def _same(a: np.ndarray) -> np.ndarray:
+def _same(a: torch.Tensor) -> torch.Tensor:
     return a
 
 
@@ -146,30 +148,105 @@ def key_map(keys: set[str], source: str = "npz") -> tuple[list[tuple[str, str, T
     return entries, facts
 
 
+Provenance = tuple[str, Transform, int | None]  # (npz key, transform, index in a scanned array)
+
+
 def _iter_converted(
     arrays: Mapping[str, np.ndarray],
     entries: list[tuple[str, str, Transform, int | None]],
     source: str,
     progress: ProgressFn | None,
-) -> Iterator[tuple[str, torch.Tensor]]:
+) -> Iterator[tuple[str, torch.Tensor, Provenance]]:
     total = len(entries)
     for done, (theirs, ours, transform, _) in enumerate(entries, start=1):
         array = arrays[theirs]  # read from the zip now; dropped once converted
+        tensor = _to_tensor(array, theirs, source)
         if "{i}" in ours:  # a scanned array holds every block: read it once, cut one slice per block
-            for i in range(array.shape[0]):
-                yield ours.format(i=i), _to_tensor(transform(array[i]), theirs, source)
+            for i in range(tensor.shape[0]):
+                yield ours.format(i=i), transform(tensor[i]).contiguous(), (theirs, transform, i)
         else:
-            yield ours, _to_tensor(transform(array), theirs, source)
+            # contiguous() copies only the transposed arrays; the others share the array's memory.
+            yield ours, transform(tensor).contiguous(), (theirs, transform, None)
+        del tensor
         if progress:
             progress(done, total, theirs, array.nbytes)
         del array
 
 
+def _is_placeholder(array: np.ndarray) -> bool:
+    return array.size > 1 and not array.flags.writeable and all(stride == 0 for stride in array.strides)
+
+
 def _to_tensor(array: np.ndarray, key: str, source: str) -> torch.Tensor:
+    if array.dtype.kind == "O":
+        raise CheckpointError(f"{source}: array {key!r} holds pickled objects; refusing to unpickle.")
     if array.dtype.kind not in "fiu":
         raise CheckpointError(f"{source}: array {key!r} has dtype {array.dtype}, not a number type.")
-    # np.ascontiguousarray copies only the transposed arrays; from_numpy then shares that memory (no second copy).
-    return torch.from_numpy(np.ascontiguousarray(array))
+    if _is_placeholder(array):  # planning pass: shape and dtype only, the data is read when written
+        return torch.empty(array.shape, dtype=torch.from_numpy(np.zeros(0, array.dtype)).dtype, device="meta")
+    return torch.from_numpy(array)
+
+
+class _Planned(Mapping):
+    """An npz whose large members appear as zero-strided placeholders of their shape and dtype (read from the .npy
+    headers only); small ones (position embeddings, biases, norms) are read for real. A conversion planned on it holds
+    meta tensors for the large arrays and reads each one only when it is written."""
+
+    def __init__(self, npz: np.lib.npyio.NpzFile, threshold: int):
+        self.npz, self.threshold = npz, threshold
+        self._scratch = np.empty(0, np.uint8)
+
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        with self.npz.zip.open(key + ".npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+        return shape, dtype
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        shape, dtype = self.header(key)
+        if dtype.kind == "O" or "pos" in key or int(np.prod(shape)) * dtype.itemsize <= self.threshold:
+            return self.npz[key]
+        return np.broadcast_to(np.zeros((), dtype), shape)
+
+    def read(self, key: str) -> np.ndarray:
+        """The member's data. A member stored uncompressed (as in Google's files) is read with one `readinto` into a
+        scratch buffer reused from call to call: no fresh pages to fault in for every array. The result is valid until
+        the next call. Compressed members go through zipfile."""
+        info = self.npz.zip.getinfo(key + ".npy")
+        filename = self.npz.zip.filename
+        if info.compress_type != zipfile.ZIP_STORED or not filename:
+            return self.npz[key]
+        with open(filename, "rb", buffering=0) as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)  # the local file header: name and extra-field lengths at bytes 26..29
+            names = int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            handle.seek(info.header_offset + 30 + names)
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(handle)
+            offset = handle.tell()
+            if dtype.kind == "O":
+                return self.npz[key]  # np.load refuses it (allow_pickle=False) with its own error
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            if self._scratch.nbytes < nbytes:
+                self._scratch = np.empty(nbytes, np.uint8)
+            handle.seek(offset)
+            view = memoryview(self._scratch)[:nbytes]
+            got = 0
+            while got < nbytes:
+                count = handle.readinto(view[got:])
+                if not count:
+                    raise CheckpointError(f"{filename}: member {key!r} ends after {got} of {nbytes} bytes.")
+                got += count
+        array = self._scratch[:nbytes].view(dtype)
+        return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.npz.files)
+
+    def __len__(self) -> int:
+        return len(self.npz.files)
 
 
 def npz_to_state_dict(
@@ -178,7 +255,9 @@ def npz_to_state_dict(
     """Convert Google npz arrays (a lazy `np.load` result or a dict) to a `Checkpoint` under our names."""
     keys = set(arrays.keys())
     entries, facts = key_map(keys, source)
-    state_dict = dict(_iter_converted(arrays, entries, source, progress))
+    state_dict, provenance = {}, {}
+    for ours, tensor, origin in _iter_converted(arrays, entries, source, progress):
+        state_dict[ours], provenance[ours] = tensor, origin
     pos = state_dict["vit.embeddings.position_embeddings"]
     if pos.ndim == 2:
         pos = pos.unsqueeze(0)
@@ -190,7 +269,7 @@ def npz_to_state_dict(
     # The (heads, head_dim) layout of the query bias is the only place the number of heads is written down.
     query_bias = next(theirs for theirs, ours, _, _ in entries if ours.endswith("attention.q_proj.bias"))
     heads = int(arrays[query_bias].shape[-2])
-    return Checkpoint(
+    checkpoint = Checkpoint(
         state_dict=state_dict,
         source=source,
         format="google-npz",
@@ -199,6 +278,22 @@ def npz_to_state_dict(
         num_attention_heads=heads,
         config={"layer_norm_eps": 1e-6, "hidden_act": "gelu"},
     )
+    if isinstance(arrays, _Planned):
+        planned, scratch = arrays, [torch.empty(0)]
+
+        def materialize(key: str) -> torch.Tensor:
+            """The tensor for `key`, valid until the next call (buffers are reused: the caller writes it at once)."""
+            theirs, transform, index = provenance[key]
+            tensor = transform(_to_tensor(planned.read(theirs), theirs, source)[index if index is not None else ...])
+            if tensor.is_contiguous():
+                return tensor
+            if scratch[0].numel() * scratch[0].element_size() < tensor.numel() * tensor.element_size():
+                scratch[0] = torch.empty(tensor.numel() * tensor.element_size(), dtype=torch.uint8)
+            out = scratch[0][: tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
+            return out.copy_(tensor)  # the transpose, into reused memory
+
+        checkpoint.materialize = materialize
+    return checkpoint
 
 
 def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
@@ -210,8 +305,18 @@ def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
         raise CheckpointError(f"{path}: not a readable npz file ({error}).") from error
 
 
-def load_npz(path: str | os.PathLike, progress: ProgressFn | None = None) -> Checkpoint:
-    """Read a Google npz file array by array into a `Checkpoint` (object arrays are refused, never unpickled)."""
+# Arrays above this size stay on disk in a planned (lazy) conversion until they are written.
+LAZY_THRESHOLD = 1 << 16
+
+
+def load_npz(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool = False) -> Checkpoint:
+    """Read a Google npz file array by array into a `Checkpoint` (object arrays are refused, never unpickled).
+
+    `lazy=True` reads only the small arrays: the large ones become meta tensors and `checkpoint.materialize(key)` reads
+    one when it is needed, so a conversion streams from the npz to the output file (peak memory: one array).
+    """
+    if lazy:
+        return npz_to_state_dict(_Planned(open_npz(path), LAZY_THRESHOLD), source=str(path), progress=progress)
     with open_npz(path) as arrays:
         try:
             return npz_to_state_dict(arrays, source=str(path), progress=progress)
