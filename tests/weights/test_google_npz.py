@@ -124,3 +124,19 @@ def test_pickled_and_malformed_npz_are_refused(tmp_path):
     np.savez(tmp_path / "gap.npz", **gap)
     with pytest.raises(CheckpointError, match="no 'cls' token"):
         read_checkpoint(tmp_path / "gap.npz")
+
+
+def test_transformers_keywords_accepted_and_typos_refused(tmp_path):
+    path = write_google_npz(tmp_path / "vit.npz")
+    labels = {0: "cat", 1: "dog", 2: "fish"}
+    model = ViTAccelForImageClassification.from_pretrained(
+        path,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        ignore_mismatched_sizes=True,
+        dtype="bfloat16",
+    )
+    assert model.config.num_labels == 3 and model.config.id2label == labels
+    assert model.classifier.weight.dtype == torch.bfloat16 and not model.training
+    with pytest.raises(TypeError, match="unexpected keyword 'num_lables'"):
+        ViTAccelForImageClassification.from_pretrained(path, num_lables=3)

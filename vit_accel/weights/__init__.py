@@ -287,7 +287,8 @@ def _build(
     return model, checkpoint
 
 
-# Keyword arguments of transformers' from_pretrained that mean nothing for a converted checkpoint (all on CPU).
+# Keyword arguments of transformers' from_pretrained that mean nothing for a converted checkpoint (built on CPU, the
+# head replaced whenever its shape does not fit, so `ignore_mismatched_sizes` is what happens anyway).
 _IGNORED_KWARGS = (
     "cache_dir",
     "local_files_only",
@@ -296,6 +297,14 @@ _IGNORED_KWARGS = (
     "trust_remote_code",
     "device_map",
     "use_safetensors",
+    "ignore_mismatched_sizes",
+    "low_cpu_mem_usage",
+    "attn_implementation",
+    "force_download",
+    "proxies",
+    "weights_only",
+    "_from_auto",
+    "_from_pipeline",
 )
 _OUR_KWARGS = (
     "variant",
