@@ -36,7 +36,7 @@ class BadImageError(ValueError):
 
 
 def example_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed mixed from (seed, epoch, index) by numpy's SeedSequence (no collisions between neighbours)."""
+    """A 63-bit seed mixed from (seed, epoch, index) by numpy's SeedSequence (well mixed, so neighbours differ)."""
     state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch, index]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 

