@@ -162,7 +162,7 @@ def named_checkpoint(
         # Streamed: each array is read, converted and written in turn (peak memory about one array).
         checkpoint = google.load_npz(npz, progress=progress, lazy=True)
         checkpoint.source = download.base_url() + relative
-        save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata(), materialize=checkpoint.materialize)
+        save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata(), progress, checkpoint.materialize)
     return read_checkpoint(cached)
 
 
