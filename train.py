@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 import vit_accel
 from vit_accel.data import ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
+from vit_accel.errors import raised_by_our_checks
+from vit_accel.hub import push_to_hub, write_model_card
 from vit_accel.training.arguments import parse_args
 from vit_accel.training.checkpointing import (
     TrainerState,
@@ -227,9 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
             if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                 if state.best_step == state.completed_steps:
                     state.best_checkpoint = f"checkpoint-{state.completed_steps}"
-                save_checkpoint(accelerator, output_dir, state, accelerator.unwrap_model(model).config)
+                saved = save_checkpoint(accelerator, output_dir, state, accelerator.unwrap_model(model).config)
                 if accelerator.is_main_process:
                     rotate_checkpoints(output_dir, args.save_total_limit, keep=state.best_checkpoint)
+                    if args.push_to_hub and args.hub_strategy == "checkpoint":
+                        push_to_hub(saved, args.hub_model_id, args.hub_private_repo, path_in_repo="last-checkpoint")
 
             if state.completed_steps >= total_steps:
                 break
@@ -248,24 +252,18 @@ def main(argv: list[str] | None = None) -> dict:
     save_final_model(accelerator, model, output_dir, mean, std, final, command, (model_args, data_args, args))
     if accelerator.is_main_process:
         plot_curves(log.records(), output_dir / CURVES_FILE)
+        write_model_card(output_dir)
+        if args.push_to_hub:
+            logger.info(f"Pushed to {push_to_hub(output_dir, args.hub_model_id, args.hub_private_repo)}")
     accelerator.end_training()
     return final
-
-
-def _raised_by_our_checks(error: BaseException) -> bool:
-    """True when the innermost frame is vit_accel's or this script's: a check of ours, not a library failure."""
-    traceback = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    filename = Path(traceback.tb_frame.f_code.co_filename).resolve() if traceback else Path()
-    return filename == Path(__file__).resolve() or Path(vit_accel.__file__).parent.resolve() in filename.parents
 
 
 def cli() -> None:
     try:
         results = main()
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        if not _raised_by_our_checks(error):
+        if not raised_by_our_checks(error, __file__):
             raise
         # User errors (flags, recipe, paths, shapes) get one line, not a traceback wall.
         print(f"train.py: error: {error}", file=sys.stderr)

@@ -11,3 +11,55 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_vitaccelTESTtokenNEVERwritten0123456789"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny ViT fine-tuned for real by train.py on the digits (8 steps), with a token in the environment."""
+    from vit_accel.demo import export_digits
+
+    root = tmp_path_factory.mktemp("trained")
+    export_digits(root / "digits")
+    output_dir = root / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
+        "--num_cpu_threads_per_process", "1", "train.py", "--model_name_or_path", "vit-tiny-p16-224",
+        "--from_scratch", "--config_overrides",
+        "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2",
+        "--dataset_name", str(root / "digits"), "--max_train_samples", "256", "--max_eval_samples", "64",
+        "--augmentation", "none", "--dataloader_num_workers", "0", "--per_device_train_batch_size", "32",
+        "--learning_rate", "3e-3", "--max_train_steps", "8", "--logging_steps", "2", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_TOKEN": FAKE_TOKEN}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def digit_images(trained_run) -> list[Path]:
+    """Six digits as 16x16 PNG files (the model's input size, so no resampling differs between libraries)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder = trained_run.parent / "images"
+    folder.mkdir(exist_ok=True)
+    digits = load_digits()
+    paths = []
+    for i in range(6):
+        pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")
+        path = folder / f"digit{i}_{digits.target[i]}.png"
+        Image.fromarray(pixels).resize((16, 16), Image.NEAREST).save(path)
+        paths.append(path)
+    return paths

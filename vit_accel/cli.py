@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
+
+from .errors import raised_by_our_checks
 
 
 def _variants(args: argparse.Namespace) -> int:
@@ -96,6 +99,10 @@ def _export(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, OSError) as error:
         print(f"vit-accel export: {error}", file=sys.stderr)
         return 2
+    processor = Path(args.source) / "preprocessor_config.json"
+    if args.to == "transformers" and processor.is_file():
+        # The image processor goes along, so that `pipeline("image-classification", model=out)` works as is.
+        shutil.copy(processor, out / processor.name)
     print(f"wrote {args.to} checkpoint to {out}")
     return 0
 
@@ -133,12 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="directory to write")
     export.add_argument("--to", choices=("transformers", "timm"), default="transformers")
     export.set_defaults(func=_export)
+
+    from .inference import add_commands
+
+    add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        if not raised_by_our_checks(error):
+            raise
+        # Bad input (a file, a directory, a dataset) is one clear line, not a traceback.
+        print(f"vit-accel {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -108,6 +108,10 @@ class TrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository on the Hub, 'user/name'."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "'end': push the final model; 'checkpoint': also push each checkpoint as last-checkpoint/."},
+    )
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -131,6 +135,8 @@ class TrainingArguments:
             raise ValueError(
                 f"--checkpointing_steps must be a number of steps or 'epoch', got {self.checkpointing_steps!r}."
             )
+        if self.hub_strategy not in ("end", "checkpoint"):
+            raise ValueError(f"--hub_strategy must be 'end' or 'checkpoint', got {self.hub_strategy!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
 

@@ -1,0 +1,139 @@
+"""Downstream use of a trained model: the three ways users load it (each in a fresh process), predict and evaluate."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import ROOT
+
+from vit_accel.cli import main as cli
+
+
+def run_python(script: str, cwd, env: dict | None = None) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def pipeline_predictions(model_dir, images, trust_remote_code: bool, block_vit_accel: bool, cwd, env=None) -> dict:
+    block = 'sys.modules["vit_accel"] = None  # vit_accel cannot be imported\n' if block_vit_accel else ""
+    script = f"""
+import json, sys
+{block}from transformers import pipeline
+classifier = pipeline("image-classification", model={str(model_dir)!r}, trust_remote_code={trust_remote_code})
+out = {{p: classifier(p, top_k=5) for p in {[str(i) for i in images]!r}}}
+print(json.dumps({{"module": type(classifier.model).__module__, "out": out}}))
+"""
+    return run_python(script, cwd, env)
+
+
+def test_three_ways_to_load_give_the_same_predictions(trained_run, digit_images, tmp_path, capsys):
+    assert cli(["predict", "--model", str(trained_run), "--json", *map(str, digit_images)]) == 0
+    reference = {item["image"]: item["predictions"] for item in json.loads(capsys.readouterr().out)}
+    assert len(reference) == 6 and all(len(top) == 5 for top in reference.values())
+
+    def assert_same(predictions: dict):
+        for image, top in reference.items():
+            got = predictions[image]
+            assert [p["label"] for p in got] == [p["label"] for p in top], image
+            assert [p["score"] for p in got] == pytest.approx([p["score"] for p in top], abs=1e-4), image
+
+    # 1. With vit_accel installed: our class and the Auto class, no remote code.
+    script = f"""
+import json, torch, vit_accel
+from transformers import AutoModelForImageClassification
+from vit_accel import ViTAccelForImageClassification
+a = ViTAccelForImageClassification.from_pretrained({str(trained_run)!r}).eval()
+b = AutoModelForImageClassification.from_pretrained({str(trained_run)!r}).eval()
+x = torch.randn(2, 3, 16, 16)
+with torch.no_grad():
+    diff = (a(x).logits - b(x).logits).abs().max().item()
+print(json.dumps({{"type": type(b).__name__, "diff": diff}}))
+"""
+    first = run_python(script, tmp_path)
+    assert first == {"type": "ViTAccelForImageClassification", "diff": 0.0}
+
+    # 2. Without vit_accel: the saved modeling code travels with the directory (trust_remote_code).
+    modules = {"HF_MODULES_CACHE": str(tmp_path / "modules")}
+    second = pipeline_predictions(trained_run, digit_images, True, True, tmp_path, modules)
+    assert second["module"].startswith("transformers_modules")
+    assert_same(second["out"])
+
+    # 3. Plain transformers, no remote code: the exported transformers-native ViT directory.
+    exported = tmp_path / "exported"
+    assert cli(["export", str(trained_run), str(exported)]) == 0
+    assert json.loads((exported / "config.json").read_text())["model_type"] == "vit"
+    third = pipeline_predictions(exported, digit_images, False, True, tmp_path)
+    assert third["module"] == "transformers.models.vit.modeling_vit"
+    assert_same(third["out"])
+
+
+def test_evaluate_reproduces_the_training_run_and_writes_the_confusion_matrix(trained_run, tmp_path, capsys):
+    results = json.loads((trained_run / "all_results.json").read_text())
+    digits = trained_run.parent / "digits"
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(trained_run), "--dataset_name", str(digits), "--max_eval_samples", "64"]
+    assert cli([*argv, "--dataloader_num_workers", "0", "--output_dir", str(out)]) == 0
+    summary = json.loads((out / "eval_results.json").read_text())
+    assert summary["num_examples"] == 64
+    assert summary["top1"] == pytest.approx(results["eval_top1"], abs=1e-9)
+    assert summary["top5"] == pytest.approx(results["eval_top5"], abs=1e-9)
+    assert summary["loss"] == pytest.approx(results["eval_loss"], abs=1e-4)
+    assert set(summary["per_class_accuracy"]) <= {str(i) for i in range(10)}
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_evaluate_with_two_processes_counts_each_example_once(trained_run, tmp_path):
+    results = json.loads((trained_run / "all_results.json").read_text())
+    out = tmp_path / "eval2"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/multi_cpu.yaml",
+        "--num_cpu_threads_per_process", "1", "-m", "vit_accel.cli", "evaluate", "--model", str(trained_run),
+        "--dataset_name", str(trained_run.parent / "digits"), "--max_eval_samples", "64",
+        "--dataloader_num_workers", "0", "--batch_size", "24", "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((out / "eval_results.json").read_text())
+    assert summary["num_examples"] == 64
+    assert summary["top1"] == pytest.approx(results["eval_top1"], abs=1e-9)
+
+
+def test_bad_input_names_the_file(trained_run, digit_images, tmp_path, capsys):
+    import shutil
+
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(trained_run, no_weights, ignore=shutil.ignore_patterns("*.safetensors", "checkpoint-*"))
+    no_config = tmp_path / "no_config"
+    shutil.copytree(trained_run, no_config, ignore=shutil.ignore_patterns("config.json", "checkpoint-*"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    # A model of another task: the bare encoder, without a classification head.
+    from vit_accel import ViTAccelConfig, ViTAccelModel
+
+    encoder = tmp_path / "encoder"
+    ViTAccelModel(ViTAccelConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=16,
+                                 patch_size=4, intermediate_size=64)).save_pretrained(encoder)  # fmt: skip
+    shutil.copy(trained_run / "preprocessor_config.json", encoder)
+
+    cases = [
+        ([str(no_weights)], f"{no_weights} has no weights"),
+        ([str(no_config)], f"{no_config / 'config.json'} is missing"),
+        ([str(encoder)], "holds a ViTAccelModel model, not an image classifier"),
+    ]
+    for model, message in cases:
+        assert cli(["predict", "--model", *model, str(digit_images[0])]) == 2
+        assert message in capsys.readouterr().err
+    assert cli(["predict", "--model", str(trained_run), str(digit_images[0]), str(broken)]) == 2
+    assert f"Cannot read image {broken}" in capsys.readouterr().err
