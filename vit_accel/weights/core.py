@@ -14,6 +14,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ def save_safetensors(
 
     `safetensors.torch.save_file` first serialises every tensor to bytes, which doubles the peak memory of converting
     a 1.2 GB checkpoint; the format is simple (8-byte header length, JSON header, raw little-endian data) to stream.
-    Meta tensors are placeholders: `materialize(key)` supplies their data when their turn comes.
+    Meta tensors are placeholders: `materialize(key)` supplies their data when their turn comes; what it returns must
+    stay valid until the call after next (it may reuse two buffers in turn).
     """
     path = Path(path)
     header: dict[str, Any] = {}
@@ -126,9 +128,12 @@ def save_safetensors(
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned, as safetensors itself writes it
     partial = path.with_name(path.name + ".partial")
     total = len(tensors)
-    with open(partial, "wb") as handle:
+    # One writer thread: tensor i is written while tensor i+1 is read and transposed (file writes and torch copies
+    # both release the GIL). At most one write is in flight, so a materialize() that alternates two buffers is safe.
+    with open(partial, "wb") as handle, ThreadPoolExecutor(max_workers=1) as writer:
         handle.write(struct.pack("<Q", len(blob)))
         handle.write(blob)
+        pending = None
         for index, (key, tensor) in enumerate(tensors.items()):
             if tensor.is_meta:
                 if materialize is None:
@@ -138,10 +143,13 @@ def save_safetensors(
                     raise CheckpointError(f"{key!r}: read shape {tuple(real.shape)}, planned {tuple(tensor.shape)}.")
                 tensor = real.to(tensor.dtype)
             data = tensor.detach().cpu().contiguous().reshape(-1)
-            if data.numel():
-                handle.write(memoryview(data.view(torch.uint8).numpy()))
+            if pending is not None:
+                pending.result()  # also re-raises a failed write here
+            pending = writer.submit(handle.write, memoryview(data.view(torch.uint8).numpy())) if data.numel() else None
             if progress is not None:
                 progress(index + 1, total, key, data.numel() * data.element_size())
+        if pending is not None:
+            pending.result()
     os.replace(partial, path)
 
 

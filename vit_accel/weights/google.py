@@ -194,7 +194,7 @@ class _Planned(Mapping):
 
     def __init__(self, npz: np.lib.npyio.NpzFile, threshold: int):
         self.npz, self.threshold = npz, threshold
-        self._scratch = np.empty(0, np.uint8)
+        self._scratch = [np.empty(0, np.uint8), np.empty(0, np.uint8)]  # used in turn: see save_safetensors
 
     def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         with self.npz.zip.open(key + ".npy") as member:
@@ -209,7 +209,7 @@ class _Planned(Mapping):
             return self.npz[key]
         return np.broadcast_to(np.zeros((), dtype), shape)
 
-    def read(self, key: str) -> np.ndarray:
+    def read(self, key: str, slot: int = 0) -> np.ndarray:
         """The member's data. A member stored uncompressed (as in Google's files) is read with one `readinto` into a
         scratch buffer reused from call to call: no fresh pages to fault in for every array. The result is valid until
         the next call. Compressed members go through zipfile."""
@@ -229,17 +229,17 @@ class _Planned(Mapping):
             if dtype.kind == "O":
                 return self.npz[key]  # np.load refuses it (allow_pickle=False) with its own error
             nbytes = int(np.prod(shape)) * dtype.itemsize
-            if self._scratch.nbytes < nbytes:
-                self._scratch = np.empty(nbytes, np.uint8)
+            if self._scratch[slot].nbytes < nbytes:
+                self._scratch[slot] = np.empty(nbytes, np.uint8)
             handle.seek(offset)
-            view = memoryview(self._scratch)[:nbytes]
+            view = memoryview(self._scratch[slot])[:nbytes]
             got = 0
             while got < nbytes:
                 count = handle.readinto(view[got:])
                 if not count:
                     raise CheckpointError(f"{filename}: member {key!r} ends after {got} of {nbytes} bytes.")
                 got += count
-        array = self._scratch[:nbytes].view(dtype)
+        array = self._scratch[slot][:nbytes].view(dtype)
         return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
@@ -279,17 +279,22 @@ def npz_to_state_dict(
         config={"layer_norm_eps": 1e-6, "hidden_act": "gelu"},
     )
     if isinstance(arrays, _Planned):
-        planned, scratch = arrays, [torch.empty(0)]
+        planned, scratch, calls = arrays, [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)], [0]
 
         def materialize(key: str) -> torch.Tensor:
-            """The tensor for `key`, valid until the next call (buffers are reused: the caller writes it at once)."""
+            """The tensor for `key`, valid until the call after next: two sets of buffers are reused in turn, so that
+            one can be written while the other is filled (see save_safetensors)."""
+            slot = calls[0] % 2
+            calls[0] += 1
             theirs, transform, index = provenance[key]
-            tensor = transform(_to_tensor(planned.read(theirs), theirs, source)[index if index is not None else ...])
+            array = planned.read(theirs, slot)
+            tensor = transform(_to_tensor(array, theirs, source)[index if index is not None else ...])
             if tensor.is_contiguous():
                 return tensor
-            if scratch[0].numel() * scratch[0].element_size() < tensor.numel() * tensor.element_size():
-                scratch[0] = torch.empty(tensor.numel() * tensor.element_size(), dtype=torch.uint8)
-            out = scratch[0][: tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
+            nbytes = tensor.numel() * tensor.element_size()
+            if scratch[slot].numel() < nbytes:
+                scratch[slot] = torch.empty(nbytes, dtype=torch.uint8)
+            out = scratch[slot][:nbytes].view(tensor.dtype).view(tensor.shape)
             return out.copy_(tensor)  # the transpose, into reused memory
 
         checkpoint.materialize = materialize
