@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                 log.write(record)
                 accelerator.log(record, step=state.completed_steps)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                logger.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()), main_process_only=True)
                 running_loss.zero_()
                 running_batches, images_seen, window_start = 0, 0, time.perf_counter()
 

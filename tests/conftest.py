@@ -8,19 +8,15 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-
-torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from factories import FAKE_TOKEN, ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-FAKE_TOKEN = "hf_vitaccelTESTtokenNEVERwritten0123456789"
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

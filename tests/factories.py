@@ -1,5 +1,11 @@
 """Builders of small models and synthetic data shared by the tests (nothing here touches a network)."""
 
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Put in the environment of a training run; no file it writes may contain it.
+FAKE_TOKEN = "hf_vitaccelTESTtokenNEVERwritten0123456789"
+
 
 def tiny_config_kwargs(**overrides) -> dict:
     """Fields of a ViT small enough for a CPU unit test: 2 blocks, width 48, 32-px images, 5 labels."""

@@ -1,6 +1,6 @@
 import json
 
-from conftest import FAKE_TOKEN
+from factories import FAKE_TOKEN
 
 import vit_accel.hub
 from vit_accel.hub import push_to_hub

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT
+from factories import ROOT
 
 from vit_accel.cli import main as cli
 
