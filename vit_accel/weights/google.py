@@ -41,7 +41,6 @@ import torch
 from .core import Checkpoint, CheckpointError, ProgressFn
 
 PREFIXES = ("opt/target/", "params/img/", "params/", "")
-REQUIRED = ("embedding/kernel", "embedding/bias")
 
 # Transforms work on torch tensors (real or meta): torch's blocked, multi-threaded copy makes the transposes several
 # times faster than numpy's, and on meta tensors the same code plans the output shapes without touching any data.
