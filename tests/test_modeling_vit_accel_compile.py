@@ -1,0 +1,58 @@
+"""torch.compile sees the whole model as one graph: no graph breaks in the forward pass, and a training step (forward,
+loss, backward) compiles with `fullgraph=True`, which raises on any break, giving the eager model's gradients.
+
+The full-graph step uses the "aot_eager" backend: it traces the forward and the backward through AOTAutograd like
+inductor does (graph breaks would show there) but skips inductor's C++ code generation, which on 2 CPU cores takes
+minutes. The inductor-compiled speed is measured on CUDA by bench/train_step.py.
+"""
+
+import torch
+from factories import tiny_config_kwargs
+from torch._dynamo.utils import counters
+
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
+
+
+def tiny_model(**overrides) -> ViTAccelForImageClassification:
+    torch.manual_seed(0)
+    return ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(**overrides)))
+
+
+def test_forward_has_no_graph_breaks():
+    model = tiny_model().eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    explanation = torch._dynamo.explain(model)(pixel_values)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_training_forward_with_labels_has_no_graph_breaks():
+    # Training mode with dropout and stochastic depth on, and the loss computed inside the model.
+    model = tiny_model(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, drop_path_rate=0.1).train()
+    model.config.problem_type = "single_label_classification"
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32), labels=torch.tensor([1, 3]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_fullgraph_train_step_matches_eager_gradients():
+    torch._dynamo.reset()
+    eager = tiny_model().train()
+    compiled_model = tiny_model().train()
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    pixel_values, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    def step(model) -> torch.Tensor:
+        logits = model(pixel_values).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss.backward()
+        return loss.detach()
+
+    assert torch.allclose(step(compiled), step(eager), atol=1e-5)
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled_model.parameters()):
+        assert p_compiled.grad is not None, name
+        assert torch.allclose(p_compiled.grad, p_eager.grad, atol=1e-5, rtol=1e-4), name
+    # A second call with the same shapes reuses the graph instead of recompiling.
+    graphs = counters["stats"]["unique_graphs"]
+    step(compiled)
+    assert counters["stats"]["unique_graphs"] == graphs
