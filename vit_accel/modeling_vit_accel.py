@@ -123,6 +123,8 @@ class ViTAccelAttention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention` (flash / memory-efficient kernels on CUDA).
 
     With `output_attentions=True` the attention map is computed explicitly for that call, since SDPA does not return it.
+    With `cls_only=True` only the first (CLS) token queries: the output is `(batch, 1, hidden)`, keys and values still
+    come from every token.
     """
 
     def __init__(self, config: ViTAccelConfig):
@@ -137,11 +139,11 @@ class ViTAccelAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch_size, seq_len, _ = hidden_states.shape
-        shape = (batch_size, seq_len, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        batch_size = hidden_states.shape[0]
+        shape = (batch_size, -1, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states[:, :1] if cls_only else hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
@@ -152,7 +154,7 @@ class ViTAccelAttention(nn.Module):
         else:
             weights = None
             context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scaling)
-        context = context.transpose(1, 2).reshape(batch_size, seq_len, -1)
+        context = context.transpose(1, 2).reshape(batch_size, query.shape[2], -1)
         return self.o_proj(context), weights
 
 
@@ -187,7 +189,11 @@ class ViTAccelDropPath(nn.Module):
 
 
 class ViTAccelLayer(GradientCheckpointingLayer):
-    """Pre-norm encoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm encoder block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    `cls_only=True` returns the CLS token's output alone `(batch, 1, hidden)`: attention queries, residuals and the MLP
+    run on that token (keys and values on all), which is all a classifier on the CLS token reads from the last block.
+    """
 
     def __init__(self, config: ViTAccelConfig, drop_path: float = 0.0):
         super().__init__()
@@ -199,9 +205,12 @@ class ViTAccelLayer(GradientCheckpointingLayer):
         self.drop_path = ViTAccelDropPath(drop_path)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, attention_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        normed = self.layernorm_before(hidden_states)
+        attention_output, attention_weights = self.attention(normed, output_attentions, cls_only)
+        if cls_only:
+            hidden_states = hidden_states[:, :1]
         hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
@@ -285,6 +294,7 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         return_dict: bool | None = None,
+        cls_token_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
@@ -293,6 +303,9 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
             output_attentions (`bool`): also return each block's attention map `(batch, heads, tokens, tokens)`.
             output_hidden_states (`bool`): also return the embeddings and each block's output.
             interpolate_pos_encoding (`bool`): resample the position embeddings (bicubic) to the input size.
+            cls_token_only (`bool`): compute only what the CLS token's final state needs: the last block and the final
+                LayerNorm run on that token, and `last_hidden_state` is `(batch, 1, hidden)`. Ignored when hidden
+                states or attention maps are asked for. The classification model sets it.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required.")
@@ -307,8 +320,10 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, attention_weights = layer(hidden_states, output_attentions)
+        cls_token_only = cls_token_only and not (output_attentions or output_hidden_states)
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            hidden_states, attention_weights = layer(hidden_states, output_attentions, cls_token_only and index == last)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -353,12 +368,15 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
                 The kind follows `config.problem_type`, inferred as transformers does when unset.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        # The classifier reads the CLS token alone, so the last block runs on that token only (the model skips it when
+        # hidden states or attention maps are asked for): the same logits for about 1/depth less work and memory.
         outputs = self.vit(
             pixel_values,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
+            cls_token_only=True,
         )
         features = outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
         logits = self.classifier(features)
