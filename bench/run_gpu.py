@@ -1,0 +1,121 @@
+"""The GPU run of issue 7 in one command: bench/train_step.py then bench/end_to_end.py, both tables in one report.
+
+Sized for one call of the lent machine (REFERENCE.md §6: one H100 or H200, torch 2.11, transformers 5.17, timm; no
+`datasets`, `evaluate` nor `deepspeed`). The train-step benchmark needs none of those; it starts no new row after
+`--train-step-budget` seconds (rows are ordered by importance) and is stopped at its share of `--total`, keeping
+what it measured. The end-to-end benchmark runs train.py, which imports `datasets` and `evaluate`: without them it
+writes a "skipped" line saying so. To include it, carry their wheels (device README: `pip download --no-deps
+--only-binary=:all: --python-version 3.12 ... -d .whl datasets evaluate dill multiprocess`; the machine has pandas,
+pyarrow, xxhash, fsspec, requests) and install them first, as in the command below.
+
+On the device (one call; about 8 minutes):
+    [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \\
+        .whl/*.whl && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 bench/run_gpu.py --out "$OUT"
+
+Here (the same code paths on tiny shapes, on the CPU, in seconds; the test suite runs it):
+    python bench/run_gpu.py --dry-run --out /tmp/gpu-dry-run
+
+Writes to --out: report.md (both tables with the card, versions, date, commands), train_step.{md,json,log},
+end_to_end.{md,json,log}: 7 files, within what the device tool brings back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def run_stage(name: str, command: list[str], out: Path, timeout: float) -> tuple[int | None, float]:
+    """Run one benchmark in its own process group (its workers too), output to `<name>.log`; kill it at `timeout`."""
+    print(f"[run_gpu] {name}: {' '.join(command)} (limit {timeout:.0f} s)", flush=True)
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = None
+    seconds = time.perf_counter() - start
+    print(f"[run_gpu] {name}: {'timed out' if code is None else f'exit {code}'} after {seconds:.0f} s", flush=True)
+    if code not in (0, None):
+        print((out / f"{name}.log").read_text()[-3000:], flush=True)
+    return code, seconds
+
+
+def section(out: Path, name: str, code: int | None, seconds: float) -> str:
+    """A stage's table, or why there is none."""
+    table = out / f"{name}.md"
+    status = "finished" if code == 0 else ("stopped at its time limit" if code is None else f"failed (exit {code})")
+    text = table.read_text() if table.exists() else "_no table written: see the log_\n"
+    return f"### {name} ({status}, {seconds:.0f} s)\n\n{text}\n"
+
+
+def versions() -> str:
+    """The card (nvidia-smi) and the versions of the libraries the benchmarks use, without importing them."""
+    from importlib import metadata
+
+    found = []
+    for name in ("torch", "transformers", "timm", "accelerate", "datasets", "evaluate"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} missing")
+    try:
+        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+        card = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip() or "no GPU found"
+    except (OSError, subprocess.TimeoutExpired):
+        card = "no nvidia-smi"
+    return f"{card}; {', '.join(found)}"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "outputs" / "bench_gpu"))
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks the whole run")
+    parser.add_argument("--total", type=float, default=450.0, help="seconds for both benchmarks together")
+    parser.add_argument("--train-step-budget", type=float, default=240.0, help="train_step starts no row after")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    environment = versions()
+    print(f"[run_gpu] {environment}", flush=True)
+
+    device = ["--dry-run"] if args.dry_run else ["--device", "cuda"]
+    train_step = [sys.executable, str(BENCH / "train_step.py"), *device]
+    train_step += ["--out", str(out / "train_step.md"), "--json", str(out / "train_step.json")]
+    if not args.dry_run:
+        train_step += ["--time-budget", str(args.train_step_budget)]
+    step_code, step_seconds = run_stage("train_step", train_step, out, timeout=args.total * 0.75)
+
+    end_to_end = [sys.executable, str(BENCH / "end_to_end.py"), *device]
+    end_to_end += ["--out", str(out / "end_to_end.md"), "--json", str(out / "end_to_end.json")]
+    remaining = args.total - (time.perf_counter() - start)
+    e2e_code, e2e_seconds = run_stage("end_to_end", end_to_end, out, timeout=max(remaining, 60.0))
+
+    report = (
+        f"## Issue 7 benchmarks{' (dry run: tiny shapes on the CPU)' if args.dry_run else ''}\n\n"
+        f"{environment}; Python {sys.version.split()[0]}; {datetime.date.today().isoformat()}\n\n"
+        f"Command: `python bench/run_gpu.py{' --dry-run' if args.dry_run else ''}`; "
+        f"{time.perf_counter() - start:.0f} s in all.\n\n"
+        + section(out, "train_step", step_code, step_seconds)
+        + section(out, "end_to_end", e2e_code, e2e_seconds)
+    )
+    (out / "report.md").write_text(report)
+    print(report, flush=True)
+    return out / "report.md"
+
+
+if __name__ == "__main__":
+    main()

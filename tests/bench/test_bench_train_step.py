@@ -1,0 +1,81 @@
+"""The train-step benchmark's arithmetic and planning: FLOPs per image, MFU peaks, the largest-batch search."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shapes_parse(bench):
+    shape = bench.parse_shape("B/16@224")
+    assert (shape.width, shape.depth, shape.heads, shape.mlp, shape.patch, shape.image_size) == (
+        768, 12, 12, 3072, 16, 224
+    )  # fmt: skip
+    assert shape.tokens == 197
+    assert bench.parse_shape("L/16@384").tokens == 577
+    for bad in ("X/16@224", "B16@224", "B/16@230"):
+        with pytest.raises(ValueError):
+            bench.parse_shape(bad)
+
+
+@pytest.mark.parametrize("name", ["B/16@224", "B/32@224", "L/16@224", "L/32@224", "B/16@384", "L/16@384"])
+def test_counted_flops_agree_with_the_reference_table(bench, name):
+    # REFERENCE.md §3 gives 6 x timm's forward GMACs; our count (matmuls only) must land within 1% of it.
+    counted = 6 * bench.forward_macs(bench.parse_shape(name), num_labels=1000)
+    assert counted == pytest.approx(bench.REFERENCE_TRAIN_FLOPS[name], rel=0.01)
+    assert bench.train_flops_per_image(bench.parse_shape(name)) == bench.REFERENCE_TRAIN_FLOPS[name]
+
+
+def test_mfu_peak_by_card_name(bench):
+    assert bench.paper_peak("NVIDIA H100 80GB HBM3, 79 GiB") == 989e12
+    assert bench.paper_peak("NVIDIA H200, 140 GiB") == 989e12
+    assert bench.paper_peak("Tesla V100-SXM2-32GB") is None
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 1000, 1013, 4096, 5000])
+def test_largest_batch_search(bench, limit):
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= limit
+
+    found = bench.largest_batch(fits, start=64, cap=4096)
+    assert found <= min(limit, 4096)
+    # Exact below the granularity, else within 8 or 3% of the true limit.
+    assert min(limit, 4096) - found <= max(8, int(0.03 * found))
+    assert len(tried) <= 16
+    assert bench.largest_batch(lambda batch: False, start=64, cap=4096) == 0
+
+
+def test_plan_orders_by_importance_and_table_marks_failures(bench):
+    args = bench.parse_args(["--device", "cuda", "--json", "/dev/null"])
+    kinds = [(kind, shape.name) for kind, shape, _ in bench.plan(args)]
+    assert kinds[:4] == [("eager", s) for s in ("B/16@224", "B/32@224", "L/16@224", "B/16@384")]
+    assert kinds[4:6] == [("compiled", "B/16@224"), ("maxbatch", "B/16@224")]
+    assert len(kinds) == 12
+
+    results = {
+        "ours": bench.Result("ours", rates=[110.0, 100.0, 120.0], peak_bytes=2**30),
+        "transformers": bench.Result("transformers", rates=[90.0], peak_bytes=2**31),
+        "timm": bench.Result("timm", error="OutOfMemoryError: CUDA out of memory"),
+    }
+    row = bench.Row("B/16@224", "eager", 256, results, 105.5e9, ratio_speed=1.2, ratio_memory=0.5)
+    table = bench.format_tables([row], [bench.MaxBatch("B/16@224", "ours", 1024, 60 * 2**30, cap=4096)], 989e12, [])
+    lines = table.splitlines()
+    assert lines[0].count("|") == lines[2].count("|") == 12
+    assert "| ours | 110.0 | 1.20x | 1,024 | 0.50x | 11.6 | 1.2% | 1.5% |" in table
+    assert "| timm | failed: OutOfMemoryError" in table
+    assert "| B/16@224 | ours | 1,024 | 61,440 |" in table
