@@ -44,7 +44,7 @@ NUM_CLASSES = 100
 TINY = "image_size=32,patch_size=8,hidden_size=48,num_attention_heads=4,intermediate_size=96,num_hidden_layers=2"
 PROFILES = {
     # model, config overrides, batch, workers, images, steps, skipped steps, compile
-    "cuda": ("vit-base-p16-224", None, 256, 12, 30_000, 100, 20, True),
+    "cuda": ("vit-base-p16-224", None, 256, 12, 24_000, 80, 20, True),
     "cpu": ("vit-small-p16-224", "image_size=96", 16, 1, 1_200, 40, 8, False),
     "dry-run": ("vit-tiny-p16-224", TINY, 8, 1, 160, 8, 2, False),
 }
@@ -102,10 +102,11 @@ def _is_training(dataset) -> bool:
 class LoaderClock:
     """Records (start, end) of every `next` on the training loader, at both levels (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_eval=None) -> None:
         self.outer: list[tuple[float, float]] = []
         self.inner: list[tuple[float, float]] = []
         self._restore: list = []
+        self._on_eval = on_eval  # called once, when the first eval loader starts: training is over by then
 
     def install(self) -> None:
         import accelerate.data_loader as accelerate_loader
@@ -117,6 +118,9 @@ class LoaderClock:
 
         def timed_iter(loader):
             iterator, training = original_iter(loader), _is_training(loader.dataset)
+            if not training and clock._on_eval is not None:
+                callback, clock._on_eval = clock._on_eval, None
+                callback()
             while True:
                 start = time.perf_counter()
                 try:
@@ -262,7 +266,14 @@ def run(args) -> dict:
         make_dataset(data_dir, args.num_images, max(args.num_images // 10, args.batch_size))
         result["dataset_seconds"] = time.perf_counter() - start
         train = importlib.import_module("train")
-        clock = LoaderClock()
+
+        def save_early() -> None:
+            # Written before train.py's final evaluation (which recompiles a compiled model for eval mode), so that a
+            # run stopped at its time limit there still leaves the training figures.
+            early = {**result, **clock.summary(args.batch_size, args.skip_steps), "complete": False}
+            save(args, early | describe(args))
+
+        clock = LoaderClock(on_eval=save_early)
         clock.install()
         try:
             final = train.main(train_argv(args, data_dir, output_dir))
@@ -271,31 +282,45 @@ def run(args) -> dict:
         log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     logged = [record["images_per_second"] for record in log if "images_per_second" in record]
     result.update(
-        model=args.model + (f" ({args.config_overrides})" if args.config_overrides else ""),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        compiled=args.torch_compile,
+        describe(args),
         train_steps=final["train_steps"],
         logged_images_per_second=logged[-1] if logged else None,
+        complete=True,
         **clock.summary(args.batch_size, args.skip_steps),
     )
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
+def describe(args) -> dict:
+    return {
+        "model": args.model + (f" ({args.config_overrides})" if args.config_overrides else ""),
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "compiled": args.torch_compile,
+    }
+
+
+def save(args, result: dict) -> str:
+    """Print nothing; write the table and the numbers where asked; return the table."""
     table = format_table(result)
     header = f"End to end (train.py), {result['device']}; torch {result['torch']}; {result['date']}"
-    print(header + "\n\n" + table, end="")
-    if "skipped" in result:
-        print(f"\nSkipped: {result['skipped']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(f"{header}\n\n{table}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    table = save(args, result)
+    header = f"End to end (train.py), {result['device']}; torch {result['torch']}; {result['date']}"
+    print(header + "\n\n" + table, end="")
+    if "skipped" in result:
+        print(f"\nSkipped: {result['skipped']}")
     return result
 
 
