@@ -4,9 +4,10 @@ Sized for one call of the lent machine (REFERENCE.md §6: one H100 or H200, torc
 `datasets`, `evaluate` nor `deepspeed`). The train-step benchmark needs none of those; it starts no new row after
 `--train-step-budget` seconds (rows are ordered by importance) and is stopped at its share of `--total`, keeping
 what it measured. The end-to-end benchmark runs train.py, which imports `datasets` and `evaluate`: without them it
-writes a "skipped" line saying so. To include it, carry their wheels (device README: `pip download --no-deps
---only-binary=:all: --python-version 3.12 ... -d .whl datasets evaluate dill multiprocess`; the machine has pandas,
-pyarrow, xxhash, fsspec, requests) and install them first, as in the command below.
+writes a "skipped" line saying so. To include it, carry their wheels in `.whl/` (device README: `pip download
+--no-deps --only-binary=:all: --python-version 3.12 ... -d .whl datasets==5.2.0 evaluate==0.4.6 dill==0.4.1
+multiprocess==0.70.19`, the versions tested here; the machine has pandas, pyarrow, xxhash, fsspec and requests, but
+check its fsspec against datasets' bounds) and install them first, as in the command below.
 
 On the device (one call; about 8 minutes):
     [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \\
