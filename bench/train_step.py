@@ -16,7 +16,9 @@ table gives the median over rounds, and "ours / faster peer" is the median over 
 faster peer's rate in the same round.
 
 On CUDA it also runs `torch.compile`d models ("compiled" rows), finds the largest batch that fits (eager, doubling then
-bisecting, each worker alone on the GPU) and gives MFU from the training FLOPs per image of REFERENCE.md §3. Rows run
+bisecting, each worker alone on the GPU) and gives MFU from the training FLOPs per image of REFERENCE.md §3: the full
+model's FLOPs for all three, although ours runs its last block on the CLS token only (about 1/depth less work), so its
+MFU is an effective figure by that much. Rows run
 in order of importance and stop starting new ones after `--time-budget` seconds; the table is rewritten after each row.
 
 Usage:
@@ -228,6 +230,11 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _is_oom(error: BaseException) -> bool:
+    message = str(error)
+    return "out of memory" in message or "ALLOC_FAILED" in message
+
+
 class Trainer:
     """One model's training step on fixed synthetic data (seeded), with timing and memory readings."""
 
@@ -304,7 +311,10 @@ class Trainer:
         try:
             self.pixels, self.labels = self.make_inputs(batch)
             self.run(steps)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            # cuBLAS/cuDNN report a failed workspace allocation as a plain RuntimeError.
+            if not isinstance(error, torch.OutOfMemoryError) and not _is_oom(error):
+                raise
             ok = False
         if not ok:  # outside the except block, so the traceback's frames no longer hold activations
             self.pixels = self.labels = None
@@ -404,7 +414,9 @@ class Workers:
             process = context.Process(
                 target=worker_main,
                 args=(child, impl, shape, batch, args.device, args.dtype, backend, args.threads),
-                daemon=True,
+                # Not daemonic: inductor may start compile-worker processes, which daemonic processes cannot have.
+                # `close` (always called) stops them; run_gpu.py kills the whole process group at its time limit.
+                daemon=False,
             )
             process.start()
             self.connections[impl], self.processes[impl] = parent, process

@@ -79,3 +79,25 @@ def test_plan_orders_by_importance_and_table_marks_failures(bench):
     assert "| ours | 110.0 | 1.20x | 1,024 | 0.50x | 11.6 | 1.2% | 1.5% |" in table
     assert "| timm | failed: OutOfMemoryError" in table
     assert "| B/16@224 | ours | 1,024 | 61,440 |" in table
+
+
+def test_trainer_fits_treats_out_of_memory_as_too_big(bench, monkeypatch):
+    import torch
+
+    trainer = bench.Trainer("ours", bench.parse_shape("Mini/8@32"), 2, "cpu", "fp32", None)
+    assert trainer.run(1) > 0 and trainer.peak_memory() > 0
+    real_run = trainer.run
+
+    def run(steps):
+        if trainer.pixels.shape[0] > 12:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if trainer.pixels.shape[0] > 10:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        return real_run(steps)
+
+    monkeypatch.setattr(trainer, "run", run)
+    assert bench.largest_batch(trainer.fits, start=4, cap=64, granularity=1) == 10
+    assert trainer.fits(8) and trainer.pixels.shape[0] == 8
+    monkeypatch.setattr(trainer, "run", lambda steps: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # anything else is a real failure, not "too big"
+        trainer.fits(4)
