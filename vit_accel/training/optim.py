@@ -29,11 +29,12 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or SGD with momentum, as chosen by `--optimizer`."""
+    """AdamW (fused) or SGD with momentum, as chosen by `--optimizer`."""
     groups = parameter_groups(model, args.weight_decay)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
-    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    # The fused kernel (CUDA and CPU) is several times faster than the per-parameter loop; same update.
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     return torch.optim.AdamW(
         groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), fused=fused or None
     )
