@@ -196,40 +196,13 @@ def _is_ours_dir(path: Path) -> bool:
 # building
 
 
-def load_pretrained(
-    cls: type,
-    source: str | os.PathLike | Checkpoint,
-    *,
-    variant: str | None = None,
-    config: ViTAccelConfig | None = None,
-    head_init: str = "zeros",
-    resample_mode: str | None = None,
-    resample_antialias: bool | None = None,
-    weights: str | None = None,
-    dtype: torch.dtype | str | None = None,
-    progress: ProgressFn | None = None,
-    quiet: bool = False,
-    **overrides: Any,
-) -> torch.nn.Module:
+def load_pretrained(cls: type, source: str | os.PathLike | Checkpoint, **kwargs: Any) -> torch.nn.Module:
     """Build `cls` (ViTAccelForImageClassification or ViTAccelModel) from any supported source.
 
-    Keyword arguments are those of `_build` (variant, config, head_init, resample_mode, resample_antialias, weights,
-    dtype, ViTAccelConfig fields); see there.
+    Keyword arguments are those of `_build`: variant, config, head_init, resample_mode, resample_antialias, weights,
+    dtype, progress, quiet, and ViTAccelConfig fields.
     """
-    model, _ = _build(
-        cls,
-        source,
-        variant=variant,
-        config=config,
-        head_init=head_init,
-        resample_mode=resample_mode,
-        resample_antialias=resample_antialias,
-        weights=weights,
-        dtype=dtype,
-        progress=progress,
-        quiet=quiet,
-        **overrides,
-    )
+    model, _ = _build(cls, source, **kwargs)
     return model
 
 
