@@ -33,7 +33,7 @@ from vit_accel.training.checkpointing import (
     TrainerState,
     check_compatible,
     list_checkpoints,
-    remove_incomplete,
+    remove_stale_checkpoints,
     resolve_checkpoint,
     rotate_checkpoints,
     save_checkpoint,
@@ -143,11 +143,13 @@ def main(argv: list[str] | None = None) -> dict:
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
         state = TrainerState.from_file(resume_dir / "trainer_state.json")
-        log.truncate_after(state.completed_steps)
         logger.info(f"Resumed from {resume_dir} at step {state.completed_steps}", main_process_only=True)
     if accelerator.is_main_process:
+        # The directory then holds this run alone, as it stands (a fresh run under --overwrite_output_dir starts
+        # from an empty log and no checkpoints, which rotation and `latest` would otherwise mistake for its own).
         output_dir.mkdir(parents=True, exist_ok=True)
-        remove_incomplete(output_dir)
+        remove_stale_checkpoints(output_dir, state.completed_steps)
+        log.truncate_after(state.completed_steps)
     if args.with_tracking:
         hparams = {k: v for k, v in {**vars(model_args), **vars(data_args), **vars(args)}.items() if v is not None}
         accelerator.init_trackers("vit_accel", config=hparams)

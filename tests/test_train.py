@@ -221,3 +221,10 @@ def test_bad_input_is_one_clear_line_and_nothing_is_overwritten(digits, tmp_path
         assert len(lines) == 1 and message in lines[0], (name, stderr[-3000:])
         assert "Traceback" not in stderr, name
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # Asked for explicitly, a new run replaces the old one whole: none of its checkpoints or log lines survive.
+    launch("cpu.yaml", tiny_args(digits, out, "--overwrite_output_dir", "--checkpointing_steps", "4"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r] == [
+        1, 2, 3, 4, 5, 6
+    ]  # fmt: skip

@@ -8,7 +8,7 @@ from vit_accel.training.checkpointing import (
     TrainerState,
     check_compatible,
     list_checkpoints,
-    remove_incomplete,
+    remove_stale_checkpoints,
     resolve_checkpoint,
     rotate_checkpoints,
 )
@@ -33,8 +33,11 @@ def test_only_complete_checkpoints_count_and_latest_is_the_newest(tmp_path):
         resolve_checkpoint(str(tmp_path / "checkpoint-12"), tmp_path)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
         resolve_checkpoint("latest", tmp_path / "empty")
-    remove_incomplete(tmp_path)
+    remove_stale_checkpoints(tmp_path, step=4)
     assert not (tmp_path / "checkpoint-14.tmp").exists()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
+    remove_stale_checkpoints(tmp_path, step=0)  # a fresh run over an old one
+    assert list_checkpoints(tmp_path) == []
 
 
 def test_rotation_keeps_the_last_n_and_the_best(tmp_path):

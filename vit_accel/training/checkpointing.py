@@ -97,11 +97,16 @@ def check_compatible(checkpoint: Path, model_config) -> None:
         )
 
 
-def remove_incomplete(output_dir: str | Path) -> None:
-    """Delete temporary directories left by a crash in the middle of a save."""
+def remove_stale_checkpoints(output_dir: str | Path, step: int) -> None:
+    """Delete what does not belong to a run now at `step`: temporary directories left by a crash mid-save, and
+    checkpoints past `step` (from an overwritten run, or from the abandoned future of an older checkpoint resumed)."""
     root = Path(output_dir)
-    if root.is_dir():
-        for path in root.glob(f"checkpoint-*{TMP_SUFFIX}"):
+    if not root.is_dir():
+        return
+    for path in root.glob(f"checkpoint-*{TMP_SUFFIX}"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in list_checkpoints(root):
+        if int(path.name.split("-")[1]) > step:
             shutil.rmtree(path, ignore_errors=True)
 
 

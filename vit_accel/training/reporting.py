@@ -17,7 +17,7 @@ class JsonlLog:
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
-        """On resume, forget entries logged after the checkpoint so the log reads as one uninterrupted run."""
+        """Forget entries logged after `step` (all, for a fresh run): the log reads as one uninterrupted run."""
         if not self.enabled or not self.path.is_file():
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
