@@ -71,8 +71,14 @@ PEAK = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 10
 # processes' turns, while CPU time says what the step itself costs.
 CPU = "sum(resource.getrusage(resource.RUSAGE_SELF)[:2])"
 
+# The copy child imports what the convert child imports, though it uses none of it: on this VM the cost of a write
+# depends on how long ago the memory it lands in was freed (the hypervisor takes idle guest pages back, and the next
+# touch faults them in again), so both children must take the same time to reach their first write.
 CHILD_COPY = """
 import json, resource, sys, time
+import torch
+torch.set_num_threads(2)
+from vit_accel.weights import convert
 cpu0 = CPU
 start = time.perf_counter()
 with open(sys.argv[1], "rb") as src, open(sys.argv[2], "wb") as dst:
@@ -180,15 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             best["median"] = sorted(run["wall"] for run in runs)[len(runs) // 2]
             best["cpu"] = min(run["cpu"] for run in runs)
             rows.append((label, best))
-        baseline = rows[0][1]["wall"]
+        baseline, baseline_median = rows[0][1]["wall"], rows[0][1]["median"]
         print()
-        header = ["step", "best wall (s)", "median (s)", "x read+write", "CPU (s)", "x read+write"]
-        header += ["peak RSS (GB)", "x checkpoint"]
-        print("| " + " | ".join([*header, "RSS after imports (GB)"]) + " |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        header = ["step", "best wall (s)", "x read+write", "median wall (s)", "x read+write", "CPU (s)", "x read+write"]
+        header += ["peak RSS (GB)", "x checkpoint", "RSS after imports (GB)"]
+        print("| " + " | ".join(header) + " |")
+        print("|---|" + "---:|" * (len(header) - 1))
         for label, run in rows:
             after = run.get("rss_after_import") or 0
-            cells = [label, f"{run['wall']:.2f}", f"{run['median']:.2f}", f"{run['wall'] / baseline:.2f}"]
+            cells = [label, f"{run['wall']:.2f}", f"{run['wall'] / baseline:.2f}"]
+            cells += [f"{run['median']:.2f}", f"{run['median'] / baseline_median:.2f}"]
             cells += [f"{run['cpu']:.2f}", f"{run['cpu'] / rows[0][1]['cpu']:.2f}"]
             cells += [f"{run['peak_rss'] / 1e9:.3f}", f"{run['peak_rss'] / size:.2f}", f"{after / 1e9:.3f}"]
             print("| " + " | ".join(cells) + " |")
@@ -208,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| ratio | {warm['convert'][0] / warm['copy'][0]:.2f} | {warm['convert'][1] / warm['copy'][1]:.2f} |")
         print()
         for label, run in rows[1:]:
-            ok = run["peak_rss"] <= 1.5 * size and run["wall"] <= 2 * baseline
-            print(f"{label}: {'meets' if ok else 'MISSES'} the targets (RSS <= 1.5x checkpoint, time <= 2x read+write)")
+            rss = "meets" if run["peak_rss"] <= 1.5 * size else "MISSES"
+            best = "meets" if run["wall"] <= 2 * baseline else "MISSES"
+            median = "meets" if run["median"] <= 2 * baseline_median else "MISSES"
+            print(f"{label}: RSS <= 1.5x checkpoint {rss}; time <= 2x read+write: {best} on best, {median} on median")
+        ok = warm["convert"][0] <= 2 * warm["copy"][0]
+        print(f"in one warm process: {'meets' if ok else 'MISSES'} the time target (<= 2x read+write)")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -7,7 +7,7 @@ from factories import google_npz_arrays, write_google_npz
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
-from vit_accel.weights import CheckpointError, read_checkpoint
+from vit_accel.weights import CheckpointError, google, read_checkpoint
 
 ATOL = 1e-4
 
@@ -140,3 +140,29 @@ def test_transformers_keywords_accepted_and_typos_refused(tmp_path):
     assert model.classifier.weight.dtype == torch.bfloat16 and not model.training
     with pytest.raises(TypeError, match="unexpected keyword 'num_lables'"):
         ViTAccelForImageClassification.from_pretrained(path, num_lables=3)
+
+
+@pytest.mark.parametrize("rows, cols", [(130, 100), (64, 64), (3, 200)])  # more, exactly one, fewer than a block
+def test_blocked_transpose_equals_plain_copy(rows, cols):
+    source = torch.randn(rows, cols)
+    out = torch.empty(cols, rows)
+    assert torch.equal(google._copy_transposed(out, source.t()), source.t())
+    kernel = torch.randn(4, 4, 3, 8)  # not a transposed matrix (the conv kernel's HWIO -> OIHW): a plain copy
+    assert torch.equal(
+        google._copy_transposed(torch.empty(8, 3, 4, 4), kernel.permute(3, 2, 0, 1)), kernel.permute(3, 2, 0, 1)
+    )
+
+
+def test_streamed_read_of_a_file_cut_short_names_the_member(tmp_path):
+    # The central directory is read when the file is opened; a member that ends past the end of the file (the file
+    # was cut after that) must be an error naming it, not a crash (SIGBUS) when its mapped pages are touched.
+    path = write_google_npz(tmp_path / "vit.npz")
+    planned = google._Planned(google.open_npz(path), threshold=0)
+    key = "head/kernel"
+    assert planned.read(key).shape == planned.header(key)[0]
+    info = planned.npz.zip.getinfo(key + ".npy")
+    with open(path, "r+b") as handle:
+        # past the local header and the .npy header (about 200 bytes), well before the end of the 1,344 data bytes
+        handle.truncate(info.header_offset + 30 + len(info.filename) + 256)
+    with pytest.raises(CheckpointError, match=r"vit.npz: member 'head/kernel' ends after \d+ of \d+ bytes"):
+        planned.read(key)

@@ -30,6 +30,7 @@ exact GELU and that is what their published accuracies use; the converter keeps 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -193,7 +194,7 @@ class _Planned(Mapping):
 
     def __init__(self, npz: np.lib.npyio.NpzFile, threshold: int):
         self.npz, self.threshold = npz, threshold
-        self._scratch = [np.empty(0, np.uint8), np.empty(0, np.uint8)]  # used in turn: see save_safetensors
+        self._maps: list[mmap.mmap | None] = [None, None]  # used in turn: see save_safetensors
 
     def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         with self.npz.zip.open(key + ".npy") as member:
@@ -209,9 +210,10 @@ class _Planned(Mapping):
         return np.broadcast_to(np.zeros((), dtype), shape)
 
     def read(self, key: str, slot: int = 0) -> np.ndarray:
-        """The member's data. A member stored uncompressed (as in Google's files) is read with one `readinto` into a
-        scratch buffer reused from call to call: no fresh pages to fault in for every array. The result is valid until
-        the next call. Compressed members go through zipfile."""
+        """The member's data. A member stored uncompressed (as in Google's files) is memory-mapped, copy-on-write:
+        the pages already in the page cache become the array with no copy (a `read` would move every byte once
+        more), and only the two latest members stay mapped, so the resident size stays near two arrays. The result
+        is valid until the call after next. Compressed members go through zipfile."""
         info = self.npz.zip.getinfo(key + ".npy")
         filename = self.npz.zip.filename
         if info.compress_type != zipfile.ZIP_STORED or not filename:
@@ -228,17 +230,17 @@ class _Planned(Mapping):
             if dtype.kind == "O":
                 return self.npz[key]  # np.load refuses it (allow_pickle=False) with its own error
             nbytes = int(np.prod(shape)) * dtype.itemsize
-            if self._scratch[slot].nbytes < nbytes:
-                self._scratch[slot] = np.empty(nbytes, np.uint8)
-            handle.seek(offset)
-            view = memoryview(self._scratch[slot])[:nbytes]
-            got = 0
-            while got < nbytes:
-                count = handle.readinto(view[got:])
-                if not count:
-                    raise CheckpointError(f"{filename}: member {key!r} ends after {got} of {nbytes} bytes.")
-                got += count
-        array = self._scratch[slot][:nbytes].view(dtype)
+            available = os.fstat(handle.fileno()).st_size - offset
+            if available < nbytes:  # mapping past the end would fault (SIGBUS) instead of raising
+                raise CheckpointError(f"{filename}: member {key!r} ends after {max(available, 0)} of {nbytes} bytes.")
+            if nbytes == 0:
+                return np.empty(shape, dtype)
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(handle.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+        if hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        self._maps[slot] = mapped  # replaces (and so, once no tensor refers to it, unmaps) the one before last
+        array = np.frombuffer(mapped, dtype, count=nbytes // dtype.itemsize, offset=offset - start)
         return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
@@ -294,10 +296,25 @@ def npz_to_state_dict(
             if scratch[slot].numel() < nbytes:
                 scratch[slot] = torch.empty(nbytes, dtype=torch.uint8)
             out = scratch[slot][:nbytes].view(tensor.dtype).view(tensor.shape)
-            return out.copy_(tensor)  # the transpose, into reused memory
+            return _copy_transposed(out, tensor)  # into reused memory
 
         checkpoint.materialize = materialize
     return checkpoint
+
+
+# Source rows per block of a blocked transpose: 64 rows of a 1024-4096 wide float32 kernel (256 KiB - 1 MiB) stay in
+# cache while their columns are scattered into the output. Measured 2-2.5x faster than one strided copy_ over the whole
+# matrix on a 2-core Xeon (7-8 GB/s against 3 GB/s); 32 is slower for tall sources, 128 and up for all.
+_TRANSPOSE_BLOCK = 64
+
+
+def _copy_transposed(out: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """`out.copy_(tensor)`, in cache-sized blocks when `tensor` is the transpose of a contiguous matrix."""
+    if tensor.ndim != 2 or tensor.stride() != (1, tensor.shape[0]):
+        return out.copy_(tensor)
+    for start in range(0, tensor.shape[1], _TRANSPOSE_BLOCK):
+        out[:, start : start + _TRANSPOSE_BLOCK].copy_(tensor[:, start : start + _TRANSPOSE_BLOCK])
+    return out
 
 
 def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
