@@ -142,7 +142,7 @@ def test_transformers_keywords_accepted_and_typos_refused(tmp_path):
         ViTAccelForImageClassification.from_pretrained(path, num_lables=3)
 
 
-@pytest.mark.parametrize("rows, cols", [(130, 100), (64, 64), (3, 200)])  # more, exactly one, fewer than a block
+@pytest.mark.parametrize("rows, cols", [(1100, 700), (64, 512), (3, 200)])  # 2x18 tiles, exactly one, part of one
 def test_blocked_transpose_equals_plain_copy(rows, cols):
     source = torch.randn(rows, cols)
     out = torch.empty(cols, rows)
