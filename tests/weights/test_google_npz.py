@@ -166,3 +166,15 @@ def test_streamed_read_of_a_file_cut_short_names_the_member(tmp_path):
         handle.truncate(info.header_offset + 30 + len(info.filename) + 256)
     with pytest.raises(CheckpointError, match=r"vit.npz: member 'head/kernel' ends after \d+ of \d+ bytes"):
         planned.read(key)
+
+
+def test_streamed_read_falls_back_to_plain_reads_where_files_cannot_be_mapped(tmp_path, monkeypatch):
+    path = write_google_npz(tmp_path / "vit.npz")
+    planned = google._Planned(google.open_npz(path), threshold=0)
+    mapped = planned.read("head/kernel").copy()
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap raises on a file system without mmap support
+
+    monkeypatch.setattr(google.mmap, "mmap", refuse)
+    assert np.array_equal(planned.read("head/kernel"), mapped)

@@ -236,7 +236,10 @@ class _Planned(Mapping):
             if nbytes == 0:
                 return np.empty(shape, dtype)
             start = offset - offset % mmap.ALLOCATIONGRANULARITY
-            mapped = mmap.mmap(handle.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+            try:
+                mapped = mmap.mmap(handle.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+            except OSError:  # a file system that cannot map files (some network and FUSE mounts): plain reads
+                return self.npz[key]
         if hasattr(mapped, "madvise"):
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         array = np.frombuffer(mapped, dtype, count=nbytes // dtype.itemsize, offset=offset - start)
