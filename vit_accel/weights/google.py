@@ -304,12 +304,13 @@ def npz_to_state_dict(
     return checkpoint
 
 
-# A transpose in tiles of 512 x 64 output elements: the tile's source rows (64 of them, 2 KiB apart per output row)
-# stay in cache while they are scattered, and 32768 elements is torch's parallel grain size, so each tile's copy_ runs
-# on the calling thread with no parallel region to wait on (the writer thread has the other core). One copy_ over the
-# whole matrix runs torch's single-threaded 60x60-block transpose at about 3 GB/s here; these tiles convert a
-# ViT-L/16 checkpoint 1.4x faster, the same on an idle machine and with one core busy elsewhere. (Column blocks over
-# all rows were as fast when idle but use both cores' threads in ~9,000 parallel regions, 2x slower with one busy.)
+# A transpose in tiles of 512 x 64 output elements: each tile reads 64 source rows of 512 elements (128 KiB for
+# float32), which stay in cache while they are scattered into 512 output rows. 32768 elements is also torch's parallel
+# grain size, so each tile's copy_ runs on the calling thread with no parallel region to wait on (the writer thread has
+# the other core). One copy_ over the whole matrix runs torch's single-threaded 60x60-block transpose at about 3 GB/s
+# here; these tiles convert a ViT-L/16 checkpoint 1.4x faster, idle or with one core busy elsewhere. (64-column blocks
+# over all rows were 15% faster still when idle, but ran on both threads in ~9,000 parallel regions: 2x slower than
+# the tiles with one core busy.)
 _TILE_ROWS, _TILE_COLUMNS = 512, 64
 
 
