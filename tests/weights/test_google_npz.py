@@ -143,7 +143,7 @@ def test_transformers_keywords_accepted_and_typos_refused(tmp_path):
 
 
 @pytest.mark.parametrize("rows, cols", [(1100, 700), (64, 512), (3, 200)])  # 2x18 tiles, exactly one, part of one
-def test_blocked_transpose_equals_plain_copy(rows, cols):
+def test_tiled_transpose_equals_plain_copy(rows, cols):
     source = torch.randn(rows, cols)
     out = torch.empty(cols, rows)
     assert torch.equal(google._copy_transposed(out, source.t()), source.t())
