@@ -1,8 +1,22 @@
-"""Telling the user's mistakes from our bugs, so that command lines can print the former as one line."""
+"""The one error type for the user's mistakes, so that every command line prints them as one line.
+
+Each check of user input (a flag, a file, a key, a column, a row) raises `UserError` where the check is made, with a
+message that names the culprit. Command lines catch `UserError` alone and print it; any other exception is a bug or a
+library failure and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+
+class UserError(ValueError):
+    """A mistake in what the user gave; the message names the flag, file, key, column or row at fault.
+
+    A subclass of ValueError, so that library callers catching ValueError keep working.
+    """
+
+
+# Transitional: the command lines still classify errors raised before UserError existed by their innermost frame.
+from pathlib import Path  # noqa: E402
 
 _PACKAGE = Path(__file__).resolve().parent
 

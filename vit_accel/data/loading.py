@@ -20,6 +20,7 @@ import PIL.Image
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..errors import UserError
 from .arguments import BAD_IMAGE_POLICIES
 from .transforms import Pipeline, resize_batch
 
@@ -31,7 +32,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, 
 _COUNTER_SLOTS = 256
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError):
     """An image that cannot be decoded; the message names the row and, when known, the file."""
 
 

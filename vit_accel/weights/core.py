@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..configuration_vit_accel import VIT_SIZES, ViTAccelConfig
+from ..errors import UserError
 from ..modeling_vit_accel import resample_position_embeddings
 
 # Called once per tensor while a large checkpoint is read: (index, total, key, bytes).
@@ -35,7 +36,7 @@ POOLER_KEYS = ("vit.pooler.dense.weight", "vit.pooler.dense.bias")
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: unknown format, refused content, or shapes that do not fit."""
 
 

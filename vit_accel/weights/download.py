@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import UserError
 from .core import CheckpointError
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/vit_models/"
@@ -50,7 +51,7 @@ WEIGHT_SETS = ("orig", "augreg")
 CHUNK = 1 << 20
 
 
-class WeightsDownloadError(RuntimeError):
+class WeightsDownloadError(UserError):
     """A named checkpoint could not be fetched; the message names the URL and how to pass a local file instead."""
 
 
