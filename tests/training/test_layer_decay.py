@@ -1,0 +1,95 @@
+import pytest
+import torch
+from factories import tiny_config_kwargs
+
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
+from vit_accel.errors import UserError
+from vit_accel.training.layer_decay import check_layer_decay, layer_decay_parameter_groups
+from vit_accel.training.optim import parameter_groups
+from vit_accel.weights.timm import state_dict_to_timm
+
+
+def _our_groups(model, decay=0.75, weight_decay=0.05, lr=1e-3):
+    groups = layer_decay_parameter_groups(model, lr, weight_decay, decay, model.config.num_hidden_layers)
+    by_param = {}
+    for group in groups:
+        assert group["lr"] == pytest.approx(lr * group["lr_scale"])
+        for param in group["params"]:
+            by_param[id(param)] = (group["lr_scale"], group["weight_decay"])
+    return by_param
+
+
+@pytest.mark.parametrize("decay", [0.65, 0.75, 1.0])
+def test_scales_and_weight_decay_equal_timms_param_groups_layer_decay(decay):
+    timm = pytest.importorskip("timm")
+    from timm.optim import param_groups_layer_decay
+
+    config = ViTAccelConfig(**tiny_config_kwargs(num_hidden_layers=3))
+    ours = ViTAccelForImageClassification(config)
+    # Every parameter holds its own index, so each timm tensor tells which of ours it came from (fused qkv: three).
+    names = [name for name, _ in ours.named_parameters()]
+    with torch.no_grad():
+        for index, (_, param) in enumerate(ours.named_parameters()):
+            param.fill_(float(index))
+    theirs = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.hidden_size,
+        depth=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        mlp_ratio=config.intermediate_size / config.hidden_size,
+        num_classes=config.num_labels,
+    )
+    theirs.load_state_dict(state_dict_to_timm(ours.state_dict()))
+
+    expected = _our_groups(ours, decay)
+    params = dict(ours.named_parameters())
+    groups = param_groups_layer_decay(
+        theirs, weight_decay=0.05, no_weight_decay_list=theirs.no_weight_decay(), layer_decay=decay
+    )
+    checked = set()
+    timm_names = {id(p): n for n, p in theirs.named_parameters()}
+    for group in groups:
+        for param in group["params"]:
+            timm_name = timm_names[id(param)]
+            sources = {names[int(v)] for v in param.detach().unique().tolist()}
+            for source in sources:
+                scale, weight_decay = expected[id(params[source])]
+                assert weight_decay == group["weight_decay"], (timm_name, source)
+                if timm_name.startswith("norm."):
+                    # The one documented difference: timm 1.x puts the final norm in the last block's group
+                    # (MATCH_PREV_GROUP), scale `decay`; MAE's and BEiT's `get_layer_id_for_vit` give it the head's
+                    # layer, scale 1.0, which is what we do.
+                    assert group["lr_scale"] == pytest.approx(decay) and scale == 1.0, source
+                else:
+                    assert scale == pytest.approx(group["lr_scale"]), (timm_name, source)
+                checked.add(source)
+    assert checked == set(names)
+
+
+def test_layers_embeddings_head_and_the_same_no_decay_set_as_parameter_groups():
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_hidden_layers=2)))
+    got = _our_groups(model, decay=0.5)
+    params = dict(model.named_parameters())
+    assert got[id(params["classifier.weight"])][0] == 1.0
+    assert got[id(params["vit.layernorm.weight"])][0] == 1.0
+    assert got[id(params["vit.layers.1.mlp.fc1.weight"])][0] == 0.5  # block i of L: decay ** (L + 1 - (i + 1))
+    assert got[id(params["vit.layers.0.attention.q_proj.weight"])][0] == 0.25
+    assert got[id(params["vit.embeddings.cls_token"])][0] == 0.125  # decay ** (L + 1)
+    _, no_decay = parameter_groups(model, 0.05)
+    assert {id(p) for p in no_decay["params"]} == {k for k, (_, wd) in got.items() if wd == 0.0}
+
+
+def test_frozen_parameters_are_left_out():
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs()))
+    model.vit.embeddings.requires_grad_(False)
+    groups = layer_decay_parameter_groups(model, 1e-3, 0.0, 0.75, 2)
+    assert all(group["layer_id"] > 0 and group["params"] for group in groups)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_layer_decay_outside_zero_one_is_refused_naming_the_flag(bad):
+    with pytest.raises(UserError, match="--layer_decay must be in"):
+        check_layer_decay(bad)
