@@ -126,3 +126,39 @@ def test_palette_images_with_and_without_transparency():
     # And through a pipeline: 3 channels out whatever comes in.
     pixels = build_pipeline("none", 16, MEAN, STD, train=True)(PIL.Image.new("L", (20, 20), 7), generator(0))
     assert pixels.shape == (3, 16, 16) and int(pixels.min()) == int(pixels.max()) == 7
+
+
+@pytest.mark.parametrize("preset", ["cifar", "randaugment"])
+def test_random_erasing_is_torchvisions_on_the_same_stream_and_fills_with_the_mean(preset):
+    from torchvision.transforms import v2
+
+    image = PIL.Image.fromarray(random_rgb(3))
+    plain = build_pipeline(preset, 32, MEAN, STD, train=True)
+    erasing = build_pipeline(preset, 32, MEAN, STD, train=True, random_erasing=1.0)
+    fill = [round(255 * m) for m in MEAN]
+    erased_any = False
+    for seed in range(6):
+        got = erasing(image, generator(seed))
+        # The reference: the same per-example stream, the preset's own ops, then torchvision's RandomErasing.
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator(seed))))
+        want = v2.RandomErasing(p=1.0, value=fill)(plain.cpu_transform(image))
+        assert torch.equal(got, want)
+        changed = got != plain(image, generator(seed))
+        if changed.any():
+            erased_any = True
+            # Changed pixels hold the mean colour (in 0-255 units), i.e. 0 once normalised.
+            for c in range(3):
+                assert (got[c][changed[c]] == fill[c]).all()
+    assert erased_any
+    # Evaluation never erases.
+    evaluation = build_pipeline(preset, 32, MEAN, STD, train=False, random_erasing=1.0)
+    assert torch.equal(
+        evaluation(image, generator(0)), build_pipeline(preset, 32, MEAN, STD, train=False)(image, generator(0))
+    )
+
+
+def test_random_erasing_outside_zero_one_names_the_flag():
+    from vit_accel.errors import UserError
+
+    with pytest.raises(UserError, match="--random_erasing"):
+        build_pipeline("none", 32, MEAN, STD, train=True, random_erasing=1.5)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from ..errors import UserError
 from .arguments import AUGMENTATIONS
 
 CIFAR_SIZE = 32
@@ -126,17 +127,39 @@ def _to_uint8() -> list:
     return [v2.PILToTensor()]
 
 
-def build_pipeline(preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool) -> Pipeline:
+def build_pipeline(
+    preset: str,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    random_erasing: float = 0.0,
+) -> Pipeline:
     """The training or evaluation pipeline of `preset` for a model taking `image_size` px images.
 
     mean/std are the model image processor's (in [0, 1] units); `inception` forces [-1, 1] as Google's recipe does.
+    `random_erasing` (training only) is the probability that torchvision's `RandomErasing` blanks a random rectangle
+    of an example (2-33% of its area) with the mean colour, i.e. zero after normalisation, as torchvision's reference
+    classification recipe does by erasing normalised tensors with 0.
     """
     if preset not in AUGMENTATIONS:
         raise ValueError(f"Unknown augmentation preset {preset!r}; choose one of: {', '.join(AUGMENTATIONS)}.")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}.")
+    if not 0.0 <= random_erasing <= 1.0:
+        raise UserError(f"--random_erasing must be a probability in [0, 1], got {random_erasing}.")
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std need 3 values each and std > 0; got mean={mean}, std={std}.")
+    pipeline = _build(preset, image_size, mean, std, train)
+    if train and random_erasing > 0:
+        # On the uint8 tensor that leaves the worker: the fill is the mean in 0-255 units, per channel.
+        fill = [round(255.0 * m) for m in pipeline.mean]
+        erase = v2.RandomErasing(p=random_erasing, value=fill)
+        pipeline.cpu_transform = v2.Compose([pipeline.cpu_transform, erase])
+    return pipeline
+
+
+def _build(preset: str, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool) -> Pipeline:
     size = image_size
     resize = v2.Resize((size, size), antialias=True)
     if preset == "cifar":
