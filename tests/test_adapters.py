@@ -1,0 +1,169 @@
+"""LoRA/DoRA through peft: target checks, merge against peft's own, saving, and loading in fresh processes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from factories import ROOT, tiny_config_kwargs
+
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
+from vit_accel.adapters import (
+    ADAPTER_CONFIG,
+    CLASSIFIER_CONFIG,
+    apply_lora,
+    base_model_reference,
+    check_target_modules,
+    count_parameters,
+    load_adapter_classifier,
+    merged_copy,
+    parse_target_modules,
+    save_adapter,
+)
+from vit_accel.errors import UserError
+
+pytest.importorskip("peft")
+
+
+def _base(num_labels=5, seed=0):
+    torch.manual_seed(seed)
+    return ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_labels=num_labels)))
+
+
+def _train_a_little(model, steps=3):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(4, 3, 32, 32, generator=generator)
+        model(pixel_values=x, labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_merge_equals_the_adapted_model_and_the_lora_formula(use_dora):
+    model = _train_a_little(apply_lora(_base(), r=4, alpha=8, dropout=0.0, use_dora=use_dora))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        adapted = model(pixel_values=x).logits
+        merged = merged_copy(model)
+        torch.testing.assert_close(merged(pixel_values=x).logits, adapted, atol=1e-5, rtol=1e-5)
+        assert type(merged) is ViTAccelForImageClassification
+        # The model itself keeps its adapter (a copy was merged).
+        assert any("lora_A" in n for n, _ in model.named_parameters())
+        if not use_dora:
+            layer = model.base_model.model.vit.layers[0].attention.q_proj
+            delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * (8 / 4)
+            expected = layer.base_layer.weight + delta
+            torch.testing.assert_close(merged.vit.layers[0].attention.q_proj.weight, expected)
+
+
+def test_only_adapter_and_classifier_train_and_the_base_is_untouched():
+    base = _base()
+    before = {n: p.detach().clone() for n, p in base.state_dict().items()}
+    model = _train_a_little(apply_lora(base, r=4))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier.modules_to_save" in n for n in trainable)
+    for name, value in model.get_base_model().state_dict().items():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        key = name.replace(".base_layer", "").replace("classifier.original_module", "classifier")
+        assert torch.equal(value, before[key]), name
+    trained, total = count_parameters(model)
+    assert total == sum(p.numel() for p in _base().parameters()) + trained - sum(
+        p.numel() for p in _base().classifier.parameters()
+    )
+
+
+def test_target_that_matches_no_module_names_the_flag_and_lists_the_layers():
+    with pytest.raises(UserError, match=r"--lora_target_modules: 'qkv' matches no linear layer.*q_proj"):
+        check_target_modules(_base(), ["q_proj", "qkv"])
+    assert parse_target_modules(None) == ["q_proj", "v_proj"]
+    assert parse_target_modules("q_proj, k_proj,fc1") == ["q_proj", "k_proj", "fc1"]
+    with pytest.raises(UserError, match="--lora_r"):
+        apply_lora(_base(), r=0)
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    """A 5-class base on disk and an adapter trained on top of it for 7 classes (the base's head does not fit)."""
+    root = tmp_path_factory.mktemp("adapter")
+    _base(num_labels=5).save_pretrained(root / "base")
+    model = ViTAccelForImageClassification.from_pretrained(root / "base", num_labels=7, ignore_mismatched_sizes=True)
+    model = _train_a_little(apply_lora(model, r=4, base_model_name_or_path=base_model_reference(str(root / "base"))))
+    save_adapter(model, root / "adapter")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.save({"x": x, "logits": model(pixel_values=x).logits}, root / "expected.pt")
+    # The same adapter over a base whose head already has 7 classes: what peft's and transformers' auto-loading need.
+    _base(num_labels=7).save_pretrained(root / "base7")
+    model7 = _train_a_little(
+        apply_lora(
+            ViTAccelForImageClassification.from_pretrained(root / "base7"),
+            r=4,
+            base_model_name_or_path=str(root / "base7"),
+        )
+    )
+    save_adapter(model7, root / "adapter7")
+    with torch.no_grad():
+        torch.save({"x": x, "logits": model7(pixel_values=x).logits}, root / "expected7.pt")
+    return root
+
+
+def test_saved_adapter_names_its_base_and_reloads_with_the_right_head(saved_adapter):
+    config = json.loads((saved_adapter / "adapter" / ADAPTER_CONFIG).read_text())
+    assert config["base_model_name_or_path"] == str((saved_adapter / "base").resolve())
+    assert config["modules_to_save"] == ["classifier"] and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    assert len(json.loads((saved_adapter / "adapter" / CLASSIFIER_CONFIG).read_text())["id2label"]) == 7
+    assert not (saved_adapter / "adapter" / "config.json").exists()
+    expected = torch.load(saved_adapter / "expected.pt", weights_only=True)
+    for merge in (True, False):
+        model = load_adapter_classifier(saved_adapter / "adapter", merge=merge)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model(pixel_values=expected["x"]).logits, expected["logits"], atol=1e-5, rtol=1e-5
+            )
+
+
+LOADERS = {
+    "PeftModel.from_pretrained": """
+        import vit_accel
+        from peft import PeftModel
+        from transformers import AutoModelForImageClassification
+        base = AutoModelForImageClassification.from_pretrained(BASE)
+        model = PeftModel.from_pretrained(base, ADAPTER)
+    """,
+    "AutoPeftModel": """
+        from peft import AutoPeftModel
+        model = AutoPeftModel.from_pretrained(ADAPTER, import_allowlist=["vit_accel"])
+    """,
+    "transformers adapter loading": """
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained(ADAPTER, trust_remote_code=True)
+    """,
+}
+
+
+@pytest.mark.parametrize("loader", list(LOADERS))
+def test_fresh_process_loads_the_adapter_directory(saved_adapter, loader):
+    script = textwrap.dedent(LOADERS[loader]) + textwrap.dedent(
+        """
+        import torch
+        expected = torch.load(EXPECTED, weights_only=True)
+        with torch.no_grad():
+            got = model.eval()(pixel_values=expected["x"]).logits
+        print((got - expected["logits"]).abs().max().item())
+        """
+    )
+    script = (
+        script.replace("BASE", repr(str(saved_adapter / "base7")))
+        .replace("ADAPTER", repr(str(saved_adapter / "adapter7")))
+        .replace("EXPECTED", repr(str(saved_adapter / "expected7.pt")))
+    )
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=saved_adapter, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5

@@ -1,0 +1,44 @@
+import pytest
+import torch
+from factories import tiny_config_kwargs
+
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
+from vit_accel.errors import UserError
+from vit_accel.training.freezing import apply_freezing, check_freezing
+
+
+def _trained_names(freeze, freeze_layers):
+    torch.manual_seed(0)
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_hidden_layers=3)))
+    apply_freezing(model, freeze, freeze_layers)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {n for n, p in model.named_parameters() if p.requires_grad}  # frozen means untouched
+    return changed
+
+
+def test_backbone_freeze_trains_the_classifier_only():
+    assert _trained_names("backbone", None) == {"classifier.weight", "classifier.bias"}
+
+
+def test_freeze_layers_freezes_embeddings_and_the_first_blocks():
+    trained = _trained_names(None, 2)
+    assert not any(n.startswith(("vit.embeddings.", "vit.layers.0.", "vit.layers.1.")) for n in trained)
+    assert {"vit.layers.2.mlp.fc1.weight", "vit.layernorm.weight", "classifier.weight"} <= trained
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (("head", None, 3), "--freeze must be one of"),
+        ((None, 4, 3), "--freeze_layers must be in"),
+        (("backbone", 1, 3), "drop --freeze_layers"),
+        ((None, 1, 3, "lora"), "cannot be combined with --peft"),
+    ],
+)
+def test_bad_combinations_name_the_flag(args, flag):
+    with pytest.raises(UserError, match=flag):
+        check_freezing(*args)

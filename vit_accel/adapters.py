@@ -1,0 +1,176 @@
+"""LoRA and DoRA adapters through peft: building, checking, saving, merging and loading them.
+
+A LoRA run trains low-rank updates of the attention's query and value projections (`q_proj`, `v_proj`, the
+published ViT setting) plus the whole classifier (peft's `modules_to_save`); every other weight stays as the base
+model has it. What a run leaves:
+
+- `adapter_model.safetensors` + `adapter_config.json` (peft's format; `base_model_name_or_path` names the base: an
+  absolute path for a local base, else the Hub id or variant name given);
+- `classifier_config.json`: the configuration of the model the adapter was trained on (labels, image size), so the
+  base can be rebuilt with the right head whatever head the base itself has;
+- the image processor and a model card saying how to load it;
+- with `--merge_adapter`, `merged/`: the base with the adapter folded in, a plain model directory.
+
+Not `config.json`: transformers takes a directory holding both `config.json` and `adapter_config.json` for a full
+model with an embedded adapter, and would look for the base weights there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+ADAPTER_CONFIG = "adapter_config.json"
+CLASSIFIER_CONFIG = "classifier_config.json"
+MERGED_DIR = "merged"
+DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
+PEFT_METHODS = ("lora",)
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def parse_target_modules(value: str | None) -> list[str] | str:
+    """`--lora_target_modules`: comma-separated module names, `all-linear`, or None for query and value."""
+    if value is None or not value.strip():
+        return list(DEFAULT_TARGET_MODULES)
+    if value.strip() == "all-linear":
+        return "all-linear"
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def check_target_modules(model: nn.Module, target_modules: list[str] | str) -> None:
+    """Every requested name must match at least one linear layer (by its last name component, as peft matches)."""
+    if target_modules == "all-linear":
+        return
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    available = sorted({name.rsplit(".", 1)[-1] for name in linear if name != "classifier"})
+    unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
+    if unmatched:
+        raise UserError(
+            f"--lora_target_modules: {', '.join(map(repr, unmatched))} matches no linear layer of this model; "
+            f"its linear layers are {', '.join(available)} (plus the classifier, which always trains)."
+        )
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.1,
+    target_modules: list[str] | str | None = None,
+    use_dora: bool = False,
+    base_model_name_or_path: str | None = None,
+) -> nn.Module:
+    """`model` wrapped by `peft.get_peft_model`: LoRA (or DoRA) on `target_modules`, the classifier fully trained."""
+    from peft import LoraConfig, get_peft_model
+
+    if r < 1:
+        raise UserError(f"--lora_r must be at least 1, got {r}.")
+    if alpha <= 0:
+        raise UserError(f"--lora_alpha must be positive, got {alpha}.")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"--lora_dropout must be in [0, 1), got {dropout}.")
+    targets = list(DEFAULT_TARGET_MODULES) if target_modules is None else target_modules
+    check_target_modules(model, targets)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        use_dora=use_dora,
+        bias="none",
+        modules_to_save=["classifier"],
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    return get_peft_model(model, config)
+
+
+def base_model_reference(source: str) -> str:
+    """What `adapter_config.json` should name: an absolute path for a local base (loadable from any directory),
+    the Hub id or variant name otherwise."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; peft's copy of the classifier counts once, as the trained one."""
+    trainable = total = 0
+    for name, param in model.named_parameters():
+        if ".original_module." in name:  # peft keeps the base's classifier beside its trained copy
+            continue
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total
+
+
+def save_adapter(model: nn.Module, output_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter (`adapter_model.safetensors`, `adapter_config.json`) and `classifier_config.json`.
+
+    `model` is the peft model (unwrapped); `state_dict` the full state dict where it had to be gathered (ZeRO-3).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
+    config = model.get_base_model().config
+    (output_dir / CLASSIFIER_CONFIG).write_text(config.to_json_string())
+    return output_dir
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """The base model with the adapter folded into its weights (peft's `merge_and_unload`), leaving `model` as is."""
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def save_merged(model: nn.Module, output_dir: str | Path) -> Path:
+    """`save_pretrained` of the merged model: a plain model directory that loads without peft."""
+    merged = merged_copy(model)
+    merged.config.architectures = [type(merged).__name__]
+    merged.save_pretrained(str(output_dir), safe_serialization=True)
+    return Path(output_dir)
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{Path(adapter_dir) / ADAPTER_CONFIG} names no base model (base_model_name_or_path).")
+    return base
+
+
+def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True) -> nn.Module:
+    """The classifier an adapter directory describes: its base, rebuilt with the adapter's head, plus the adapter.
+
+    With `merge` the adapter is folded in (faster inference, a plain model); otherwise a `PeftModel` is returned.
+    """
+    from peft import PeftModel
+
+    from .configuration_vit_accel import ViTAccelConfig
+    from .modeling_vit_accel import ViTAccelForImageClassification
+
+    adapter_dir = Path(adapter_dir)
+    base = adapter_base(adapter_dir)
+    kwargs = {}
+    if (adapter_dir / CLASSIFIER_CONFIG).is_file():
+        kwargs = {"config": ViTAccelConfig.from_json_file(str(adapter_dir / CLASSIFIER_CONFIG))}
+        if Path(base).is_dir() and not is_adapter_dir(base):
+            kwargs["ignore_mismatched_sizes"] = True  # the base's own head may have other classes
+    try:
+        model = ViTAccelForImageClassification.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"{adapter_dir}: cannot load its base model {base!r} (named in {ADAPTER_CONFIG}): "
+            f"{str(error).splitlines()[0]}"
+        ) from error
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model.merge_and_unload() if merge else model
