@@ -42,3 +42,45 @@ def test_freeze_layers_freezes_embeddings_and_the_first_blocks():
 def test_bad_combinations_name_the_flag(args, flag):
     with pytest.raises(UserError, match=flag):
         check_freezing(*args)
+
+
+def _prepared(accelerator, freeze_layers):
+    torch.manual_seed(0)
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_hidden_layers=3)))
+    apply_freezing(model, None, freeze_layers)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    return accelerator.prepare(model, optimizer)
+
+
+def test_checkpoints_hold_only_trainable_weights_and_resume_them(tmp_path):
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from vit_accel.training.freezing import register_trainable_only_checkpointing
+    from vit_accel.weights import CheckpointError
+
+    accelerator = Accelerator(cpu=True)
+    register_trainable_only_checkpointing(accelerator)
+    model, optimizer = _prepared(accelerator, 2)
+    for _ in range(2):
+        accelerator.backward(model(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.arange(4)).loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    accelerator.save_state(str(tmp_path / "ckpt"))
+    saved = load_file(tmp_path / "ckpt" / "model.safetensors")
+    assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+    resumed = Accelerator(cpu=True)
+    register_trainable_only_checkpointing(resumed)
+    model2, optimizer2 = _prepared(resumed, 2)
+    resumed.load_state(str(tmp_path / "ckpt"))
+    for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert optimizer2.state_dict()["state"][0]["exp_avg"].equal(optimizer.state_dict()["state"][0]["exp_avg"])
+
+    # A checkpoint of other trainable weights (here: fewer frozen blocks) is refused, not half-loaded.
+    other = Accelerator(cpu=True)
+    register_trainable_only_checkpointing(other)
+    _prepared(other, 1)
+    with pytest.raises(CheckpointError, match="other --peft/--freeze settings"):
+        other.load_state(str(tmp_path / "ckpt"))
