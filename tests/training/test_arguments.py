@@ -53,3 +53,38 @@ def test_unknown_recipe_key_and_missing_recipe(tmp_path):
         parse_args([str(recipe)])
     with pytest.raises(FileNotFoundError, match="Recipe file not found"):
         parse_args([str(tmp_path / "missing.yaml")])
+
+
+@pytest.mark.parametrize("recipe", ["recipes/cifar100_modern.yaml", "recipes/digits_lora.yaml"])
+def test_method_recipes_parse(recipe):
+    from factories import ROOT
+
+    _, data, training = parse_all([str(ROOT / recipe)])
+    if "modern" in recipe:
+        assert training.layer_decay == 0.65 and training.ema_decay == 0.9998 and data.random_erasing == 0.25
+        assert training.mixing_config().enabled and training.label_smoothing == 0.1
+    else:
+        assert training.peft == "lora"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--layer_decay", "0"], "--layer_decay must be in (0, 1]"),
+        (["--layer_decay", "1.2"], "--layer_decay must be in (0, 1]"),
+        (["--ema_decay", "1.5"], "--ema_decay must be in (0, 1)"),
+        (["--final_model", "ema"], "--final_model ema needs --ema_decay"),
+        (["--final_model", "last", "--ema_decay", "0.9"], "--final_model must be one of"),
+        (["--peft", "prefix"], "--peft must be one of lora"),
+        (["--merge_adapter"], "--merge_adapter needs --peft lora"),
+        (["--mixup_alpha", "-1"], "--mixup_alpha must be >= 0"),
+        (["--cutmix_alpha", "1", "--mix_switch_prob", "2"], "--mix_switch_prob must be in [0, 1]"),
+        (["--random_erasing", "1.5"], "--random_erasing must be a probability"),
+    ],
+)
+def test_method_flags_out_of_range_are_refused_by_name(argv, message):
+    from vit_accel.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        parse_args(argv)
+    assert message in str(error.value)

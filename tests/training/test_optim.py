@@ -1,3 +1,4 @@
+import pytest
 import torch
 from factories import tiny_config_kwargs
 
@@ -34,3 +35,18 @@ def test_optimizers_and_warmup_in_optimizer_steps():
         scheduler.step()
     assert lrs[:5] == [0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3]
     assert lrs[5] < 1e-3 and scheduler.get_last_lr()[0] == 0.0
+
+
+def test_layer_decay_groups_keep_their_ratios_through_the_schedule():
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs()))
+    args = TrainingArguments(learning_rate=1e-3, layer_decay=0.5, weight_decay=0.05, num_warmup_steps=2)
+    optimizer = build_optimizer(model, args)
+    scales = [group["lr_scale"] for group in optimizer.param_groups]
+    assert sorted(set(scales)) == [0.125, 0.25, 0.5, 1.0]  # embeddings, block 0, block 1, head (2 blocks)
+    scheduler = build_scheduler(optimizer, args, total_steps=6)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    lrs = scheduler.get_last_lr()
+    for lr, scale in zip(lrs, scales):
+        assert lr == pytest.approx(lrs[scales.index(1.0)] * scale)

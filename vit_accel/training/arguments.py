@@ -15,9 +15,11 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..data import DataArguments
+from ..errors import UserError
 
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "sgd")
+FINAL_MODELS = ("raw", "ema", "best")
 
 
 @dataclass
@@ -113,6 +115,44 @@ class TrainingArguments:
         metadata={"help": "'end': push the final model; 'checkpoint': also push each checkpoint as last-checkpoint/."},
     )
 
+    # Fine-tuning methods (README "Fine-tuning methods").
+    peft: str | None = field(
+        default=None, metadata={"help": "'lora': train LoRA adapters (peft) and the classifier; the base stays frozen."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator (updates scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated linear layer names to adapt, or 'all-linear' (default: q_proj,v_proj)."},
+    )
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)."})
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "Also write merged/: the base with the adapter folded in, loadable without peft."},
+    )
+    freeze: str | None = field(default=None, metadata={"help": "'backbone': train the classifier only (linear probe)."})
+    freeze_layers: int | None = field(default=None, metadata={"help": "Freeze the embeddings and the first N blocks."})
+    layer_decay: float | None = field(
+        default=None, metadata={"help": "Layer-wise lr decay in (0, 1] (BEiT/MAE: 0.65 for ViT-B, 0.75 for ViT-L)."}
+    )
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "Keep an EMA of the weights with this decay (e.g. 0.9998); evaluated too."}
+    )
+    ema_warmup: bool = field(
+        default=False, metadata={"help": "EMA decay warm-up: min(decay, 1 - (1 + t) ** -2/3) at update t."}
+    )
+    final_model: str = field(
+        default="raw",
+        metadata={"help": "What is saved at the end with --ema_decay: 'raw', 'ema', or 'best' (higher final top-1)."},
+    )
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup's Beta(alpha, alpha) (0 disables; DeiT: 0.8)."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix's Beta(alpha, alpha) (0 disables; DeiT: 1.0)."})
+    mix_prob: float = field(default=1.0, metadata={"help": "Probability that a batch is mixed at all."})
+    mix_switch_prob: float = field(
+        default=0.5, metadata={"help": "Probability of CutMix rather than Mixup when both are on."}
+    )
+
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
@@ -139,6 +179,41 @@ class TrainingArguments:
             raise ValueError(f"--hub_strategy must be 'end' or 'checkpoint', got {self.hub_strategy!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        """The fine-tuning method flags, alone and together (those needing the model or the accelerate config are
+        checked once these exist, still before any training)."""
+        from ..adapters import PEFT_METHODS
+        from .ema import check_ema
+        from .layer_decay import check_layer_decay
+        from .mixing import check_mixing
+
+        if self.peft is not None and self.peft not in PEFT_METHODS:
+            raise UserError(f"--peft must be one of {', '.join(PEFT_METHODS)}, got {self.peft!r}.")
+        for flag, value in (("--merge_adapter", self.merge_adapter), ("--use_dora", self.use_dora)):
+            if value and self.peft is None:
+                raise UserError(f"{flag} needs --peft lora.")
+        if self.freeze_layers is not None and self.freeze_layers < 0:
+            raise UserError(f"--freeze_layers must be >= 0, got {self.freeze_layers}.")
+        check_layer_decay(self.layer_decay)
+        check_ema(self.ema_decay)
+        if self.final_model not in FINAL_MODELS:
+            raise UserError(f"--final_model must be one of {', '.join(FINAL_MODELS)}, got {self.final_model!r}.")
+        if self.final_model != "raw" and self.ema_decay is None:
+            raise UserError(f"--final_model {self.final_model} needs --ema_decay.")
+        check_mixing(self.mixing_config())
+
+    def mixing_config(self):
+        from .mixing import MixingConfig
+
+        return MixingConfig(
+            mixup_alpha=self.mixup_alpha,
+            cutmix_alpha=self.cutmix_alpha,
+            mix_prob=self.mix_prob,
+            switch_prob=self.mix_switch_prob,
+            label_smoothing=self.label_smoothing,
+        )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

@@ -29,8 +29,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
-    """AdamW (fused) or SGD with momentum, as chosen by `--optimizer`."""
-    groups = parameter_groups(model, args.weight_decay)
+    """AdamW (fused) or SGD with momentum, as chosen by `--optimizer`, over the trainable parameters; with
+    `--layer_decay`, one group per layer and decay class, each at its scaled rate."""
+    if args.layer_decay is not None:
+        from .layer_decay import layer_decay_parameter_groups
+
+        num_layers = _unwrapped_config(model).num_hidden_layers
+        groups = layer_decay_parameter_groups(
+            model, args.learning_rate, args.weight_decay, args.layer_decay, num_layers
+        )
+    else:
+        groups = parameter_groups(model, args.weight_decay)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
     # The fused kernel (CUDA and CPU) is several times faster than the per-parameter loop; same update.
@@ -38,6 +47,12 @@ def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Op
     return torch.optim.AdamW(
         groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), fused=fused or None
     )
+
+
+def _unwrapped_config(model: nn.Module):
+    """The ViT configuration of the model, also when peft wraps it."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return (get_base_model() if get_base_model is not None else model).config
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
