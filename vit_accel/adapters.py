@@ -174,3 +174,72 @@ def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True) -> nn.M
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model.merge_and_unload() if merge else model
+
+
+def write_adapter_card(output_dir: str | Path, results: dict, trainable: int, total: int, command: list[str]) -> Path:
+    """`README.md` of an adapter directory: what it is, its results, and how to load it (peft's card replaced)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    root = Path(output_dir)
+    config = json.loads((root / ADAPTER_CONFIG).read_text())
+    base = config["base_model_name_or_path"]
+    method = "DoRA" if config.get("use_dora") else "LoRA"
+    targets = config.get("target_modules")
+    targets = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
+    metrics = "\n".join(
+        f"| {key} | {results[key]:.4f} |" for key in ("eval_top1", "eval_top5", "eval_loss") if key in results
+    )
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base if not Path(base).is_absolute() else None,
+        pipeline_tag="image-classification",
+        tags=["vit_accel", "lora", "image-classification"],
+    )
+    merged = (root / MERGED_DIR).is_dir()
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {root.name}
+
+A {method} adapter (rank {config.get("r")}, alpha {config.get("lora_alpha")}, on {targets}, classifier trained in
+full) for the Vision Transformer `{base}`, trained with [vit_accel](https://pypi.org/project/vit_accel/):
+{trainable:,} of {total:,} parameters trained ({100 * trainable / max(total, 1):.2f}%).
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Load it
+
+```python
+# with vit_accel: the base is rebuilt with this adapter's head (classifier_config.json), whatever head it has
+from vit_accel.adapters import load_adapter_classifier
+model = load_adapter_classifier("{root.name}")  # merged; merge=False keeps the PeftModel
+
+# with peft, when the base model's own head already has this adapter's classes
+import vit_accel
+from peft import PeftModel
+from transformers import AutoModelForImageClassification
+model = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained("{base}"), "{root.name}")
+```
+{
+        ""
+        if not merged
+        else f'''
+`{MERGED_DIR}/` holds the base with the adapter folded in: a plain model directory for
+`AutoModelForImageClassification.from_pretrained("{root.name}/{MERGED_DIR}")` or an image-classification pipeline.
+'''
+    }
+`vit-accel predict --model {root.name} image.png` and `vit-accel evaluate --model {root.name} ...` read this directory
+as they read a model directory.
+
+## Training
+
+```bash
+{" ".join(command)}
+```
+"""
+    path = root / "README.md"
+    ModelCard(content).save(path)
+    return path

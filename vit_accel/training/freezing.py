@@ -16,12 +16,15 @@ from ..errors import UserError
 FREEZE_CHOICES = ("backbone",)
 
 
-def check_freezing(freeze: str | None, freeze_layers: int | None, num_layers: int, peft: str | None = None) -> None:
+def check_freezing(
+    freeze: str | None, freeze_layers: int | None, num_layers: int | None, peft: str | None = None
+) -> None:
+    """The flags alone and together; the range of `--freeze_layers` once the model's depth is known."""
     if freeze is not None and freeze not in FREEZE_CHOICES:
         raise UserError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {freeze!r}.")
     if freeze is not None and freeze_layers is not None:
         raise UserError("--freeze backbone already freezes every block; drop --freeze_layers.")
-    if freeze_layers is not None and not 0 <= freeze_layers <= num_layers:
+    if freeze_layers is not None and num_layers is not None and not 0 <= freeze_layers <= num_layers:
         raise UserError(
             f"--freeze_layers must be in [0, {num_layers}] (the model has {num_layers} blocks), got {freeze_layers}."
         )

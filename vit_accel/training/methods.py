@@ -1,0 +1,152 @@
+"""The fine-tuning methods as the training loop uses them: what trains (LoRA, freezing), the EMA, batch mixing, the
+loss, and what is saved at the end. Each check of a flag that needs the model or the accelerate config runs here,
+before any training, and raises `UserError` naming the flag.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+from ..adapters import (
+    MERGED_DIR,
+    apply_lora,
+    base_model_reference,
+    count_parameters,
+    parse_target_modules,
+    save_adapter,
+    save_merged,
+    write_adapter_card,
+)
+from ..errors import UserError
+from .arguments import ModelArguments, TrainingArguments
+from .ema import WeightEMA, check_ema
+from .freezing import apply_freezing, check_freezing, has_frozen_parameters, register_trainable_only_checkpointing
+from .mixing import BatchMixer, mixing_seed, soft_target_cross_entropy
+
+
+def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
+    """Combinations decidable from the flags alone (before the data or the model are loaded)."""
+    if args.peft is not None and model_args.from_scratch:
+        raise UserError(f"--peft {args.peft} adapts pretrained weights; it cannot be combined with --from_scratch.")
+    check_freezing(args.freeze, args.freeze_layers, None, args.peft)
+
+
+def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None:
+    """Combinations with the accelerate config: ZeRO-3 shards every weight, which the EMA and adapters need whole."""
+    check_ema(args.ema_decay, accelerator)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        for flag, value in (("--peft", args.peft), ("--freeze", args.freeze), ("--freeze_layers", args.freeze_layers)):
+            if value is not None:
+                raise UserError(
+                    f"{flag} is not supported under DeepSpeed ZeRO-3 (sharded parameters); use ZeRO-2, DDP or one "
+                    "process: a ViT fits one device once its optimizer state is sharded."
+                )
+
+
+def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArguments) -> nn.Module:
+    """The model to train: wrapped by peft for `--peft lora`, partly frozen for `--freeze*`, else as it is."""
+    if args.peft == "lora":
+        return apply_lora(
+            model,
+            r=args.lora_r,
+            alpha=args.lora_alpha,
+            dropout=args.lora_dropout,
+            target_modules=parse_target_modules(args.lora_target_modules),
+            use_dora=args.use_dora,
+            base_model_name_or_path=base_model_reference(model_args.model_name_or_path),
+        )
+    check_freezing(args.freeze, args.freeze_layers, model.config.num_hidden_layers)
+    apply_freezing(model, args.freeze, args.freeze_layers)
+    return model
+
+
+def parameter_summary(model: nn.Module) -> str:
+    trainable, total = count_parameters(model)
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def register_checkpointing(accelerator: Accelerator, model: nn.Module, ema: WeightEMA | None) -> None:
+    """Checkpoints of runs with frozen weights keep the trainable ones only; the EMA goes into every checkpoint."""
+    if has_frozen_parameters(model):
+        register_trainable_only_checkpointing(accelerator)
+    if ema is not None:
+        ema.register_checkpointing(accelerator)
+
+
+def build_ema(model: nn.Module, args: TrainingArguments, accelerator: Accelerator) -> WeightEMA | None:
+    """The EMA of `model` (not yet prepared: a plain copy), on the accelerator's device."""
+    if args.ema_decay is None:
+        return None
+    return WeightEMA(model, args.ema_decay, warmup=args.ema_warmup, device=accelerator.device)
+
+
+def build_mixer(args: TrainingArguments, num_classes: int) -> BatchMixer | None:
+    config = args.mixing_config()
+    return BatchMixer(config, num_classes) if config.enabled else None
+
+
+def training_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    args: TrainingArguments,
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy against the mixer's soft targets when the batch was mixed, else with label smoothing."""
+    if targets is not None:
+        return soft_target_cross_entropy(logits, targets)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+
+
+def mix_batch(
+    mixer: BatchMixer | None,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    args: TrainingArguments,
+    epoch: int,
+    batch_index: int,
+    process_index: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pixels, soft targets) mixed as the run's position dictates; (pixels, None) without mixing."""
+    if mixer is None:
+        return pixel_values, None
+    return mixer(pixel_values, labels, mixing_seed(args.seed, epoch, batch_index, process_index))
+
+
+def choose_final(args: TrainingArguments, raw: dict, ema: dict | None) -> str:
+    """'raw' or 'ema': `--final_model`, where 'best' is the one with the higher final top-1 (raw on ties)."""
+    if ema is None or args.final_model == "raw":
+        return "raw"
+    if args.final_model == "ema":
+        return "ema"
+    return "ema" if ema.get("eval_top1", -1.0) > raw.get("eval_top1", -1.0) else "raw"
+
+
+def save_adapter_outputs(
+    accelerator: Accelerator,
+    model: nn.Module,
+    output_dir: Path,
+    args: TrainingArguments,
+    write_processor,
+    results: dict,
+    command: list[str],
+) -> None:
+    """The adapter directory: adapter, `classifier_config.json`, image processor, results, card; `merged/` with
+    `--merge_adapter`. `model` is the unwrapped peft model (the trained or the EMA one)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_adapter(model, output_dir)
+        write_processor(output_dir)
+        if args.merge_adapter:
+            save_merged(model, output_dir / MERGED_DIR)
+            write_processor(output_dir / MERGED_DIR)
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        trainable, total = count_parameters(model)
+        write_adapter_card(output_dir, results, trainable, total, command)
+    accelerator.wait_for_everyone()
