@@ -89,3 +89,27 @@ def test_load_refuses_a_checkpoint_without_ema(tmp_path):
 def test_decay_outside_zero_one_is_refused_naming_the_flag(bad):
     with pytest.raises(UserError, match="--ema_decay must be in"):
         check_ema(bad)
+
+
+def test_frozen_weights_stay_out_of_the_saved_state(tmp_path):
+    model = _model()
+    model[0].requires_grad_(False)
+    ema = WeightEMA(model, decay=0.5)
+    _perturb(model[2], torch.Generator().manual_seed(4))
+    ema.update(model)
+    ema.save(tmp_path)
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / EMA_FILE)) == {
+        "n_averaged",
+        "module.1.weight",
+        "module.1.bias",
+        "module.2.weight",
+        "module.2.bias",
+    }
+    rebuilt = _model()  # the same frozen first layer (same seed), as a resumed run rebuilds it
+    rebuilt[0].requires_grad_(False)
+    resumed = WeightEMA(rebuilt, decay=0.5)
+    resumed.load(tmp_path)
+    for a, b in zip(ema.module.parameters(), resumed.module.parameters()):
+        assert torch.equal(a, b)

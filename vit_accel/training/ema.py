@@ -5,7 +5,9 @@ After each optimizer step `W_ema <- d * W_ema + (1 - d) * W`, starting from the 
 `ModelEmaV3` warm-up with its defaults, so that early averages are not dominated by the random or pretrained start.
 
 The average is saved in every checkpoint as `ema.safetensors` (plain tensors, nothing pickled) through accelerate's
-save/load hooks, so `save_state`/`load_state` carry it and a resumed run continues the same average.
+save/load hooks, so `save_state`/`load_state` carry it and a resumed run continues the same average. Frozen weights
+(LoRA's base, a frozen backbone) never change, so their average is the weight itself: it is left out of checkpoints
+and rebuilt from the model at resume, like the frozen weights themselves.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class WeightEMA:
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.averaged = AveragedModel(model, device=device, use_buffers=True)
+        # State-dict keys of what changes during training (and so what a checkpoint must hold).
+        self._saved_keys = {"n_averaged"} | {f"module.{n}" for n, p in model.named_parameters() if p.requires_grad}
+        self._saved_keys |= {f"module.{n}" for n, _ in model.named_buffers()}
         self.averaged.requires_grad_(False)
         self.averaged.eval()
 
@@ -78,10 +83,21 @@ class WeightEMA:
         self.averaged.update_parameters(model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {key: value.detach().contiguous() for key, value in self.averaged.state_dict().items()}
+        """The update count and the average of every trainable parameter and buffer."""
+        return {
+            key: value.detach().contiguous()
+            for key, value in self.averaged.state_dict().items()
+            if key in self._saved_keys
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.averaged.load_state_dict(state)
+        missing, unexpected = self.averaged.load_state_dict(state, strict=False)
+        lacking = sorted(set(missing) & self._saved_keys)
+        if unexpected or lacking:
+            raise UserError(
+                f"The EMA state does not fit this model (missing {lacking[:4]}, unexpected {sorted(unexpected)[:4]}): "
+                "it was written by a run with other --peft/--freeze settings."
+            )
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / EMA_FILE

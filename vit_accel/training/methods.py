@@ -17,7 +17,7 @@ from ..adapters import (
     MERGED_DIR,
     apply_lora,
     base_model_reference,
-    count_parameters,
+    count_parameters,  # noqa: F401  (re-exported for the loop)
     parse_target_modules,
     save_adapter,
     save_merged,
@@ -150,3 +150,31 @@ def save_adapter_outputs(
         trainable, total = count_parameters(model)
         write_adapter_card(output_dir, results, trainable, total, command)
     accelerator.wait_for_everyone()
+
+
+def base_config(model: nn.Module):
+    """The ViT configuration, also of a peft-wrapped model."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return (get_base_model() if get_base_model is not None else model).config
+
+
+def state_kwargs(accelerator: Accelerator, model: nn.Module, saving: bool) -> dict:
+    """Extra `save_state`/`load_state` arguments for runs with frozen weights (DeepSpeed only; hooks do the rest)."""
+    from .freezing import state_kwargs as frozen_state_kwargs
+
+    return frozen_state_kwargs(accelerator, saving) if has_frozen_parameters(model) else {}
+
+
+def processor_writer(model: nn.Module, mean, std):
+    """A function writing the run's image processor into a directory."""
+    from transformers import ViTImageProcessor
+
+    size = base_config(model).image_size
+    height, width = (size, size) if isinstance(size, int) else size
+
+    def write(directory: Path) -> None:
+        ViTImageProcessor(
+            size={"height": height, "width": width}, image_mean=list(mean), image_std=list(std)
+        ).save_pretrained(directory)
+
+    return write
