@@ -22,7 +22,7 @@ def tiny_config_kwargs(**overrides) -> dict:
     return kwargs
 
 
-# --- Image datasets in the real on-disk formats (issue 4). Tiny: tens of 32x32 images, built in a tmp folder. ---
+# --- Image datasets in the real on-disk formats. Tiny: tens of 32x32 images, built in a tmp folder. ---
 
 
 def random_rgb(seed: int, size: tuple[int, int] = (32, 32)):

@@ -20,7 +20,7 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "huge": (1280, 32, 16, 5120),
 }
 
-# Named variants `vit-{size}-p{patch}-{resolution}`. The seed's eight are base/large x p16/p32 x 224/384.
+# Named variants `vit-{size}-p{patch}-{resolution}`: Google's released ViTs are base/large x p16/p32 x 224/384.
 VIT_VARIANTS: tuple[str, ...] = (
     *(
         f"vit-{size}-p{patch}-{res}"
