@@ -11,7 +11,7 @@ from transformers import ViTForImageClassification
 
 from vit_accel import ViTAccelForImageClassification
 from vit_accel.cli import main
-from vit_accel.weights import convert, google
+from vit_accel.weights import convert, google_npz
 
 ATOL = 1e-4
 
@@ -19,7 +19,7 @@ ATOL = 1e-4
 def test_convert_npz_then_export_to_transformers_and_timm(tmp_path, capsys):
     npz = write_google_npz(tmp_path / "vit.npz", num_classes=21, representation_size=48)
     out = tmp_path / "ours"
-    assert main(["convert", str(npz), str(out), "--image-size", "48", "--num-labels", "10"]) == 0
+    assert main(["convert", str(npz), str(out), "--image_size", "48", "--num_labels", "10"]) == 0
     captured = capsys.readouterr()
     assert "reading: 42/42 tensors" in captured.err and "writing: 40/40 tensors" in captured.err
     assert "image 48, 10 labels" in captured.out
@@ -69,7 +69,7 @@ def test_convert_reports_bad_sources(tmp_path, capsys):
 def test_streamed_conversion_writes_exactly_what_from_pretrained_loads(tmp_path, monkeypatch, layout):
     # Every array above the threshold is planned as a placeholder and read back while the file is written; with
     # threshold 0 that is every array of this small file, so the streaming path is what this test exercises.
-    monkeypatch.setattr(google, "LAZY_THRESHOLD", 0)
+    monkeypatch.setattr(google_npz, "LAZY_THRESHOLD", 0)
     npz = write_google_npz(tmp_path / "vit.npz", num_classes=7, **layout)
     convert(npz, tmp_path / "out", num_labels=7, image_size=48)
     written = load_file(tmp_path / "out" / "model.safetensors")

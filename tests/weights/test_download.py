@@ -116,7 +116,7 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
 
 
 def download_verify(path):
-    from vit_accel.weights.google import verify_npz
+    from vit_accel.weights.google_npz import verify_npz
 
     verify_npz(path)
 
