@@ -6,7 +6,14 @@ import textwrap
 import pytest
 import torch
 from factories import tiny_config_kwargs
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 from vit_accel import (
     ViTAccelConfig,
@@ -131,6 +138,8 @@ def test_fresh_process_without_vit_accel_loads_with_remote_code(tmp_path):
         import sys
         sys.modules["vit_accel"] = None  # any import of vit_accel now fails
         import torch
+        # The same thread count as this process, so that the CPU kernels reduce in the same order (bit-exact).
+        torch.set_num_threads({torch.get_num_threads()})
         from transformers import AutoModelForImageClassification
         model = AutoModelForImageClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
         assert "vit_accel" not in type(model).__module__.split(".")[0], type(model).__module__
@@ -268,3 +277,59 @@ def test_parameter_counts_match_timm(variant, timm_name):
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters())
     assert count > 80_000_000
+
+
+def vit_model_pair(**overrides):
+    """A random transformers `ViTModel` (with its pooler) and our bare model holding the same weights."""
+    pooler_fields = {k: overrides.pop(k) for k in ("pooler_output_size", "pooler_act") if k in overrides}
+    kwargs = tiny_config_kwargs(**overrides)
+    torch.manual_seed(0)
+    reference = ViTModel(
+        ViTConfig(**kwargs, **pooler_fields, layer_norm_eps=1e-6, hidden_act="gelu", attn_implementation="eager")
+    ).eval()
+    ours = ViTAccelModel(ViTAccelConfig(**kwargs, **pooler_fields)).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+@pytest.mark.parametrize("pooler_fields", [{}, {"pooler_output_size": 24, "pooler_act": "relu"}])
+def test_bare_model_has_vit_models_pooler(pooler_fields):
+    reference, ours = vit_model_pair(**pooler_fields)
+    assert set(ours.state_dict()) == set(reference.state_dict())
+    assert {"pooler.dense.weight", "pooler.dense.bias"} <= set(ours.state_dict())
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = reference(pixels), ours(pixels)
+    assert got.pooler_output.shape == (2, pooler_fields.get("pooler_output_size", 48))
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=ATOL, rtol=0)
+
+
+def test_add_pooling_layer_false_and_the_classifier_keep_todays_names():
+    config = ViTAccelConfig(**tiny_config_kwargs())
+    bare = ViTAccelModel(config, add_pooling_layer=False)
+    assert bare.pooler is None and not any(key.startswith("pooler.") for key in bare.state_dict())
+    with torch.no_grad():
+        assert bare(torch.randn(1, 3, 32, 32)).pooler_output is None
+    # The classifier reads the CLS token: no pooler unless representation_size (Google's pre_logits) asks for one.
+    classifier = ViTAccelForImageClassification(config)
+    assert classifier.vit.pooler is None and classifier.classifier.in_features == 48
+    with_pre_logits = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(representation_size=24)))
+    assert {"vit.pooler.dense.weight", "vit.pooler.dense.bias"} <= set(with_pre_logits.state_dict())
+    assert with_pre_logits.classifier.in_features == 24
+    # representation_size also sets the bare model's pooler width.
+    assert ViTAccelModel(with_pre_logits.config).pooler.dense.out_features == 24
+
+
+def test_fresh_pooler_is_initialised_by_init_weights(tmp_path):
+    torch.manual_seed(0)
+    config = ViTAccelConfig(**tiny_config_kwargs(hidden_size=128, initializer_range=0.01))
+    dense = ViTAccelModel(config).pooler.dense
+    # torch's own Linear init would give std ~0.05 and a non-zero bias.
+    assert dense.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert torch.count_nonzero(dense.bias) == 0
+    # Loading a classifier checkpoint (no pooler) into the bare model: the missing pooler goes through _init_weights.
+    ViTAccelForImageClassification(config).save_pretrained(tmp_path)
+    loaded = ViTAccelModel.from_pretrained(tmp_path)
+    assert loaded.pooler.dense.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert torch.count_nonzero(loaded.pooler.dense.bias) == 0

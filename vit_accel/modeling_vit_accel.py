@@ -21,6 +21,67 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from .configuration_vit_accel import ViTAccelConfig, _pair
 
 
+def _config_problems(config: ViTAccelConfig) -> list[str]:
+    """What makes `config` unbuildable, one phrase per inconsistent field (empty when the model can be built)."""
+    problems = []
+
+    def positive_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels"):
+        if not positive_int(getattr(config, name)):
+            problems.append(f"{name} must be a positive integer, got {getattr(config, name)!r}")
+    heads = config.num_attention_heads
+    if positive_int(config.hidden_size) and positive_int(heads) and config.hidden_size % heads:
+        problems.append(f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads ({heads})")
+    try:
+        image, patch = _pair(config.image_size), _pair(config.patch_size)
+    except (TypeError, ValueError):
+        problems.append(f"image_size {config.image_size!r} and patch_size {config.patch_size!r} must be ints or pairs")
+    else:
+        if not all(positive_int(v) for v in (*image, *patch)):
+            problems.append(
+                f"image_size {config.image_size!r} and patch_size {config.patch_size!r} must be positive integers"
+            )
+        elif image[0] % patch[0] or image[1] % patch[1]:
+            problems.append(f"image_size {config.image_size!r} must be a multiple of patch_size {config.patch_size!r}")
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            problems.append(f"{name} must be in [0, 1), got {value!r}")
+    for name in ("representation_size", "pooler_output_size"):
+        value = getattr(config, name, None)
+        if value is not None and not positive_int(value):
+            problems.append(f"{name} must be None or a positive integer, got {value!r}")
+    representation, pooler = config.representation_size, getattr(config, "pooler_output_size", None)
+    if representation is not None and pooler is not None and representation != pooler:
+        problems.append(
+            f"representation_size ({representation}) and pooler_output_size ({pooler}) both set the pooler's width "
+            "and differ"
+        )
+    for name in ("hidden_act", "pooler_act"):
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value not in ACT2FN:
+            problems.append(f"{name} {value!r} is not an activation transformers knows (transformers.activations)")
+    return problems
+
+
+def check_config(config: ViTAccelConfig) -> None:
+    """Raise a `ValueError` naming every field of `config` that the model cannot be built with.
+
+    The configuration itself accepts any values (as transformers' configurations do); the model checks them here.
+    """
+    problems = _config_problems(config)
+    if problems:
+        raise ValueError(f"Cannot build a ViTAccel model from this {type(config).__name__}: {'; '.join(problems)}.")
+
+
+def pooler_width(config: ViTAccelConfig) -> int:
+    """Width of the pooler: `representation_size` (Google's `pre_logits`) if set, else `pooler_output_size`, else
+    `hidden_size`."""
+    return config.representation_size or getattr(config, "pooler_output_size", None) or config.hidden_size
+
+
 def resample_position_embeddings(
     position_embeddings: torch.Tensor,
     new_grid: tuple[int, int],
@@ -218,12 +279,13 @@ class ViTAccelLayer(GradientCheckpointingLayer):
 
 
 class ViTAccelPooler(nn.Module):
-    """Google's `pre_logits`: Dense + tanh on the CLS token (present only when `representation_size` is set)."""
+    """Dense + `pooler_act` on the CLS token, as transformers' `ViTPooler`. With the default tanh and
+    `representation_size` as its width, it is also Google's `pre_logits` layer."""
 
     def __init__(self, config: ViTAccelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.representation_size)
-        self.activation = nn.Tanh()
+        self.dense = nn.Linear(config.hidden_size, pooler_width(config))
+        self.activation = ACT2FN[getattr(config, "pooler_act", "tanh")]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(hidden_states[:, 0]))
@@ -245,6 +307,10 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
     # `from_pretrained` also takes named variants, Google npz, timm and transformers checkpoints. Remote code on the
     # Hub has no vit_accel package: there the hook stays None and only the standard transformers path runs.
     _checkpoint_resolver = None
+
+    def __init__(self, config: ViTAccelConfig, *inputs, **kwargs):
+        check_config(config)
+        super().__init__(config, *inputs, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -272,16 +338,21 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
 
 
 class ViTAccelModel(ViTAccelPreTrainedModel):
-    """The bare ViT encoder: returns the normalised token sequence and, with `representation_size`, `pre_logits`."""
+    """The bare ViT encoder: returns the normalised token sequence and, with `add_pooling_layer`, the pooler's output
+    (Dense + `pooler_act` on the CLS token, as transformers' `ViTModel`)."""
 
-    def __init__(self, config: ViTAccelConfig):
+    def __init__(self, config: ViTAccelConfig, add_pooling_layer: bool = True):
+        r"""
+        add_pooling_layer (`bool`, defaults to `True`): build the pooler (`pooler.dense`); its width is
+            `representation_size`, else `pooler_output_size`, else `hidden_size`.
+        """
         super().__init__(config)
         self.embeddings = ViTAccelEmbeddings(config)
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         self.layers = nn.ModuleList(ViTAccelLayer(config, drop_path=rate) for rate in rates)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.pooler = ViTAccelPooler(config) if config.representation_size is not None else None
+        self.pooler = ViTAccelPooler(config) if add_pooling_layer else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -346,7 +417,9 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
     def __init__(self, config: ViTAccelConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = ViTAccelModel(config)
+        # Google's `pre_logits` is the pooler: kept (as `vit.pooler.dense`) only when `representation_size` asks for
+        # it, so the classifier reads the pooled output in that case and the CLS token otherwise.
+        self.vit = ViTAccelModel(config, add_pooling_layer=config.representation_size is not None)
         features = config.representation_size or config.hidden_size
         self.classifier = nn.Linear(features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
