@@ -14,9 +14,11 @@ The head rule is the ecosystem's (transformers and timm):
   `"normal"` (transformers' truncated normal). With `ignore_mismatched_sizes=False` said explicitly, replacing a
   trained head is refused instead.
 
-`pre_logits` (Google) and a transformers `ViTModel`'s pooler are the same layer under our names (`vit.pooler.dense`):
-it is kept wherever the model being built has that layer, and dropped otherwise (a classifier without
-`representation_size`, as Google and timm fine-tune).
+`pre_logits` (Google, timm's older `pre_logits.fc`) and a transformers `ViTModel`'s pooler are the same layer under
+our names (`vit.pooler.dense`). The bare `ViTAccelModel` always has a pooler: it takes the checkpoint's at its width,
+or, for a checkpoint without one, a newly initialised one (one log line, as transformers warns). The classifier has it
+only with `representation_size` (Google's setting; it must then come from the checkpoint) and otherwise drops it, as
+Google and timm fine-tune.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 HEAD_INITS = ("zeros", "normal")
 LABEL_FIELDS = ("num_labels", "id2label", "label2id")
+WIDTH_FIELDS = {"representation_size", "pooler_output_size"}  # either sets the pooler's width
 
 
 def _layer_count(state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -106,6 +109,9 @@ def build_config(
         fields = infer_config_fields(checkpoint)
     if classifier:
         fields.update(_label_fields(checkpoint, overrides))
+    elif all(key in checkpoint.state_dict for key in POOLER_KEYS) and not WIDTH_FIELDS & set(overrides):
+        # A bare model keeps the checkpoint's pooler (a transformers ViTModel's, or Google's pre_logits) at its width.
+        fields["pooler_output_size"] = int(checkpoint.state_dict[POOLER_KEYS[0]].shape[0])
     fields.update(overrides)
     return ViTAccelConfig.from_variant(variant, **fields) if variant is not None else ViTAccelConfig(**fields)
 

@@ -96,7 +96,7 @@ def config_fields(vit_config: Mapping[str, Any]) -> dict[str, Any]:
     """ViTAccelConfig fields from a transformers `ViTConfig` dict (its LayerNorm eps, activation, heads, labels)."""
     fields = {
         key: vit_config[key]
-        for key in ("layer_norm_eps", "hidden_act", "num_attention_heads", "qkv_bias", "initializer_range")
+        for key in ("layer_norm_eps", "hidden_act", "num_attention_heads", "qkv_bias", "initializer_range", "pooler_act")
         if key in vit_config
     }
     if vit_config.get("id2label"):
