@@ -29,12 +29,17 @@ class Logits(torch.nn.Module):
         return self.model(pixel_values=pixel_values, return_dict=True).logits
 
 
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
 def require_onnx_exporter() -> None:
     """Refuse, in one line naming what to install, when torch's ONNX exporter cannot run here."""
-    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("onnx", "onnxscript") if not installed(name)]
     if missing:
         raise UserError(
-            f"export --to onnx needs {' and '.join(missing)}, which are not installed: pip install 'vit_accel[onnx]'."
+            f"export --to onnx needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            "installed: pip install 'vit_accel[onnx]'."
         )
 
 
@@ -45,7 +50,7 @@ def _traced(model: torch.nn.Module) -> tuple[Logits, tuple[torch.Tensor], dict]:
     # Batch 2 as the example: torch.export specialises sizes 0 and 1, so they cannot stand for "any batch".
     example = torch.zeros(2, config.num_channels, *size, dtype=parameter.dtype, device=parameter.device)
     batch = torch.export.Dim("batch", min=1)
-    return Logits(model.eval()), (example,), {"pixel_values": {0: batch}}
+    return Logits(model).eval(), (example,), {"pixel_values": {0: batch}}
 
 
 def write_onnx(model: torch.nn.Module, out_dir: str | Path) -> Path:

@@ -16,7 +16,7 @@ from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors
 
 # Fields of our config.json that the tensors' shapes cannot tell.
-_CONFIG_FIELDS = ("layer_norm_eps", "hidden_act", "initializer_range", "id2label")
+_CONFIG_FIELDS = ("layer_norm_eps", "hidden_act", "initializer_range", "pooler_act", "id2label")
 
 
 def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:

@@ -94,11 +94,8 @@ def rename_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "tra
 
 def config_fields(vit_config: Mapping[str, Any]) -> dict[str, Any]:
     """ViTAccelConfig fields from a transformers `ViTConfig` dict (its LayerNorm eps, activation, heads, labels)."""
-    fields = {
-        key: vit_config[key]
-        for key in ("layer_norm_eps", "hidden_act", "num_attention_heads", "qkv_bias", "initializer_range", "pooler_act")
-        if key in vit_config
-    }
+    names = ("layer_norm_eps", "hidden_act", "num_attention_heads", "qkv_bias", "initializer_range", "pooler_act")
+    fields = {key: vit_config[key] for key in names if key in vit_config}
     if vit_config.get("id2label"):
         fields["id2label"] = {int(k): v for k, v in vit_config["id2label"].items()}
         fields["label2id"] = {v: int(k) for k, v in vit_config["id2label"].items()}
