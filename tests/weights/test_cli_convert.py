@@ -63,6 +63,9 @@ def test_convert_reports_bad_sources(tmp_path, capsys):
     assert "'vit.embeddings.patch_embeddings.projection.weight' has shape (48, 3, 8, 8)" in err
     assert "expects (768, 3, 16, 16)" in err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert main(["convert", "vit-bse-p16-224", str(tmp_path / "out"), "--num_labels", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'vit-bse-p16-224' is not a named variant; did you mean 'vit-base-p16-224'?" in err
 
 
 @pytest.mark.parametrize("layout", [{}, {"prefix": "params/", "big_vision": True, "scanned": True}])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from factories import google_npz_arrays, write_google_npz
+from factories import google_npz_arrays, tiny_config_kwargs, write_google_npz
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
@@ -178,3 +178,24 @@ def test_streamed_read_falls_back_to_plain_reads_where_files_cannot_be_mapped(tm
 
     monkeypatch.setattr(google_npz.mmap, "mmap", refuse)
     assert np.array_equal(planned.read("head/kernel"), mapped)
+
+
+@pytest.mark.parametrize("representation_size", [None, 40])
+def test_written_npz_reads_back_and_timm_loads_it(tmp_path, representation_size):
+    torch.manual_seed(0)
+    config = ViTAccelConfig(**tiny_config_kwargs(num_labels=7, representation_size=representation_size))
+    ours = ViTAccelForImageClassification(config).eval()
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.normal_(0, 0.1)
+    path = google_npz.write(ours, tmp_path / "written.npz")
+    assert google_npz.detect(np.load(path).files)
+    again = ViTAccelForImageClassification.from_pretrained(path)  # its trained head and pre_logits kept
+    for key, value in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    if representation_size is None:  # timm's VisionTransformer has no pre_logits layer to load into
+        reference = timm_vit(32)
+        _load_weights(reference, str(path))
+        pixels = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(reference(pixels), ours(pixels).logits, atol=ATOL, rtol=0)
