@@ -213,19 +213,23 @@ def _hub_download(repo_id: str, filename: str, options: HubOptions, missing_ok: 
             return None
         raise CheckpointError(f"{repo_id}: the Hub repo has no {filename}.") from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError, OSError) as error:
-        if isinstance(error, errors.LocalEntryNotFoundError) and missing_ok and not options.offline:
-            return None
-        if options.local_files_only:
-            why = "local_files_only=True"
-        elif download.offline():
-            why = "HF_HUB_OFFLINE is set"
-        else:
-            why = str(error).splitlines()[0]
-        raise CheckpointError(
-            f"{nowhere} the Hub could not be reached ({why}) and the cache at {_hub_cache(options, repo_id)} has no "
-            f"{filename}; fill it where the Hub is reachable with `hf download {repo_id}` (and copy that cache here), "
-            "or pass a local path."
-        ) from None
+        if missing_ok and isinstance(error, errors.LocalEntryNotFoundError):
+            return None  # offline and not cached: the caller tries the next file, then says what it looked for
+        raise _unreachable(repo_id, filename, options, error) from None
+
+
+def _unreachable(repo_id: str, what: str, options: HubOptions, error: BaseException | None = None) -> CheckpointError:
+    if options.local_files_only:
+        why = "local_files_only=True"
+    elif download.offline():
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        why = str(error).splitlines()[0] if error is not None else "unknown reason"
+    return CheckpointError(
+        f"{repo_id}: no such local file or directory, and the Hub could not be reached ({why}) and the cache at "
+        f"{_hub_cache(options, repo_id)} has no {what}; fill it where the Hub is reachable with `hf download "
+        f"{repo_id}` (and copy that cache here), or pass a local path."
+    )
 
 
 def hub_checkpoint(repo_id: str, options: HubOptions) -> Checkpoint | None:
@@ -251,6 +255,8 @@ def hub_checkpoint(repo_id: str, options: HubOptions) -> Checkpoint | None:
         )
         checkpoint.source = repo_id
         return checkpoint
+    if options.offline:
+        raise _unreachable(repo_id, " or ".join(names), options)
     raise CheckpointError(f"{repo_id}: a transformers ViT repo without {' or '.join(names)}.")
 
 
