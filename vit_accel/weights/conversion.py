@@ -63,12 +63,10 @@ def convert(
         source, hub, weights=ours.pop("weights", None), progress=progress, quiet=ours.pop("quiet", False), lazy=True
     )
     ours.pop("progress", None)
-    config, state_dict, _ = policy.plan(ViTAccelForImageClassification, checkpoint, **ours, **fields)
+    model, state_dict, _ = policy.plan(ViTAccelForImageClassification, checkpoint, **ours, **fields)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    model = policy.load_into(
-        ViTAccelForImageClassification, config, state_dict, dtype if isinstance(dtype, torch.dtype) else None
-    )
+    model = policy.load_into(model, state_dict, dtype if isinstance(dtype, torch.dtype) else None)
     native.write(model, out_dir, write_progress, checkpoint.materialize)
     return model
 

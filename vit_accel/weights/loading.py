@@ -124,11 +124,11 @@ def build(
 ) -> torch.nn.Module | tuple[torch.nn.Module, dict]:
     """`cls` built from `checkpoint` under the fine-tuning policy (`options`: see `policy.plan`), then placed by
     transformers' `from_pretrained`, given the converted state dict, with the `placement` keywords."""
-    config, state_dict, report = policy.plan(cls, checkpoint, **options)
+    planned, state_dict, report = policy.plan(cls, checkpoint, **options)
     placement = dict(placement or {})
     want_info = placement.pop("output_loading_info", False)
     model, info = cls.from_pretrained(
-        None, config=config, state_dict=policy.for_model(cls, state_dict), output_loading_info=True, **placement
+        None, config=planned.config, state_dict=policy.for_model(cls, state_dict), output_loading_info=True, **placement
     )
     model.config._name_or_path = checkpoint.source  # transformers records None for a state dict
     if not want_info:

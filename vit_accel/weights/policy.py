@@ -247,11 +247,9 @@ def adapt_state_dict(
     return sd, report
 
 
-def expected_shapes(cls: type, config: ViTAccelConfig) -> dict[str, tuple[int, ...]]:
-    """The parameter shapes of `cls(config)` under our (`vit.`-prefixed) names, from a model built on meta."""
-    with torch.device("meta"):
-        model = cls(config)
-    prefix = "vit." if issubclass(cls, ViTAccelModel) else ""
+def expected_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of `model` under our (`vit.`-prefixed) names."""
+    prefix = "vit." if isinstance(model, ViTAccelModel) else ""
     return {prefix + key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -291,18 +289,20 @@ def plan(
     resample_antialias: bool | None = None,
     ignore_mismatched_sizes: bool | None = None,
     **overrides: Any,
-) -> tuple[ViTAccelConfig, dict[str, torch.Tensor], dict[str, list[str]]]:
-    """The configuration to build `cls` with, the checkpoint's tensors made to fit it (our names), and the report of
-    `adapt_state_dict`: the whole policy, applied."""
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, list[str]]]:
+    """The whole policy, applied: `cls` built on the meta device with the configuration the policy chose, the
+    checkpoint's tensors made to fit it (our names), and the report of `adapt_state_dict`."""
     built = build_config(
         checkpoint, classifier=not issubclass(cls, ViTAccelModel), variant=variant, config=config, **overrides
     )
-    expected = expected_shapes(cls, built)
+    with torch.device("meta"):
+        model = cls(built)
+    expected = expected_shapes(model)
     state_dict, report = adapt_state_dict(
         checkpoint, built, expected, head_init, resample_mode, resample_antialias, ignore_mismatched_sizes
     )
     check_fit(state_dict, expected, built, checkpoint.source)
-    return built, state_dict, report
+    return model, state_dict, report
 
 
 def for_model(cls: type, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -313,13 +313,11 @@ def for_model(cls: type, state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
 
 
 def load_into(
-    cls: type, config: ViTAccelConfig, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None
 ) -> torch.nn.Module:
-    """`cls(config)` built on meta, adopting `state_dict`'s tensors (real or placeholders) without a copy: the model
-    a conversion writes, whose placeholder tensors are read only when written."""
-    with torch.device("meta"):
-        model = cls(config)
-    state_dict = for_model(cls, state_dict)
+    """`model` (built on meta by `plan`) adopting `state_dict`'s tensors (real or placeholders) without a copy: the
+    model a conversion writes, whose placeholder tensors are read only when written."""
+    state_dict = for_model(type(model), state_dict)
     if dtype is not None:
         state_dict = {key: value.to(dtype) for key, value in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
