@@ -30,7 +30,7 @@ from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from . import policy
 from .checkpoint import Checkpoint
-from .sources import HubOptions, locate, unknown_variant
+from .sources import HubOptions, locate, standard_path, unknown_variant
 
 HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder", "use_safetensors")
 TRANSFORMERS_KEYWORDS = (
@@ -64,14 +64,14 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
     repo of ours (transformers' standard path reads those)."""
     if model_args or not isinstance(source, (str, os.PathLike)):
         return None
-    hub, placement, ours, fields = split_keywords(str(source), kwargs)
+    where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
+    if standard_path(source, HubOptions(**where)):
+        return None  # ours: every keyword is transformers' to take or refuse
+    hub, placement, ours, fields = split_keywords(str(source), kwargs)  # before any long work
     checkpoint = locate(
-        source, hub, weights=ours.pop("weights", None), progress=ours.get("progress"), quiet=ours.get("quiet", False),
-        ours_as_none=True,
+        source, hub, weights=ours.pop("weights", None), progress=ours.pop("progress", None),
+        quiet=ours.pop("quiet", False),
     )  # fmt: skip
-    if checkpoint is None:
-        return None
-    ours.pop("progress", None), ours.pop("quiet", None)
     return build(cls, checkpoint, placement, **ours, **fields)
 
 

@@ -268,6 +268,36 @@ def _wanted(name: str, use_safetensors: bool | None) -> bool:
 # any source
 
 
+def standard_path(source: str | os.PathLike, options: HubOptions | None = None) -> bool:
+    """Whether `source` is a directory or Hub repo of ours, which transformers' standard `from_pretrained` reads.
+
+    Cheap: a local `config.json`, or the Hub's (a small download). A source that exists nowhere is an error here,
+    before any long work."""
+    options = options or HubOptions()
+    text = str(source)
+    if text in VIT_VARIANTS:
+        return False
+    path = Path(text).expanduser()
+    if path.exists():
+        path = path / options.subfolder if options.subfolder else path
+        config_file = path / "config.json"
+        if not (path.is_dir() and config_file.is_file() and native.detect((), read_json(config_file))):
+            return False
+        if (path / "model.safetensors").is_file():
+            safetensors_header(path / "model.safetensors")  # a truncated file is named before transformers reads it
+        return True
+    _check_remote_name(text)
+    return native.detect((), read_json(_hub_download(text, "config.json", options)))
+
+
+def _check_remote_name(text: str) -> None:
+    """A name that is no local path must be a Hub repo id; a misspelt variant or path says so."""
+    if _looks_like_variant(text):
+        raise unknown_variant(text)
+    if not _is_repo_id(text):
+        raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
+
+
 def locate(
     source: str | os.PathLike | Checkpoint,
     options: HubOptions | None = None,
@@ -276,10 +306,8 @@ def locate(
     progress: ProgressFn | None = None,
     quiet: bool = False,
     lazy: bool = False,
-    ours_as_none: bool = False,
-) -> Checkpoint | None:
-    """The `Checkpoint` of a named variant, local file or directory, or Hub id. With `ours_as_none`, a directory or
-    Hub repo of ours gives None: transformers' standard `from_pretrained` reads it."""
+) -> Checkpoint:
+    """The `Checkpoint` of a named variant, local file or directory, or Hub id (a Hub repo of ours included)."""
     if isinstance(source, Checkpoint):
         return source
     options = options or HubOptions()
@@ -292,17 +320,9 @@ def locate(
             path = path / options.subfolder
         if options.revision not in (None, "main"):
             raise UserError(f"revision={options.revision!r}: {path} is a local path, which has no revisions.")
-        config_file = path / "config.json"
-        if ours_as_none and path.is_dir() and config_file.is_file() and native.detect((), read_json(config_file)):
-            if (path / "model.safetensors").is_file():
-                safetensors_header(path / "model.safetensors")  # a truncated file is named before transformers
-            return None
         return read_checkpoint(path, progress, lazy, options.use_safetensors)
-    if _looks_like_variant(text):
-        raise unknown_variant(text)
-    if not _is_repo_id(text):
-        raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
-    return hub_checkpoint(text, options) if ours_as_none else _hub_or_raise(text, options)
+    _check_remote_name(text)
+    return _hub_or_raise(text, options)
 
 
 def _hub_or_raise(repo_id: str, options: HubOptions) -> Checkpoint:
@@ -332,5 +352,6 @@ __all__ = [
     "locate",
     "named_checkpoint",
     "read_checkpoint",
+    "standard_path",
     "unknown_variant",
 ]
