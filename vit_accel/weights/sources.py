@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..configuration_vit_accel import VIT_VARIANTS
@@ -38,7 +38,7 @@ class HubOptions:
     force_download: bool = False
     local_files_only: bool = False
     revision: str | None = None
-    token: str | bool | None = None  # handed to huggingface_hub only; never printed, never sent elsewhere
+    token: str | bool | None = field(default=None, repr=False)  # to huggingface_hub only; never printed
     subfolder: str = ""
     use_safetensors: bool | None = None
 
