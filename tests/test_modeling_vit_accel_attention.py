@@ -150,9 +150,7 @@ def test_flash_attention_is_supported_by_the_model(pixels):
 def test_output_attentions_gives_real_maps_under_every_backend(backend, pixels):
     torch.manual_seed(0)
     kwargs = tiny_config_kwargs()
-    reference = ViTForImageClassification(
-        ViTConfig(**kwargs, layer_norm_eps=1e-6, attn_implementation="eager")
-    ).eval()
+    reference = ViTForImageClassification(ViTConfig(**kwargs, layer_norm_eps=1e-6, attn_implementation="eager")).eval()
     model = ViTAccelForImageClassification(ViTAccelConfig(**kwargs)).eval()
     model.load_state_dict(reference.state_dict())
     model.set_attn_implementation(backend)
