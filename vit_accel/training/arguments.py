@@ -15,6 +15,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..data import DataArguments
+from ..errors import UserError
 
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "sgd")
@@ -47,6 +48,25 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention backend: sdpa (the default), eager, flex_attention, flash_attention_2, "
+            "flash_attention_3, a kernel registered in transformers' AttentionInterface, or a Hub kernel 'org/repo'."
+        },
+    )
+
+    def __post_init__(self):
+        if self.attn_implementation is not None:
+            from transformers import AttentionInterface
+
+            known = ["eager", *AttentionInterface().valid_keys()]
+            # "org/repo[:function]" names a kernel on the Hub, which transformers fetches when the model is built.
+            if self.attn_implementation not in known and "/" not in self.attn_implementation:
+                raise UserError(
+                    f"--attn_implementation must be one of {', '.join(known)} or a Hub kernel 'org/repo', "
+                    f"got {self.attn_implementation!r}."
+                )
 
     def parsed_overrides(self) -> dict:
         """`config_overrides` as a dict with int/float/bool/None values where they parse as such."""

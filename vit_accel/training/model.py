@@ -62,6 +62,9 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
                 f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]} "
                 "(a checkpoint with another head size needs --ignore_mismatched_sizes)."
             ) from error
+    if args.attn_implementation is not None:
+        # transformers checks the backend against the model and the machine (e.g. flash_attn installed).
+        model.set_attn_implementation(args.attn_implementation)
     mean, std = _normalisation(source)
     return model, mean, std
 
