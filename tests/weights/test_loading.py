@@ -55,6 +55,30 @@ def test_device_map_places_the_model_and_offloads_to_disk_as_transformers_does(n
     torch.testing.assert_close(logits(model, pixels), expected, atol=0, rtol=0)
 
 
+def test_attn_implementation_takes_effect_as_in_transformers(npz, monkeypatch):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def spy(*args, **kwargs):  # a registered backend, as hub kernels are: counts its calls, computes as SDPA
+        calls.append(1)
+        return sdpa_attention_forward(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "vit_accel_test_spy", spy)
+    pixels = torch.randn(2, 3, 32, 32)
+    eager = ViTAccelForImageClassification.from_pretrained(npz, attn_implementation="eager")
+    expected = logits(eager, pixels)
+    assert calls == []
+    spied = ViTAccelForImageClassification.from_pretrained(npz, attn_implementation="vit_accel_test_spy")
+    assert spied.config._attn_implementation == "vit_accel_test_spy"
+    torch.testing.assert_close(logits(spied, pixels), expected, atol=1e-5, rtol=0)
+    assert len(calls) == 2  # one per block
+    spied.set_attn_implementation("eager")
+    logits(spied, pixels)
+    assert len(calls) == 2
+
+
 def test_dtype_attn_implementation_and_loading_info(npz):
     model = ViTAccelForImageClassification.from_pretrained(npz, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

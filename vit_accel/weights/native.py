@@ -35,7 +35,7 @@ def read(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool
         weights = path / "model.safetensors"
         if not weights.is_file():
             raise CheckpointError(f"{path}: no model.safetensors next to its config.json.")
-        tensors = _classifier_names(read_tensors(weights))
+        tensors = _classifier_names(read_tensors(weights), str(path))
         checkpoint = Checkpoint(state_dict=tensors, source=str(path), format="vit_accel")
         checkpoint.num_attention_heads = config.get("num_attention_heads")
         checkpoint.config = {key: config[key] for key in _CONFIG_FIELDS if key in config}
@@ -46,14 +46,16 @@ def read(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool
     tensors = read_tensors(path)
     if "vit_accel_source_format" in meta:  # one of our cached conversions
         return Checkpoint.from_metadata(tensors, str(path), meta)
-    return Checkpoint(state_dict=_classifier_names(tensors), source=str(path), format="vit_accel")
+    return Checkpoint(state_dict=_classifier_names(tensors, str(path)), source=str(path), format="vit_accel")
 
 
-def _classifier_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A bare `ViTAccelModel`'s keys carry no `vit.` prefix; ours, in a Checkpoint, always do."""
-    if any(key.startswith("vit.") for key in tensors):
-        return tensors
-    return {f"vit.{key}": value for key, value in tensors.items()}
+def _classifier_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Our names with the `vit.` prefix, whichever names the file holds: `save_pretrained` writes transformers' ViT
+    on-disk names (as transformers' own ViT does), our streaming writer the in-memory ones, and a bare
+    `ViTAccelModel`'s keys carry no prefix."""
+    from .transformers_vit import rename_state_dict
+
+    return rename_state_dict(tensors, source)
 
 
 def write(
