@@ -522,6 +522,13 @@ def test_predict_and_evaluate_mistakes(trained_run, digit_images, tmp_path, caps
         ),
         (["evaluate", "--model", str(trained_run), "--validation_dir", str(tmp_path / "none")], "evaluate", ["none"]),
         (["evaluate", "--model", str(trained_run), "--bad_images", "maybe"], "evaluate", ["--bad_images", "'maybe'"]),
+        (["export", str(tmp_path / "missing"), str(tmp_path / "x")], "export", ["missing"]),
+        (["export", str(trained_run), str(a_file)], "export", [str(a_file)]),
+        (["export", str(trained_run), str(tmp_path / "x"), "--to", "keras"], "export", ["--to", "'keras'"]),
+        (["convert", str(tmp_path / "missing.npz"), str(tmp_path / "y")], "convert", ["missing.npz"]),
+        (["convert", "vit-bse-p16-224", str(tmp_path / "y")], "convert", ["vit-bse-p16-224", "vit-base-p16-224"]),
+        (["convert", str(a_file), str(tmp_path / "y")], "convert", [str(a_file)]),
+        (["variants", "--num_labels", "many"], "variants", ["--num_labels", "'many'"]),
         (["frobnicate"], "", ["frobnicate"]),
     ]
     before = snapshot(trained_run)

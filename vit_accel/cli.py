@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def _convert(args: argparse.Namespace) -> int:
     """Any supported checkpoint -> a ViTAccel directory (config.json + model.safetensors)."""
     import time
 
-    from .weights import CheckpointError, WeightsDownloadError, convert
+    from .weights import convert
 
     overrides = {
         key: value
@@ -64,22 +63,18 @@ def _convert(args: argparse.Namespace) -> int:
     }
     start = time.perf_counter()
     out = Path(args.output)
-    try:
-        model = convert(
-            args.source,
-            out,
-            progress=_Progress("reading", args.quiet),
-            write_progress=_Progress("writing", args.quiet),
-            variant=args.variant,
-            head_init=args.head_init,
-            resample_mode=args.resample_mode,
-            weights=args.weights,
-            quiet=args.quiet,
-            **overrides,
-        )
-    except (CheckpointError, WeightsDownloadError, ValueError) as error:
-        print(f"vit-accel convert: {error}", file=sys.stderr)
-        return 2
+    model = convert(
+        args.source,
+        out,
+        progress=_Progress("reading", args.quiet),
+        write_progress=_Progress("writing", args.quiet),
+        variant=args.variant,
+        head_init=args.head_init,
+        resample_mode=args.resample_mode,
+        weights=args.weights,
+        quiet=args.quiet,
+        **overrides,
+    )
     config = model.config
     size = (out / "model.safetensors").stat().st_size
     print(
@@ -91,19 +86,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """A ViTAccel directory -> a transformers ViT directory or timm weights."""
-    from .weights import CheckpointError, export
+    """A ViTAccel directory -> transformers, timm, ONNX or a torch.export ExportedProgram."""
+    from .weights import export
 
-    try:
-        out = export(args.source, args.output, to=args.to)
-    except (CheckpointError, ValueError, OSError) as error:
-        print(f"vit-accel export: {error}", file=sys.stderr)
-        return 2
-    processor = Path(args.source) / "preprocessor_config.json"
-    if args.to == "transformers" and processor.is_file():
-        # The image processor goes along, so that `pipeline("image-classification", model=out)` works as is.
-        shutil.copy(processor, out / processor.name)
-    print(f"wrote {args.to} checkpoint to {out}")
+    out = export(args.source, args.output, to=args.to)
+    print(f"wrote {args.to} export to {out}")
     return 0
 
 
@@ -123,22 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="named variant (e.g. vit-base-p16-384), file, directory or Hub id")
     convert.add_argument("output", help="directory to write")
     convert.add_argument("--variant", help="named variant the source must fit (default: the source's own shapes)")
-    convert.add_argument("--image-size", type=int, help="resample the position embeddings to this resolution")
-    convert.add_argument("--num-labels", type=int, help="classes of the new head (the source's head is kept if equal)")
-    convert.add_argument("--representation-size", type=int, help="keep the 21k pre_logits layer of this width")
-    convert.add_argument("--num-heads", type=int, help="attention heads, for sources that do not record them (timm)")
-    convert.add_argument("--head-init", choices=("zeros", "normal"), default="zeros", help="new head: Google's zeros "
+    convert.add_argument("--image_size", type=int, help="resample the position embeddings to this resolution")
+    convert.add_argument("--num_labels", type=int, help="classes of a new head (default: keep the source's trained "
+                         "head and labels; a new 2-class head if it has none or Google's all-zero one)")  # fmt: skip
+    convert.add_argument("--representation_size", type=int, help="keep the 21k pre_logits layer of this width")
+    convert.add_argument("--num_heads", type=int, help="attention heads, for sources that do not record them (timm)")
+    convert.add_argument("--head_init", choices=("zeros", "normal"), default="zeros", help="new head: Google's zeros "
                          "or transformers' truncated normal")  # fmt: skip
-    convert.add_argument("--resample-mode", choices=("bilinear", "bicubic"), help="default: bilinear for npz, "
+    convert.add_argument("--resample_mode", choices=("bilinear", "bicubic"), help="default: bilinear for npz, "
                          "bicubic otherwise")  # fmt: skip
     convert.add_argument("--weights", choices=("orig", "augreg"), help="for a named variant: which 21k file")
     convert.add_argument("--quiet", action="store_true", help="no progress output")
     convert.set_defaults(func=_convert)
 
-    export = commands.add_parser("export", help="export a ViTAccel directory to transformers (model_type vit) or timm")
+    from .weights.conversion import EXPORT_TARGETS
+
+    export = commands.add_parser(
+        "export",
+        help="export a ViTAccel directory to transformers (model_type vit), timm, ONNX or a torch.export program",
+        description="transformers: a ViT directory written by transformers itself; timm: model.safetensors under "
+        "timm's names + config.json; onnx: model.onnx by torch's ONNX exporter (needs pip install "
+        "'vit_accel[onnx]'); exported-program: model.pt2 from torch.export. The graph formats take any batch size.",
+    )
     export.add_argument("source", help="a ViTAccel directory (save_pretrained or vit-accel convert output)")
-    export.add_argument("output", help="directory to write")
-    export.add_argument("--to", choices=("transformers", "timm"), default="transformers")
+    export.add_argument("output", help="directory to write (not the source, not an existing file)")
+    export.add_argument("--to", choices=EXPORT_TARGETS, default="transformers")
     export.set_defaults(func=_export)
 
     predict = commands.add_parser("predict", help="top-k labels of images")

@@ -42,6 +42,7 @@ def test_config_overrides_parse_to_typed_values():
         (["--optimizer", "lamb"], "--optimizer must be one of adamw, sgd"),
         (["--checkpointing_steps", "often"], "--checkpointing_steps must be a number of steps or 'epoch'"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--attn_implementation", "fast"], "--attn_implementation must be one of eager, .*sdpa.*, got 'fast'"),
     ],
 )
 def test_bad_flags_name_the_flag(argv, message):

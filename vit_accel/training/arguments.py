@@ -52,9 +52,26 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention backend: sdpa (the default), eager, flex_attention, flash_attention_2, "
+            "flash_attention_3, a kernel registered in transformers' AttentionInterface, or a Hub kernel 'org/repo'."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.parsed_overrides()  # a typo in a field name stops the run here, before anything is loaded
+        if self.attn_implementation is not None:
+            from transformers import AttentionInterface
+
+            known = ["eager", *AttentionInterface().valid_keys()]
+            # "org/repo[:function]" names a kernel on the Hub, which transformers fetches when the model is built.
+            if self.attn_implementation not in known and "/" not in self.attn_implementation:
+                raise UserError(
+                    f"--attn_implementation must be one of {', '.join(known)} or a Hub kernel 'org/repo', "
+                    f"got {self.attn_implementation!r}."
+                )
 
     def parsed_overrides(self) -> dict:
         """`config_overrides` as a dict with int/float/bool/None values where they parse as such."""

@@ -73,6 +73,13 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
             if isinstance(error, UserError):
                 raise
             raise UserError(f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]}") from error
+    if args.attn_implementation is not None:
+        # transformers checks the backend against the model and the machine (e.g. flash_attn installed).
+        try:
+            model.set_attn_implementation(args.attn_implementation)
+        except (ImportError, ValueError) as error:
+            reason = str(error).splitlines()[0]
+            raise UserError(f"--attn_implementation {args.attn_implementation}: {reason}") from error
     mean, std = _normalisation(source)
     return model, mean, std
 
