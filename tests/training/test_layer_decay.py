@@ -6,7 +6,7 @@ from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
 from vit_accel.errors import UserError
 from vit_accel.training.layer_decay import check_layer_decay, layer_decay_parameter_groups
 from vit_accel.training.optim import parameter_groups
-from vit_accel.weights.timm import state_dict_to_timm
+from vit_accel.weights.timm_state_dict import from_ours
 
 
 def _our_groups(model, decay=0.75, weight_decay=0.05, lr=1e-3):
@@ -42,7 +42,7 @@ def test_scales_and_weight_decay_equal_timms_param_groups_layer_decay(decay):
         mlp_ratio=config.intermediate_size / config.hidden_size,
         num_classes=config.num_labels,
     )
-    theirs.load_state_dict(state_dict_to_timm(ours.state_dict()))
+    theirs.load_state_dict(from_ours(ours.state_dict()))
 
     expected = _our_groups(ours, decay)
     params = dict(ours.named_parameters())

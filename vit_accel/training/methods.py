@@ -165,11 +165,10 @@ def state_kwargs(accelerator: Accelerator, model: nn.Module, saving: bool) -> di
     return frozen_state_kwargs(accelerator, saving) if has_frozen_parameters(model) else {}
 
 
-def processor_writer(model: nn.Module, mean, std):
-    """A function writing the run's image processor into a directory."""
+def processor_writer(size, mean, std):
+    """A function writing the run's image processor (`size` px, `mean`/`std`) into a directory."""
     from transformers import ViTImageProcessor
 
-    size = base_config(model).image_size
     height, width = (size, size) if isinstance(size, int) else size
 
     def write(directory: Path) -> None:
