@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, gather_object, set_seed
@@ -29,6 +28,7 @@ from vit_accel.data import ImageClassificationDataset, build_pipeline, load_imag
 from vit_accel.errors import UserError, report
 from vit_accel.evaluation import evaluate_classifier
 from vit_accel.hub import push_to_hub, write_model_card
+from vit_accel.training import methods
 from vit_accel.training.arguments import parse_args, recorded_arguments, recorded_command
 from vit_accel.training.checkpointing import (
     TrainerState,
@@ -186,7 +186,7 @@ class Reporter:
         logger.info(message, main_process_only=True)
 
 
-def checkpoint(accelerator: Accelerator, model, state: TrainerState, datasets: tuple, args) -> None:
+def checkpoint(accelerator: Accelerator, model, state: TrainerState, datasets: tuple, args, frozen: bool) -> None:
     """Save `checkpoint-{step}` (with the unreadable rows found so far), rotate old ones, push it if asked."""
     output_dir = Path(args.output_dir)
     if state.best_step == state.completed_steps:
@@ -195,7 +195,13 @@ def checkpoint(accelerator: Accelerator, model, state: TrainerState, datasets: t
         split: gather_bad_rows(accelerator, dataset, state.bad_rows.get(split, []))
         for split, dataset in zip(("train", "validation"), datasets)
     }
-    saved = save_checkpoint(accelerator, output_dir, state, accelerator.unwrap_model(model).config)
+    saved = save_checkpoint(
+        accelerator,
+        output_dir,
+        state,
+        methods.base_config(accelerator.unwrap_model(model)),
+        methods.state_kwargs(accelerator, frozen, saving=True),
+    )
     if accelerator.is_main_process:
         rotate_checkpoints(output_dir, args.save_total_limit, keep=state.best_checkpoint)
         if args.push_to_hub and args.hub_strategy == "checkpoint":
@@ -209,12 +215,14 @@ def gather_bad_rows(accelerator: Accelerator, dataset: ImageClassificationDatase
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = parse_args(argv)
+    methods.check_run(model_args, args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     output_dir = Path(args.output_dir)
 
     # Everything that can fail on the user's input, before the dataset is read and the model built.
     accelerator = build_accelerator(args)
     check_process_group(accelerator)
+    methods.check_accelerator(accelerator, args)
     if args.hub_token:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     settings = resume_settings((model_args, data_args, args), accelerator.num_processes)
@@ -241,7 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     image_size = model.config.image_size
-    train_pipeline = build_pipeline(data_args.augmentation, image_size, mean, std, train=True)
+    # What trains (LoRA adapters, unfrozen layers), the EMA copy, batch mixing; checkpoints then hold what changes.
+    model = methods.setup_model(model, model_args, args)
+    frozen = methods.has_frozen_parameters(model)
+    ema = methods.build_ema(model, args, accelerator)
+    mixer = methods.build_mixer(args, len(data.labels))
+    methods.register_checkpointing(accelerator, frozen, ema)
+    train_pipeline = build_pipeline(
+        data_args.augmentation, image_size, mean, std, train=True, random_erasing=data_args.random_erasing
+    )
     eval_pipeline = build_pipeline(data_args.augmentation, image_size, mean, std, train=False)
     train_set = ImageClassificationDataset(data.train, train_pipeline, seed=args.seed, bad_images=data_args.bad_images)
     eval_set = ImageClassificationDataset(
@@ -274,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     state = TrainerState(total_steps=total_steps, settings=settings)
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
+        accelerator.load_state(str(resume_dir), **methods.state_kwargs(accelerator, frozen, saving=False))
         state = resumed
         state.total_steps, state.settings, state.files = total_steps, settings, None
     reporter = Reporter(accelerator, output_dir, total_steps, state.completed_steps)
@@ -294,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), global batch "
         f"{args.per_device_train_batch_size * accelerator.num_processes * accumulation}, {total_steps} optimizer steps"
     )
+    reporter.info(methods.parameter_summary(accelerator.unwrap_model(model)))
 
     results: dict = dict(state.last_eval or {})
     meter = LossMeter(accelerator)
@@ -311,10 +328,14 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in loader:
                 examples = windows.examples(state.batches_in_epoch, batch["labels"].shape[0])
                 with accelerator.accumulate(model):
-                    logits = model(pixel_values=train_pipeline.on_device(batch["pixel_values"])).logits
-                    losses = F.cross_entropy(
-                        logits.float(), batch["labels"], label_smoothing=args.label_smoothing, reduction="none"
-                    )
+                    pixel_values = train_pipeline.on_device(batch["pixel_values"])
+                    # Mixup/CutMix after the resize, seeded by the batch's place in the run (restored on resume).
+                    pixel_values, targets = methods.mix_batch(
+                        mixer, pixel_values, batch["labels"], args, state.epoch, state.batches_in_epoch,
+                        accelerator.process_index,
+                    )  # fmt: skip
+                    logits = model(pixel_values=pixel_values).logits
+                    losses = methods.training_losses(logits, batch["labels"], args, targets)
                     # accelerate (and DeepSpeed) divide by the accumulation steps: this makes the step's gradient the
                     # mean over the window's examples, however many micro-batches it really had.
                     accelerator.backward(losses.sum() * (accumulation / examples))
@@ -329,6 +350,8 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
 
                 scheduler.step()
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model))
                 state.completed_steps += 1
                 reporter.bar.update(1)
                 if len(train_loader) == state.batches_in_epoch:
@@ -351,13 +374,19 @@ def main(argv: list[str] | None = None) -> dict:
                     evaluation = evaluate_classifier(
                         accelerator, model, eval_loader, eval_pipeline.on_device, len(data.labels)
                     )
-                    results = state.last_eval = evaluation.metrics()
+                    results = evaluation.metrics()
+                    if ema is not None:
+                        ema_evaluation = evaluate_classifier(
+                            accelerator, ema.module, eval_loader, eval_pipeline.on_device, len(data.labels)
+                        )
+                        results |= ema_evaluation.metrics(prefix="ema_eval_")
+                    state.last_eval = results
                     reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
                     if state.best_metric is None or results["eval_top1"] > state.best_metric:
                         state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
 
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
-                    checkpoint(accelerator, model, state, (train_set, eval_set), args)
+                    checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen)
 
                 if state.completed_steps >= total_steps:
                     break
@@ -367,12 +396,18 @@ def main(argv: list[str] | None = None) -> dict:
     bad_eval = gather_bad_rows(accelerator, eval_set, state.bad_rows.get("validation", []))
     # Data-parallel replicas must hold the same weights; differing checksums mean the processes were not in sync.
     checksum = torch.stack([p.detach().float().sum() for p in model.parameters()]).sum().reshape(1)
+    trainable, total = methods.count_parameters(accelerator.unwrap_model(model))
+    final_model = methods.choose_final(args, results)
     final = {
         "train_steps": state.completed_steps,
         **results,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "replica_checksums": accelerator.gather(checksum).tolist(),
+        **methods.ema_checksums(accelerator, ema),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "final_model": final_model,
         "train_unreadable_images": len(bad_train),
         "eval_unreadable_images": len(bad_eval),
     }
@@ -385,12 +420,26 @@ def main(argv: list[str] | None = None) -> dict:
         )
     command = recorded_command([os.path.basename(sys.argv[0]), *sys.argv[1:]])
     record = {"command": command, **recorded_arguments(model_args, data_args, args)}
-    save_final_model(accelerator, model, output_dir, mean, std, final, record)
+    saved_model = ema.module if final_model == "ema" else model
+    if args.peft:
+        methods.save_adapter_outputs(
+            accelerator, saved_model, output_dir, args, methods.processor_writer(image_size, mean, std), final, record
+        )
+    else:
+        save_final_model(accelerator, saved_model, output_dir, mean, std, final, record)
     if accelerator.is_main_process:
         plot_curves(reporter.log.records(), output_dir / CURVES_FILE)
-        write_model_card(output_dir)
+        if not args.peft:  # the adapter directory has its own card, saying how to load it
+            write_model_card(output_dir)
         if args.push_to_hub:
-            url = push_to_hub(output_dir, args.hub_model_id, args.hub_private_repo, token=args.hub_token)
+            # An adapter run pushes the adapter; its merged copy (--merge_adapter) stays local.
+            url = push_to_hub(
+                output_dir,
+                args.hub_model_id,
+                args.hub_private_repo,
+                token=args.hub_token,
+                exclude=[f"{methods.MERGED_DIR}/*"] if args.peft else (),
+            )
             reporter.info(f"Pushed to {url}")
     accelerator.end_training()
     return final

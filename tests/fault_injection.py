@@ -37,8 +37,8 @@ def faulty_write_json(path: Path, text: str) -> None:
     write_json(path, text)
 
 
-def faulty_save_checkpoint(accelerator, output_dir, state, model_config):
-    saved = save_checkpoint(accelerator, output_dir, state, model_config)
+def faulty_save_checkpoint(accelerator, output_dir, state, model_config, *args, **kwargs):
+    saved = save_checkpoint(accelerator, output_dir, state, model_config, *args, **kwargs)
     if point == "after_save" and state.completed_steps == int(step):
         kill()
     return saved

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
@@ -144,8 +145,10 @@ def push_to_hub(
     private: bool = False,
     path_in_repo: str | None = None,
     token: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> str:
-    """Upload `folder` (without checkpoints or temporary files) to the model repository `repo_id`; returns its URL.
+    """Upload `folder` (without checkpoints, temporary files or the `exclude` patterns) to the model repository
+    `repo_id`; returns its URL.
 
     `token` defaults to huggingface_hub's own (HF_TOKEN, `hf auth login`).
     """
@@ -155,7 +158,7 @@ def push_to_hub(
         repo_id=repo_id,
         folder_path=str(folder),
         path_in_repo=path_in_repo,
-        ignore_patterns=["checkpoint-*", "*.tmp", "*.tmp/*"],
+        ignore_patterns=["checkpoint-*", "*.tmp", "*.tmp/*", *exclude],
         commit_message="Upload model trained with vit_accel",
     )
     return str(url)

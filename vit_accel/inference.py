@@ -16,6 +16,7 @@ import PIL.Image
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
+from .adapters import is_adapter_dir, load_adapter_classifier
 from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
 from .data.transforms import to_rgb
 from .errors import UserError
@@ -39,6 +40,14 @@ def load_classifier(model: str) -> tuple[torch.nn.Module, dict]:
     import vit_accel  # noqa: F401  (registers our model type, so no remote code is needed for our directories)
 
     path = Path(model).expanduser()
+    if path.is_dir() and is_adapter_dir(path):
+        # A LoRA adapter directory: its base, rebuilt with the adapter's head, with the adapter merged in.
+        if not (path / "preprocessor_config.json").is_file():
+            raise UserError(f"--model {model}: preprocessor_config.json is missing, so the preprocessing is unknown.")
+        classifier = load_adapter_classifier(path).eval()
+        processor = AutoImageProcessor.from_pretrained(str(path))
+        size = processor.size.get("height") or processor.size.get("shortest_edge")
+        return classifier, {"size": int(size), "image_mean": processor.image_mean, "image_std": processor.image_std}
     if path.exists():
         if not path.is_dir():
             raise UserError(f"--model {model}: a file, not a saved model directory.")

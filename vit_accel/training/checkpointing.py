@@ -57,6 +57,7 @@ RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
         "max_train_samples",
         "max_eval_samples",
         "augmentation",
+        "random_erasing",
         "bad_images",
     ),
     "TrainingArguments": (
@@ -73,6 +74,21 @@ RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
         "label_smoothing",
         "lr_scheduler_type",
         "num_warmup_steps",
+        "peft",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "use_dora",
+        "freeze",
+        "freeze_layers",
+        "layer_decay",
+        "ema_decay",
+        "ema_warmup",
+        "mixup_alpha",
+        "cutmix_alpha",
+        "mix_prob",
+        "mix_switch_prob",
     ),
 }
 
@@ -239,14 +255,23 @@ def _manifest(directory: Path) -> dict[str, int]:
     }
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: TrainerState, model_config) -> Path:
-    """Save the full training state as `checkpoint-{step}`; the directory appears only once everything is written."""
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    state: TrainerState,
+    model_config,
+    save_state_kwargs: dict | None = None,
+) -> Path:
+    """Save the full training state as `checkpoint-{step}`; the directory appears only once everything is written.
+
+    `save_state_kwargs` go to `accelerator.save_state` (DeepSpeed's `exclude_frozen_parameters` for runs that
+    freeze weights)."""
     final = Path(output_dir) / f"checkpoint-{state.completed_steps}"
     tmp = final.with_name(final.name + TMP_SUFFIX)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp), **(save_state_kwargs or {}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(tmp / CONFIG_FILE, model_config.to_json_string())

@@ -17,6 +17,7 @@ from ..adapters import (
     MERGED_DIR,
     apply_lora,
     base_model_reference,
+    check_target_modules,
     count_parameters,  # noqa: F401  (re-exported for the loop)
     parse_target_modules,
     save_adapter,
@@ -26,15 +27,31 @@ from ..adapters import (
 from ..errors import UserError
 from .arguments import ModelArguments, TrainingArguments
 from .ema import WeightEMA, check_ema
-from .freezing import apply_freezing, check_freezing, has_frozen_parameters, register_trainable_only_checkpointing
+from .freezing import (  # noqa: F401  (has_frozen_parameters re-exported for the loop)
+    apply_freezing,
+    check_freezing,
+    has_frozen_parameters,
+    register_trainable_only_checkpointing,
+)
 from .mixing import BatchMixer, mixing_seed, soft_target_cross_entropy
 
 
 def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
-    """Combinations decidable from the flags alone (before the data or the model are loaded)."""
+    """Combinations decidable from the flags alone, before the data or the model are loaded.
+
+    LoRA targets are matched against the architecture's layer names (the same for every size, so a model built on
+    the meta device, costing nothing, stands for the real one).
+    """
     if args.peft is not None and model_args.from_scratch:
         raise UserError(f"--peft {args.peft} adapts pretrained weights; it cannot be combined with --from_scratch.")
     check_freezing(args.freeze, args.freeze_layers, None, args.peft)
+    if args.peft is not None:
+        from ..configuration_vit_accel import ViTAccelConfig
+        from ..modeling_vit_accel import ViTAccelForImageClassification
+
+        with torch.device("meta"):
+            shape = ViTAccelForImageClassification(ViTAccelConfig(num_hidden_layers=1, representation_size=8))
+        check_target_modules(shape, parse_target_modules(args.lora_target_modules))
 
 
 def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None:
@@ -72,9 +89,9 @@ def parameter_summary(model: nn.Module) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
 
-def register_checkpointing(accelerator: Accelerator, model: nn.Module, ema: WeightEMA | None) -> None:
+def register_checkpointing(accelerator: Accelerator, frozen: bool, ema: WeightEMA | None) -> None:
     """Checkpoints of runs with frozen weights keep the trainable ones only; the EMA goes into every checkpoint."""
-    if has_frozen_parameters(model):
+    if frozen:
         register_trainable_only_checkpointing(accelerator)
     if ema is not None:
         ema.register_checkpointing(accelerator)
@@ -92,16 +109,17 @@ def build_mixer(args: TrainingArguments, num_classes: int) -> BatchMixer | None:
     return BatchMixer(config, num_classes) if config.enabled else None
 
 
-def training_loss(
+def training_losses(
     logits: torch.Tensor,
     labels: torch.Tensor,
     args: TrainingArguments,
     targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy against the mixer's soft targets when the batch was mixed, else with label smoothing."""
+    """Per-example cross-entropy: against the mixer's soft targets (label smoothing folded in) when the batch was
+    mixed, else against the labels with `--label_smoothing`."""
     if targets is not None:
-        return soft_target_cross_entropy(logits, targets)
-    return F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+        return soft_target_cross_entropy(logits, targets, reduction="none")
+    return F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing, reduction="none")
 
 
 def mix_batch(
@@ -119,13 +137,22 @@ def mix_batch(
     return mixer(pixel_values, labels, mixing_seed(args.seed, epoch, batch_index, process_index))
 
 
-def choose_final(args: TrainingArguments, raw: dict, ema: dict | None) -> str:
-    """'raw' or 'ema': `--final_model`, where 'best' is the one with the higher final top-1 (raw on ties)."""
-    if ema is None or args.final_model == "raw":
+def choose_final(args: TrainingArguments, results: dict) -> str:
+    """'raw' or 'ema' as `--final_model` asks; 'best' is the one with the higher top-1 at the last evaluation (raw
+    on ties). `results` holds the raw `eval_*` and the EMA's `ema_eval_*` metrics."""
+    if args.ema_decay is None or args.final_model == "raw":
         return "raw"
     if args.final_model == "ema":
         return "ema"
-    return "ema" if ema.get("eval_top1", -1.0) > raw.get("eval_top1", -1.0) else "raw"
+    return "ema" if results.get("ema_eval_top1", -1.0) > results.get("eval_top1", -1.0) else "raw"
+
+
+def ema_checksums(accelerator: Accelerator, ema: WeightEMA | None) -> dict:
+    """Each process's sum of its EMA weights (replicas must agree), or nothing without an EMA."""
+    if ema is None:
+        return {}
+    checksum = torch.stack([p.detach().float().sum() for p in ema.module.parameters()]).sum().reshape(1)
+    return {"ema_replica_checksums": accelerator.gather(checksum).tolist()}
 
 
 def save_adapter_outputs(
@@ -135,11 +162,13 @@ def save_adapter_outputs(
     args: TrainingArguments,
     write_processor,
     results: dict,
-    command: list[str],
+    record: dict,
 ) -> None:
-    """The adapter directory: adapter, `classifier_config.json`, image processor, results, card; `merged/` with
-    `--merge_adapter`. `model` is the unwrapped peft model (the trained or the EMA one)."""
+    """The adapter directory: adapter, `classifier_config.json`, image processor, `all_results.json`,
+    `training_args.json` (`record`), the card; `merged/` with `--merge_adapter`. `model` is the peft model as
+    trained (prepared or not) or its EMA copy."""
     accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         save_adapter(model, output_dir)
         write_processor(output_dir)
@@ -147,8 +176,9 @@ def save_adapter_outputs(
             save_merged(model, output_dir / MERGED_DIR)
             write_processor(output_dir / MERGED_DIR)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
         trainable, total = count_parameters(model)
-        write_adapter_card(output_dir, results, trainable, total, command)
+        write_adapter_card(output_dir, results, trainable, total, record["command"])
     accelerator.wait_for_everyone()
 
 
@@ -158,11 +188,11 @@ def base_config(model: nn.Module):
     return (get_base_model() if get_base_model is not None else model).config
 
 
-def state_kwargs(accelerator: Accelerator, model: nn.Module, saving: bool) -> dict:
+def state_kwargs(accelerator: Accelerator, frozen: bool, saving: bool) -> dict:
     """Extra `save_state`/`load_state` arguments for runs with frozen weights (DeepSpeed only; hooks do the rest)."""
     from .freezing import state_kwargs as frozen_state_kwargs
 
-    return frozen_state_kwargs(accelerator, saving) if has_frozen_parameters(model) else {}
+    return frozen_state_kwargs(accelerator, saving) if frozen else {}
 
 
 def processor_writer(size, mean, std):

@@ -97,6 +97,6 @@ class BatchMixer:
         return pixels, targets
 
 
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy against probability targets (F.cross_entropy's class-probability form), in float32."""
-    return F.cross_entropy(logits.float(), targets)
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy against probability targets (F.cross_entropy's class-probability form), in float32."""
+    return F.cross_entropy(logits.float(), targets, reduction=reduction)
