@@ -81,16 +81,132 @@ def results(output_dir: Path) -> dict:
     return json.loads((output_dir / "all_results.json").read_text())
 
 
-def test_digits_demo_recipe_reaches_95_percent(digits, tmp_path):
-    out = tmp_path / "demo"
-    launch("cpu.yaml", ["recipes/digits_demo.yaml", "--dataset_name", str(digits), "--output_dir", str(out)])
+# The regularisation a modern fine-tuning recipe adds (layer decay, EMA, mixup/cutmix, label smoothing, random
+# erasing), on top of the digits recipe; milder mixing (half the batches) than ImageNet recipes, for 8x8 digits.
+METHODS = [
+    "--layer_decay", "0.75", "--ema_decay", "0.995", "--ema_warmup", "--final_model", "best",
+    "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0", "--mix_prob", "0.5", "--label_smoothing", "0.1",
+    "--random_erasing", "0.25",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def digits_demo(digits, tmp_path_factory) -> Path:
+    """The digits recipe run with every method of METHODS on: the demo's model, and the base of the LoRA demo."""
+    out = tmp_path_factory.mktemp("demo") / "digits-demo"
+    launch("cpu.yaml", ["recipes/digits_demo.yaml", "--dataset_name", str(digits), "--output_dir", str(out), *METHODS])
+    return out
+
+
+def test_digits_demo_recipe_with_every_method_reaches_95_percent(digits_demo):
+    out = digits_demo
     final = results(out)
-    assert final["eval_top1"] >= 0.95, final
+    assert final["eval_top1"] >= 0.95 and final["ema_eval_top1"] >= 0.95, final
+    assert final["final_model"] in ("raw", "ema") and final["trainable_parameters"] == final["total_parameters"]
     expected = {"config.json", "model.safetensors", "preprocessor_config.json", "all_results.json", "log.jsonl"}
     assert expected | {"training_args.json", "training_curves.png", "modeling_vit_accel.py"} <= set(os.listdir(out))
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"]["7"] == "7" and config["auto_map"]
     assert json.loads((out / "training_args.json").read_text())["command"][0] == "train.py"
+
+
+def vit_accel_cli(*args: str) -> dict:
+    """`vit-accel` in a fresh process; the JSON it prints last."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "vit_accel.cli", *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1] if "predict" not in args else result.stdout)
+
+
+def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_path):
+    rotated = tmp_path / "digits-rot90"
+    export_digits(rotated, rotate=90)
+    out = tmp_path / "digits-lora"
+    launch(
+        "cpu.yaml",
+        [
+            "recipes/digits_lora.yaml", "--model_name_or_path", str(digits_demo), "--dataset_name", str(rotated),
+            "--output_dir", str(out),
+        ],
+    )  # fmt: skip
+    final = results(out)
+    # A task the base was not trained for: near chance before, >= 90% after, with <= 10% of the weights trained.
+    evaluation = ("--dataset_name", str(rotated), "--seed", "0", "--dataloader_num_workers", "0")
+    before = vit_accel_cli("evaluate", "--model", str(digits_demo), *evaluation, "--output_dir", str(tmp_path / "e0"))
+    assert before["top1"] < 0.5, before
+    assert final["eval_top1"] >= 0.90, final
+    assert final["trainable_parameters"] <= 0.10 * final["total_parameters"], final
+    print(
+        f"LoRA demo: base {before['top1']:.4f} -> adapted {final['eval_top1']:.4f} top-1 on {before['num_examples']} "
+        f"held-out rotated digits; {final['trainable_parameters']} of {final['total_parameters']} parameters trained"
+    )
+
+    # The adapter directory: peft's files naming the base by absolute path, the head's config, processor, card.
+    files = set(os.listdir(out))
+    assert {"adapter_model.safetensors", "adapter_config.json", "classifier_config.json"} <= files
+    assert {"preprocessor_config.json", "README.md", "all_results.json", "training_args.json"} <= files
+    assert "config.json" not in files and "model.safetensors" not in files
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(digits_demo.resolve())
+    assert "load_adapter_classifier" in (out / "README.md").read_text()
+    checkpoint = load_file(next(out.glob("checkpoint-*")) / "model.safetensors")
+    assert checkpoint and all("lora_" in k or "modules_to_save" in k for k in checkpoint)  # adapter + head only
+
+    # The base stayed bit-identical: merged/ equals the base on disk where LoRA does not reach, and the base plus
+    # the saved adapter, merged here by peft, where it does.
+    from peft import PeftModel
+
+    import vit_accel
+
+    base = vit_accel.ViTAccelForImageClassification.from_pretrained(digits_demo)
+    base_weights = {k: v.clone() for k, v in base.state_dict().items()}
+    reference = PeftModel.from_pretrained(base, str(out)).merge_and_unload().state_dict()
+    merged = vit_accel.ViTAccelForImageClassification.from_pretrained(out / "merged").state_dict()
+    targets = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "classifier.")
+    for key, value in merged.items():
+        assert torch.equal(value, reference[key]), key
+        if not any(t in key for t in targets):
+            assert torch.equal(value, base_weights[key]), key
+
+    # Downstream, each in a fresh process: vit-accel evaluate and predict on the adapter directory, and the merged
+    # directory through plain transformers (no vit_accel, no peft imported) on the same images.
+    adapted = vit_accel_cli("evaluate", "--model", str(out), *evaluation, "--output_dir", str(tmp_path / "e1"))
+    assert adapted["top1"] == pytest.approx(final["eval_top1"], abs=1e-6)
+    from datasets import load_from_disk
+
+    from vit_accel.adapters import load_adapter_classifier
+    from vit_accel.data import build_pipeline
+
+    image = tmp_path / "digit.png"
+    load_from_disk(str(rotated))["test"][0]["image"].save(image)
+    predicted = vit_accel_cli("predict", "--model", str(out), "--json", str(image))
+    model = load_adapter_classifier(out)
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
+    from PIL import Image
+
+    pixels = pipeline.on_device(pipeline(Image.open(image), torch.Generator())[None])
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    assert predicted[0]["predictions"][0]["label"] == model.config.id2label[int(logits.argmax(-1))]
+    torch.save({"pixels": pixels, "logits": logits}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import json, sys, torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(out / "merged")!r}, trust_remote_code=True)
+        expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True)
+        with torch.no_grad():
+            logits = model.eval()(pixel_values=expected["pixels"]).logits
+        print(json.dumps({{"diff": (logits - expected["logits"]).abs().max().item(),
+                          "imported": [m for m in ("peft", "vit_accel") if m in sys.modules]}}))
+        """
+    )
+    plain = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-4000:]
+    plain = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert plain["imported"] == [] and plain["diff"] <= 1e-4, plain
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(digits, tmp_path):
@@ -153,35 +269,85 @@ def test_deepspeed_zero_two_processes(stage, digits, extensions_dir, tmp_path):
     assert measured["top1"] == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
-def test_resume_after_sigkill_gives_the_same_weights(digits, tmp_path):
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A saved tiny ViT with a 10-class head: the pretrained model LoRA runs start from (its values do not matter)."""
+    import vit_accel
+
+    fields = {k: int(v) for k, v in (item.split("=") for item in TINY.split(","))}
+    labels = {i: str(i) for i in range(10)}
+    torch.manual_seed(0)
+    model = vit_accel.ViTAccelForImageClassification(vit_accel.ViTAccelConfig(**fields, id2label=labels))
+    path = tmp_path_factory.mktemp("base") / "tiny-base"
+    model.save_pretrained(path)
+    return path
+
+
+def lora_args(digits: Path, base: Path, output_dir: Path, *extra: str) -> list[str]:
+    args = tiny_args(digits, output_dir, "--peft", "lora", "--lora_r", "4", *extra)
+    args.remove("--from_scratch")
+    args[args.index("--model_name_or_path") + 1] = str(base)
+    return args
+
+
+# Every method at once, with an EMA short enough to differ from the raw weights in 8 steps.
+TINY_METHODS = [
+    "--layer_decay", "0.75", "--ema_decay", "0.9", "--ema_warmup", "--final_model", "best", "--mixup_alpha", "0.8",
+    "--cutmix_alpha", "1.0", "--mix_prob", "0.5", "--label_smoothing", "0.1", "--random_erasing", "0.25",
+]  # fmt: skip
+# Each variant runs four times (reference, two kills, the resume): full fine-tuning is tested with every method on,
+# which takes the plain path's place.
+RESUME_VARIANTS = {
+    "full fine-tuning with every method": TINY_METHODS,
+    "lora with every method": ["LORA", "--merge_adapter", *TINY_METHODS],
+}
+
+
+@pytest.mark.parametrize("variant", list(RESUME_VARIANTS))
+def test_resume_after_sigkill_gives_the_same_weights(variant, digits, tiny_base, tmp_path):
     # Dropout and random augmentation on, so that restoring RNG states and the data order is what is tested.
     args = [
         "--config_overrides", TINY + ",hidden_dropout_prob=0.1", "--augmentation", "inception",
         "--max_train_steps", "8", "--checkpointing_steps", "2", "--save_total_limit", "2",
         "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "8", "--eval_steps", "4",
     ]  # fmt: skip
+    extra = RESUME_VARIANTS[variant]
+    if extra[:1] == ["LORA"]:
+        args = [a for a in args if a not in ("--config_overrides", TINY + ",hidden_dropout_prob=0.1")]
+
+        def make_args(out, *more):
+            return lora_args(digits, tiny_base, out, *args, *extra[1:], *more)
+    else:
+
+        def make_args(out, *more):
+            return tiny_args(digits, out, *args, *extra, *more)
+
     reference = tmp_path / "reference"
-    launch("cpu.yaml", tiny_args(digits, reference, *args))
+    launch("cpu.yaml", make_args(reference))
 
     interrupted = tmp_path / "interrupted"
-    killed = launch(
-        "cpu.yaml", tiny_args(digits, interrupted, *args), env={"VIT_ACCEL_TEST_FAULT": "after_save:4"}, **FAULTY
-    )
-    assert killed.returncode != 0 and not (interrupted / "model.safetensors").exists()
+    killed = launch("cpu.yaml", make_args(interrupted), env={"VIT_ACCEL_TEST_FAULT": "after_save:4"}, **FAULTY)
+    assert killed.returncode != 0 and not (interrupted / "all_results.json").exists()
     assert (interrupted / "checkpoint-4" / "trainer_state.json").is_file()
     # Killed again, this time in the middle of writing checkpoint-6: it must not look complete.
-    resumed_args = tiny_args(digits, interrupted, *args, "--resume_from_checkpoint", "latest")
+    resumed_args = make_args(interrupted, "--resume_from_checkpoint", "latest")
     killed = launch("cpu.yaml", resumed_args, env={"VIT_ACCEL_TEST_FAULT": "during_save:6"}, **FAULTY)
     assert killed.returncode != 0
     assert not (interrupted / "checkpoint-6").exists() and (interrupted / "checkpoint-6.tmp").exists()
     launch("cpu.yaml", resumed_args)
 
     assert not (interrupted / "checkpoint-6.tmp").exists()
-    expected, got = load_file(reference / "model.safetensors"), load_file(interrupted / "model.safetensors")
-    for key in expected:
-        assert torch.equal(got[key], expected[key]), key
+    weights = ["adapter_model.safetensors", "merged/model.safetensors"] if "lora" in variant else ["model.safetensors"]
+    if "--ema_decay" in extra:
+        weights.append("checkpoint-8/ema.safetensors")
+    for name in weights:
+        expected, got = load_file(reference / name), load_file(interrupted / name)
+        assert expected.keys() == got.keys(), name
+        for key in expected:
+            assert torch.equal(got[key], expected[key]), (name, key)
     assert train_losses(interrupted) == train_losses(reference)
-    assert results(interrupted)["eval_top1"] == results(reference)["eval_top1"]
+    metrics = [k for k in results(reference) if k.startswith(("eval_", "ema_eval_"))]
+    assert metrics and all(results(interrupted)[k] == results(reference)[k] for k in metrics)
 
 
 def test_a_fresh_run_over_an_old_one_replaces_it_whole_when_asked(digits, tmp_path, run_train):
