@@ -269,6 +269,44 @@ def test_deepspeed_zero_two_processes(stage, digits, extensions_dir, tmp_path):
     assert measured["top1"] == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
+def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base, extensions_dir, tmp_path):
+    extra = ["--per_device_train_batch_size", "8", "--checkpointing_steps", "3", *TINY_METHODS]
+    ddp, zero2 = tmp_path / "ddp", tmp_path / "zero2"
+    launch("multi_cpu.yaml", lora_args(digits, tiny_base, ddp, *extra))
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    launch("deepspeed_zero2.yaml", lora_args(digits, tiny_base, zero2, *extra), env=env)
+    for run in (ddp, zero2):
+        final = results(run)
+        assert final["num_processes"] == 2
+        # Both ranks hold the same weights and the same average: gradients averaged, EMA updated alike.
+        assert len(set(final["replica_checksums"])) == 1 and len(set(final["ema_replica_checksums"])) == 1, final
+    # DeepSpeed trains as DDP does (same global batch, same mixing per rank), up to float reassociation.
+    torch.testing.assert_close(train_losses(zero2), train_losses(ddp), atol=1e-4, rtol=1e-4)
+    a, b = load_file(ddp / "adapter_model.safetensors"), load_file(zero2 / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3, msg=key)
+    # Checkpoints hold what trains and the optimizer state, not the frozen base: accelerate's file under DDP,
+    # the engine's module states (frozen parameters excluded) under DeepSpeed.
+    adapter_keys = ("lora_", "modules_to_save")
+    assert all(any(t in k for t in adapter_keys) for k in load_file(ddp / "checkpoint-6" / "model.safetensors"))
+    states = torch.load(
+        zero2 / "checkpoint-6" / "pytorch_model" / "mp_rank_00_model_states.pt", weights_only=True, map_location="cpu"
+    )
+    assert states["module"] and all(any(t in k for t in adapter_keys) for k in states["module"])
+
+
+def test_zero3_refuses_ema_and_lora_in_one_line_before_anything_loads(digits, tiny_base, extensions_dir, tmp_path):
+    out = tmp_path / "zero3"
+    args = lora_args(digits, tiny_base, out, "--ema_decay", "0.99")
+    result = launch("deepspeed_zero3.yaml", args, env={"TORCH_EXTENSIONS_DIR": str(extensions_dir)}, check=False)
+    assert result.returncode != 0
+    lines = {line for line in result.stderr.splitlines() if line.startswith("train.py: error:")}
+    assert len(lines) == 1, result.stderr[-3000:]  # each process says the same one line
+    line = lines.pop()
+    assert "--ema_decay, --peft: not supported under DeepSpeed ZeRO-3" in line, line
+    assert not out.exists()
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A saved tiny ViT with a 10-class head: the pretrained model LoRA runs start from (its values do not matter)."""

@@ -55,16 +55,18 @@ def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
 
 
 def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None:
-    """Combinations with the accelerate config: ZeRO-3 shards every weight, which the EMA and adapters need whole."""
-    check_ema(args.ema_decay, accelerator)
+    """Combinations with the accelerate config: ZeRO-3 shards every weight, which the EMA and the adapter and
+    frozen-weight checkpoints need whole; all such flags are named in one line."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.zero_stage == 3:
-        for flag, value in (("--peft", args.peft), ("--freeze", args.freeze), ("--freeze_layers", args.freeze_layers)):
-            if value is not None:
-                raise UserError(
-                    f"{flag} is not supported under DeepSpeed ZeRO-3 (sharded parameters); use ZeRO-2, DDP or one "
-                    "process: a ViT fits one device once its optimizer state is sharded."
-                )
+        flags = ("ema_decay", "peft", "freeze", "freeze_layers")
+        given = [f"--{name}" for name in flags if getattr(args, name) is not None]
+        if given:
+            raise UserError(
+                f"{', '.join(given)}: not supported under DeepSpeed ZeRO-3, where each process holds a shard of every "
+                "weight. Use ZeRO-2 (optimizer state and gradients sharded), DDP or one process."
+            )
+    check_ema(args.ema_decay, accelerator)
 
 
 def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArguments) -> nn.Module:
