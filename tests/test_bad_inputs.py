@@ -141,7 +141,36 @@ FLAG_CASES = {
     "unknown tracker": (["--with_tracking", "--report_to", "notebooks"], ["--report_to notebooks"]),
     "tracker not installed": (["--with_tracking", "--report_to", "wandb"], ["--report_to wandb", "pip install wandb"]),
     "empty hub token": (["--hub_token", " "], ["--hub_token is empty"]),
+    "layer decay 0": (["--layer_decay", "0"], ["--layer_decay must be in (0, 1]", "got 0.0"]),
+    "layer decay above 1": (["--layer_decay", "1.5"], ["--layer_decay must be in (0, 1]"]),
+    "ema decay 1": (["--ema_decay", "1"], ["--ema_decay must be in (0, 1)"]),
+    "final model ema without an ema": (["--final_model", "ema"], ["--final_model ema needs --ema_decay"]),
+    "negative mixup alpha": (["--mixup_alpha", "-0.2"], ["--mixup_alpha must be >= 0"]),
+    "mix probability 2": (["--cutmix_alpha", "1", "--mix_prob", "2"], ["--mix_prob must be in [0, 1]"]),
+    "random erasing 1.5": (["--random_erasing", "1.5"], ["--random_erasing", "1.5"]),
+    "unknown peft method": (["--peft", "prefix"], ["--peft must be one of lora"]),
+    "lora on a model from scratch": (["--peft", "lora"], ["--peft lora adapts pretrained weights", "--from_scratch"]),
+    "merge without an adapter": (["--merge_adapter"], ["--merge_adapter needs --peft lora"]),
+    "unknown freeze": (["--freeze", "head"], ["--freeze must be one of backbone"]),
 }
+
+
+LORA_CASES = {
+    "target matching no module": (["--lora_target_modules", "q_proj,qkv"], ["--lora_target_modules", "'qkv'"]),
+    "freezing with an adapter": (["--freeze", "backbone"], ["--freeze/--freeze_layers cannot be combined"]),
+}
+
+
+@pytest.mark.parametrize("name", list(LORA_CASES))
+def test_bad_lora_combination(name, world, tmp_path, run_train):
+    extra, expected = LORA_CASES[name]
+    output_dir = tmp_path / "out"
+    args = tiny(world / "digits", output_dir, "--peft", "lora", *extra)
+    args.remove("--from_scratch")  # a pretrained model (never loaded: the flags are refused first)
+    code, stderr = run_train(args)
+    assert code == 2
+    assert_one_line(stderr, "train.py", *expected)
+    assert not output_dir.exists()
 
 
 @pytest.mark.parametrize("name", list(FLAG_CASES))
