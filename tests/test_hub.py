@@ -50,3 +50,28 @@ def test_push_uploads_the_model_without_checkpoints(trained_run, monkeypatch):
     assert repo_id == "someone/digits-vit" and repo_kwargs["private"] is True and repo_kwargs["exist_ok"]
     assert upload["folder_path"] == str(trained_run) and upload["repo_id"] == "someone/digits-vit"
     assert "checkpoint-*" in upload["ignore_patterns"] and "*.tmp" in upload["ignore_patterns"]
+
+
+def test_an_adapter_push_leaves_the_merged_copy_and_checkpoints_out(tmp_path, monkeypatch):
+    from huggingface_hub.utils import filter_repo_objects
+
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            uploads.append(kwargs)
+
+    monkeypatch.setattr(vit_accel.hub, "HfApi", FakeApi)
+    push_to_hub(tmp_path, "someone/digits-lora", exclude=["merged/*"])
+    files = [
+        "adapter_model.safetensors", "adapter_config.json", "classifier_config.json", "preprocessor_config.json",
+        "README.md", "merged/model.safetensors", "merged/config.json", "checkpoint-4/model.safetensors",
+    ]  # fmt: skip
+    kept = list(filter_repo_objects(files, ignore_patterns=uploads[0]["ignore_patterns"]))
+    assert kept == files[:5]

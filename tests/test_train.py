@@ -426,3 +426,23 @@ def test_a_finished_run_trains_further_only_when_asked_and_keeps_its_results(dig
     assert further["train_steps"] == 8 and {"eval_top1", "eval_top5", "eval_loss"} <= set(further)
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 8
+
+
+def test_partial_freezing_checkpoints_what_trains_and_resumes_exactly(digits, tmp_path, run_train):
+    import shutil
+
+    args = ["--freeze_layers", "1", "--checkpointing_steps", "3", "--save_total_limit", "3"]
+    reference = tmp_path / "reference"
+    assert run_train(tiny_args(digits, reference, *args))[0] == 0
+    saved = load_file(reference / "checkpoint-3" / "model.safetensors")
+    assert saved and not any(k.startswith(("vit.embeddings.", "vit.layers.0.")) for k in saved)
+    assert any(k.startswith("vit.layers.1.") for k in saved) and "classifier.weight" in saved
+    assert results(reference)["trainable_parameters"] < results(reference)["total_parameters"]
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(reference / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copy(reference / "log.jsonl", resumed / "log.jsonl")
+    assert run_train(tiny_args(digits, resumed, *args, "--resume_from_checkpoint", "latest"))[0] == 0
+    expected, got = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
