@@ -1,0 +1,95 @@
+"""The `Accelerator` for a run, with the process group the launch asked for, also on machines without a GPU.
+
+`accelerate launch` passes the config file's choice to the processes through environment variables
+(`ACCELERATE_USE_FSDP`, `ACCELERATE_USE_DEEPSPEED`, `WORLD_SIZE`, ...). On a GPU machine accelerate turns them into
+the right distributed state by itself. Without CUDA, accelerate 1.15 picks NCCL for DeepSpeed and keeps FSDP for
+accelerator devices only: `AcceleratorState` switches to `DistributedType.FSDP` from the MULTI_GPU family of states,
+never from MULTI_CPU, so an FSDP config on the CPU would silently train as plain DDP (with `ACCELERATE_USE_CPU`) or
+as unsynchronised copies (without). torch's FSDP2 itself runs on the CPU over gloo, and so do accelerate's FSDP2
+preparation, sharded `save_state`/`load_state` and full-state gathering; `create_accelerator` reaches them by
+starting the gloo process group first and presenting it to accelerate as a data-parallel group, the state from
+which accelerate applies its FSDP plugin. It then checks that the run really got FSDP.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def launched_processes() -> int:
+    """The number of processes the launcher started (1 for a plain `python train.py`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def fsdp_requested() -> bool:
+    """The launch asked for FSDP (a config with `distributed_type: FSDP`, or `--use_fsdp`)."""
+    return _flag("ACCELERATE_USE_FSDP")
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available()
+
+
+def create_accelerator(**kwargs) -> Accelerator:
+    """`Accelerator(**kwargs)`, with gloo where there is no CUDA, and FSDP2 on the CPU when the config asks for it.
+
+    - DeepSpeed or DDP over several processes without CUDA: the process group uses gloo (DeepSpeed would otherwise
+      try NCCL; DDP on the CPU also needs `ACCELERATE_USE_CPU=true`, set by the launch, for accelerate to wrap it).
+    - FSDP without CUDA (any number of processes started by `accelerate launch`): a gloo process group that
+      accelerate treats as data parallel, so that its FSDP plugin applies; FSDP2's CPU offload then keeps its
+      shards in ordinary memory (pinned memory needs CUDA).
+
+    Raises:
+        RuntimeError: FSDP was asked for but accelerate did not set it up (another accelerate version may decide
+            the distributed state differently); the run stops before any work instead of training without FSDP.
+    """
+    handlers = list(kwargs.pop("kwargs_handlers", None) or [])
+    cpu_fsdp = _cpu_only() and fsdp_requested() and "LOCAL_RANK" in os.environ
+    if cpu_fsdp:
+        state = PartialState(cpu=True, backend="gloo")
+        # accelerate attaches the FSDP plugin only to states of the MULTI_GPU family; the process group is the same.
+        state.distributed_type = DistributedType.MULTI_GPU
+    elif _cpu_only() and launched_processes() > 1:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(kwargs_handlers=handlers, **kwargs)
+    if cpu_fsdp:
+        if accelerator.distributed_type != DistributedType.FSDP:
+            import accelerate
+
+            raise RuntimeError(
+                f"The launch asked for FSDP, but accelerate {accelerate.__version__} set up "
+                f"{accelerator.distributed_type} on this machine without CUDA; stopping before training without FSDP."
+            )
+        plugin = accelerator.state.fsdp_plugin
+        if getattr(plugin.cpu_offload, "pin_memory", False):
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)
+    return accelerator
+
+
+def parameter_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """The sum of all parameters, as a 1-element fp32 tensor on the parameters' device.
+
+    Sharded parameters (FSDP2's DTensors) are summed over their full value, so every process of an FSDP run reports
+    the whole model's sum (a collective: all processes must call it); replicated ones (DDP) are summed locally, so
+    processes whose replicas drifted apart report different sums.
+    """
+    total = None
+    for param in model.parameters():
+        value = param.detach()
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()
+        part = value.float().sum()
+        total = part if total is None else total + part
+    if total is None:
+        return torch.zeros(1)
+    return total.reshape(1)
