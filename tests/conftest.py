@@ -59,3 +59,19 @@ def digit_images(trained_run) -> list[Path]:
         Image.fromarray(pixels).resize((16, 16), Image.NEAREST).save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """scikit-learn's digits exported as a `datasets` directory (vit_accel.demo), for train.py runs."""
+    from vit_accel.demo import export_digits
+
+    path = tmp_path_factory.mktemp("data") / "digits"
+    export_digits(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def extensions_dir(tmp_path_factory) -> Path:
+    # DeepSpeed JIT-builds its CPU ops on first use; one cache for the whole session builds each once.
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path_factory.mktemp("torch_extensions"))
