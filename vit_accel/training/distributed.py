@@ -14,10 +14,13 @@ which accelerate applies its FSDP plugin. It then checks that the run really got
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+from ..errors import UserError
 
 
 def _flag(name: str) -> bool:
@@ -93,3 +96,66 @@ def parameter_checksum(model: torch.nn.Module) -> torch.Tensor:
     if total is None:
         return torch.zeros(1)
     return total.reshape(1)
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step's examples are split: processes x per-device batch x accumulated micro-batches.
+
+    With accelerate's sharding (each process takes every `num_processes`-th batch of the shared order, and a step
+    accumulates consecutive ones), optimizer step s trains on examples [s * G, (s + 1) * G) of the epoch's order,
+    G the global batch, whatever the split: the same data at each step on any number of processes.
+    """
+
+    num_processes: int
+    per_device_batch: int
+    accumulation: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.num_processes * self.per_device_batch * self.accumulation
+
+    def describe(self) -> str:
+        return (
+            f"{self.num_processes} process(es) x {self.per_device_batch} per device x {self.accumulation} "
+            f"accumulation step(s) = global batch {self.global_batch}"
+        )
+
+
+def relayout(saved: BatchLayout, num_processes: int, max_per_device_batch: int) -> BatchLayout:
+    """The split of `saved.global_batch` over `num_processes`: the fewest accumulation steps whose per-device batch
+    is at most `max_per_device_batch` (so the per-device batch is kept when it divides, and never grows beyond what
+    the user said fits a device).
+
+    Raises:
+        UserError: the global batch cannot be split evenly over `num_processes` within that per-device batch.
+    """
+    total = saved.global_batch
+    for accumulation in range(1, total + 1):
+        if (
+            total % (num_processes * accumulation) == 0
+            and total // (num_processes * accumulation) <= max_per_device_batch
+        ):
+            return BatchLayout(num_processes, total // (num_processes * accumulation), accumulation)
+    raise UserError(
+        f"--resume_from_checkpoint: the checkpoint's global batch ({saved.describe()}) cannot be split evenly over "
+        f"{num_processes} process(es) with --per_device_train_batch_size at most {max_per_device_batch}; resume on a "
+        f"number of processes that divides {total}."
+    )
+
+
+def micro_batches_to_skip(saved: BatchLayout, saved_micro_batches: int, new: BatchLayout) -> int:
+    """Micro-batches per process that `new` skips to reach the example the saved run stopped at in its epoch.
+
+    Raises:
+        UserError: that position is not a whole number of `new`'s micro-batches (a checkpoint taken between
+            optimizer steps, which train.py never writes).
+    """
+    examples = saved_micro_batches * saved.per_device_batch * saved.num_processes
+    per_micro_batch = new.per_device_batch * new.num_processes
+    if examples % per_micro_batch:
+        raise UserError(
+            f"--resume_from_checkpoint: the checkpoint stopped after example {examples} of its epoch, which is not a "
+            f"boundary of {new.describe()}."
+        )
+    return examples // per_micro_batch
