@@ -3,7 +3,8 @@
     accelerate launch --config_file accelerate_configs/<mode>.yaml train.py [recipe.yaml] [--flag value ...]
 
 The loop has the shape of accelerate's own examples: `prepare` once, `accumulate`, `backward`, `clip_grad_norm_`,
-`gather_for_metrics`. Run `python train.py --help` for every argument.
+`gather_for_metrics`. Everything that can fail on a user's input is checked before the dataset is read. Run
+`python train.py --help` for every argument.
 """
 
 from __future__ import annotations
@@ -16,77 +17,52 @@ import sys
 import time
 from pathlib import Path
 
-import evaluate
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, gather_object, set_seed
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-import vit_accel
 from vit_accel.data import ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
-from vit_accel.errors import raised_by_our_checks
+from vit_accel.errors import UserError, report
+from vit_accel.evaluation import evaluate_classifier
 from vit_accel.hub import push_to_hub, write_model_card
-from vit_accel.training.arguments import parse_args
+from vit_accel.training.arguments import parse_args, recorded_arguments, recorded_command
 from vit_accel.training.checkpointing import (
     TrainerState,
+    changed_settings,
     check_compatible,
-    list_checkpoints,
     remove_stale_checkpoints,
     resolve_checkpoint,
+    resume_settings,
     rotate_checkpoints,
     save_checkpoint,
+    verify_checkpoint,
 )
 from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
+from vit_accel.training.preflight import (
+    check_hub_repo,
+    check_output_dir,
+    check_process_group,
+    check_trackers,
+    on_main_process,
+)
 from vit_accel.training.reporting import CURVES_FILE, JsonlLog, plot_curves
 
 logger = get_logger(__name__, log_level="INFO")
-METRIC_SCRIPT = str(Path(vit_accel.__file__).parent / "metrics" / "top_k_accuracy.py")
+# The run's length may change on resume (asking for more steps trains further); every other setting may not.
+LENGTH_SETTINGS = ("max_train_steps", "num_train_epochs")
 
 
-def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Never overwrite a finished or ongoing run by accident."""
-    if resuming or overwrite or not output_dir.exists():
-        return
-    if list_checkpoints(output_dir) or (output_dir / "all_results.json").exists():
-        raise ValueError(
-            f"--output_dir {output_dir} already holds a run. Resume it with --resume_from_checkpoint latest, "
-            "choose another directory, or pass --overwrite_output_dir."
-        )
-
-
-def evaluate_model(accelerator, model, loader, pipeline, metric) -> dict:
-    """Loss, top-1 and top-5 over the whole eval set (each example counted once across processes)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=accelerator.device)
-    count = torch.zeros((), device=accelerator.device)
-    for batch in loader:
-        with torch.no_grad():
-            logits = model(pixel_values=pipeline.on_device(batch["pixel_values"])).logits.float()
-        k = min(5, logits.shape[-1])
-        ranked, labels = accelerator.gather_for_metrics((logits.topk(k, dim=-1).indices, batch["labels"]))
-        losses = accelerator.gather_for_metrics(F.cross_entropy(logits, batch["labels"], reduction="none"))
-        loss_sum += losses.sum()
-        count += losses.numel()
-        metric.add_batch(predictions=ranked.cpu().numpy(), references=labels.cpu().numpy())
-    model.train()
-    results = metric.compute()
-    return {"eval_loss": (loss_sum / count).item(), "eval_top1": results["top1"], "eval_top5": results["top5"]}
-
-
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    output_dir = Path(args.output_dir)
-    check_output_dir(output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
-
+def build_accelerator(args) -> Accelerator:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by `accelerate launch` for 2+ processes
-    accelerator = Accelerator(
+    return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=str(output_dir),
+        log_with=check_trackers(args.report_to) if args.with_tracking else None,
+        project_dir=args.output_dir,
         # We step the schedule ourselves once per optimizer step, so warm-up and totals are in optimizer steps.
         step_scheduler_with_optimizer=False,
         # Host-to-device copies of pinned batches overlap with compute instead of blocking every step.
@@ -97,12 +73,171 @@ def main(argv: list[str] | None = None) -> dict:
         if distributed and not torch.cuda.is_available()
         else [],
     )
+
+
+def plan_resume(args, settings: dict, output_dir: Path) -> tuple[Path, TrainerState] | tuple[None, None]:
+    """The checkpoint to resume and its state, after checking that it is whole and that this run continues it."""
+    if not args.resume_from_checkpoint:
+        return None, None
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    state = verify_checkpoint(checkpoint)
+    current = {k: v for k, v in settings.items() if k not in LENGTH_SETTINGS}
+    changes = changed_settings(state.settings, current)
+    if changes and not args.accept_changed_settings:
+        raise UserError(
+            f"Resuming {checkpoint} with changed settings ({'; '.join(changes)}): the run would no longer continue "
+            "as it started. Restore them, or pass --accept_changed_settings to continue knowingly."
+        )
+    if changes:
+        logger.warning(f"Resuming with changed settings, as asked: {'; '.join(changes)}.", main_process_only=True)
+    return checkpoint, state
+
+
+def finished_results(output_dir: Path, state: TrainerState, settings: dict) -> dict | None:
+    """The results of a run that already reached its planned length, when this resume asks for no more steps."""
+    results_file = output_dir / "all_results.json"
+    same_length = all((state.settings or {}).get(k) == settings[k] for k in LENGTH_SETTINGS)
+    if state.total_steps is None or state.completed_steps < state.total_steps or not same_length:
+        return None
+    if not results_file.is_file():
+        return None  # stopped between its last checkpoint and its final save: resuming completes that save
+    results = json.loads(results_file.read_text())
+    return results if results.get("train_steps") == state.completed_steps else None
+
+
+class AccumulationWindows:
+    """How many examples each accumulation window of an epoch holds on this process.
+
+    The loss of a micro-batch is its examples' sum divided by its window's examples, so that every optimizer step
+    averages over the examples it really saw: the last window of an epoch may hold fewer micro-batches than
+    --gradient_accumulation_steps, and its last batch fewer examples. Only an epoch's last batch can be short: with
+    several processes accelerate completes it (`even_batches`), with one it holds what is left.
+    """
+
+    def __init__(self, num_batches: int, batch_size: int, num_examples: int, steps: int, num_processes: int):
+        self.num_batches, self.batch_size, self.steps = num_batches, batch_size, steps
+        last = num_examples - (num_batches - 1) * batch_size
+        self.last_size = batch_size if num_processes > 1 or last <= 0 else min(last, batch_size)
+
+    def batch_size_of(self, index: int) -> int:
+        return self.last_size if index == self.num_batches - 1 else self.batch_size
+
+    def examples(self, index: int, batch_size: int) -> int:
+        """Examples in the window holding batch `index` (0-based within the epoch), whose size is `batch_size`."""
+        if batch_size != self.batch_size_of(index):  # a loader that does not batch as assumed: a bug, not bad input
+            raise RuntimeError(
+                f"Batch {index} holds {batch_size} examples, not the {self.batch_size_of(index)} expected."
+            )
+        start = (index // self.steps) * self.steps
+        end = min(start + self.steps, self.num_batches)
+        return sum(self.batch_size_of(i) for i in range(start, end))
+
+
+class LossMeter:
+    """The mean training loss and throughput since the last read, over all processes.
+
+    The sums stay on the device between reads: a `.item()` per step would make every step wait for the accelerator.
+    """
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.totals = torch.zeros(2, device=accelerator.device)  # loss sum, examples
+        self.start = time.perf_counter()
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.totals[0] += losses.detach().sum()
+        self.totals[1] += losses.numel()
+
+    def read(self) -> tuple[float, float]:
+        loss_sum, examples = self.accelerator.reduce(self.totals, "sum").tolist()
+        elapsed = time.perf_counter() - self.start
+        self.totals.zero_()
+        self.start = time.perf_counter()
+        return loss_sum / max(examples, 1), round(examples / elapsed, 2)
+
+
+class Reporter:
+    """Where a run's numbers go: log.jsonl, the trackers, and one progress bar with messages printed above it.
+
+    Step records (loss, lr, ...) go to the log file, the trackers and the bar; on a terminal they do not also print
+    as lines, which would cut through the bar. Without a terminal (a log file) there is no bar, and they print.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, total_steps: int, initial_step: int):
+        self.accelerator = accelerator
+        self.log = JsonlLog(output_dir, enabled=accelerator.is_main_process)
+        show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=initial_step, disable=not show_bar, unit="step", dynamic_ncols=True)
+
+    def training(self, record: dict) -> None:
+        self.log.write(record)
+        self.accelerator.log(record, step=record["step"])
+        if self.bar.disable:
+            self.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
+        else:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+
+    def evaluation(self, record: dict) -> None:
+        self.log.write(record)
+        self.accelerator.log(record, step=record["step"])
+        self.info(f"step {record['step']}: " + " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
+
+    def info(self, message: str) -> None:
+        logger.info(message, main_process_only=True)
+
+
+def checkpoint(accelerator: Accelerator, model, state: TrainerState, datasets: tuple, args) -> None:
+    """Save `checkpoint-{step}` (with the unreadable rows found so far), rotate old ones, push it if asked."""
+    output_dir = Path(args.output_dir)
+    if state.best_step == state.completed_steps:
+        state.best_checkpoint = f"checkpoint-{state.completed_steps}"
+    state.bad_rows = {
+        split: gather_bad_rows(accelerator, dataset, state.bad_rows.get(split, []))
+        for split, dataset in zip(("train", "validation"), datasets)
+    }
+    saved = save_checkpoint(accelerator, output_dir, state, accelerator.unwrap_model(model).config)
+    if accelerator.is_main_process:
+        rotate_checkpoints(output_dir, args.save_total_limit, keep=state.best_checkpoint)
+        if args.push_to_hub and args.hub_strategy == "checkpoint":
+            push_to_hub(saved, args.hub_model_id, args.hub_private_repo, "last-checkpoint", args.hub_token)
+
+
+def gather_bad_rows(accelerator: Accelerator, dataset: ImageClassificationDataset, known: list[int]) -> list[int]:
+    """Unreadable rows found by any process so far, with those recorded before a resume."""
+    return sorted(set(known) | set(gather_object(dataset.bad_rows)))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    output_dir = Path(args.output_dir)
+
+    # Everything that can fail on the user's input, before the dataset is read and the model built.
+    accelerator = build_accelerator(args)
+    check_process_group(accelerator)
+    if args.hub_token:
+        logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
+    settings = resume_settings((model_args, data_args, args), accelerator.num_processes)
+    settings.update({k: getattr(args, k) for k in LENGTH_SETTINGS})
+    resume_dir, resumed = plan_resume(args, settings, output_dir)
+    if resumed is not None and (done := finished_results(output_dir, resumed, settings)) is not None:
+        logger.warning(
+            f"The run in {output_dir} already finished at step {resumed.completed_steps} of "
+            f"{resumed.total_steps}: nothing to do (ask for more with --max_train_steps).",
+            main_process_only=True,
+        )
+        return done
+    check_output_dir(output_dir, resume_dir is not None, args.overwrite_output_dir)
+    if args.push_to_hub:
+        on_main_process(accelerator, lambda: check_hub_repo(args.hub_model_id, args.hub_token))
     set_seed(args.seed)
 
     # Only the main process downloads/prepares the dataset; the others then read the cache.
     with accelerator.main_process_first():
         data = load_image_dataset(data_args, seed=args.seed)
     model, mean, std = build_model(model_args, data.labels)
+    if resume_dir is not None:
+        check_compatible(resume_dir, model.config)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     image_size = model.config.image_size
@@ -119,131 +254,117 @@ def main(argv: list[str] | None = None) -> dict:
         eval_set, args.per_device_eval_batch_size, False, args.seed, data_args.dataloader_num_workers
     )
 
-    resume_dir = None
-    if args.resume_from_checkpoint:
-        resume_dir = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-        check_compatible(resume_dir, model.config)
-
     if (plugin := accelerator.state.deepspeed_plugin) is not None:
         # DeepSpeed clips inside its own step, with the value from its config: hand it ours.
         plugin.deepspeed_config["gradient_clipping"] = args.max_grad_norm
     optimizer = build_optimizer(model, args)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
-    # Counted after `prepare`, which shards the loader: these are this process's batches, i.e. optimizer steps.
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    # Counted after `prepare`, which shards the loader: these are this process's batches.
+    accumulation = args.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_loader) / accumulation)
     total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = accelerator.prepare(build_scheduler(optimizer, args, total_steps))
     eval_every = args.eval_steps or steps_per_epoch
     checkpoint_every = steps_per_epoch if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps or 0)
+    windows = AccumulationWindows(
+        len(train_loader), args.per_device_train_batch_size, len(train_set), accumulation, accelerator.num_processes
+    )
 
-    state = TrainerState()
-    log = JsonlLog(output_dir, enabled=accelerator.is_main_process)
+    state = TrainerState(total_steps=total_steps, settings=settings)
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
-        state = TrainerState.from_file(resume_dir / "trainer_state.json")
-        logger.info(f"Resumed from {resume_dir} at step {state.completed_steps}", main_process_only=True)
+        state = resumed
+        state.total_steps, state.settings, state.files = total_steps, settings, None
+    reporter = Reporter(accelerator, output_dir, total_steps, state.completed_steps)
     if accelerator.is_main_process:
-        # The directory then holds this run alone, as it stands (a fresh run under --overwrite_output_dir starts
-        # from an empty log and no checkpoints, which rotation and `latest` would otherwise mistake for its own).
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_checkpoints(output_dir, state.completed_steps)
-        log.truncate_after(state.completed_steps)
+        # The directory then holds this run alone, as it stands: no half-written checkpoints, no checkpoints or log
+        # lines from past this step (an overwritten run, or the abandoned future of an older checkpoint resumed).
+        removed = remove_stale_checkpoints(output_dir, state.completed_steps)
+        if removed:
+            reporter.info(f"Removed {', '.join(removed)}: they come after the step this run resumes from.")
+        reporter.log.truncate_after(state.completed_steps)
     if args.with_tracking:
-        hparams = {k: v for k, v in {**vars(model_args), **vars(data_args), **vars(args)}.items() if v is not None}
-        accelerator.init_trackers("vit_accel", config=hparams)
-
-    metric = evaluate.load(METRIC_SCRIPT, keep_in_memory=True)
-    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(
+        accelerator.init_trackers("vit_accel", config=tracker_config(model_args, data_args, args))
+    if resume_dir is not None:
+        reporter.info(f"Resumed from {resume_dir} at step {state.completed_steps}")
+    reporter.info(
         f"{len(data.train)} training / {len(data.validation)} eval images, {len(data.labels)} classes; "
-        f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), global batch {global_batch}, "
-        f"{total_steps} optimizer steps",
-        main_process_only=True,
-    )
-    progress = tqdm(
-        total=total_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process, unit="step"
+        f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), global batch "
+        f"{args.per_device_train_batch_size * accelerator.num_processes * accumulation}, {total_steps} optimizer steps"
     )
 
-    results: dict = {}
-    running_loss = torch.zeros((), device=accelerator.device)
-    running_batches, images_seen, window_start = 0, 0, time.perf_counter()
+    results: dict = dict(state.last_eval or {})
+    meter = LossMeter(accelerator)
     model.train()
-    while state.completed_steps < total_steps and state.epoch < num_epochs:
-        loader = train_loader
-        if state.batches_in_epoch:
-            # Resumed mid-epoch: the shuffle order is a function of (seed, epoch), so skipping the batches already
-            # seen puts us exactly where the interrupted run was.
-            loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-        # On the prepared loader, not the dataset: accelerate re-applies the loader's own epoch counter at each
-        # iteration, which restarts at 0 in a resumed process.
-        loader.set_epoch(state.epoch)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                pixel_values = train_pipeline.on_device(batch["pixel_values"])
-                logits = model(pixel_values=pixel_values).logits
-                loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=args.label_smoothing)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            state.batches_in_epoch += 1
-            # Kept on the device: a .item() here would make every step wait for the accelerator.
-            running_loss += loss.detach()
-            running_batches += 1
-            images_seen += batch["labels"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
+    with logging_redirect_tqdm(loggers=[logging.root]):
+        while state.completed_steps < total_steps and state.epoch < num_epochs:
+            loader = train_loader
+            if state.batches_in_epoch:
+                # Resumed mid-epoch: the shuffle order is a function of (seed, epoch), so skipping the batches already
+                # seen puts us exactly where the interrupted run was.
+                loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+            # On the prepared loader, not the dataset: accelerate re-applies the loader's own epoch counter at each
+            # iteration, which restarts at 0 in a resumed process.
+            loader.set_epoch(state.epoch)
+            for batch in loader:
+                examples = windows.examples(state.batches_in_epoch, batch["labels"].shape[0])
+                with accelerator.accumulate(model):
+                    logits = model(pixel_values=train_pipeline.on_device(batch["pixel_values"])).logits
+                    losses = F.cross_entropy(
+                        logits.float(), batch["labels"], label_smoothing=args.label_smoothing, reduction="none"
+                    )
+                    # accelerate (and DeepSpeed) divide by the accumulation steps: this makes the step's gradient the
+                    # mean over the window's examples, however many micro-batches it really had.
+                    accelerator.backward(losses.sum() * (accumulation / examples))
+                    grad_norm = None
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.batches_in_epoch += 1
+                meter.add(losses)
+                if not accelerator.sync_gradients:
+                    continue
 
-            scheduler.step()
-            state.completed_steps += 1
-            progress.update(1)
-            if len(train_loader) == state.batches_in_epoch:
-                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                scheduler.step()
+                state.completed_steps += 1
+                reporter.bar.update(1)
+                if len(train_loader) == state.batches_in_epoch:
+                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                last_step = state.completed_steps == total_steps
 
-            if state.completed_steps % args.logging_steps == 0 or state.completed_steps == total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": state.completed_steps,
-                    "epoch": round(state.epoch + state.batches_in_epoch / len(train_loader), 4),
-                    "loss": accelerator.reduce(running_loss / running_batches, "mean").item(),
-                    "lr": scheduler.get_last_lr()[0],
-                    "images_per_second": round(images_seen / elapsed, 2),
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                log.write(record)
-                accelerator.log(record, step=state.completed_steps)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                logger.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()), main_process_only=True)
-                running_loss.zero_()
-                running_batches, images_seen, window_start = 0, 0, time.perf_counter()
+                if state.completed_steps % args.logging_steps == 0 or last_step:
+                    loss, images_per_second = meter.read()
+                    record = {
+                        "step": state.completed_steps,
+                        "epoch": round(state.epoch + state.batches_in_epoch / len(train_loader), 4),
+                        "loss": loss,
+                        "lr": scheduler.get_last_lr()[0],
+                        "global_batch": examples * accelerator.num_processes,
+                        "images_per_second": images_per_second,
+                    }
+                    reporter.training(record if grad_norm is None else {**record, "grad_norm": float(grad_norm)})
 
-            if state.completed_steps % eval_every == 0 or state.completed_steps == total_steps:
-                results = evaluate_model(accelerator, model, eval_loader, eval_pipeline, metric)
-                record = {"step": state.completed_steps, "epoch": state.epoch, **results}
-                log.write(record)
-                accelerator.log(record, step=state.completed_steps)
-                logger.info(" ".join(f"{k}={v:.4f}" for k, v in results.items()), main_process_only=True)
-                if state.best_metric is None or results["eval_top1"] > state.best_metric:
-                    state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
+                if state.completed_steps % eval_every == 0 or last_step:
+                    evaluation = evaluate_classifier(
+                        accelerator, model, eval_loader, eval_pipeline.on_device, len(data.labels)
+                    )
+                    results = state.last_eval = evaluation.metrics()
+                    reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
+                    if state.best_metric is None or results["eval_top1"] > state.best_metric:
+                        state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
 
-            if checkpoint_every and state.completed_steps % checkpoint_every == 0:
-                if state.best_step == state.completed_steps:
-                    state.best_checkpoint = f"checkpoint-{state.completed_steps}"
-                saved = save_checkpoint(accelerator, output_dir, state, accelerator.unwrap_model(model).config)
-                if accelerator.is_main_process:
-                    rotate_checkpoints(output_dir, args.save_total_limit, keep=state.best_checkpoint)
-                    if args.push_to_hub and args.hub_strategy == "checkpoint":
-                        push_to_hub(saved, args.hub_model_id, args.hub_private_repo, path_in_repo="last-checkpoint")
+                if checkpoint_every and state.completed_steps % checkpoint_every == 0:
+                    checkpoint(accelerator, model, state, (train_set, eval_set), args)
 
-            if state.completed_steps >= total_steps:
-                break
-    progress.close()
+                if state.completed_steps >= total_steps:
+                    break
+    reporter.bar.close()
 
+    bad_train = gather_bad_rows(accelerator, train_set, state.bad_rows.get("train", []))
+    bad_eval = gather_bad_rows(accelerator, eval_set, state.bad_rows.get("validation", []))
     # Data-parallel replicas must hold the same weights; differing checksums mean the processes were not in sync.
     checksum = torch.stack([p.detach().float().sum() for p in model.parameters()]).sum().reshape(1)
     final = {
@@ -252,27 +373,40 @@ def main(argv: list[str] | None = None) -> dict:
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "replica_checksums": accelerator.gather(checksum).tolist(),
+        "train_unreadable_images": len(bad_train),
+        "eval_unreadable_images": len(bad_eval),
     }
-    command = [os.path.basename(sys.argv[0]), *sys.argv[1:]]
-    save_final_model(accelerator, model, output_dir, mean, std, final, command, (model_args, data_args, args))
+    if data_args.bad_images == "skip":
+        reporter.log.write({"step": state.completed_steps, **{k: final[k] for k in final if "unreadable" in k}})
+    if bad_train or bad_eval:
+        reporter.info(
+            f"Unreadable images replaced (--bad_images skip): {len(bad_train)} training rows {bad_train[:10]}, "
+            f"{len(bad_eval)} evaluation rows {bad_eval[:10]}."
+        )
+    command = recorded_command([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    record = {"command": command, **recorded_arguments(model_args, data_args, args)}
+    save_final_model(accelerator, model, output_dir, mean, std, final, record)
     if accelerator.is_main_process:
-        plot_curves(log.records(), output_dir / CURVES_FILE)
+        plot_curves(reporter.log.records(), output_dir / CURVES_FILE)
         write_model_card(output_dir)
         if args.push_to_hub:
-            logger.info(f"Pushed to {push_to_hub(output_dir, args.hub_model_id, args.hub_private_repo)}")
+            url = push_to_hub(output_dir, args.hub_model_id, args.hub_private_repo, token=args.hub_token)
+            reporter.info(f"Pushed to {url}")
     accelerator.end_training()
     return final
+
+
+def tracker_config(*arguments) -> dict:
+    """Hyperparameters for the trackers: every argument that is set, the token left out."""
+    flat = {k: v for values in recorded_arguments(*arguments).values() for k, v in values.items()}
+    return {k: v for k, v in flat.items() if v is not None and k != "hub_token"}
 
 
 def cli() -> None:
     try:
         results = main()
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        if not raised_by_our_checks(error, __file__):
-            raise
-        # User errors (flags, recipe, paths, shapes) get one line, not a traceback wall.
-        print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except UserError as error:
+        sys.exit(report("train.py", error))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
 

@@ -2,7 +2,7 @@
 
 Measures, each in a fresh child process: wall time and peak RSS of `vit_accel.weights.convert` (as `vit-accel
 convert` runs it), at 224 px and resampled to 384 px, next to the time to simply read the npz and write the same bytes
-(16 MiB chunks). Targets (issue 3): peak RSS <= 1.5x the checkpoint size, time <= 2x the plain read+write.
+(16 MiB chunks). Targets: peak RSS <= 1.5x the checkpoint size, time <= 2x the plain read+write.
 
     python bench/convert_npz.py [--workdir /tmp/vit_bench] [--repeats 2] [--keep]
 """

@@ -1,4 +1,4 @@
-"""Data-pipeline benchmark (issue 4): images/s per worker for the `cifar` preset at 224 px output.
+"""Data-pipeline benchmark: images/s per worker for the `cifar` preset at 224 px output.
 
 Two orders of the same augmentation, on the same PNG-encoded 32x32 images, in one run, on one CPU thread (a DataLoader
 worker runs with one thread):
@@ -9,7 +9,8 @@ worker runs with one thread):
   224 and normalise. The batch resize normally runs on the accelerator; here it runs on the CPU in the same thread and
   is counted in the per-worker cost: in the collate step (uint8, as `make_dataloader(resize_to=...)` does on
   CPU-only runs); a second line leaves it to the accelerator; a third also normalises to float32 in the same thread
-  (what `Pipeline.on_device` adds in the main process of a CPU-only run), for outputs equal to the seed's.
+  (what `Pipeline.on_device` adds in the main process of a CPU-only run), for outputs equal to FlagAI's order
+  (augmentation at 224 px).
 
 Every path includes decoding the PNG bytes and the RGB conversion. Usage:
     python bench/data_pipeline.py [--num-images 2048] [--batch-size 64] [--repeats 3] [--size 224]
@@ -34,7 +35,7 @@ from torchvision import transforms as v1
 
 from vit_accel.data import ImageClassificationDataset, build_pipeline, collate, example_seed
 
-CIFAR_MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100 statistics, as the seed normalises
+CIFAR_MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100 statistics, as FlagAI's example normalises
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
 
 
@@ -63,7 +64,7 @@ def decode(data: bytes) -> PIL.Image.Image:
 
 
 def opener(source: str) -> Callable:
-    """How an example becomes a PIL image: "array" = already decoded in memory, as the seed's torchvision CIFAR100
+    """How an example becomes a PIL image: "array" = already decoded in memory, as FlagAI's torchvision CIFAR100
     dataset holds them (`Image.fromarray` per item); "png" = PNG bytes, as Hub parquet files store them."""
     return PIL.Image.fromarray if source == "array" else decode
 
@@ -182,7 +183,7 @@ def main() -> None:
     print(f"| {'pipeline':<72} | {'best images/s per worker':>24} | {'vs seed (median of rounds)':>26} |")
     print(f"|{'-' * 74}|{'-' * 25}:|{'-' * 27}:|")
     for name, values in rates.items():
-        # Each line against the seed order on the same source.
+        # Each line against FlagAI's order on the same source.
         baseline = next(rate for key, rate in rates.items() if key.split("]")[0] == name.split("]")[0])
         ratio = float(np.median([value / base for value, base in zip(values, baseline)]))
         print(f"| {name:<72} | {max(values):>24,.0f} | {ratio:>25.1f}x |")

@@ -1,4 +1,4 @@
-"""End-to-end benchmark (issue 7): a short real run of train.py (data -> model -> optimizer), its images/s, and the
+"""End-to-end benchmark: a short real run of train.py (data -> model -> optimizer), its images/s, and the
 share of the step time the training loop spends waiting for data.
 
 The run is `train.main([...])` itself, in this process, on a generated CIFAR-like dataset (32x32 PNGs cut from

@@ -1,6 +1,6 @@
-"""The GPU run of issue 7 in one command: bench/train_step.py then bench/end_to_end.py, both tables in one report.
+"""The GPU run in one command: bench/train_step.py then bench/end_to_end.py, both tables in one report.
 
-Sized for one call of the lent machine (REFERENCE.md §6: one H100 or H200, torch 2.11, transformers 5.17, timm; no
+Sized for one call of a lent GPU machine (one H100 or H200 with torch 2.11, transformers 5.17 and timm, but no
 `datasets`, `evaluate` nor `deepspeed`). The train-step benchmark needs none of those; it starts no new row after
 `--train-step-budget` seconds (rows are ordered by importance) and is stopped at its share of `--total`, keeping
 what it measured. The end-to-end benchmark runs train.py, which imports `datasets` and `evaluate`: without them it
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
     e2e_code, e2e_seconds = run_stage("end_to_end", end_to_end, out, timeout=max(remaining, 60.0))
 
     report = (
-        f"## Issue 7 benchmarks{' (dry run: tiny shapes on the CPU)' if args.dry_run else ''}\n\n"
+        f"## GPU benchmarks{' (dry run: tiny shapes on the CPU)' if args.dry_run else ''}\n\n"
         f"{environment}; Python {sys.version.split()[0]}; {datetime.date.today().isoformat()}\n\n"
         f"Command: `python bench/run_gpu.py{' --dry-run' if args.dry_run else ''}`; "
         f"{time.perf_counter() - start:.0f} s in all.\n\n"

@@ -1,4 +1,4 @@
-"""Train-step benchmark (issue 7): images/s and peak memory of ours vs transformers' ViT (sdpa) vs timm's.
+"""Train-step benchmark: images/s and peak memory of ours vs transformers' ViT (sdpa) vs timm's.
 
 One training step = forward, cross-entropy, backward, fused AdamW step, zero_grad (set_to_none); the
 same shape, batch, dtype, seed and data for the three models:
@@ -16,10 +16,10 @@ table gives the median over rounds, and "ours / faster peer" is the median over 
 faster peer's rate in the same round.
 
 On CUDA it also runs `torch.compile`d models ("compiled" rows), finds the largest batch that fits (eager, doubling then
-bisecting, each worker alone on the GPU) and gives MFU from the training FLOPs per image of REFERENCE.md §3: the full
-model's FLOPs for all three, although ours runs its last block on the CLS token only (about 1/depth less work), so its
-MFU is an effective figure by that much. Rows run
-in order of importance and stop starting new ones after `--time-budget` seconds; the table is rewritten after each row.
+bisecting, each worker alone on the GPU) and gives MFU from the training FLOPs per image (6 x timm's forward GMACs):
+the full model's FLOPs for all three, although ours runs its last block on the CLS token only (about 1/depth less
+work), so its MFU is an effective figure by that much. Rows run in order of importance and stop starting new ones
+after `--time-budget` seconds; the table is rewritten after each row.
 
 Usage:
     python bench/train_step.py                       # CPU: S/16 at 96 px, batch 16 (about 2 minutes here)
@@ -60,7 +60,8 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "L": (1024, 24, 16, 4096),
     "H": (1280, 32, 16, 5120),
 }
-# Training FLOPs per image (6 x timm's forward GMACs) from REFERENCE.md §3; other shapes use `forward_macs`.
+# Training FLOPs per image: 6 x timm's published forward GMACs (forward 2x, backward 4x); other shapes use
+# `forward_macs`.
 REFERENCE_TRAIN_FLOPS: dict[str, float] = {
     "B/16@224": 105.5e9,
     "B/32@224": 26.5e9,
@@ -70,7 +71,7 @@ REFERENCE_TRAIN_FLOPS: dict[str, float] = {
     "L/16@384": 1147e9,
 }
 # Dense bf16 peak on paper (H100 SXM; the H200 has the same compute), and what 8192^3 bf16 matmuls reached on this
-# workplace's H100/H200 (REFERENCE.md §6): MFU is given against both.
+# H100/H200 machines this project measures on: MFU is given against both.
 PAPER_PEAK_BF16 = {"H100": 989e12, "H200": 989e12}
 MEASURED_PEAK_BF16 = 800e12
 
@@ -119,7 +120,7 @@ def forward_macs(shape: Shape, num_labels: int = NUM_LABELS) -> float:
 
 
 def train_flops_per_image(shape: Shape) -> float:
-    """REFERENCE.md §3's figure where it has one, else 6 x forward MACs (forward 2x, backward 4x)."""
+    """The published figure where there is one, else 6 x forward MACs (forward 2x, backward 4x)."""
     return REFERENCE_TRAIN_FLOPS.get(shape.name, 6.0 * forward_macs(shape))
 
 

@@ -19,6 +19,29 @@ from factories import FAKE_TOKEN, ROOT  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def run_train(monkeypatch, capsys):
+    """train.py's command line, run in this process as a fresh one would: returns (exit status, stderr)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import train
+
+    def run(argv: list[str]) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+        try:
+            train.cli()
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+        finally:
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+        return code, capsys.readouterr().err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A tiny ViT fine-tuned for real by train.py on the digits (8 steps), with a token in the environment."""

@@ -22,7 +22,7 @@ def tiny_config_kwargs(**overrides) -> dict:
     return kwargs
 
 
-# --- Image datasets in the real on-disk formats (issue 4). Tiny: tens of 32x32 images, built in a tmp folder. ---
+# --- Image datasets in the real on-disk formats. Tiny: tens of 32x32 images, built in a tmp folder. ---
 
 
 def random_rgb(seed: int, size: tuple[int, int] = (32, 32)):
@@ -212,3 +212,20 @@ def write_google_npz(path, **kwargs):
 
     np.savez(path, **google_npz_arrays(**kwargs))
     return path
+
+
+def npz_bytes(**kwargs) -> bytes:
+    """`google_npz_arrays(**kwargs)` as the bytes of an npz file (what a weights server sends)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **google_npz_arrays(**kwargs))
+    return buffer.getvalue()
+
+
+def cache_files(root) -> list:
+    """The file names in `<root>/vit_accel`, where named variants are cached."""
+    folder = Path(root) / "vit_accel"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []

@@ -1,8 +1,9 @@
 import json
 
 import pytest
+from factories import tiny_config_kwargs
 
-from vit_accel import VIT_VARIANTS, ViTAccelConfig
+from vit_accel import VIT_VARIANTS, ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
 
 SEED_VARIANTS = [f"vit-{s}-p{p}-{r}" for s in ("base", "large") for p in (16, 32) for r in (224, 384)]
 
@@ -45,23 +46,54 @@ def test_unknown_variant_lists_valid_names():
         assert name in str(info.value)
 
 
-def test_hidden_size_not_divisible_by_heads():
-    with pytest.raises(ValueError, match=r"hidden_size \(100\) must be divisible by .*num_attention_heads \(12\)"):
-        ViTAccelConfig(hidden_size=100, num_attention_heads=12)
+def test_inconsistent_config_constructs_and_the_model_names_the_fault():
+    # As transformers' configurations: any values construct (its ConfigTester builds hidden_size=37 with 12 heads);
+    # building a model from them is what fails, naming the fields.
+    config = ViTAccelConfig(hidden_size=37, num_attention_heads=12)
+    assert config.hidden_size == 37
+    for model_class in (ViTAccelModel, ViTAccelForImageClassification):
+        with pytest.raises(ValueError, match=r"hidden_size \(37\) must be divisible by num_attention_heads \(12\)"):
+            model_class(config)
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("image_size", 30, "image_size 30 must be a positive multiple of ViTAccelConfig.patch_size 16"),
-        ("drop_path_rate", 1.5, "drop_path_rate must be in"),
-        ("num_hidden_layers", 0, "num_hidden_layers must be a positive integer"),
-        ("representation_size", -1, "representation_size must be None or positive"),
+        ("image_size", 30, "image_size 30 must be a multiple of patch_size 8"),
+        ("image_size", (32, 30), r"image_size \(32, 30\) must be a multiple of patch_size"),
+        ("drop_path_rate", 1.5, r"drop_path_rate must be in \[0, 1\), got 1.5"),
+        ("hidden_dropout_prob", -0.1, r"hidden_dropout_prob must be in \[0, 1\)"),
+        ("attention_probs_dropout_prob", 1.0, r"attention_probs_dropout_prob must be in \[0, 1\)"),
+        ("num_hidden_layers", 0, "num_hidden_layers must be a positive integer, got 0"),
+        ("representation_size", -1, "representation_size must be None or a positive integer, got -1"),
+        ("pooler_output_size", 0, "pooler_output_size must be None or a positive integer, got 0"),
+        ("hidden_act", "swishy", "hidden_act 'swishy' is not an activation"),
+        ("pooler_act", "nope", "pooler_act 'nope' is not an activation"),
     ],
 )
-def test_bad_fields_name_the_field(field, value, message):
-    with pytest.raises(ValueError, match=message):
-        ViTAccelConfig(**{field: value})
+def test_bad_fields_construct_but_the_model_names_the_field(field, value, message):
+    config = ViTAccelConfig(**tiny_config_kwargs(**{field: value}))
+    assert getattr(config, field) == value
+    with pytest.raises(ValueError, match=message) as info:
+        ViTAccelModel(config)
+    assert str(info.value).count("\n") == 0 and str(info.value).startswith("Cannot build a ViTAccel model")
+
+
+def test_every_problem_is_named_at_once():
+    config = ViTAccelConfig(**tiny_config_kwargs(hidden_size=50, image_size=30, drop_path_rate=2.0))
+    with pytest.raises(ValueError) as info:
+        ViTAccelForImageClassification(config)
+    for fragment in ("hidden_size (50)", "image_size 30", "drop_path_rate"):
+        assert fragment in str(info.value)
+
+
+def test_representation_size_and_pooler_output_size_must_agree():
+    config = ViTAccelConfig(**tiny_config_kwargs(representation_size=24, pooler_output_size=32))
+    with pytest.raises(ValueError, match=r"representation_size \(24\) and pooler_output_size \(32\)"):
+        ViTAccelModel(config)
+    # Equal values are one width said twice.
+    model = ViTAccelModel(ViTAccelConfig(**tiny_config_kwargs(representation_size=24, pooler_output_size=24)))
+    assert model.pooler.dense.out_features == 24
 
 
 def test_labels_round_trip_through_json(tmp_path):

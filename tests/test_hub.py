@@ -32,6 +32,9 @@ def test_push_uploads_the_model_without_checkpoints(trained_run, monkeypatch):
     calls = []
 
     class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
         def create_repo(self, repo_id, **kwargs):
             calls.append(("create_repo", repo_id, kwargs))
             return f"https://huggingface.co/{repo_id}"
@@ -42,7 +45,8 @@ def test_push_uploads_the_model_without_checkpoints(trained_run, monkeypatch):
     monkeypatch.setattr(vit_accel.hub, "HfApi", FakeApi)
     url = push_to_hub(trained_run, "someone/digits-vit", private=True)
     assert url == "https://huggingface.co/someone/digits-vit"
-    (_, repo_id, repo_kwargs), (_, upload) = calls
+    (_, token), (_, repo_id, repo_kwargs), (_, upload) = calls
+    assert token is None  # huggingface_hub's own: HF_TOKEN or `hf auth login`
     assert repo_id == "someone/digits-vit" and repo_kwargs["private"] is True and repo_kwargs["exist_ok"]
     assert upload["folder_path"] == str(trained_run) and upload["repo_id"] == "someone/digits-vit"
     assert "checkpoint-*" in upload["ignore_patterns"] and "*.tmp" in upload["ignore_patterns"]

@@ -128,8 +128,8 @@ def test_bad_input_names_the_file(trained_run, digit_images, tmp_path, capsys):
     shutil.copy(trained_run / "preprocessor_config.json", encoder)
 
     cases = [
-        ([str(no_weights)], f"{no_weights} has no weights"),
-        ([str(no_config)], f"{no_config / 'config.json'} is missing"),
+        ([str(no_weights)], f"--model {no_weights}: no weights"),
+        ([str(no_config)], f"--model {no_config}: config.json is missing"),
         ([str(encoder)], "holds a ViTAccelModel model, not an image classifier"),
     ]
     for model, message in cases:

@@ -6,12 +6,20 @@ import textwrap
 import pytest
 import torch
 from factories import tiny_config_kwargs
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 from vit_accel import (
     ViTAccelConfig,
     ViTAccelForImageClassification,
     ViTAccelModel,
+    ViTAccelPreTrainedModel,
     resample_position_embeddings,
 )
 
@@ -131,6 +139,8 @@ def test_fresh_process_without_vit_accel_loads_with_remote_code(tmp_path):
         import sys
         sys.modules["vit_accel"] = None  # any import of vit_accel now fails
         import torch
+        # The same thread count as this process, so that the CPU kernels reduce in the same order (bit-exact).
+        torch.set_num_threads({torch.get_num_threads()})
         from transformers import AutoModelForImageClassification
         model = AutoModelForImageClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
         assert "vit_accel" not in type(model).__module__.split(".")[0], type(model).__module__
@@ -268,3 +278,203 @@ def test_parameter_counts_match_timm(variant, timm_name):
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters())
     assert count > 80_000_000
+
+
+def vit_model_pair(**overrides):
+    """A random transformers `ViTModel` (with its pooler) and our bare model holding the same weights."""
+    pooler_fields = {k: overrides.pop(k) for k in ("pooler_output_size", "pooler_act") if k in overrides}
+    kwargs = tiny_config_kwargs(**overrides)
+    torch.manual_seed(0)
+    reference = ViTModel(
+        ViTConfig(**kwargs, **pooler_fields, layer_norm_eps=1e-6, hidden_act="gelu", attn_implementation="eager")
+    ).eval()
+    ours = ViTAccelModel(ViTAccelConfig(**kwargs, **pooler_fields)).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+@pytest.mark.parametrize("pooler_fields", [{}, {"pooler_output_size": 24, "pooler_act": "relu"}])
+def test_bare_model_has_vit_models_pooler(pooler_fields):
+    reference, ours = vit_model_pair(**pooler_fields)
+    assert set(ours.state_dict()) == set(reference.state_dict())
+    assert {"pooler.dense.weight", "pooler.dense.bias"} <= set(ours.state_dict())
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = reference(pixels), ours(pixels)
+    assert got.pooler_output.shape == (2, pooler_fields.get("pooler_output_size", 48))
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=ATOL, rtol=0)
+
+
+def test_add_pooling_layer_false_and_the_classifier_keep_todays_names():
+    config = ViTAccelConfig(**tiny_config_kwargs())
+    bare = ViTAccelModel(config, add_pooling_layer=False)
+    assert bare.pooler is None and not any(key.startswith("pooler.") for key in bare.state_dict())
+    with torch.no_grad():
+        assert bare(torch.randn(1, 3, 32, 32)).pooler_output is None
+    # The classifier reads the CLS token: no pooler unless representation_size (Google's pre_logits) asks for one.
+    classifier = ViTAccelForImageClassification(config)
+    assert classifier.vit.pooler is None and classifier.classifier.in_features == 48
+    with_pre_logits = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(representation_size=24)))
+    assert {"vit.pooler.dense.weight", "vit.pooler.dense.bias"} <= set(with_pre_logits.state_dict())
+    assert with_pre_logits.classifier.in_features == 24
+    # representation_size also sets the bare model's pooler width.
+    assert ViTAccelModel(with_pre_logits.config).pooler.dense.out_features == 24
+
+
+def test_fresh_pooler_is_initialised_by_init_weights(tmp_path):
+    torch.manual_seed(0)
+    config = ViTAccelConfig(**tiny_config_kwargs(hidden_size=128, initializer_range=0.01))
+    dense = ViTAccelModel(config).pooler.dense
+    # torch's own Linear init would give std ~0.05 and a non-zero bias.
+    assert dense.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert torch.count_nonzero(dense.bias) == 0
+    # Loading a classifier checkpoint (no pooler) into the bare model: the missing pooler goes through _init_weights.
+    ViTAccelForImageClassification(config).save_pretrained(tmp_path)
+    loaded = ViTAccelModel.from_pretrained(tmp_path)
+    assert loaded.pooler.dense.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert torch.count_nonzero(loaded.pooler.dense.bias) == 0
+
+
+def test_output_hidden_states_selects_layers():
+    reference, ours = hf_pair(num_hidden_layers=3)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every = ours(pixels, output_hidden_states=True).hidden_states
+        selected = ours(pixels, output_hidden_states=[0, 2]).hidden_states
+        penultimate = ours.vit(pixels, output_hidden_states=[-2]).hidden_states
+        theirs = reference(pixels, output_hidden_states=[0, 2]).hidden_states
+    assert len(every) == 4
+    # As transformers: the unselected states are left out (None), the selected ones are the full run's.
+    assert [state is None for state in selected] == [False, True, False, True]
+    assert [state is None for state in selected] == [state is None for state in theirs]
+    torch.testing.assert_close(selected[0], every[0], atol=0, rtol=0)
+    torch.testing.assert_close(selected[2], every[2], atol=0, rtol=0)
+    assert [state is None for state in penultimate] == [True, True, False, True]
+    torch.testing.assert_close(penultimate[2], every[2], atol=0, rtol=0)
+
+
+def test_outputs_are_recorded_by_hooks_on_our_layers():
+    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    assert _CAN_RECORD_REGISTRY.get(model.vit) == {
+        "hidden_states": type(model.vit.layers[0]),
+        "attentions": type(model.vit.layers[0].attention),
+    }
+    # A hook on a block sees what output_hidden_states returns: the block's output is its recorded state.
+    seen = []
+    model.vit.layers[1].register_forward_hook(lambda module, args, output: seen.append(output))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32), output_hidden_states=True, output_attentions=True)
+    assert len(seen) == 1 and seen[0] is out.hidden_states[2]
+    assert getattr(model.vit, "_output_capturing_hooks_installed", False)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 17, 17)
+
+
+def test_loss_goes_through_transformers_loss_function_in_float32():
+    torch.manual_seed(0)
+    pixels = torch.randn(4, 3, 32, 32)
+    cases = [
+        (5, torch.tensor([0, 4, 2, 1]), lambda logits, y: torch.nn.functional.cross_entropy(logits.float(), y)),
+        (
+            5,
+            torch.randint(0, 2, (4, 5)).float(),
+            lambda logits, y: torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y),
+        ),
+        (1, torch.randn(4), lambda logits, y: torch.nn.functional.mse_loss(logits.float().squeeze(-1), y)),
+    ]
+    for num_labels, labels, expected_loss in cases:
+        for dtype in (torch.float32, torch.bfloat16):
+            model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_labels=num_labels)))
+            model = model.to(dtype).eval()
+            calls = []
+
+            def spy(*args, _original=model.loss_function, _calls=calls, **kwargs):
+                _calls.append(args[1].dtype)
+                return _original(*args, **kwargs)
+
+            model.loss_function = spy
+            with torch.no_grad():
+                out = model(pixels, labels=labels)
+            assert calls == [torch.float32], (num_labels, dtype)
+            assert out.logits.dtype == dtype and out.loss.dtype == torch.float32
+            torch.testing.assert_close(out.loss, expected_loss(out.logits, labels), atol=1e-6, rtol=1e-6)
+
+
+def test_loss_honours_num_items_in_batch():
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        out = model(pixels, labels=labels, num_items_in_batch=torch.tensor(8))
+    expected = torch.nn.functional.cross_entropy(out.logits, labels, reduction="sum") / 8
+    torch.testing.assert_close(out.loss, expected)
+
+
+def legacy_named_directory(tmp_path):
+    """transformers' own ViT saved to disk (its older parameter names), with our config.json beside the weights."""
+    reference, _ = hf_pair()
+    reference.save_pretrained(tmp_path / "theirs")
+    directory = tmp_path / "legacy"
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes((tmp_path / "theirs" / "model.safetensors").read_bytes())
+    ViTAccelConfig(**tiny_config_kwargs()).save_pretrained(directory)
+    return reference, directory
+
+
+def test_legacy_vit_names_load_through_the_standard_path(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    reference, directory = legacy_named_directory(tmp_path)
+    with safe_open(str(directory / "model.safetensors"), "pt") as handle:
+        on_disk = set(handle.keys())
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in on_disk
+    # transformers' own from_pretrained alone: vit_accel's converting hook is switched off.
+    monkeypatch.setattr(ViTAccelPreTrainedModel, "_checkpoint_resolver", None)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference.eval()(pixels).logits
+    for loader in (ViTAccelForImageClassification, AutoModelForImageClassification):
+        model, info = loader.from_pretrained(directory, output_loading_info=True)
+        assert type(model) is ViTAccelForImageClassification
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(pixels).logits, expected, atol=ATOL, rtol=0)
+    base, info = ViTAccelModel.from_pretrained(directory, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"pooler.dense.weight", "pooler.dense.bias"}  # a classifier has none
+    assert not info["unexpected_keys"] or set(info["unexpected_keys"]) <= {"classifier.weight", "classifier.bias"}
+
+
+def test_save_pretrained_writes_transformers_on_disk_names_and_reads_both(tmp_path):
+    from safetensors.torch import load_file
+
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    model.save_pretrained(tmp_path / "on_disk")
+    model.save_pretrained(tmp_path / "in_memory", save_original_format=False)
+    reference, _ = hf_pair()
+    reference.save_pretrained(tmp_path / "theirs")
+    # The same names on disk as transformers' ViT writes.
+    assert set(load_file(tmp_path / "on_disk" / "model.safetensors")) == set(
+        load_file(tmp_path / "theirs" / "model.safetensors")
+    )
+    assert set(load_file(tmp_path / "in_memory" / "model.safetensors")) == set(model.state_dict())
+    for name in ("on_disk", "in_memory"):
+        loaded = ViTAccelForImageClassification.from_pretrained(tmp_path / name)
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), (name, key)
+
+
+def test_image_feature_extraction_pipeline_pools(tmp_path):
+    from PIL import Image
+    from transformers import ViTImageProcessor, pipeline
+
+    torch.manual_seed(0)
+    model = ViTAccelModel(ViTAccelConfig(**tiny_config_kwargs())).eval()
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    extractor = pipeline("image-feature-extraction", model=model, image_processor=processor)
+    image = Image.fromarray(torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8).numpy())
+    pooled = torch.tensor(extractor(image, pool=True))
+    with torch.no_grad():
+        expected = model(processor(image, return_tensors="pt").pixel_values).pooler_output
+    assert pooled.shape == (1, 48)
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)

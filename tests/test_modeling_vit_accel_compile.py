@@ -6,6 +6,7 @@ inductor does (graph breaks would show there) but skips inductor's C++ code gene
 minutes. The inductor-compiled speed is measured on CUDA by bench/train_step.py.
 """
 
+import pytest
 import torch
 from factories import tiny_config_kwargs
 from torch._dynamo.utils import counters
@@ -18,18 +19,42 @@ def tiny_model(**overrides) -> ViTAccelForImageClassification:
     return ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(**overrides)))
 
 
-def test_forward_has_no_graph_breaks():
+# The attention backends that run on a CPU (flash attention needs CUDA).
+CPU_BACKENDS = ["eager", "sdpa", "flex_attention"]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_forward_has_no_graph_breaks(backend):
     model = tiny_model().eval()
+    model.set_attn_implementation(backend)
     pixel_values = torch.randn(2, 3, 32, 32)
-    explanation = torch._dynamo.explain(model)(pixel_values)
+    torch._dynamo.reset()
+    with torch.no_grad():  # torch's flex_attention runs no backward on the CPU
+        explanation = torch._dynamo.explain(model)(pixel_values)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
 
-def test_training_forward_with_labels_has_no_graph_breaks():
+def test_recorded_outputs_have_no_graph_breaks():
+    # Hidden states and attention maps are recorded by hooks (transformers' capture_outputs), traced as well. The
+    # hooks are installed by the first call that asks for outputs; installing them is not traced.
+    model = tiny_model().eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        model(pixel_values, output_hidden_states=True)
+        explanation = torch._dynamo.explain(model)(pixel_values, output_hidden_states=True, output_attentions=True)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# flex_attention is left out: torch refuses dropout in it and runs no backward on the CPU.
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_training_forward_with_labels_has_no_graph_breaks(backend):
     # Training mode with dropout and stochastic depth on, and the loss computed inside the model.
     model = tiny_model(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, drop_path_rate=0.1).train()
+    model.set_attn_implementation(backend)
     model.config.problem_type = "single_label_classification"
+    torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32), labels=torch.tensor([1, 3]))
     assert explanation.graph_break_count == 0, explanation.break_reasons
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-from .errors import raised_by_our_checks
+from .errors import UserError, report
 
 
 def _variants(args: argparse.Namespace) -> int:
@@ -50,7 +49,7 @@ def _convert(args: argparse.Namespace) -> int:
     """Any supported checkpoint -> a ViTAccel directory (config.json + model.safetensors)."""
     import time
 
-    from .weights import CheckpointError, WeightsDownloadError, convert
+    from .weights import convert
 
     overrides = {
         key: value
@@ -64,22 +63,18 @@ def _convert(args: argparse.Namespace) -> int:
     }
     start = time.perf_counter()
     out = Path(args.output)
-    try:
-        model = convert(
-            args.source,
-            out,
-            progress=_Progress("reading", args.quiet),
-            write_progress=_Progress("writing", args.quiet),
-            variant=args.variant,
-            head_init=args.head_init,
-            resample_mode=args.resample_mode,
-            weights=args.weights,
-            quiet=args.quiet,
-            **overrides,
-        )
-    except (CheckpointError, WeightsDownloadError, ValueError) as error:
-        print(f"vit-accel convert: {error}", file=sys.stderr)
-        return 2
+    model = convert(
+        args.source,
+        out,
+        progress=_Progress("reading", args.quiet),
+        write_progress=_Progress("writing", args.quiet),
+        variant=args.variant,
+        head_init=args.head_init,
+        resample_mode=args.resample_mode,
+        weights=args.weights,
+        quiet=args.quiet,
+        **overrides,
+    )
     config = model.config
     size = (out / "model.safetensors").stat().st_size
     print(
@@ -91,27 +86,19 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """A ViTAccel directory -> a transformers ViT directory or timm weights."""
-    from .weights import CheckpointError, export
+    """A ViTAccel directory -> transformers, timm, ONNX or a torch.export ExportedProgram."""
+    from .weights import export
 
-    try:
-        out = export(args.source, args.output, to=args.to)
-    except (CheckpointError, ValueError, OSError) as error:
-        print(f"vit-accel export: {error}", file=sys.stderr)
-        return 2
-    processor = Path(args.source) / "preprocessor_config.json"
-    if args.to == "transformers" and processor.is_file():
-        # The image processor goes along, so that `pipeline("image-classification", model=out)` works as is.
-        shutil.copy(processor, out / processor.name)
-    print(f"wrote {args.to} checkpoint to {out}")
+    out = export(args.source, args.output, to=args.to)
+    print(f"wrote {args.to} export to {out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vit-accel", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="vit-accel", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     variants = commands.add_parser("variants", help="list the named ViT variants and their sizes")
-    variants.add_argument("--num-labels", type=int, default=1000, help="classifier width used for the counts")
+    variants.add_argument("--num_labels", type=int, default=1000, help="classifier width used for the counts")
     variants.set_defaults(func=_variants)
 
     convert = commands.add_parser(
@@ -123,40 +110,127 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="named variant (e.g. vit-base-p16-384), file, directory or Hub id")
     convert.add_argument("output", help="directory to write")
     convert.add_argument("--variant", help="named variant the source must fit (default: the source's own shapes)")
-    convert.add_argument("--image-size", type=int, help="resample the position embeddings to this resolution")
-    convert.add_argument("--num-labels", type=int, help="classes of the new head (the source's head is kept if equal)")
-    convert.add_argument("--representation-size", type=int, help="keep the 21k pre_logits layer of this width")
-    convert.add_argument("--num-heads", type=int, help="attention heads, for sources that do not record them (timm)")
-    convert.add_argument("--head-init", choices=("zeros", "normal"), default="zeros", help="new head: Google's zeros "
+    convert.add_argument("--image_size", type=int, help="resample the position embeddings to this resolution")
+    convert.add_argument("--num_labels", type=int, help="classes of a new head (default: keep the source's trained "
+                         "head and labels; a new 2-class head if it has none or Google's all-zero one)")  # fmt: skip
+    convert.add_argument("--representation_size", type=int, help="keep the 21k pre_logits layer of this width")
+    convert.add_argument("--num_heads", type=int, help="attention heads, for sources that do not record them (timm)")
+    convert.add_argument("--head_init", choices=("zeros", "normal"), default="zeros", help="new head: Google's zeros "
                          "or transformers' truncated normal")  # fmt: skip
-    convert.add_argument("--resample-mode", choices=("bilinear", "bicubic"), help="default: bilinear for npz, "
+    convert.add_argument("--resample_mode", choices=("bilinear", "bicubic"), help="default: bilinear for npz, "
                          "bicubic otherwise")  # fmt: skip
     convert.add_argument("--weights", choices=("orig", "augreg"), help="for a named variant: which 21k file")
     convert.add_argument("--quiet", action="store_true", help="no progress output")
     convert.set_defaults(func=_convert)
 
-    export = commands.add_parser("export", help="export a ViTAccel directory to transformers (model_type vit) or timm")
+    from .weights.conversion import EXPORT_TARGETS
+
+    export = commands.add_parser(
+        "export",
+        help="export a ViTAccel directory to transformers (model_type vit), timm, ONNX or a torch.export program",
+        description="transformers: a ViT directory written by transformers itself; timm: model.safetensors under "
+        "timm's names + config.json; onnx: model.onnx by torch's ONNX exporter (needs pip install "
+        "'vit_accel[onnx]'); exported-program: model.pt2 from torch.export. The graph formats take any batch size.",
+    )
     export.add_argument("source", help="a ViTAccel directory (save_pretrained or vit-accel convert output)")
-    export.add_argument("output", help="directory to write")
-    export.add_argument("--to", choices=("transformers", "timm"), default="transformers")
+    export.add_argument("output", help="directory to write (not the source, not an existing file)")
+    export.add_argument("--to", choices=EXPORT_TARGETS, default="transformers")
     export.set_defaults(func=_export)
 
-    from .inference import add_commands
+    predict = commands.add_parser("predict", help="top-k labels of images")
+    predict.add_argument("--model", required=True, help="a saved model directory or Hub id")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--top_k", type=int, default=5, help="labels per image (at most the model's labels)")
+    predict.add_argument("--batch_size", type=int, default=32)
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.set_defaults(func=_predict)
 
-    add_commands(commands)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="top-1/top-5, loss, per-class accuracy and a confusion matrix over a dataset",
+        description="Runs under any accelerate config: accelerate launch --config_file <mode>.yaml -m vit_accel.cli "
+        "evaluate ...",
+    )
+    evaluate.add_argument("--model", required=True, help="a saved model directory or Hub id")
+    evaluate.add_argument("--dataset_name", help="Hub id or local dataset path (its validation/test split)")
+    evaluate.add_argument("--dataset_config_name")
+    evaluate.add_argument("--validation_dir", help="an ImageFolder directory to evaluate on")
+    evaluate.add_argument("--image_column_name")
+    evaluate.add_argument("--label_column_name")
+    evaluate.add_argument("--max_eval_samples", type=int)
+    evaluate.add_argument("--bad_images", choices=("error", "skip"), default="error")
+    evaluate.add_argument("--dataloader_num_workers", type=int, default=2)
+    evaluate.add_argument("--batch_size", type=int, default=64)
+    evaluate.add_argument("--seed", type=int, default=42, help="the seed the training run used (its split)")
+    evaluate.add_argument("--output_dir", default="outputs/eval", help="where eval_results.json and the PNG go")
+    evaluate.set_defaults(func=_evaluate)
     return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Top-k labels of each image, as text or JSON."""
+    import json
+
+    from .inference import predict
+
+    results = predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            top = ", ".join(f"{p['label']} {p['score']:.4f}" for p in item["predictions"])
+            print(f"{item['image']}: {top}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """`eval_results.json` and `confusion_matrix.png` for a model over a dataset's evaluation split."""
+    import json
+
+    from accelerate import Accelerator
+
+    from .data import DataArguments
+    from .inference import evaluate, write_evaluation
+
+    if args.dataset_name is None and args.validation_dir is None:
+        raise UserError("Give the data to evaluate on: --dataset_name or --validation_dir.")
+    # An ImageFolder given alone is the evaluation set itself (as train_dir and validation_dir both).
+    folder = args.validation_dir
+    if folder is not None and not Path(folder).is_dir():
+        raise UserError(f"--validation_dir {folder}: no such directory.")
+    data_args = DataArguments(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_dir=folder,
+        validation_dir=folder,
+        image_column_name=args.image_column_name,
+        label_column_name=args.label_column_name,
+        max_eval_samples=args.max_eval_samples,
+        augmentation="none",
+        bad_images=args.bad_images,
+        dataloader_num_workers=args.dataloader_num_workers,
+    )
+    accelerator = Accelerator()
+    result = evaluate(args.model, data_args, batch_size=args.batch_size, seed=args.seed, accelerator=accelerator)
+    if accelerator.is_main_process:
+        summary = write_evaluation(result, args.output_dir)
+        print(json.dumps({k: v for k, v in summary.items() if k != "per_class_accuracy"}))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, printing a mistake as one line naming the flag (without the whole usage) before exiting with 2."""
+
+    def error(self, message: str):
+        sys.exit(report(self.prog, UserError(message)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        if not raised_by_our_checks(error):
-            raise
-        # Bad input (a file, a directory, a dataset) is one clear line, not a traceback.
-        print(f"vit-accel {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        return report(f"vit-accel {args.command}", error)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "huge": (1280, 32, 16, 5120),
 }
 
-# Named variants `vit-{size}-p{patch}-{resolution}`. The seed's eight are base/large x p16/p32 x 224/384.
+# Named variants `vit-{size}-p{patch}-{resolution}`: Google's released ViTs are base/large x p16/p32 x 224/384.
 VIT_VARIANTS: tuple[str, ...] = (
     *(
         f"vit-{size}-p{patch}-{res}"
@@ -68,7 +68,13 @@ class ViTAccelConfig(PreTrainedConfig):
         qkv_bias (`bool`, defaults to `True`): bias on the query, key and value projections.
         representation_size (`int`, *optional*): width of the `pre_logits` layer (Dense + tanh) before the
             classifier, as in Google's ImageNet-21k checkpoints. `None` (the default, and the fine-tuning setting)
-            means no such layer.
+            means no such layer. `pre_logits` is the pooler, so this also sets the bare model's pooler width.
+        pooler_output_size (`int`, *optional*): width of the bare model's pooler (Dense + `pooler_act` on the CLS
+            token), as `transformers.ViTConfig`; `None` means `representation_size` if set, else `hidden_size`.
+        pooler_act (`str`, defaults to `"tanh"`): activation of the pooler.
+
+    The configuration constructs whatever its values; the model checks them when it is built and raises a
+    `ValueError` naming every inconsistent field (as transformers' models do).
 
     Example:
 
@@ -97,35 +103,8 @@ class ViTAccelConfig(PreTrainedConfig):
     num_channels: int = 3
     qkv_bias: bool = True
     representation_size: int | None = None
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._check_fields()
-
-    def _check_fields(self) -> None:
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ViTAccelConfig.{name} must be a positive integer, got {value!r}.")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"ViTAccelConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"ViTAccelConfig.num_attention_heads ({self.num_attention_heads})."
-            )
-        image, patch = _pair(self.image_size), _pair(self.patch_size)
-        if min(patch) <= 0 or image[0] % patch[0] or image[1] % patch[1]:
-            raise ValueError(
-                f"ViTAccelConfig.image_size {self.image_size} must be a positive multiple of "
-                f"ViTAccelConfig.patch_size {self.patch_size}."
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"ViTAccelConfig.{name} must be in [0, 1), got {value!r}.")
-        if self.representation_size is not None and self.representation_size <= 0:
-            raise ValueError(
-                f"ViTAccelConfig.representation_size must be None or positive, got {self.representation_size!r}."
-            )
+    pooler_output_size: int | None = None
+    pooler_act: str = "tanh"
 
     @property
     def grid_size(self) -> tuple[int, int]:

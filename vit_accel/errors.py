@@ -1,11 +1,17 @@
 """The one error type for the user's mistakes, so that every command line prints them as one line.
 
 Each check of user input (a flag, a file, a key, a column, a row) raises `UserError` where the check is made, with a
-message that names the culprit. Command lines catch `UserError` alone and print it; any other exception is a bug or a
-library failure and keeps its traceback.
+message that names the culprit. Command lines catch `UserError` alone and print it (`report`); any other exception is
+a bug or a library failure and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import re
+import sys
+
+# Hugging Face access tokens: never shown, whatever path a value takes to a message.
+_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 class UserError(ValueError):
@@ -14,20 +20,23 @@ class UserError(ValueError):
     A subclass of ValueError, so that library callers catching ValueError keep working.
     """
 
+    def __init__(self, message: str = "") -> None:
+        # A DataLoader worker's exception reaches the main process re-created from a text that holds the worker's
+        # whole traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."); what the user needs is
+        # the message the check wrote, which is the traceback's last line.
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and "Original Traceback" in message and marker in message:
+            message = message[message.rindex(marker) + len(marker) :].strip()
+        super().__init__(message)
 
-# Transitional: the command lines still classify errors raised before UserError existed by their innermost frame.
-from pathlib import Path  # noqa: E402
 
-_PACKAGE = Path(__file__).resolve().parent
+def redact(text: str) -> str:
+    """`text` with anything shaped like a Hugging Face token replaced by `hf_***`."""
+    return _TOKEN_RE.sub("hf_***", text)
 
 
-def raised_by_our_checks(error: BaseException, *scripts: str | Path) -> bool:
-    """True when the innermost frame of `error` is in vit_accel (or in one of `scripts`): a deliberate check of
-    bad input with its own message, rather than a failure deep inside a library, which keeps its traceback."""
-    traceback = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    if traceback is None:
-        return False
-    filename = Path(traceback.tb_frame.f_code.co_filename).resolve()
-    return _PACKAGE in filename.parents or filename in {Path(s).resolve() for s in scripts}
+def report(program: str, error: UserError) -> int:
+    """Print `error` as one line on stderr, prefixed by the program's name; returns the exit status 2."""
+    message = " ".join(str(error).split("\n"))
+    print(f"{program}: error: {redact(message)}", file=sys.stderr)
+    return 2

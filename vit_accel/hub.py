@@ -74,6 +74,14 @@ def write_model_card(output_dir: str | Path) -> Path:
     metric_rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in metrics.items())
     labels = list(config.get("id2label", {}).values())
     shown_labels = ", ".join(labels[:20]) + (f", … ({len(labels)} in all)" if len(labels) > 20 else "")
+    example = f"{labels[0]}.png".replace(" ", "_") if labels else "image.png"
+    skipped = (results.get("train_unreadable_images", 0), results.get("eval_unreadable_images", 0))
+    unreadable = (
+        f" {skipped[0]} training and {skipped[1]} evaluation images could not be decoded and were replaced by the "
+        "next readable ones (`--bad_images skip`)."
+        if any(skipped)
+        else ""
+    )
     versions = ", ".join(f"{lib} {version}" for lib, version in _versions().items())
     curves = "![Training curves](training_curves.png)\n" if (root / "training_curves.png").is_file() else ""
     command = " ".join(record.get("command", []))
@@ -87,8 +95,8 @@ def write_model_card(output_dir: str | Path) -> Path:
 
 # {name}
 
-A Vision Transformer ({shape}) fine-tuned with [vit_accel](https://pypi.org/project/vit_accel/) on
-{f"`{dataset}`" if dataset else "a local dataset"}, starting from {weights}.
+A Vision Transformer ({shape}) fine-tuned with vit_accel on {f"`{dataset}`" if dataset else "a local dataset"},
+starting from {weights}.
 
 ## Results
 
@@ -96,7 +104,7 @@ A Vision Transformer ({shape}) fine-tuned with [vit_accel](https://pypi.org/proj
 |---|---|
 {metric_rows}
 
-Measured on the evaluation split after {results.get("train_steps")} optimizer steps.
+Measured on the evaluation split after {results.get("train_steps")} optimizer steps.{unreadable}
 
 {curves}
 ## Use
@@ -104,7 +112,7 @@ Measured on the evaluation split after {results.get("train_steps")} optimizer st
 ```python
 from transformers import pipeline
 classifier = pipeline("image-classification", model="{name}", trust_remote_code=True)
-classifier("cat.png")
+classifier("{example}")  # an image of one of the labels below
 ```
 
 With vit_accel installed, `trust_remote_code` is not needed: `import vit_accel` registers the model type.
@@ -130,9 +138,18 @@ Library versions: {versions}.
     return path
 
 
-def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, path_in_repo: str | None = None) -> str:
-    """Upload `folder` (without checkpoints or temporary files) to the model repository `repo_id`; returns its URL."""
-    api = HfApi()
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    path_in_repo: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload `folder` (without checkpoints or temporary files) to the model repository `repo_id`; returns its URL.
+
+    `token` defaults to huggingface_hub's own (HF_TOKEN, `hf auth login`).
+    """
+    api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(
         repo_id=repo_id,

@@ -2,12 +2,12 @@
 
 This file imports only `torch` and `transformers` (plus its configuration) so that it can travel to the Hugging Face
 Hub as remote code. Parameter names are those of `transformers`' own ViT (v5 in-memory names), so a
-`ViTForImageClassification` state dict loads into ours without any renaming.
+`ViTForImageClassification` state dict loads into ours without any renaming, and the checkpoint conversion mapping
+registered below reads the older on-disk ViT names through transformers' standard loading path.
 """
 
-from __future__ import annotations
-
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,98 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vit_accel import ViTAccelConfig, _pair
+
+# transformers' ViT keeps its older parameter names on disk (what `save_pretrained` writes, what the Hub's ViT repos
+# hold) and renames them in memory; ours are the in-memory names. Registered for our model type, these renamings let
+# `from_pretrained` read the on-disk names and `save_pretrained` write them, as transformers does for its ViT. Remote
+# code registers them too, since this file travels with saved models.
+_ON_DISK_VIT_NAMES = (
+    (r"encoder\.layer\.", "layers."),
+    (r"attention\.attention\.query\.", "attention.q_proj."),
+    (r"attention\.attention\.key\.", "attention.k_proj."),
+    (r"attention\.attention\.value\.", "attention.v_proj."),
+    (r"attention\.output\.dense\.", "attention.o_proj."),
+    (r"intermediate\.dense\.", "mlp.fc1."),
+    (r"(?<!attention\.)output\.dense\.", "mlp.fc2."),
+)
+register_checkpoint_conversion_mapping(
+    ViTAccelConfig.model_type,
+    [WeightRenaming(source, target) for source, target in _ON_DISK_VIT_NAMES],
+    overwrite=True,
+)
+
+
+def _config_problems(config: ViTAccelConfig) -> list[str]:
+    """What makes `config` unbuildable, one phrase per inconsistent field (empty when the model can be built)."""
+    problems = []
+
+    def positive_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels"):
+        if not positive_int(getattr(config, name)):
+            problems.append(f"{name} must be a positive integer, got {getattr(config, name)!r}")
+    heads = config.num_attention_heads
+    if positive_int(config.hidden_size) and positive_int(heads) and config.hidden_size % heads:
+        problems.append(f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads ({heads})")
+    try:
+        image, patch = _pair(config.image_size), _pair(config.patch_size)
+    except (TypeError, ValueError):
+        problems.append(f"image_size {config.image_size!r} and patch_size {config.patch_size!r} must be ints or pairs")
+    else:
+        if not all(positive_int(v) for v in (*image, *patch)):
+            problems.append(
+                f"image_size {config.image_size!r} and patch_size {config.patch_size!r} must be positive integers"
+            )
+        elif image[0] % patch[0] or image[1] % patch[1]:
+            problems.append(f"image_size {config.image_size!r} must be a multiple of patch_size {config.patch_size!r}")
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            problems.append(f"{name} must be in [0, 1), got {value!r}")
+    for name in ("representation_size", "pooler_output_size"):
+        value = getattr(config, name, None)
+        if value is not None and not positive_int(value):
+            problems.append(f"{name} must be None or a positive integer, got {value!r}")
+    representation, pooler = config.representation_size, getattr(config, "pooler_output_size", None)
+    if representation is not None and pooler is not None and representation != pooler:
+        problems.append(
+            f"representation_size ({representation}) and pooler_output_size ({pooler}) both set the pooler's width "
+            "and differ"
+        )
+    for name in ("hidden_act", "pooler_act"):
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value not in ACT2FN:
+            problems.append(f"{name} {value!r} is not an activation transformers knows (transformers.activations)")
+    return problems
+
+
+def check_config(config: ViTAccelConfig) -> None:
+    """Raise a `ValueError` naming every field of `config` that the model cannot be built with.
+
+    The configuration itself accepts any values (as transformers' configurations do); the model checks them here.
+    """
+    problems = _config_problems(config)
+    if problems:
+        raise ValueError(f"Cannot build a ViTAccel model from this {type(config).__name__}: {'; '.join(problems)}.")
+
+
+def pooler_width(config: ViTAccelConfig) -> int:
+    """Width of the pooler: `representation_size` (Google's `pre_logits`) if set, else `pooler_output_size`, else
+    `hidden_size`."""
+    return config.representation_size or getattr(config, "pooler_output_size", None) or config.hidden_size
 
 
 def resample_position_embeddings(
@@ -119,43 +207,91 @@ class ViTAccelEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
-class ViTAccelAttention(nn.Module):
-    """Multi-head self-attention through `scaled_dot_product_attention` (flash / memory-efficient kernels on CUDA).
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out: softmax(q k^T * scaling + mask) v, returning the output `(batch, queries, heads, dim)`
+    and the attention map `(batch, heads, queries, keys)`. The fallback of `ALL_ATTENTION_FUNCTIONS` and the only
+    implementation that materialises the map."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask  # additive, as transformers' eager masks are
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(F.dropout(weights, p=dropout, training=module.training), value)
+    return output.transpose(1, 2).contiguous(), weights
 
-    With `output_attentions=True` the attention map is computed explicitly for that call, since SDPA does not return it.
-    With `cls_only=True` only the first (CLS) token queries: the output is `(batch, 1, hidden)`, keys and values still
-    come from every token.
+
+class ViTAccelAttention(nn.Module):
+    """Multi-head self-attention dispatched through transformers' `ALL_ATTENTION_FUNCTIONS` on
+    `config._attn_implementation` (`"eager"`, `"sdpa"`, `"flex_attention"`, `"flash_attention_2"`/`"_3"` or a
+    registered kernel), with `eager_attention_forward` as the fallback.
+
+    When attention maps are asked for (`output_attentions=True`), that call runs the eager function whatever the
+    backend, since only it materialises the maps. With `cls_only=True` only the first (CLS) token queries: the output
+    is `(batch, 1, hidden)`, keys and values still come from every token.
     """
 
     def __init__(self, config: ViTAccelConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.dropout = config.attention_probs_dropout_prob
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cls_only: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size = hidden_states.shape[0]
         shape = (batch_size, -1, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states[:, :1] if cls_only else hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        dropout = self.dropout if self.training else 0.0
-        if output_attentions:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling
-            weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-            context = torch.matmul(F.dropout(weights, p=dropout, training=self.training), value)
-        else:
-            weights = None
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=self.scaling)
-        context = context.transpose(1, 2).reshape(batch_size, query.shape[2], -1)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        if kwargs.get("output_attentions"):
+            attention_interface = eager_attention_forward
+        context, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        context = context.reshape(batch_size, query.shape[2], -1).contiguous()
         return self.o_proj(context), weights
+
+
+def _additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A `(batch, tokens)` mask of 1 (attend) / 0 (masked) as the additive `(batch, 1, 1, tokens)` bias the eager
+    function takes (a 4-D mask is taken as already prepared)."""
+    if attention_mask is None or attention_mask.dim() == 4:
+        return attention_mask
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
 
 
 class ViTAccelMLP(nn.Module):
@@ -205,32 +341,35 @@ class ViTAccelLayer(GradientCheckpointingLayer):
         self.drop_path = ViTAccelDropPath(drop_path)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, cls_only: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        normed = self.layernorm_before(hidden_states)
-        attention_output, attention_weights = self.attention(normed, output_attentions, cls_only)
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cls_only: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, cls_only, **kwargs)
         if cls_only:
             hidden_states = hidden_states[:, :1]
         hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        hidden_states = hidden_states + self.drop_path(self.dropout(mlp_output))
-        return hidden_states, attention_weights
+        return hidden_states + self.drop_path(self.dropout(mlp_output))
 
 
 class ViTAccelPooler(nn.Module):
-    """Google's `pre_logits`: Dense + tanh on the CLS token (present only when `representation_size` is set)."""
+    """Dense + `pooler_act` on the CLS token, as transformers' `ViTPooler`. With the default tanh and
+    `representation_size` as its width, it is also Google's `pre_logits` layer."""
 
     def __init__(self, config: ViTAccelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.representation_size)
-        self.activation = nn.Tanh()
+        self.dense = nn.Linear(config.hidden_size, pooler_width(config))
+        self.activation = ACT2FN[getattr(config, "pooler_act", "tanh")]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
 class ViTAccelPreTrainedModel(PreTrainedModel):
-    """Weight initialisation and the hooks `transformers` needs (checkpointing, SDPA, compile)."""
+    """Weight initialisation and what `transformers` needs: attention backends, output capture, checkpointing."""
 
     config_class = ViTAccelConfig
     config: ViTAccelConfig
@@ -240,11 +379,20 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ViTAccelEmbeddings", "ViTAccelLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # `output_hidden_states` / `output_attentions` are recorded by hooks on these modules (`capture_outputs`).
+    _can_record_outputs = {"hidden_states": ViTAccelLayer, "attentions": ViTAccelAttention}
     # Set by `vit_accel.weights` (a function `(cls, source, *args, **kwargs) -> model | None`) so that
     # `from_pretrained` also takes named variants, Google npz, timm and transformers checkpoints. Remote code on the
     # Hub has no vit_accel package: there the hook stays None and only the standard transformers path runs.
     _checkpoint_resolver = None
+
+    def __init__(self, config: ViTAccelConfig, *inputs, **kwargs):
+        check_config(config)
+        super().__init__(config, *inputs, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -272,72 +420,97 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
 
 
 class ViTAccelModel(ViTAccelPreTrainedModel):
-    """The bare ViT encoder: returns the normalised token sequence and, with `representation_size`, `pre_logits`."""
+    """The bare ViT encoder: returns the normalised token sequence and, with `add_pooling_layer`, the pooler's output
+    (Dense + `pooler_act` on the CLS token, as transformers' `ViTModel`)."""
 
-    def __init__(self, config: ViTAccelConfig):
+    def __init__(self, config: ViTAccelConfig, add_pooling_layer: bool = True):
+        r"""
+        add_pooling_layer (`bool`, defaults to `True`): build the pooler (`pooler.dense`); its width is
+            `representation_size`, else `pooler_output_size`, else `hidden_size`.
+        """
         super().__init__(config)
         self.embeddings = ViTAccelEmbeddings(config)
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         self.layers = nn.ModuleList(ViTAccelLayer(config, drop_path=rate) for rate in rates)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.pooler = ViTAccelPooler(config) if config.representation_size is not None else None
+        self.pooler = ViTAccelPooler(config) if add_pooling_layer else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
-        return_dict: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
         cls_token_only: bool = False,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`): normalised images.
-            output_attentions (`bool`): also return each block's attention map `(batch, heads, tokens, tokens)`.
-            output_hidden_states (`bool`): also return the embeddings and each block's output.
             interpolate_pos_encoding (`bool`): resample the position embeddings (bicubic) to the input size.
+            attention_mask (`torch.Tensor`, *optional*): `(batch, tokens)` with 1 for tokens to attend to and 0 for
+                masked ones (the CLS token first), or a prepared 4-D mask, as transformers' `ViTModel`.
             cls_token_only (`bool`): compute only what the CLS token's final state needs: the last block and the final
                 LayerNorm run on that token, and `last_hidden_state` is `(batch, 1, hidden)`. Ignored when hidden
                 states or attention maps are asked for. The classification model sets it.
+            output_hidden_states (`bool` or `list[int]`): also return the embeddings and each block's output (all, or
+                those at the given indices).
+            output_attentions (`bool`): also return each block's attention map `(batch, heads, tokens, tokens)`,
+                computed by the eager function for that call whatever the attention backend.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required.")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        # What `capture_outputs` records: the call's flags, else the config's.
+        output_attentions = kwargs.get("output_attentions", self.config.output_attentions)
+        output_hidden_states = kwargs.get("output_hidden_states", self.config.output_hidden_states)
+        kwargs["output_attentions"] = bool(output_attentions)
+        # Recorded outputs need every token of every block; a prebuilt flex BlockMask cannot be cut to the CLS query.
+        cls_token_only = cls_token_only and not (output_attentions or output_hidden_states)
+        cls_token_only = cls_token_only and (attention_mask is None or isinstance(attention_mask, torch.Tensor))
 
         # Inputs arrive as float32 from most pipelines; the weights decide the compute dtype (bf16 under DeepSpeed).
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        cls_token_only = cls_token_only and not (output_attentions or output_hidden_states)
+        if attention_mask is None:
+            # No padding: every backend attends to all tokens without a mask (flex would build an all-true BlockMask).
+            mask = None
+        elif output_attentions and self.config._attn_implementation != "eager":
+            # The maps come from the eager function this call, which takes an additive mask whatever the backend.
+            mask = _additive_mask(attention_mask, hidden_states.dtype)
+        else:
+            mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+            )
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            hidden_states, attention_weights = layer(hidden_states, output_attentions, cls_token_only and index == last)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attention_weights,)
+            if cls_token_only and index == last:
+                hidden_states = layer(
+                    hidden_states, self._cls_query_mask(hidden_states, attention_mask), True, **kwargs
+                )
+            else:
+                hidden_states = layer(hidden_states, mask, **kwargs)
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
+    def _cls_query_mask(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The attention mask of a block whose only query is the CLS token, for the configured backend."""
+        if attention_mask is None:
+            return None
+        if attention_mask.dim() == 4:
+            return attention_mask[:, :, :1]
+        return create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states[:, :1],
+            attention_mask=attention_mask,
+            encoder_hidden_states=hidden_states,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
@@ -346,69 +519,54 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
     def __init__(self, config: ViTAccelConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = ViTAccelModel(config)
+        # Google's `pre_logits` is the pooler: kept (as `vit.pooler.dense`) only when `representation_size` asks for
+        # it, so the classifier reads the pooled output in that case and the CLS token otherwise.
+        self.vit = ViTAccelModel(config, add_pooling_layer=config.representation_size is not None)
         features = config.representation_size or config.hidden_size
         self.classifier = nn.Linear(features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput | tuple:
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
         r"""
         Args:
             labels (`torch.Tensor`, *optional*): class indices `(batch,)` for single-label classification, a float
                 multi-hot `(batch, num_labels)` for multi-label, or float targets for regression (`num_labels == 1`).
                 The kind follows `config.problem_type`, inferred as transformers does when unset.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         # The classifier reads the CLS token alone, so the last block runs on that token only (the model skips it when
         # hidden states or attention maps are asked for): the same logits for about 1/depth less work and memory.
-        outputs = self.vit(
+        outputs: BaseModelOutputWithPooling = self.vit(
             pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+            attention_mask=attention_mask,
             cls_token_only=True,
+            **kwargs,
         )
         features = outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
         logits = self.classifier(features)
-        loss = self.compute_loss(logits, labels) if labels is not None else None
-
-        output = ImageClassifierOutput(
+        loss = None
+        if labels is not None:
+            # transformers' loss for the problem type, computed in float32 whatever the compute dtype (bf16 logits
+            # under DeepSpeed); integer labels stay integers, as they decide single-label classification.
+            targets = labels.float() if labels.is_floating_point() else labels
+            loss = self.loss_function(targets, logits.float(), self.config, **kwargs)
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
-
-    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, BCE-with-logits or MSE depending on `config.problem_type` (inferred when unset)."""
-        labels = labels.to(logits.device)
-        if self.config.problem_type is None:
-            if self.num_labels == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
-        if self.config.problem_type == "regression":
-            if self.num_labels == 1:
-                return F.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
-            return F.mse_loss(logits.float(), labels.float())
-        if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.dtype).float())
 
 
 __all__ = [
     "ViTAccelForImageClassification",
     "ViTAccelModel",
     "ViTAccelPreTrainedModel",
+    "eager_attention_forward",
     "resample_position_embeddings",
 ]

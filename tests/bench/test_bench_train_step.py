@@ -32,7 +32,7 @@ def test_shapes_parse(bench):
 
 @pytest.mark.parametrize("name", ["B/16@224", "B/32@224", "L/16@224", "L/32@224", "B/16@384", "L/16@384"])
 def test_counted_flops_agree_with_the_reference_table(bench, name):
-    # REFERENCE.md §3 gives 6 x timm's forward GMACs; our count (matmuls only) must land within 1% of it.
+    # The published figures are 6 x timm's forward GMACs; our count (matmuls only) must land within 1% of it.
     counted = 6 * bench.forward_macs(bench.parse_shape(name), num_labels=1000)
     assert counted == pytest.approx(bench.REFERENCE_TRAIN_FLOPS[name], rel=0.01)
     assert bench.train_flops_per_image(bench.parse_shape(name)) == bench.REFERENCE_TRAIN_FLOPS[name]

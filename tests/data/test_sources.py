@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 
 from vit_accel.data import DataArguments, load_image_dataset, stratified_split
 from vit_accel.data.sources import label_array
+from vit_accel.errors import UserError
 
 
 def load(seed=0, **kwargs):
@@ -143,9 +144,9 @@ def test_no_image_column_lists_columns(tmp_path):
 
 
 def test_missing_paths_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(UserError, match="nowhere"):
         load(dataset_name=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match="--train_dir .*nope"):
+    with pytest.raises(UserError, match="--train_dir .*nope"):
         load(train_dir=str(tmp_path / "nope"))
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from vit_accel.errors import UserError
 from vit_accel.training.arguments import parse_args as parse_all
 
 DATASET = ["--dataset_name", "uoft-cs/cifar100"]
@@ -26,9 +27,11 @@ def test_config_overrides_parse_to_typed_values():
         ["--config_overrides", "image_size=32,patch_size=4,drop_path_rate=0.1", "--image_size", "48"]
     )
     assert model.parsed_overrides() == {"image_size": 48, "patch_size": 4, "drop_path_rate": 0.1}
-    bad, _, _ = parse_args(["--config_overrides", "image_size"])
-    with pytest.raises(ValueError, match="expected 'key=value', got 'image_size'"):
-        bad.parsed_overrides()
+    # Checked while parsing, before anything is loaded: a malformed item, and a typo in a field name.
+    with pytest.raises(UserError, match="expected 'key=value', got 'image_size'"):
+        parse_args(["--config_overrides", "image_size"])
+    with pytest.raises(UserError, match="'hidden_sise' is not a ViTAccelConfig field; did you mean 'hidden_size'"):
+        parse_args(["--config_overrides", "hidden_sise=32"])
 
 
 @pytest.mark.parametrize(
@@ -39,6 +42,7 @@ def test_config_overrides_parse_to_typed_values():
         (["--optimizer", "lamb"], "--optimizer must be one of adamw, sgd"),
         (["--checkpointing_steps", "often"], "--checkpointing_steps must be a number of steps or 'epoch'"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--attn_implementation", "fast"], "--attn_implementation must be one of eager, .*sdpa.*, got 'fast'"),
     ],
 )
 def test_bad_flags_name_the_flag(argv, message):
@@ -49,7 +53,7 @@ def test_bad_flags_name_the_flag(argv, message):
 def test_unknown_recipe_key_and_missing_recipe(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("learning_rate: 0.1\nlearnig_rate: 0.2\n")
-    with pytest.raises(ValueError, match="unknown keys: learnig_rate"):
+    with pytest.raises(UserError, match="unknown key 'learnig_rate' \\(did you mean 'learning_rate'\\?\\)"):
         parse_args([str(recipe)])
-    with pytest.raises(FileNotFoundError, match="Recipe file not found"):
+    with pytest.raises(UserError, match="Recipe file not found"):
         parse_args([str(tmp_path / "missing.yaml")])

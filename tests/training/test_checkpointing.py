@@ -4,21 +4,29 @@ import pytest
 from factories import tiny_config_kwargs
 
 from vit_accel import ViTAccelConfig
+from vit_accel.errors import UserError
 from vit_accel.training.checkpointing import (
     TrainerState,
+    changed_settings,
     check_compatible,
     list_checkpoints,
     remove_stale_checkpoints,
     resolve_checkpoint,
     rotate_checkpoints,
+    verify_checkpoint,
 )
 
 
-def make_checkpoint(root, step, complete=True):
+def make_checkpoint(root, step, complete=True, files=None):
     path = root / f"checkpoint-{step}"
     path.mkdir()
+    (path / "model_config.json").write_text(ViTAccelConfig(**tiny_config_kwargs()).to_json_string())
+    for name, data in (files or {}).items():
+        (path / name).write_bytes(data)
     if complete:
-        (path / "trainer_state.json").write_text(TrainerState(completed_steps=step).to_json())
+        manifest = {name: len(data) for name, data in (files or {}).items()}
+        manifest["model_config.json"] = (path / "model_config.json").stat().st_size
+        (path / "trainer_state.json").write_text(TrainerState(completed_steps=step, files=manifest).to_json())
     return path
 
 
@@ -29,15 +37,55 @@ def test_only_complete_checkpoints_count_and_latest_is_the_newest(tmp_path):
     (tmp_path / "checkpoint-14.tmp").mkdir()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-10"]
     assert resolve_checkpoint("latest", tmp_path).name == "checkpoint-10"
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(UserError, match="not a complete checkpoint"):
         resolve_checkpoint(str(tmp_path / "checkpoint-12"), tmp_path)
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
+    with pytest.raises(UserError, match="no complete checkpoint in --output_dir"):
         resolve_checkpoint("latest", tmp_path / "empty")
-    remove_stale_checkpoints(tmp_path, step=4)
+    assert remove_stale_checkpoints(tmp_path, step=4) == ["checkpoint-10"]
     assert not (tmp_path / "checkpoint-14.tmp").exists()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     remove_stale_checkpoints(tmp_path, step=0)  # a fresh run over an old one
     assert list_checkpoints(tmp_path) == []
+
+
+def test_a_resume_writes_only_into_its_own_run_or_an_empty_directory(tmp_path):
+    (tmp_path / "run").mkdir()
+    checkpoint = make_checkpoint(tmp_path / "run", 2)
+    assert resolve_checkpoint(str(checkpoint), tmp_path / "run") == checkpoint
+    assert resolve_checkpoint(str(checkpoint), tmp_path / "new") == checkpoint  # does not exist yet
+    (tmp_path / "empty").mkdir()
+    assert resolve_checkpoint(str(checkpoint), tmp_path / "empty") == checkpoint
+    (tmp_path / "finished").mkdir()
+    (tmp_path / "finished" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"belongs to the run in .*run, but --output_dir .*finished holds other"):
+        resolve_checkpoint(str(checkpoint), tmp_path / "finished")
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path):
+    files = {"model.safetensors": b"w" * 100, "optimizer.bin": b"o" * 50}
+    checkpoint = make_checkpoint(tmp_path, 2, files=files)
+    assert verify_checkpoint(checkpoint).completed_steps == 2
+    (checkpoint / "model.safetensors").write_bytes(b"w" * 60)  # truncated
+    with pytest.raises(UserError, match=r"model.safetensors holds 60 bytes, but 100 were written"):
+        verify_checkpoint(checkpoint)
+    (checkpoint / "model.safetensors").write_bytes(b"w" * 100)
+    (checkpoint / "optimizer.bin").unlink()
+    with pytest.raises(UserError, match=r"damaged: optimizer.bin is missing"):
+        verify_checkpoint(checkpoint)
+    (checkpoint / "trainer_state.json").write_text('{"completed_steps": 2, "epo')
+    with pytest.raises(UserError, match=r"trainer_state.json is unreadable or not valid JSON"):
+        verify_checkpoint(checkpoint)
+    (checkpoint / "trainer_state.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match=r"trainer_state.json is not a vit_accel trainer state"):
+        verify_checkpoint(checkpoint)
+
+
+def test_changed_settings_name_the_flags():
+    recorded = {"seed": 3, "per_device_train_batch_size": 16, "num_processes": 1}
+    assert changed_settings(recorded, dict(recorded)) == []
+    assert changed_settings(None, {"seed": 4}) == []  # written before settings were recorded
+    changes = changed_settings(recorded, {"seed": 4, "per_device_train_batch_size": 16, "num_processes": 2})
+    assert changes == ["--seed: 3 in the checkpoint, 4 now", "number of processes: 1 in the checkpoint, 2 now"]
 
 
 def test_rotation_keeps_the_last_n_and_the_best(tmp_path):
@@ -51,8 +99,7 @@ def test_rotation_keeps_the_last_n_and_the_best(tmp_path):
 
 def test_a_checkpoint_of_another_shape_is_refused_naming_the_fields(tmp_path):
     checkpoint = make_checkpoint(tmp_path, 2)
-    (checkpoint / "model_config.json").write_text(ViTAccelConfig(**tiny_config_kwargs()).to_json_string())
     check_compatible(checkpoint, ViTAccelConfig(**tiny_config_kwargs(drop_path_rate=0.1)))  # not a shape field
-    with pytest.raises(ValueError, match=r"hidden_size=48 vs 64; num_attention_heads=4 vs 8"):
+    with pytest.raises(UserError, match=r"hidden_size=48 vs 64; num_attention_heads=4 vs 8"):
         check_compatible(checkpoint, ViTAccelConfig(**tiny_config_kwargs(hidden_size=64, num_attention_heads=8)))
     assert json.loads((checkpoint / "trainer_state.json").read_text())["completed_steps"] == 2

@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
-from factories import write_google_npz
+from factories import tiny_config_kwargs, write_google_npz
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 from transformers import ViTForImageClassification
 
-from vit_accel import ViTAccelForImageClassification
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
 from vit_accel.cli import main
-from vit_accel.weights import convert, google
+from vit_accel.weights import convert, google_npz
 
 ATOL = 1e-4
 
@@ -19,7 +19,7 @@ ATOL = 1e-4
 def test_convert_npz_then_export_to_transformers_and_timm(tmp_path, capsys):
     npz = write_google_npz(tmp_path / "vit.npz", num_classes=21, representation_size=48)
     out = tmp_path / "ours"
-    assert main(["convert", str(npz), str(out), "--image-size", "48", "--num-labels", "10"]) == 0
+    assert main(["convert", str(npz), str(out), "--image_size", "48", "--num_labels", "10"]) == 0
     captured = capsys.readouterr()
     assert "reading: 42/42 tensors" in captured.err and "writing: 40/40 tensors" in captured.err
     assert "image 48, 10 labels" in captured.out
@@ -63,13 +63,16 @@ def test_convert_reports_bad_sources(tmp_path, capsys):
     assert "'vit.embeddings.patch_embeddings.projection.weight' has shape (48, 3, 8, 8)" in err
     assert "expects (768, 3, 16, 16)" in err
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert main(["convert", "vit-bse-p16-224", str(tmp_path / "out"), "--num_labels", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'vit-bse-p16-224' is not a named variant; did you mean 'vit-base-p16-224'?" in err
 
 
 @pytest.mark.parametrize("layout", [{}, {"prefix": "params/", "big_vision": True, "scanned": True}])
 def test_streamed_conversion_writes_exactly_what_from_pretrained_loads(tmp_path, monkeypatch, layout):
     # Every array above the threshold is planned as a placeholder and read back while the file is written; with
     # threshold 0 that is every array of this small file, so the streaming path is what this test exercises.
-    monkeypatch.setattr(google, "LAZY_THRESHOLD", 0)
+    monkeypatch.setattr(google_npz, "LAZY_THRESHOLD", 0)
     npz = write_google_npz(tmp_path / "vit.npz", num_classes=7, **layout)
     convert(npz, tmp_path / "out", num_labels=7, image_size=48)
     written = load_file(tmp_path / "out" / "model.safetensors")
@@ -78,3 +81,79 @@ def test_streamed_conversion_writes_exactly_what_from_pretrained_loads(tmp_path,
     for key, value in expected.items():
         assert torch.equal(written[key], value), key
     assert written["classifier.weight"].abs().sum() > 0  # the 7-class head was kept and streamed, not re-initialised
+
+
+def test_convert_keeps_a_trained_timm_head_through_the_cli(tmp_path, capsys):
+    torch.manual_seed(0)
+    reference = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2,
+                                  num_classes=6).eval()  # fmt: skip
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.normal_(0, 0.1)
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, tmp_path / "timm.pth")
+    assert main(["convert", str(tmp_path / "timm.pth"), str(tmp_path / "out"), "--num_heads", "4", "--quiet"]) == 0
+    assert "6 labels" in capsys.readouterr().out
+    converted = ViTAccelForImageClassification.from_pretrained(tmp_path / "out")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
+
+
+@pytest.fixture
+def ours(tmp_path):
+    torch.manual_seed(0)
+    labels = {i: f"digit_{i}" for i in range(5)}
+    model = ViTAccelForImageClassification(
+        ViTAccelConfig(**tiny_config_kwargs(id2label=labels, label2id={v: k for k, v in labels.items()}))
+    ).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    model.save_pretrained(tmp_path / "ours")
+    (tmp_path / "ours" / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImageProcessor"}')
+    return model, tmp_path / "ours"
+
+
+def test_export_to_onnx_runs_in_onnxruntime_with_any_batch(ours, tmp_path, capsys):
+    import onnxruntime
+
+    model, source = ours
+    assert main(["export", str(source), str(tmp_path / "onnx"), "--to", "onnx"]) == 0
+    assert f"wrote onnx export to {tmp_path / 'onnx'}" in capsys.readouterr().out
+    assert {"model.onnx", "config.json", "preprocessor_config.json"} <= {p.name for p in (tmp_path / "onnx").iterdir()}
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["id2label"]["4"] == "digit_4"
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"]
+    for batch in (1, 3):
+        pixels = torch.randn(batch, 3, 32, 32)
+        (got,) = session.run(["logits"], {"pixel_values": pixels.numpy()})
+        with torch.no_grad():
+            expected = model(pixels).logits
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=ATOL, rtol=0)
+
+
+def test_export_to_exported_program_reloads_with_any_batch(ours, tmp_path):
+    model, source = ours
+    assert main(["export", str(source), str(tmp_path / "ep"), "--to", "exported-program"]) == 0
+    program = torch.export.load(str(tmp_path / "ep" / "model.pt2"))
+    for batch in (1, 3):
+        pixels = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(pixels), model(pixels).logits, atol=ATOL, rtol=0)
+
+
+def test_export_refusals_are_one_line_and_write_nothing(ours, tmp_path, capsys, monkeypatch):
+    from vit_accel.weights import graph_export
+
+    _, source = ours
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    assert main(["export", str(source), str(source), "--to", "timm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"vit-accel export: error: {source}: is the source {source} itself" in err
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    monkeypatch.setattr(graph_export, "installed", lambda name: name != "onnxscript")
+    assert main(["export", str(source), str(tmp_path / "onnx"), "--to", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err == "vit-accel export: error: export --to onnx needs onnxscript, which is not installed: pip install " \
+                  "'vit_accel[onnx]'.\n"  # fmt: skip
+    assert not (tmp_path / "onnx").exists()

@@ -1,14 +1,10 @@
 """Named weights fetched for real over HTTP from a server on 127.0.0.1: normal fetch, resume, corrupt files, offline."""
 
-import http.server
-import io
 import socket
-import threading
 
-import numpy as np
 import pytest
 import torch
-from factories import google_npz_arrays
+from factories import cache_files, npz_bytes
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 
 from vit_accel import ViTAccelForImageClassification
@@ -18,73 +14,11 @@ B16 = "imagenet21k/ViT-B_16.npz"
 TINY = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
 
 
-def npz_bytes(**kwargs):
-    buffer = io.BytesIO()
-    np.savez(buffer, **google_npz_arrays(**kwargs))
-    return buffer.getvalue()
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `server.files` with HTTP Range support; `server.cut_next` cuts the next transfer halfway."""
-
-    def do_GET(self):
-        server = self.server
-        server.requests.append(self.headers.get("Range"))
-        data = server.files.get(self.path.lstrip("/"))
-        if data is None:
-            self.send_error(404, "no such file")
-            return
-        start = 0
-        if self.headers.get("Range"):
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if server.cut_next:
-            server.cut_next = False
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)  # the peer sees the connection drop mid-file
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.files, httpd.requests, httpd.cut_next = {}, [], False
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stopper = threading.Timer(120, httpd.shutdown)  # bounded even if a test hangs
-    stopper.start()
-    monkeypatch.setenv("VIT_ACCEL_WEIGHTS_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    yield httpd
-    stopper.cancel()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
-
-
-def cache_files(tmp_path):
-    folder = tmp_path / "hub" / "vit_accel"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
 def test_named_variant_downloads_converts_caches_and_resamples_like_timm(server, tmp_path):
     server.files[B16] = data = npz_bytes(patch=16, grid=14, num_classes=21, representation_size=48, zero_head=True)
     model = ViTAccelForImageClassification.from_pretrained("vit-base-p16-384", num_labels=100, **TINY)
     assert server.requests == [None]
-    assert cache_files(tmp_path) == ["ViT-B_16.npz", "ViT-B_16.safetensors"]
+    assert cache_files(tmp_path / "hub") == ["ViT-B_16.npz", "ViT-B_16.safetensors"]
     assert (tmp_path / "hub" / "vit_accel" / "ViT-B_16.npz").read_bytes() == data
     assert model.config.image_size == 384 and model.vit.embeddings.position_embeddings.shape == (1, 577, 48)
     assert model.vit.pooler is None and model.classifier.weight.shape == (100, 48) and not model.classifier.weight.any()
@@ -112,11 +46,11 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     assert server.requests[0] == "bytes=1000-"
     resumed_at = int(server.requests[1].split("=")[1].rstrip("-"))
     assert 1000 < resumed_at < len(data)
-    assert cache_files(tmp_path) == ["ViT-B_16.npz"]
+    assert cache_files(tmp_path / "hub") == ["ViT-B_16.npz"]
 
 
 def download_verify(path):
-    from vit_accel.weights.google import verify_npz
+    from vit_accel.weights.google_npz import verify_npz
 
     verify_npz(path)
 
@@ -132,7 +66,7 @@ def test_bad_download_is_refused_and_not_cached(server, tmp_path, damage):
     server.files[B16] = bytes(data)
     with pytest.raises(WeightsDownloadError, match=r"ViT-B_16.npz but the file is not valid and was deleted"):
         ViTAccelForImageClassification.from_pretrained("vit-base-p16-224", num_labels=10, **TINY)
-    assert cache_files(tmp_path) == []
+    assert cache_files(tmp_path / "hub") == []
 
 
 def test_unreachable_and_offline_errors_name_the_url_and_the_local_alternative(server, tmp_path, monkeypatch):
@@ -152,7 +86,7 @@ def test_unreachable_and_offline_errors_name_the_url_and_the_local_alternative(s
     monkeypatch.setenv("VIT_ACCEL_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/")
     with pytest.raises(WeightsDownloadError, match=r"HTTP 404"):
         ViTAccelForImageClassification.from_pretrained("vit-large-p32-224", num_labels=10)
-    assert cache_files(tmp_path) == []
+    assert cache_files(tmp_path / "hub") == []
 
 
 def test_weight_table_uses_googles_public_names():

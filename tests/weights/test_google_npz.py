@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from factories import google_npz_arrays, write_google_npz
+from factories import google_npz_arrays, tiny_config_kwargs, write_google_npz
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
-from vit_accel.weights import CheckpointError, google, read_checkpoint
+from vit_accel.weights import CheckpointError, google_npz, read_checkpoint
 
 ATOL = 1e-4
 
@@ -146,10 +146,10 @@ def test_transformers_keywords_accepted_and_typos_refused(tmp_path):
 def test_tiled_transpose_equals_plain_copy(rows, cols):
     source = torch.randn(rows, cols)
     out = torch.empty(cols, rows)
-    assert torch.equal(google._copy_transposed(out, source.t()), source.t())
+    assert torch.equal(google_npz._copy_transposed(out, source.t()), source.t())
     kernel = torch.randn(4, 4, 3, 8)  # not a transposed matrix (the conv kernel's HWIO -> OIHW): a plain copy
     assert torch.equal(
-        google._copy_transposed(torch.empty(8, 3, 4, 4), kernel.permute(3, 2, 0, 1)), kernel.permute(3, 2, 0, 1)
+        google_npz._copy_transposed(torch.empty(8, 3, 4, 4), kernel.permute(3, 2, 0, 1)), kernel.permute(3, 2, 0, 1)
     )
 
 
@@ -157,7 +157,7 @@ def test_streamed_read_of_a_file_cut_short_names_the_member(tmp_path):
     # The central directory is read when the file is opened; a member that ends past the end of the file (the file
     # was cut after that) must be an error naming it, not a crash (SIGBUS) when its mapped pages are touched.
     path = write_google_npz(tmp_path / "vit.npz")
-    planned = google._Planned(google.open_npz(path), threshold=0)
+    planned = google_npz._Planned(google_npz.open_npz(path), threshold=0)
     key = "head/kernel"
     assert planned.read(key).shape == planned.header(key)[0]
     info = planned.npz.zip.getinfo(key + ".npy")
@@ -170,11 +170,32 @@ def test_streamed_read_of_a_file_cut_short_names_the_member(tmp_path):
 
 def test_streamed_read_falls_back_to_plain_reads_where_files_cannot_be_mapped(tmp_path, monkeypatch):
     path = write_google_npz(tmp_path / "vit.npz")
-    planned = google._Planned(google.open_npz(path), threshold=0)
+    planned = google_npz._Planned(google_npz.open_npz(path), threshold=0)
     mapped = planned.read("head/kernel").copy()
 
     def refuse(*args, **kwargs):
         raise OSError(19, "No such device")  # what mmap raises on a file system without mmap support
 
-    monkeypatch.setattr(google.mmap, "mmap", refuse)
+    monkeypatch.setattr(google_npz.mmap, "mmap", refuse)
     assert np.array_equal(planned.read("head/kernel"), mapped)
+
+
+@pytest.mark.parametrize("representation_size", [None, 40])
+def test_written_npz_reads_back_and_timm_loads_it(tmp_path, representation_size):
+    torch.manual_seed(0)
+    config = ViTAccelConfig(**tiny_config_kwargs(num_labels=7, representation_size=representation_size))
+    ours = ViTAccelForImageClassification(config).eval()
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.normal_(0, 0.1)
+    path = google_npz.write(ours, tmp_path / "written.npz")
+    assert google_npz.detect(np.load(path).files)
+    again = ViTAccelForImageClassification.from_pretrained(path)  # its trained head and pre_logits kept
+    for key, value in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    if representation_size is None:  # timm's VisionTransformer has no pre_logits layer to load into
+        reference = timm_vit(32)
+        _load_weights(reference, str(path))
+        pixels = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(reference(pixels), ours(pixels).logits, atol=ATOL, rtol=0)

@@ -10,7 +10,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
 from vit_accel.weights import export, read_checkpoint
-from vit_accel.weights.transformers import rename_state_dict
+from vit_accel.weights.transformers_vit import rename_state_dict
 
 ATOL = 1e-4
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "none")
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
 
@@ -77,20 +79,20 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         if self.dataset_name is None and self.train_dir is None:
-            raise ValueError("Give a dataset: --dataset_name (a Hub id or a local path) or --train_dir (ImageFolder).")
+            raise UserError("Give a dataset: --dataset_name (a Hub id or a local path) or --train_dir (ImageFolder).")
         if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):
-            raise ValueError("Give either --dataset_name or --train_dir/--validation_dir, not both.")
+            raise UserError("Give either --dataset_name or --train_dir/--validation_dir, not both.")
         if self.validation_dir is not None and self.train_dir is None:
-            raise ValueError("--validation_dir needs --train_dir.")
+            raise UserError("--validation_dir needs --train_dir.")
         if not 0.0 < self.train_val_split < 1.0:
-            raise ValueError(f"--train_val_split must be in (0, 1), got {self.train_val_split}.")
+            raise UserError(f"--train_val_split must be in (0, 1), got {self.train_val_split}.")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {value}.")
+                raise UserError(f"--{name} must be a positive integer, got {value}.")
         if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"--augmentation must be one of {', '.join(AUGMENTATIONS)}; got {self.augmentation!r}.")
+            raise UserError(f"--augmentation must be one of {', '.join(AUGMENTATIONS)}; got {self.augmentation!r}.")
         if self.bad_images not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
+            raise UserError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
         if self.dataloader_num_workers < 0:
-            raise ValueError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
+            raise UserError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")

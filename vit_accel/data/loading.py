@@ -28,10 +28,6 @@ from .transforms import Pipeline, resize_batch
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
 
 
-# Skip counters: one slot per process (main + up to 255 DataLoader workers, more share slots harmlessly but racily).
-_COUNTER_SLOTS = 256
-
-
 class BadImageError(UserError):
     """An image that cannot be decoded; the message names the row and, when known, the file."""
 
@@ -46,7 +42,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     """Decodes, converts to RGB and augments one example per `__getitem__`; returns uint8 pixels and an int label.
 
     `bad_images="error"` raises `BadImageError` naming the row (and file); `"skip"` replaces an unreadable example by
-    the next readable one (deterministically), counts it in `num_skipped` (shared across worker processes) and warns.
+    the next readable one (deterministically), records its row in `bad_rows` (shared with DataLoader workers) and
+    warns once per process.
     """
 
     def __init__(self, data: datasets.Dataset, pipeline: Pipeline, seed: int, bad_images: str = "error") -> None:
@@ -64,9 +61,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.bad_images = bad_images
         self.epoch = 0
-        # Shared counters so that skips in DataLoader workers are visible from the main process: one slot per
-        # process (0 = main, worker i -> i + 1), so no lock is needed; a lock would tie the dataset to one start method.
-        self._skipped = multiprocessing.RawArray("q", _COUNTER_SLOTS)
+        # One shared byte per row, set when the row cannot be decoded, so that rows found bad in DataLoader workers are
+        # visible from the main process. Writes are idempotent, so no lock is needed (a lock would tie the dataset to
+        # one start method); a byte per row is 1.3 MB for ImageNet-1k.
+        self._bad = multiprocessing.RawArray("b", len(data))
         self._warned = False
 
     def __len__(self) -> int:
@@ -74,14 +72,16 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        # The shared counter can travel only to a starting worker process; a plain copy or pickle keeps its value.
+        # The shared array can travel only to a starting worker process; a plain copy or pickle keeps its values.
         if multiprocessing.context.get_spawning_popen() is None:
-            state["_skipped"] = list(self._skipped)
+            state["_bad"] = bytes(self._bad)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state["_skipped"], list):
-            state["_skipped"] = multiprocessing.RawArray("q", state["_skipped"])
+        if isinstance(state["_bad"], bytes):
+            flags = state["_bad"]
+            state["_bad"] = multiprocessing.RawArray("b", len(flags))
+            state["_bad"][:] = list(flags)
         self.__dict__.update(state)
 
     def set_epoch(self, epoch: int) -> None:
@@ -89,9 +89,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     @property
-    def num_skipped(self) -> int:
-        """How many unreadable examples were replaced so far (all processes together)."""
-        return int(sum(self._skipped))
+    def bad_rows(self) -> list[int]:
+        """The rows found unreadable so far, in this process and its DataLoader workers, each listed once."""
+        return np.flatnonzero(np.frombuffer(self._bad, dtype=np.int8)).tolist()
 
     def _decode(self, index: int) -> tuple[PIL.Image.Image, int]:
         row = self.data[index]
@@ -126,20 +126,19 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.pipeline(image, generator), "labels": label}
 
     def _substitute(self, index: int, error: BadImageError) -> tuple[PIL.Image.Image, int]:
-        worker = torch.utils.data.get_worker_info()
-        self._skipped[(0 if worker is None else worker.id + 1) % _COUNTER_SLOTS] += 1
-        if not self._warned:  # once per process; the exact total is `num_skipped`
+        self._bad[index] = 1
+        if not self._warned:  # once per process; the rows are listed in `bad_rows`
             self._warned = True
             warnings.warn(
                 f"{error}; skipping it and any further unreadable images (bad_images='skip'): each is replaced by "
-                "the next readable example. The count so far is in ImageClassificationDataset.num_skipped.",
+                "the next readable example, and the unreadable rows are counted in the run's results.",
                 stacklevel=3,
             )
         for step in range(1, len(self)):
             try:
                 return self._decode((index + step) % len(self))
             except BadImageError:
-                continue
+                self._bad[(index + step) % len(self)] = 1
         raise BadImageError(f"No image in the dataset can be decoded (tried all {len(self)} rows).")
 
 

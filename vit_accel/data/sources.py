@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 
+from ..errors import UserError
 from .arguments import DataArguments
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,14 @@ def _looks_local(name: str) -> bool:
 
 def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     if not path.exists():
-        raise FileNotFoundError(f"--dataset_name {str(path)!r}: no such file or directory.")
+        raise UserError(f"--dataset_name {str(path)!r}: no such file or directory.")
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         loaded = datasets.load_from_disk(str(path))
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
     if path.is_file():
         builder = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
         if builder is None:
-            raise ValueError(f"--dataset_name {str(path)!r}: a single file must be .parquet or .arrow.")
+            raise UserError(f"--dataset_name {str(path)!r}: a single file must be .parquet or .arrow.")
         return datasets.load_dataset(builder, data_files={"train": str(path)})
     # A folder of parquet/arrow/image files: `load_dataset` on the folder resolves data files and split names exactly
     # as it does for a Hub repository (`data/train-00000-of-00001.parquet` -> split "train"), so a local copy of a
@@ -69,7 +70,7 @@ def _load_raw(args: DataArguments) -> DatasetDict:
             if folder is None:
                 continue
             if not Path(folder).is_dir():
-                raise FileNotFoundError(f"--{split}_dir {folder!r}: no such directory.")
+                raise UserError(f"--{split}_dir {folder!r}: no such directory.")
             data_files[split] = os.path.join(folder, "**")
         # As transformers' run_image_classification: ImageFolder, class names from the sub-folder names.
         return datasets.load_dataset("imagefolder", data_files=data_files)
@@ -98,7 +99,7 @@ def _pick_image_column(dataset: Dataset, requested: str | None) -> str:
     features = dataset.features
     if requested is not None:
         if requested not in features:
-            raise ValueError(
+            raise UserError(
                 f"--image_column_name {requested!r} is not a column; available columns: {_describe_columns(dataset)}."
             )
         return requested
@@ -108,7 +109,7 @@ def _pick_image_column(dataset: Dataset, requested: str | None) -> str:
     image_columns = [name for name, feature in features.items() if isinstance(feature, Image)]
     if len(image_columns) == 1:
         return image_columns[0]
-    raise ValueError(
+    raise UserError(
         "Could not find the image column (looked for an Image feature named "
         f"{' or '.join(IMAGE_COLUMN_CANDIDATES)}, or a single Image column); pass --image_column_name. "
         f"Available columns: {_describe_columns(dataset)}."
@@ -119,7 +120,7 @@ def _pick_label_column(dataset: Dataset, requested: str | None) -> str:
     features = dataset.features
     if requested is not None:
         if requested not in features:
-            raise ValueError(
+            raise UserError(
                 f"--label_column_name {requested!r} is not a column; available columns: {_describe_columns(dataset)}."
             )
         return requested
@@ -129,7 +130,7 @@ def _pick_label_column(dataset: Dataset, requested: str | None) -> str:
     class_columns = [name for name, feature in features.items() if isinstance(feature, ClassLabel)]
     if class_columns:
         return class_columns[0]
-    raise ValueError(
+    raise UserError(
         f"Could not find the label column (looked for {', '.join(LABEL_COLUMN_CANDIDATES)} or a ClassLabel column); "
         f"pass --label_column_name. Available columns: {_describe_columns(dataset)}."
     )
@@ -141,13 +142,15 @@ def _label_names(splits: dict[str, Dataset], train_split: str) -> list[str]:
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     if isinstance(feature, Value) and feature.dtype == "string":
-        return sorted({value for split in splits.values() for value in split.unique("label") if value is not None})
+        # From the training split alone: a label seen only in the evaluation split is refused later, not made into a
+        # class the model never trains on.
+        return sorted(value for value in splits[train_split].unique("label") if value is not None)
     if isinstance(feature, Value) and (feature.dtype.startswith("int") or feature.dtype.startswith("uint")):
         values = [value for value in splits[train_split].unique("label") if value is not None]
         if not values:
-            raise ValueError(f"The training split {train_split!r} has no labels.")
+            raise UserError(f"The training split {train_split!r} has no labels.")
         return [str(index) for index in range(int(max(values)) + 1)]
-    raise ValueError(f"The label column has type {feature!r}; expected a ClassLabel, an integer or a string column.")
+    raise UserError(f"The label column has type {feature!r}; expected a ClassLabel, an integer or a string column.")
 
 
 def label_array(dataset: Dataset) -> np.ndarray:
@@ -165,16 +168,39 @@ def _check_labels(dataset: Dataset, split: str, num_labels: int, column: str) ->
     if len(bad):
         row = int(bad[0])
         value = labels[row].item() if isinstance(labels[row], np.generic) else labels[row]
-        raise ValueError(
+        raise UserError(
             f"Split {split!r}, row {row}: label {value!r} (column {column!r}) is outside the label set "
             f"of {num_labels} classes (0..{num_labels - 1}); {len(bad)} such row(s) in this split."
         )
 
 
+def _check_classes(splits: dict[str, Dataset], train_split: str, labels: list[str], column: str) -> None:
+    """Refuse data a classifier cannot learn from: an empty split, a single class, or an evaluation label that no
+    training example has (the model would hold an output it never trained)."""
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise UserError(f"Split {name!r} of the dataset has no rows.")
+    trained = set(np.unique(label_array(splits[train_split])).tolist())
+    if len(trained) < 2:
+        only = labels[next(iter(trained))] if trained else None
+        raise UserError(
+            f"The training split {train_split!r} holds a single class ({only!r}, column {column!r}): "
+            "a classifier needs examples of at least two."
+        )
+    for name, split in splits.items():
+        unseen = sorted(set(np.unique(label_array(split)).tolist()) - trained)
+        if name != train_split and unseen:
+            raise UserError(
+                f"Split {name!r} has label {labels[unseen[0]]!r} (column {column!r}), which no example of the "
+                f"training split {train_split!r} has: the model could never learn it"
+                + (f" ({len(unseen)} such labels)." if len(unseen) > 1 else ".")
+            )
+
+
 def _normalise(dataset: Dataset, image_column: str, label_column: str, split: str) -> Dataset:
     for column in (image_column, label_column):
         if column not in dataset.features:
-            raise ValueError(f"Split {split!r} has no column {column!r}; available: {_describe_columns(dataset)}.")
+            raise UserError(f"Split {split!r} has no column {column!r}; available: {_describe_columns(dataset)}.")
     dataset = dataset.select_columns([image_column, label_column])
     feature = dataset.features[image_column]
     if _is_encoded_struct(feature) or (
@@ -182,7 +208,7 @@ def _normalise(dataset: Dataset, image_column: str, label_column: str, split: st
     ):
         dataset = dataset.cast_column(image_column, Image())  # encoded bytes (+ path), or file paths
     elif not isinstance(feature, Image):
-        raise ValueError(
+        raise UserError(
             f"Column {image_column!r} of split {split!r} holds {feature!r}, not images (an Image feature, file paths "
             "or encoded bytes); pass --image_column_name."
         )
@@ -218,9 +244,27 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.flatnonzero(train_mask), val_index
 
 
-def load_image_dataset(args: DataArguments, seed: int) -> ImageClassificationData:
-    """Load, pick the columns, pick or make the validation split, subsample, and check the labels."""
-    raw = _load_raw(args)
+def _load(args: DataArguments) -> DatasetDict:
+    """`_load_raw`, with what 🤗 datasets refuses (empty splits, unreadable files, an unreachable Hub) as one line."""
+    source = f"--dataset_name {args.dataset_name}" if args.dataset_name else f"--train_dir {args.train_dir}"
+    try:
+        return _load_raw(args)
+    except UserError:
+        raise
+    except (ValueError, OSError, IndexError, ConnectionError, datasets.exceptions.DatasetGenerationError) as error:
+        local = args.train_dir is not None or (args.dataset_name and Path(args.dataset_name).expanduser().exists())
+        where = "" if local else " (not a local path, so it was looked up on the Hub)"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{source}{where}: 🤗 datasets could not load it: {reason}") from error
+
+
+def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True) -> ImageClassificationData:
+    """Load, pick the columns, pick or make the validation split, subsample, and check the labels.
+
+    `for_training` also refuses what a classifier cannot be trained on: a single class, or an evaluation label that
+    no training example has.
+    """
+    raw = _load(args)
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict({"train": raw})
     split_names = list(raw.keys())
@@ -229,13 +273,13 @@ def load_image_dataset(args: DataArguments, seed: int) -> ImageClassificationDat
     elif len(split_names) == 1:
         train_split = split_names[0]
     else:
-        raise ValueError(f"No 'train' split; the dataset has splits: {', '.join(split_names)}.")
+        raise UserError(f"No 'train' split; the dataset has splits: {', '.join(split_names)}.")
     eval_split = next((name for name in EVAL_SPLITS if name in raw and name != train_split), None)
 
     image_column = _pick_image_column(raw[train_split], args.image_column_name)
     label_column = _pick_label_column(raw[train_split], args.label_column_name)
     if image_column == label_column:
-        raise ValueError(f"The image and label columns are both {image_column!r}.")
+        raise UserError(f"The image and label columns are both {image_column!r}.")
     logger.info("Images from column %r, labels from column %r.", image_column, label_column)
 
     splits = {train_split: _normalise(raw[train_split], image_column, label_column, train_split)}
@@ -243,19 +287,26 @@ def load_image_dataset(args: DataArguments, seed: int) -> ImageClassificationDat
         splits[eval_split] = _normalise(raw[eval_split], image_column, label_column, eval_split)
     labels = _label_names(splits, train_split)
     if not labels:
-        raise ValueError("The label set is empty.")
+        raise UserError("The label set is empty.")
     class_label = ClassLabel(names=labels)
     mapping = {label: index for index, label in enumerate(labels)}
     for name, split in list(splits.items()):
         feature = split.features["label"]
         if isinstance(feature, Value) and feature.dtype == "string":
+            unseen = sorted({value for value in split.unique("label") if value is not None} - set(mapping))
+            if unseen:
+                raise UserError(
+                    f"Split {name!r} has label {unseen[0]!r} (column {label_column!r}), which no example of the "
+                    f"training split {train_split!r} has: the model could never learn it"
+                    + (f" ({len(unseen)} such labels)." if len(unseen) > 1 else ".")
+                )
             split = split.map(
                 lambda batch: {"label": [mapping.get(value, -1) for value in batch["label"]]},
                 batched=True,
                 features=datasets.Features({"image": split.features["image"], "label": Value("int64")}),
             )
         elif isinstance(feature, ClassLabel) and list(feature.names) != labels:
-            raise ValueError(
+            raise UserError(
                 f"Split {name!r} has label names {feature.names[:5]}... that differ from the training split's "
                 f"{labels[:5]}...; the integer labels would mean different classes."
             )
@@ -264,13 +315,17 @@ def load_image_dataset(args: DataArguments, seed: int) -> ImageClassificationDat
             split = split.cast_column("label", class_label)
         splits[name] = split
 
+    if for_training:
+        _check_classes(splits, train_split, labels, label_column)
+    elif any(len(split) == 0 for split in splits.values()):
+        raise UserError(f"The dataset's split {next(n for n, d in splits.items() if len(d) == 0)!r} has no rows.")
     train = splits[train_split]
     if eval_split is not None:
         validation = splits[eval_split]
     else:
         train_index, val_index = stratified_split(label_array(train), args.train_val_split, seed)
         if len(val_index) == 0:
-            raise ValueError(
+            raise UserError(
                 f"--train_val_split {args.train_val_split} leaves no validation examples out of {len(train)}."
             )
         train, validation = train.select(train_index), train.select(val_index)

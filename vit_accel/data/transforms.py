@@ -2,7 +2,7 @@
 
 The per-example part (`Pipeline.__call__`) converts to RGB and augments at the preset's native size, returning uint8
 so that workers move 1 byte per pixel. The batched part (`Pipeline.on_device`) resizes the whole batch to the model's
-size and normalises it. For `cifar` this means AutoAugment runs on 32x32 images instead of 224x224 ones (the seed's
+size and normalises it. For `cifar` this means AutoAugment runs on 32x32 images instead of 224x224 ones (FlagAI's
 order), which is where the CPU time went.
 """
 
@@ -140,7 +140,7 @@ def build_pipeline(preset: str, image_size: int, mean: Sequence[float], std: Seq
     size = image_size
     resize = v2.Resize((size, size), antialias=True)
     if preset == "cifar":
-        # The seed's recipe, reordered: everything at 32 px, the resize to the model's size happens per batch.
+        # FlagAI's CIFAR recipe, reordered: everything at 32 px, the resize to the model's size happens per batch.
         native = CIFAR_SIZE
         to_native = [_ResizeIfNeeded(native)]
         if train:

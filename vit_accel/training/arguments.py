@@ -7,6 +7,7 @@ commands. A YAML recipe may come first on the command line; flags after it overr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,12 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from ..configuration_vit_accel import ViTAccelConfig
 from ..data import DataArguments
+from ..errors import UserError, redact
 
+# What --config_overrides may set: the model's own fields (not transformers' bookkeeping such as model_type).
+CONFIG_OVERRIDE_FIELDS: tuple[str, ...] = (*ViTAccelConfig.__annotations__, "problem_type")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -47,6 +52,26 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention backend: sdpa (the default), eager, flex_attention, flash_attention_2, "
+            "flash_attention_3, a kernel registered in transformers' AttentionInterface, or a Hub kernel 'org/repo'."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.parsed_overrides()  # a typo in a field name stops the run here, before anything is loaded
+        if self.attn_implementation is not None:
+            from transformers import AttentionInterface
+
+            known = ["eager", *AttentionInterface().valid_keys()]
+            # "org/repo[:function]" names a kernel on the Hub, which transformers fetches when the model is built.
+            if self.attn_implementation not in known and "/" not in self.attn_implementation:
+                raise UserError(
+                    f"--attn_implementation must be one of {', '.join(known)} or a Hub kernel 'org/repo', "
+                    f"got {self.attn_implementation!r}."
+                )
 
     def parsed_overrides(self) -> dict:
         """`config_overrides` as a dict with int/float/bool/None values where they parse as such."""
@@ -54,9 +79,14 @@ class ModelArguments:
         if self.config_overrides:
             for item in self.config_overrides.split(","):
                 key, sep, value = item.partition("=")
-                if not sep or not key.strip():
-                    raise ValueError(f"--config_overrides: expected 'key=value', got {item!r}.")
-                overrides[key.strip()] = _parse_scalar(value.strip())
+                key = key.strip()
+                if not sep or not key:
+                    raise UserError(f"--config_overrides: expected 'key=value', got {item!r}.")
+                if key not in CONFIG_OVERRIDE_FIELDS:
+                    close = difflib.get_close_matches(key, CONFIG_OVERRIDE_FIELDS, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(CONFIG_OVERRIDE_FIELDS)}."
+                    raise UserError(f"--config_overrides: {key!r} is not a ViTAccelConfig field; {hint}")
+                overrides[key] = _parse_scalar(value.strip())
         if self.image_size is not None:
             overrides["image_size"] = self.image_size
         return overrides
@@ -98,7 +128,18 @@ class TrainingArguments:
         default=2, metadata={"help": "Keep the last N checkpoints (plus the best by top-1); None keeps all."}
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' (in --output_dir) or the path of a checkpoint-N directory."}
+        default=None,
+        metadata={
+            "help": "'latest' (in --output_dir) or the path of a checkpoint-N directory, which must lie in "
+            "--output_dir (or --output_dir must be empty or new)."
+        },
+    )
+    accept_changed_settings: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume even though settings the checkpoint recorded (seed, batch size, dataset, "
+            "augmentation, ...) differ: the run then no longer continues exactly as it would have."
+        },
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
     with_tracking: bool = field(default=False, metadata={"help": "Send logs to trackers through accelerate."})
@@ -108,37 +149,46 @@ class TrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository on the Hub, 'user/name'."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    hub_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated (kept for transformers' example commands): use HF_TOKEN or `hf auth login`. "
+            "Used for the upload only, never printed or written."
+        },
+    )
     hub_strategy: str = field(
         default="end",
         metadata={"help": "'end': push the final model; 'checkpoint': also push each checkpoint as last-checkpoint/."},
     )
 
     def __post_init__(self):
+        if self.hub_token is not None and not self.hub_token.strip():
+            raise UserError("--hub_token is empty; set HF_TOKEN or run `hf auth login` instead.")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         for name in ("logging_steps", "eval_steps", "max_train_steps", "save_total_limit", "num_train_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"--{name} must be at least 1, got {value}.")
+                raise UserError(f"--{name} must be at least 1, got {value}.")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.lr_scheduler_type not in LR_SCHEDULERS:
-            raise ValueError(
+            raise UserError(
                 f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}."
             )
         if self.learning_rate <= 0:
-            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}.")
+            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}.")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+            raise UserError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
-            raise ValueError(
+            raise UserError(
                 f"--checkpointing_steps must be a number of steps or 'epoch', got {self.checkpointing_steps!r}."
             )
         if self.hub_strategy not in ("end", "checkpoint"):
-            raise ValueError(f"--hub_strategy must be 'end' or 'checkpoint', got {self.hub_strategy!r}.")
+            raise UserError(f"--hub_strategy must be 'end' or 'checkpoint', got {self.hub_strategy!r}.")
         if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+            raise UserError("--push_to_hub needs --hub_model_id user/name.")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
@@ -158,31 +208,84 @@ def _parse_scalar(value: str):
     return value
 
 
+def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
+    """A recipe's values as command-line arguments, each checked by the same parser as a typed flag."""
+    if not recipe.is_file():
+        raise UserError(f"Recipe file not found: {recipe}")
+    try:
+        values = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"Recipe {recipe} is not valid YAML{where}: {problem}.") from error
+    if not isinstance(values, dict):
+        raise UserError(f"Recipe {recipe} must be a mapping of argument names to values.")
+    known = [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)]
+    argv: list[str] = []
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"Recipe {recipe} has an unknown key {key!r}{hint}.")
+        if value is None:
+            continue
+        pair = [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+        try:
+            parser.parse_known_args(pair)
+        except UserError as error:
+            raise UserError(f"Recipe {recipe}, key {key!r}: {error}") from error
+        argv += pair
+    return argv
+
+
+def _raise_user_error(message: str) -> None:
+    """argparse's error handler prints the whole usage and exits; one line naming the flag is what users need."""
+    raise UserError(redact(message) + " (see `python train.py --help`)")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse `[recipe.yaml] [--flag value ...]`: the recipe's values become defaults that flags override.
+    """Parse `[recipe.yaml] [--flag value ...]`: the recipe's values come first, so that flags override them.
 
     Raises:
-        ValueError: unknown flag or recipe key, or a value that fails a dataclass check; the message names it.
-        FileNotFoundError: the recipe file does not exist.
+        UserError: a missing or malformed recipe, an unknown flag or recipe key, or a value that fails its check;
+            the message names it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
     parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
+    parser.error = _raise_user_error
     if argv and argv[0].endswith((".yaml", ".yml")):
         recipe = Path(argv.pop(0))
-        if not recipe.is_file():
-            raise FileNotFoundError(f"Recipe file not found: {recipe}")
-        values = yaml.safe_load(recipe.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"Recipe {recipe} must be a mapping of argument names to values.")
-        known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Recipe {recipe} has unknown keys: {', '.join(unknown)}.")
-        parser.set_defaults(**values)
+        argv = _recipe_argv(recipe, parser) + argv
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     if remaining:
-        raise ValueError(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`).")
+        raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
     return model_args, data_args, training_args
+
+
+def recorded_arguments(*arguments) -> dict:
+    """The arguments as JSON-ready dicts for training_args.json and trackers, with the token left out."""
+    record = {type(a).__name__: dataclasses.asdict(a) for a in arguments}
+    for values in record.values():
+        if values.get("hub_token") is not None:
+            values["hub_token"] = "<redacted>"
+    return record
+
+
+def recorded_command(argv: list[str]) -> list[str]:
+    """The command line as typed, with the value of --hub_token (and anything shaped like a token) replaced."""
+    command, hide_next = [], False
+    for item in argv:
+        if hide_next:
+            command.append("<redacted>")
+            hide_next = False
+            continue
+        if item.startswith("--hub_token="):
+            command.append("--hub_token=<redacted>")
+            continue
+        hide_next = item == "--hub_token"
+        command.append(redact(item))
+    return command

@@ -1,21 +1,26 @@
-"""Checkpoints that are complete or invisible: written under a temporary name, renamed only once whole.
+"""Checkpoints that are complete or invisible, and the rules for resuming from one.
 
 A checkpoint is `output_dir/checkpoint-{step}/` holding accelerate's `save_state` output (ZeRO-sharded under
-DeepSpeed) plus `trainer_state.json` (our counters, as JSON rather than a pickle) and `model_config.json` (the model's
-shape, checked before resuming so that another model's checkpoint is refused with a clear message).
+DeepSpeed), `model_config.json` (the model's shape) and, written last, `trainer_state.json`: our counters as JSON
+(never a pickle), the settings an exact resume depends on, and the size of every other file of the checkpoint. It is
+written under `checkpoint-{step}.tmp` and renamed once whole, so a crash mid-save never leaves one that looks complete;
+the recorded sizes catch a file truncated or lost afterwards (a full disk, a partial copy) before anything is loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
-import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
+
+from ..errors import UserError
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_SUFFIX = ".tmp"
@@ -36,10 +41,45 @@ SHAPE_FIELDS = (
     "num_labels",
 )
 
+# The arguments that decide what a resumed run computes: its data order and augmentation (seed, batch, dataset),
+# its model and its updates. A resume with another value would silently stop being the run it continues. The run's
+# length (num_train_epochs, max_train_steps) is not among them: asking for more steps trains further.
+RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
+    "ModelArguments": ("model_name_or_path", "from_scratch", "config_overrides", "image_size"),
+    "DataArguments": (
+        "dataset_name",
+        "dataset_config_name",
+        "train_dir",
+        "validation_dir",
+        "image_column_name",
+        "label_column_name",
+        "train_val_split",
+        "max_train_samples",
+        "max_eval_samples",
+        "augmentation",
+        "bad_images",
+    ),
+    "TrainingArguments": (
+        "seed",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "optimizer",
+        "learning_rate",
+        "weight_decay",
+        "momentum",
+        "adam_beta1",
+        "adam_beta2",
+        "max_grad_norm",
+        "label_smoothing",
+        "lr_scheduler_type",
+        "num_warmup_steps",
+    ),
+}
+
 
 @dataclass
 class TrainerState:
-    """Where training stands: enough to continue exactly."""
+    """Where training stands: enough to continue exactly, and to tell whether a resume would."""
 
     completed_steps: int = 0  # optimizer steps
     epoch: int = 0  # the epoch in progress
@@ -47,19 +87,36 @@ class TrainerState:
     best_metric: float | None = None  # best eval top-1 so far
     best_step: int | None = None  # the step it was measured at
     best_checkpoint: str | None = None  # the checkpoint saved at that step, kept by rotation
+    total_steps: int | None = None  # the optimizer steps the run was planned for
+    last_eval: dict[str, float] | None = None  # the latest evaluation's results
+    bad_rows: dict[str, list[int]] = field(default_factory=dict)  # unreadable rows found so far, per split
+    settings: dict[str, Any] | None = None  # see `resume_settings`
+    files: dict[str, int] | None = None  # every other file of the checkpoint and its size in bytes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_file(cls, path: Path) -> TrainerState:
-        return cls(**json.loads(path.read_text()))
+        """Read a `trainer_state.json`; a damaged or foreign one is a UserError naming the file."""
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"{path} is unreadable or not valid JSON ({error}); the checkpoint is damaged.") from error
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or not {"completed_steps", "epoch"} <= set(values) or set(values) - known:
+            raise UserError(f"{path} is not a vit_accel trainer state; the checkpoint is damaged.")
+        return cls(**values)
 
 
 def _write_json(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + TMP_SUFFIX)
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -71,19 +128,58 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
 
 
+def _holds_anything(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())
+
+
 def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
-    """`latest` → the newest complete checkpoint in `output_dir`; otherwise the path given, which must be complete."""
+    """The checkpoint to resume: `latest` is the newest complete one in `output_dir`; a path must be complete and must
+    belong to `output_dir`'s run, unless `output_dir` is empty or new (a resume never writes into another run)."""
+    output_dir = Path(output_dir)
     if resume_from == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}.")
+            raise UserError(
+                f"--resume_from_checkpoint latest: no complete checkpoint in --output_dir {output_dir} "
+                "(checkpoints are written with --checkpointing_steps)."
+            )
         return checkpoints[-1]
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"--resume_from_checkpoint {resume_from}: not a complete checkpoint directory (no {STATE_FILE})."
         )
+    if path.resolve().parent != output_dir.resolve() and _holds_anything(output_dir):
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from} belongs to the run in {path.parent}, but --output_dir "
+            f"{output_dir} holds other files: a resume writes only into its checkpoint's own run directory "
+            f"(--output_dir {path.parent}) or into an empty or new one."
+        )
     return path
+
+
+def verify_checkpoint(checkpoint: Path) -> TrainerState:
+    """The checkpoint's state, after checking that every file it was saved with is there, whole."""
+    state = TrainerState.from_file(checkpoint / STATE_FILE)
+    config = checkpoint / CONFIG_FILE
+    if not config.is_file():
+        raise UserError(f"Checkpoint {checkpoint} is damaged: {CONFIG_FILE} is missing. Resume from another one.")
+    for relative, size in (state.files or {}).items():
+        path = checkpoint / relative
+        if not path.is_file():
+            raise UserError(
+                f"Checkpoint {checkpoint} is damaged: {relative} is missing. Resume from another checkpoint."
+            )
+        if path.stat().st_size != size:
+            raise UserError(
+                f"Checkpoint {checkpoint} is damaged: {relative} holds {path.stat().st_size} bytes, but {size} were "
+                "written (truncated?). Resume from another checkpoint."
+            )
+    try:
+        json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{config} is not valid JSON ({error}); the checkpoint is damaged.") from error
+    return state
 
 
 def check_compatible(checkpoint: Path, model_config) -> None:
@@ -92,22 +188,55 @@ def check_compatible(checkpoint: Path, model_config) -> None:
     current = model_config.to_dict()
     diffs = [f"{k}={saved.get(k)!r} vs {current.get(k)!r}" for k in SHAPE_FIELDS if saved.get(k) != current.get(k)]
     if diffs:
-        raise ValueError(
+        raise UserError(
             f"Checkpoint {checkpoint} was written for another model shape (checkpoint vs this run: {'; '.join(diffs)})."
         )
 
 
-def remove_stale_checkpoints(output_dir: str | Path, step: int) -> None:
+def resume_settings(arguments: tuple, num_processes: int) -> dict[str, Any]:
+    """The values of `RESUME_SETTINGS` in these argument dataclasses, plus the number of processes."""
+    settings: dict[str, Any] = {"num_processes": num_processes}
+    for values in arguments:
+        for name in RESUME_SETTINGS.get(type(values).__name__, ()):
+            settings[name] = getattr(values, name)
+    return settings
+
+
+def changed_settings(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """`--flag: checkpoint value -> this run's value` for every recorded setting this run changes."""
+    if recorded is None:  # a checkpoint from before settings were recorded: nothing to compare
+        return []
+    changes = []
+    for name, value in current.items():
+        if name in recorded and recorded[name] != value:
+            flag = "number of processes" if name == "num_processes" else f"--{name}"
+            changes.append(f"{flag}: {recorded[name]!r} in the checkpoint, {value!r} now")
+    return changes
+
+
+def remove_stale_checkpoints(output_dir: str | Path, step: int) -> list[str]:
     """Delete what does not belong to a run now at `step`: temporary directories left by a crash mid-save, and
-    checkpoints past `step` (from an overwritten run, or from the abandoned future of an older checkpoint resumed)."""
+    checkpoints past `step` (from an overwritten run, or the abandoned future of an older checkpoint resumed).
+    Returns the names of the complete checkpoints removed."""
     root = Path(output_dir)
     if not root.is_dir():
-        return
+        return []
     for path in root.glob(f"checkpoint-*{TMP_SUFFIX}"):
         shutil.rmtree(path, ignore_errors=True)
+    removed = []
     for path in list_checkpoints(root):
-        if int(path.name.split("-")[1]) > step:
+        if checkpoint_step(path) > step:
             shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def _manifest(directory: Path) -> dict[str, int]:
+    return {
+        str(path.relative_to(directory)): path.stat().st_size
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != STATE_FILE
+    }
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: TrainerState, model_config) -> Path:
@@ -120,14 +249,13 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: Tra
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _maybe_inject_fault("during_save", state.completed_steps)
         _write_json(tmp / CONFIG_FILE, model_config.to_json_string())
-        # trainer_state.json is written last: its presence is what marks a checkpoint complete.
-        _write_json(tmp / STATE_FILE, state.to_json())
+        # trainer_state.json is written last, with the size of everything else: its presence marks a checkpoint
+        # complete, and the sizes let a resume find a file damaged since.
+        _write_json(tmp / STATE_FILE, dataclasses.replace(state, files=_manifest(tmp)).to_json())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _maybe_inject_fault("after_save", state.completed_steps)
     accelerator.wait_for_everyone()
     return final
 
@@ -140,10 +268,3 @@ def rotate_checkpoints(output_dir: str | Path, save_total_limit: int | None, kee
     for path in checkpoints[: max(len(checkpoints) - save_total_limit, 0)]:
         if keep is None or path.name != Path(keep).name:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _maybe_inject_fault(point: str, step: int) -> None:
-    """Crash-test hook: `VIT_ACCEL_FAULT=during_save:6` SIGKILLs this process after the state of step 6 is written
-    but before it is marked complete; `after_save:4` right after checkpoint-4 is complete."""
-    if os.environ.get("VIT_ACCEL_FAULT") == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForImageClassification
 from .arguments import ModelArguments
 
@@ -32,7 +33,7 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
     """The model to train, with a head for `labels`, and the normalisation its inputs need.
 
     Raises:
-        ValueError: unknown variant, bad override, or a checkpoint that does not fit (named in the message).
+        UserError: unknown variant, bad override, or a checkpoint that does not fit (named in the message).
     """
     label_fields = {
         "num_labels": len(labels),
@@ -42,28 +43,45 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
     overrides = args.parsed_overrides()
     source = args.model_name_or_path
     if args.from_scratch:
-        if source in VIT_VARIANTS:
-            config = ViTAccelConfig.from_variant(source, **overrides, **label_fields)
-        elif (Path(source) / "config.json").is_file():
-            config = ViTAccelConfig.from_pretrained(source, **overrides, **label_fields)
-        else:
-            raise ValueError(
-                f"--from_scratch needs a variant name or a directory with config.json, got {source!r}. "
-                f"Variants: {', '.join(VIT_VARIANTS)}."
-            )
-        # The plain constructor, not `_from_config`: under ZeRO-3 the latter creates the weights inside zero.Init,
-        # drawing them in another order, so the same seed would not give the same model as in a DDP run.
-        model = ViTAccelForImageClassification(config)
-    else:
         try:
-            if args.ignore_mismatched_sizes:
-                overrides["ignore_mismatched_sizes"] = True
-            model = ViTAccelForImageClassification.from_pretrained(source, **overrides, **label_fields)
-        except (RuntimeError, OSError) as error:
-            raise ValueError(
-                f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]} "
-                "(a checkpoint with another head size needs --ignore_mismatched_sizes)."
+            if source in VIT_VARIANTS:
+                config = ViTAccelConfig.from_variant(source, **overrides, **label_fields)
+            elif (Path(source) / "config.json").is_file():
+                config = ViTAccelConfig.from_pretrained(source, **overrides, **label_fields)
+            else:
+                close = difflib.get_close_matches(source, VIT_VARIANTS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"variants: {', '.join(VIT_VARIANTS)}."
+                raise UserError(
+                    f"--model_name_or_path {source!r}: --from_scratch needs a variant name or a directory with "
+                    f"config.json; {hint}"
+                )
+            # The plain constructor, not `_from_config`: under ZeRO-3 the latter creates the weights inside zero.Init,
+            # drawing them in another order, so the same seed would not give the same model as in a DDP run.
+            model = ViTAccelForImageClassification(config)
+        except (OSError, ValueError) as error:
+            if isinstance(error, UserError):
+                raise
+            # The configuration and the model check their fields; what they refuse came from these flags.
+            raise UserError(
+                f"--model_name_or_path {source} with --config_overrides {args.config_overrides!r}: "
+                f"{str(error).splitlines()[0]}"
             ) from error
+    else:
+        if args.ignore_mismatched_sizes:
+            overrides["ignore_mismatched_sizes"] = True
+        try:
+            model = ViTAccelForImageClassification.from_pretrained(source, **overrides, **label_fields)
+        except (RuntimeError, OSError, ValueError) as error:
+            if isinstance(error, UserError):
+                raise
+            raise UserError(f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]}") from error
+    if args.attn_implementation is not None:
+        # transformers checks the backend against the model and the machine (e.g. flash_attn installed).
+        try:
+            model.set_attn_implementation(args.attn_implementation)
+        except (ImportError, ValueError) as error:
+            reason = str(error).splitlines()[0]
+            raise UserError(f"--attn_implementation {args.attn_implementation}: {reason}") from error
     mean, std = _normalisation(source)
     return model, mean, std
 
@@ -96,11 +114,10 @@ def save_final_model(
     mean,
     std,
     results: dict,
-    command: list[str],
-    arguments: tuple,
+    record: dict,
 ) -> None:
-    """`save_pretrained` from the full state dict (gathered under ZeRO-3 and FSDP), the image processor and the run's
-    record."""
+    """`save_pretrained` from the full state dict (gathered under ZeRO-3 and FSDP), the image processor,
+    `all_results.json` and `training_args.json` (`record`: the command and the arguments)."""
     from transformers import ViTImageProcessor
 
     accelerator.wait_for_everyone()
@@ -115,6 +132,5 @@ def save_final_model(
             size={"height": height, "width": width}, image_mean=list(mean), image_std=list(std)
         ).save_pretrained(output_dir)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
-        record = {"command": command, **{type(a).__name__: asdict(a) for a in arguments}}
         (output_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()

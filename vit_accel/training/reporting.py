@@ -1,16 +1,27 @@
-"""What a run leaves for people: a JSON-lines log and a PNG of its curves."""
+"""What a run leaves for people: a JSON-lines log, a PNG of its curves, and one readable progress bar."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
+
+from ..errors import UserError
 
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "training_curves.png"
 
+logger = logging.getLogger(__name__)
+
 
 class JsonlLog:
-    """Append-only log of dicts, one JSON object per line (main process only)."""
+    """Append-only log of dicts, one JSON object per line (main process only).
+
+    Each record is appended with one write of a whole line. A write cut short (a full disk, a kill) can still leave a
+    torn last line; readers drop it, saying so, and `truncate_after` (at the start of every run) rewrites the file
+    without it.
+    """
 
     def __init__(self, output_dir: str | Path, enabled: bool):
         self.path = Path(output_dir) / LOG_FILE
@@ -20,18 +31,38 @@ class JsonlLog:
         """Forget entries logged after `step` (all, for a fresh run): the log reads as one uninterrupted run."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        if step == 0:
+            self.path.unlink()
+            return
+        kept = [record for record in self.records() if record.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        lines = self.path.read_text(errors="replace").split("\n")
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number == len(lines):  # the last line, with no newline after it: an append cut short
+                    logger.warning(f"{self.path}: dropping its torn last line ({len(line)} characters).")
+                    continue
+                raise UserError(f"{self.path}, line {number}: not a JSON record ({error}).") from error
+            if not isinstance(record, dict):
+                raise UserError(f"{self.path}, line {number}: not a JSON object.")
+            records.append(record)
+        return records
 
 
 def plot_curves(records: list[dict], path: str | Path) -> Path:

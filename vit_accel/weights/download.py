@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
-from .core import CheckpointError
+from .checkpoint import CheckpointError
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/vit_models/"
 
@@ -60,9 +60,12 @@ def base_url() -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def cache_dir() -> Path:
-    """`<HF hub cache>/vit_accel`, read from the environment at call time (HF_HUB_CACHE, then HF_HOME/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
+def cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """`<root>/vit_accel`; without `root`, the HF hub cache read from the environment at call time (HF_HUB_CACHE,
+    then HF_HOME/hub), as `from_pretrained(cache_dir=...)` and the environment choose it for Hub models."""
+    if root is not None:
+        hub = Path(root)
+    elif os.environ.get("HF_HUB_CACHE"):
         hub = Path(os.environ["HF_HUB_CACHE"])
     elif os.environ.get("HF_HOME"):
         hub = Path(os.environ["HF_HOME"]) / "hub"
@@ -79,7 +82,7 @@ def weight_file(variant: str, weights: str | None = None) -> str:
     key = (parts[1], int(parts[2][1:]))
     files = WEIGHT_FILES.get(key, {})
     if weights is not None and weights not in WEIGHT_SETS:
-        raise ValueError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}.")
+        raise UserError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}.")
     choice = weights or ("orig" if "orig" in files else "augreg")
     if choice not in files:
         available = ", ".join(files) or "none"
@@ -91,15 +94,17 @@ def weight_file(variant: str, weights: str | None = None) -> str:
     return files[choice]
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+def offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, but at call time."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "0"
+    return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _remote_failure(url: str, local_name: str, reason: object) -> WeightsDownloadError:
+def _remote_failure(url: str, local_path: Path, reason: object) -> WeightsDownloadError:
     return WeightsDownloadError(
         f"Could not download {url}: {reason}. Without network access, fetch that file elsewhere and pass its path: "
-        f"ViTAccelForImageClassification.from_pretrained('/path/to/{local_name}', variant=..., num_labels=...), "
-        f"or place it at {cache_dir() / local_name}, or set VIT_ACCEL_WEIGHTS_URL to a mirror."
+        f"ViTAccelForImageClassification.from_pretrained('/path/to/{local_path.name}', variant=..., num_labels=...), "
+        f"or place it at {local_path} (the cache), or set VIT_ACCEL_WEIGHTS_URL to a mirror."
     )
 
 
@@ -110,21 +115,27 @@ def fetch(
     timeout: float = 60.0,
     verify=None,
     quiet: bool = False,
+    force: bool = False,
+    local_only: bool = False,
 ) -> Path:
     """Download `base_url() + relative` into the cache, resuming after interruptions; verified before it is kept.
 
     `verify(path)` raises on a bad file; the partial file is then deleted, so nothing corrupt stays in the cache.
+    `force` downloads again even when the file is cached; `local_only` (or HF_HUB_OFFLINE) never touches the network.
     """
     dest_dir = dest_dir or cache_dir()
-    dest_dir.mkdir(parents=True, exist_ok=True)
     name = Path(relative).name
     final = dest_dir / name
-    if final.is_file():
+    if final.is_file() and not force:
         return final
     url = base_url() + relative
-    if _offline():
-        raise _remote_failure(url, name, "HF_HUB_OFFLINE is set")
+    if local_only or offline():
+        reason = "local_files_only=True" if local_only else "HF_HUB_OFFLINE is set"
+        raise _remote_failure(url, final, f"{reason}, and the cache has no copy")
+    dest_dir.mkdir(parents=True, exist_ok=True)
     partial = dest_dir / (name + ".incomplete")
+    if force:
+        partial.unlink(missing_ok=True)
     total: int | None = None
     last_error: object = None
     for _attempt in range(retries):
@@ -151,14 +162,14 @@ def fetch(
                 partial.unlink()
                 last_error = error
                 continue
-            raise _remote_failure(url, name, f"HTTP {error.code} {error.reason}") from error
+            raise _remote_failure(url, final, f"HTTP {error.code} {error.reason}") from error
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException, TimeoutError, OSError) as error:
             # An interrupted transfer: keep what arrived and ask for the rest on the next attempt.
             last_error = getattr(error, "reason", error)
             time.sleep(0.2)
             continue
     else:
-        raise _remote_failure(url, name, f"gave up after {retries} attempts ({last_error})")
+        raise _remote_failure(url, final, f"gave up after {retries} attempts ({last_error})")
     try:
         if verify is not None:
             verify(partial)

@@ -1,4 +1,4 @@
-"""Google's `.npz` checkpoints (vit_jax, AugReg, big_vision) to our parameter names, one array at a time.
+"""Google's `.npz` checkpoints (vit_jax, AugReg, big_vision): detect, read into our names (one array at a time), write.
 
 Key map (vit_jax names; `opt/target/` and `params/` prefixes are stripped first):
 
@@ -33,13 +33,14 @@ import math
 import mmap
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .core import Checkpoint, CheckpointError, ProgressFn
+from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 
 PREFIXES = ("opt/target/", "params/img/", "params/", "")
 
@@ -84,8 +85,12 @@ def detect_prefix(keys: set[str] | list[str], source: str = "npz") -> str:
     )
 
 
-def key_map(keys: set[str], source: str = "npz") -> tuple[list[tuple[str, str, Transform, int | None]], dict]:
-    """The explicit (npz key, our key, transform, scan index) list for a file with these keys, plus facts about it."""
+def key_map(
+    keys: set[str], source: str = "npz", check: bool = True
+) -> tuple[list[tuple[str, str, Transform, int | None]], dict]:
+    """The explicit (npz key, our key, transform, scan index) list for a file with these keys, plus facts about it.
+
+    With `check`, every npz key of the list must be among `keys` (writing plans a file from a few names only)."""
     prefix = detect_prefix(keys, source)
     p = prefix
     big_vision = prefix.startswith("params/") or f"{p}pos_embedding" in keys
@@ -142,7 +147,7 @@ def key_map(keys: set[str], source: str = "npz") -> tuple[list[tuple[str, str, T
             entries.append((f"{p}{theirs}/kernel", f"{mine}.weight", _dense, None))
             entries.append((f"{p}{theirs}/bias", f"{mine}.bias", _same, None))
     missing = [theirs for theirs, _, _, _ in entries if theirs not in keys]
-    if missing:
+    if missing and check:
         raise CheckpointError(f"{source}: Google npz lacks the keys {missing[:6]} (prefix {prefix!r}).")
     facts = {"prefix": prefix, "big_vision": big_vision, "scanned": scanned, "depth": depth}
     return entries, facts
@@ -339,7 +344,16 @@ def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
 LAZY_THRESHOLD = 1 << 16
 
 
-def load_npz(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool = False) -> Checkpoint:
+def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
+    """Whether these array names (npz members without `.npy`) are a Google ViT's."""
+    try:
+        detect_prefix(names)
+    except CheckpointError:
+        return False
+    return True
+
+
+def read(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool = False) -> Checkpoint:
     """Read a Google npz file array by array into a `Checkpoint` (object arrays are refused, never unpickled).
 
     `lazy=True` reads only the small arrays: the large ones become meta tensors and `checkpoint.materialize(key)` reads
@@ -358,6 +372,36 @@ def load_npz(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: 
             raise
         except (zipfile.BadZipFile, EOFError, OSError) as error:
             raise CheckpointError(f"{path}: corrupt npz member ({error}).") from error
+
+
+# Each transform's inverse, for writing: `heads` restores the (heads, head_dim) axes that reading flattened.
+_INVERSE: dict[Transform, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    _conv: lambda a, heads: a.permute(2, 3, 1, 0),  # OIHW -> HWIO
+    _dense: lambda a, heads: a.t(),
+    _qkv_kernel: lambda a, heads: a.t().reshape(a.shape[1], heads, -1),
+    _flat: lambda a, heads: a.reshape(heads, -1),
+    _out_kernel: lambda a, heads: a.t().reshape(heads, -1, a.shape[0]),
+    _same: lambda a, heads: a,
+}
+
+
+def write(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write a `ViTAccelForImageClassification` as a vit_jax npz (the layout of Google's ViT-B_16.npz files)."""
+    config = model.config
+    state_dict = {key: value.detach().float().cpu() for key, value in model.state_dict().items()}
+    names = {"embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding", "head/kernel"}
+    names |= {f"Transformer/encoderblock_{i}/LayerNorm_0/scale" for i in range(config.num_hidden_layers)}
+    if config.representation_size is not None:
+        names.add("pre_logits/kernel")
+    entries, _ = key_map(names, str(path), check=False)
+    arrays = {}
+    for theirs, ours, transform, _ in entries:
+        if ours in state_dict:
+            arrays[theirs] = _INVERSE[transform](state_dict[ours], config.num_attention_heads).contiguous().numpy()
+    path = Path(path)
+    with open(path, "wb") as handle:  # np.savez on a name would append ".npz"
+        np.savez(handle, **arrays)
+    return path
 
 
 def verify_npz(path: str | os.PathLike, check_crc: bool = True) -> None:

@@ -1,4 +1,5 @@
-"""timm `VisionTransformer` state dicts to our parameter names and back.
+"""timm `VisionTransformer` state dicts (`.pth`, `.bin`, `.safetensors`; timm's Hub layout of `config.json` +
+`model.safetensors`): detect, read into our names, write from our names.
 
 Key map (timm -> ours):
 
@@ -21,13 +22,16 @@ with the keys named.
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .core import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError
 
 _FIXED = {
     "cls_token": "vit.embeddings.cls_token",
@@ -65,11 +69,68 @@ def unwrap(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     return {(key[7:] if key.startswith("module.") else key): value for key, value in obj.items()}
 
 
-def is_timm_state_dict(keys: set[str] | list[str]) -> bool:
-    return "blocks.0.attn.qkv.weight" in set(keys)
+def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
+    """Whether these tensor names (or a directory's `config.json`, timm's Hub layout) are a timm ViT's."""
+    if config is not None and "architecture" in config and "model_type" not in config:
+        return True
+    return "blocks.0.attn.qkv.weight" in set(names)
 
 
-def timm_to_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "timm") -> Checkpoint:
+def read(path: str | os.PathLike, progress: Any = None, lazy: bool = False) -> Checkpoint:
+    """A timm state dict file, or a directory in timm's Hub layout (`config.json` with `architecture`, and
+    `model.safetensors` or `pytorch_model.bin`); the directory's `label_names`, when given, name the head's classes."""
+    from .files import read_json, read_tensors
+
+    path = Path(path)
+    if not path.is_dir():
+        return to_checkpoint(read_tensors(path), str(path))
+    config = read_json(path / "config.json")
+    names = ("model.safetensors", "pytorch_model.bin")
+    weights = next((path / name for name in names if (path / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: a timm directory without model.safetensors or pytorch_model.bin.")
+    checkpoint = to_checkpoint(read_tensors(weights), str(path))
+    labels = config.get("label_names") or (config.get("pretrained_cfg") or {}).get("label_names")
+    if labels:
+        checkpoint.config["id2label"] = dict(enumerate(labels))
+    heads = (config.get("model_args") or {}).get("num_heads")
+    if heads:
+        checkpoint.num_attention_heads = int(heads)
+    return checkpoint
+
+
+def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write a `ViTAccelForImageClassification` in timm's Hub layout: `model.safetensors` under timm's names and a
+    `config.json` with the `VisionTransformer` arguments (`model_args`) and `label_names`."""
+    from .files import save_safetensors
+
+    config = model.config
+    if config.representation_size is not None:
+        raise CheckpointError("timm's VisionTransformer has no pre_logits layer; export without representation_size.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors(from_ours(model.state_dict()), out_dir / "model.safetensors", {"format": "pt"})
+    model_args = {
+        "img_size": config.image_size,
+        "patch_size": config.patch_size,
+        "in_chans": config.num_channels,
+        "embed_dim": config.hidden_size,
+        "depth": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "mlp_ratio": config.intermediate_size / config.hidden_size,
+        "qkv_bias": config.qkv_bias,
+        "num_classes": config.num_labels,
+    }
+    meta = {
+        "architecture": "vit",
+        "model_args": model_args,
+        "label_names": [config.id2label[i] for i in range(config.num_labels)],
+    }
+    (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def to_checkpoint(state_dict: Mapping[str, torch.Tensor], source: str = "timm") -> Checkpoint:
     """Convert a timm ViT state dict to a `Checkpoint` under our names (fused qkv split into q, k, v)."""
     ours: dict[str, torch.Tensor] = {}
     unknown = []
@@ -110,7 +171,7 @@ def timm_to_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "ti
     )
 
 
-def state_dict_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our `ViTAccelForImageClassification` state dict as timm `VisionTransformer` keys (q, k, v fused into qkv)."""
     reverse = {ours: theirs for theirs, ours in _FIXED.items()}
     block_reverse = {ours: theirs for theirs, ours in _BLOCK.items()}

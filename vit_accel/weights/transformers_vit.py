@@ -1,4 +1,4 @@
-"""transformers `ViT` checkpoints to our parameter names, and our models exported as transformers `ViT` directories.
+"""transformers `ViT` checkpoints (directories, Hub snapshots, bare state dicts): detect, read into our names, write.
 
 Two name sets exist. transformers v5 keeps the *legacy* names on disk (what `save_pretrained` writes and what the Hub's
 `google/vit-*-in21k` repos hold) and renames them to new names in memory; our names are those in-memory names.
@@ -17,16 +17,15 @@ Two name sets exist. transformers v5 keeps the *legacy* names on disk (what `sav
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .core import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError
 
 _LEGACY_BLOCK = {
     "attention.attention.query": "attention.q_proj",
@@ -55,8 +54,11 @@ _TOP = (
 _IGNORED = ("embeddings.mask_token",)
 
 
-def is_transformers_state_dict(keys: set[str] | list[str]) -> bool:
-    keys = set(keys)
+def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
+    """Whether a directory's `config.json` says `model_type: vit`, or these tensor names are a transformers ViT's."""
+    if config is not None:
+        return config.get("model_type") == "vit"
+    keys = set(names)
     return any(
         key.startswith(("vit.encoder.layer.", "encoder.layer.", "vit.layers.", "layers.")) and "attention" in key
         for key in keys
@@ -92,18 +94,15 @@ def rename_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "tra
 
 def config_fields(vit_config: Mapping[str, Any]) -> dict[str, Any]:
     """ViTAccelConfig fields from a transformers `ViTConfig` dict (its LayerNorm eps, activation, heads, labels)."""
-    fields = {
-        key: vit_config[key]
-        for key in ("layer_norm_eps", "hidden_act", "num_attention_heads", "qkv_bias", "initializer_range")
-        if key in vit_config
-    }
+    names = ("layer_norm_eps", "hidden_act", "num_attention_heads", "qkv_bias", "initializer_range", "pooler_act")
+    fields = {key: vit_config[key] for key in names if key in vit_config}
     if vit_config.get("id2label"):
         fields["id2label"] = {int(k): v for k, v in vit_config["id2label"].items()}
         fields["label2id"] = {v: int(k) for k, v in vit_config["id2label"].items()}
     return fields
 
 
-def transformers_to_checkpoint(
+def to_checkpoint(
     state_dict: Mapping[str, torch.Tensor], vit_config: Mapping[str, Any] | None, source: str
 ) -> Checkpoint:
     """A `Checkpoint` from a transformers ViT state dict and its config dict."""
@@ -121,25 +120,40 @@ def transformers_to_checkpoint(
     )
 
 
-def load_transformers_dir(path: str | os.PathLike, read_weights) -> Checkpoint:
-    """Read a transformers ViT directory (`config.json` + safetensors, sharded or not, or a weights-only `.bin`)."""
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def read(
+    path: str | os.PathLike,
+    progress: Any = None,
+    lazy: bool = False,
+    use_safetensors: bool | None = None,
+    weights_name: str | None = None,
+) -> Checkpoint:
+    """A transformers ViT directory (`config.json` + safetensors, sharded or not, or a weights-only `.bin`), or a
+    bare state dict file under its names. In a directory, `use_safetensors` chooses the weights as transformers does
+    (True: safetensors only; False: `pytorch_model.bin`), and `weights_name` names the file outright."""
+    from .files import read_json, read_tensors
+
     path = Path(path)
-    vit_config = json.loads((path / "config.json").read_text())
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            state_dict = read_weights(path / name)
-            break
-    else:
-        index = path / "model.safetensors.index.json"
-        if not index.is_file():
-            raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin.")
+    if not path.is_dir():
+        return to_checkpoint(read_tensors(path), None, str(path))
+    vit_config = read_json(path / "config.json")
+    names = [weights_name] if weights_name else WEIGHT_FILES
+    names = [n for n in names if use_safetensors is None or use_safetensors == ("safetensors" in n)]
+    weights = next((path / name for name in names if (path / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no {' or '.join(names)}.")
+    if weights.name.endswith(".index.json"):
         state_dict = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state_dict.update(read_weights(path / shard))
-    return transformers_to_checkpoint(state_dict, vit_config, str(path))
+        for shard in sorted(set(read_json(weights).get("weight_map", {}).values())):
+            state_dict.update(read_tensors(path / shard))
+    else:
+        state_dict = read_tensors(weights)
+    return to_checkpoint(state_dict, vit_config, str(path))
 
 
-def export_transformers(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
+def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write `model` (ViTAccelForImageClassification) as a transformers-native `ViT` directory (`model_type: vit`).
 
     transformers' own `save_pretrained` writes it, so the files are exactly what `ViTForImageClassification` expects.

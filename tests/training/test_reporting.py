@@ -1,0 +1,29 @@
+import json
+
+import pytest
+
+from vit_accel.errors import UserError
+from vit_accel.training.reporting import JsonlLog
+
+
+def test_a_torn_last_line_is_dropped_saying_so_and_rewritten_away(tmp_path, caplog):
+    log = JsonlLog(tmp_path, enabled=True)
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    with log.path.open("a") as handle:  # an append cut short by a full disk
+        handle.write('{"step": 4, "lo')
+    assert [r["step"] for r in log.records()] == [1, 2, 3]
+    assert "dropping its torn last line" in caplog.text and str(log.path) in caplog.text
+    log.truncate_after(2)  # what a resume from step 2 does first
+    assert log.path.read_text().endswith("\n") and [r["step"] for r in log.records()] == [1, 2]
+    log.write({"step": 3, "loss": 0.3})
+    assert [json.loads(line)["step"] for line in log.path.read_text().splitlines()] == [1, 2, 3]
+    log.truncate_after(0)  # a fresh run over an old one
+    assert log.records() == []
+
+
+def test_a_corrupt_line_in_the_middle_names_the_file_and_line(tmp_path):
+    log = JsonlLog(tmp_path, enabled=True)
+    log.path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(UserError, match=r"log.jsonl, line 2: not a JSON record"):
+        log.records()

@@ -1,0 +1,138 @@
+"""The converting `from_pretrained`: what `ViTAccelPreTrainedModel.from_pretrained` reaches for a source that is not
+a directory or Hub repo of ours.
+
+Every keyword is honoured or refused by name:
+
+- where from: `cache_dir`, `force_download`, `local_files_only` (and HF_HUB_OFFLINE: no network at all), `revision`,
+  `token` (handed to huggingface_hub only, never printed), `subfolder`, `use_safetensors`;
+- what to build: ViTAccelConfig fields (`num_labels`, `id2label`, `image_size`, `representation_size`, ...),
+  `config`, and ours: `variant`, `head_init`, `resample_mode`, `resample_antialias`, `weights`, `progress`, `quiet`;
+  `ignore_mismatched_sizes=False` refuses to replace a trained head (see `policy`);
+- how to place it: `device_map`, `max_memory`, `offload_folder`, `offload_buffers`, `dtype` (`torch_dtype`),
+  `attn_implementation`, `output_loading_info` go to transformers' own `from_pretrained`, which receives the converted
+  state dict: placement, disk offload and the attention backend are transformers' and accelerate's machinery.
+- `low_cpu_mem_usage` (True or False): transformers 5 always builds on the meta device, and so does this path (the
+  converted tensors become the parameters); `weights_only=True`: nothing is ever unpickled (`False` is refused);
+  `trust_remote_code`: no remote code runs on this path.
+
+Anything else (quantization, tensor parallelism, adapters, GGUF, key mappings, ...) is refused with its name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import torch
+
+from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+from ..errors import UserError
+from . import policy
+from .checkpoint import Checkpoint
+from .sources import HubOptions, locate, standard_path, unknown_variant
+
+HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder", "use_safetensors")
+TRANSFORMERS_KEYWORDS = (
+    "device_map",
+    "max_memory",
+    "offload_folder",
+    "offload_buffers",
+    "dtype",
+    "attn_implementation",
+    "output_loading_info",
+    "_from_auto",
+    "_from_pipeline",
+)
+OUR_KEYWORDS = (
+    "variant",
+    "config",
+    "head_init",
+    "resample_mode",
+    "resample_antialias",
+    "weights",
+    "progress",
+    "quiet",
+    "ignore_mismatched_sizes",
+)
+# Accepted because what they ask for is what this path always does (see the module docstring).
+ALWAYS_SO = ("low_cpu_mem_usage", "weights_only", "trust_remote_code")
+
+
+def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> torch.nn.Module | None:
+    """Build `cls` from a named variant, Google npz, timm or transformers checkpoint; None for a directory or Hub
+    repo of ours (transformers' standard path reads those)."""
+    if model_args or not isinstance(source, (str, os.PathLike)):
+        return None
+    where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
+    if standard_path(source, HubOptions(**where)):
+        return None  # ours: every keyword is transformers' to take or refuse
+    hub, placement, ours, fields = split_keywords(str(source), kwargs)  # before any long work
+    checkpoint = locate(
+        source, hub, weights=ours.pop("weights", None), progress=ours.pop("progress", None),
+        quiet=ours.pop("quiet", False),
+    )  # fmt: skip
+    return build(cls, checkpoint, placement, **ours, **fields)
+
+
+def split_keywords(
+    source: str, kwargs: dict[str, Any]
+) -> tuple[HubOptions, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(where from, how to place, our options, config fields); a keyword in none of them is refused by name."""
+    config_fields = set(ViTAccelConfig().to_dict()) | {"id2label", "label2id", "num_labels"}
+    hub, placement, ours, fields = {}, {}, {}, {}
+    for key, value in kwargs.items():
+        if key == "torch_dtype":
+            key = "dtype"
+        if key in HUB_KEYWORDS:
+            hub[key] = value
+        elif key in TRANSFORMERS_KEYWORDS:
+            placement[key] = value
+        elif key in OUR_KEYWORDS:
+            ours[key] = value
+        elif key in config_fields:
+            fields[key] = value
+        elif key == "weights_only" and value is False:
+            raise UserError(f"from_pretrained({source!r}, weights_only=False): vit_accel never unpickles checkpoints.")
+        elif key not in ALWAYS_SO:
+            known = [*config_fields, *HUB_KEYWORDS, *TRANSFORMERS_KEYWORDS, *OUR_KEYWORDS, *ALWAYS_SO]
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            public = [name for name in HUB_KEYWORDS + TRANSFORMERS_KEYWORDS + OUR_KEYWORDS if not name.startswith("_")]
+            raise TypeError(
+                f"from_pretrained({source!r}) got an unexpected keyword {key!r}{hint}: loading a converted checkpoint "
+                f"takes ViTAccelConfig fields and {', '.join(public + list(ALWAYS_SO))}."
+            )
+    hub = {key: value for key, value in hub.items() if value is not None}
+    variant = ours.get("variant")
+    if variant is not None and variant not in VIT_VARIANTS:
+        raise unknown_variant(variant, "named variant (the variant= keyword)")
+    if variant is not None and source in VIT_VARIANTS and variant != source:
+        raise UserError(f"variant={variant!r} contradicts the named source {source!r}.")
+    if source in VIT_VARIANTS:
+        ours["variant"] = source  # the variant's shape and resolution, whatever the 21k file it starts from
+    config = ours.get("config")
+    if isinstance(config, (str, os.PathLike)):
+        ours["config"] = ViTAccelConfig.from_pretrained(config)
+    elif config is not None and not isinstance(config, ViTAccelConfig):
+        raise UserError(f"config= must be a ViTAccelConfig (or its directory), got {type(config).__name__}.")
+    return HubOptions(**hub), placement, ours, fields
+
+
+def build(
+    cls: type, checkpoint: Checkpoint, placement: dict[str, Any] | None = None, **options: Any
+) -> torch.nn.Module | tuple[torch.nn.Module, dict]:
+    """`cls` built from `checkpoint` under the fine-tuning policy (`options`: see `policy.plan`), then placed by
+    transformers' `from_pretrained`, given the converted state dict, with the `placement` keywords."""
+    planned, state_dict, report = policy.plan(cls, checkpoint, **options)
+    placement = dict(placement or {})
+    want_info = placement.pop("output_loading_info", False)
+    model, info = cls.from_pretrained(
+        None, config=planned.config, state_dict=policy.for_model(cls, state_dict), output_loading_info=True, **placement
+    )
+    model.config._name_or_path = checkpoint.source  # transformers records None for a state dict
+    if not want_info:
+        return model
+    info["missing_keys"] = set(info["missing_keys"]) | set(policy.for_model(cls, dict.fromkeys(report["new"])))
+    info["unexpected_keys"] = set(info["unexpected_keys"]) | set(report["dropped"])
+    return model, info

@@ -1,0 +1,357 @@
+"""Where a checkpoint comes from: a named variant (downloaded once), a local file or directory, or a Hub repo.
+
+Each source becomes a `Checkpoint` under our names through its format module (`google_npz`, `timm_state_dict`,
+`transformers_vit`, `native`), told apart by content, never by file name. What cannot be found says why in one line:
+a path that does not exist and is no Hub repo either, a Hub that cannot be reached (with the cache path that was
+looked in, and how to fill it), a variant name with a typo (with the closest valid name).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..configuration_vit_accel import VIT_VARIANTS
+from ..errors import UserError
+from . import download, google_npz, native, timm_state_dict, transformers_vit
+from .checkpoint import Checkpoint, CheckpointError, ProgressFn
+from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
+
+ACCEPTED = (
+    "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"
+    ".safetensors), a transformers ViT directory or Hub id, a safetensors file or directory of ViTAccel"
+)
+# Tensor files are told apart by their names, in this order: our names are also transformers' v5 in-memory names.
+TENSOR_FORMATS = (timm_state_dict, native, transformers_vit)
+DIRECTORY_FORMATS = (native, transformers_vit, timm_state_dict)
+
+
+@dataclass
+class HubOptions:
+    """The `from_pretrained` keywords that say where a checkpoint is fetched from, and how."""
+
+    cache_dir: str | os.PathLike | None = None
+    force_download: bool = False
+    local_files_only: bool = False
+    revision: str | None = None
+    token: str | bool | None = field(default=None, repr=False)  # to huggingface_hub only; never printed
+    subfolder: str = ""
+    use_safetensors: bool | None = None
+
+    @property
+    def offline(self) -> bool:
+        return bool(self.local_files_only) or download.offline()
+
+
+def closest_variant(name: str) -> str | None:
+    """The named variant nearest to a misspelt one, if any is near."""
+    matches = difflib.get_close_matches(name, VIT_VARIANTS, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_variant(name: str, what: str = "named variant") -> UserError:
+    near = closest_variant(name)
+    hint = f"did you mean {near!r}? " if near else ""
+    return UserError(f"{name!r} is not a {what}; {hint}Valid names: {', '.join(VIT_VARIANTS)}.")
+
+
+def _looks_like_variant(text: str) -> bool:
+    return "/" not in text and os.sep not in text and re.match(r"^vit[-_]", text, re.IGNORECASE) is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# local files and directories
+
+
+def read_checkpoint(
+    source: str | os.PathLike,
+    progress: ProgressFn | None = None,
+    lazy: bool = False,
+    use_safetensors: bool | None = None,
+) -> Checkpoint:
+    """A local file or directory, whatever its format, as a `Checkpoint` under our names."""
+    path = Path(source)
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{path}: a directory without config.json. Accepted: {ACCEPTED}.")
+        config = read_json(config_file)
+        for fmt in DIRECTORY_FORMATS:
+            if fmt.detect((), config):
+                if fmt is transformers_vit:
+                    return fmt.read(path, progress, lazy, use_safetensors=use_safetensors)
+                _check_container(path / "model.safetensors", use_safetensors)
+                return fmt.read(path, progress, lazy)
+        raise CheckpointError(
+            f"{config_file}: model_type {config.get('model_type')!r} is neither 'vit' (transformers) nor 'vit_accel', "
+            f"and this is not timm's layout. Accepted: {ACCEPTED}."
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or directory. Accepted: {ACCEPTED}.")
+    try:
+        kind = sniff(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} Accepted: {ACCEPTED}.") from None
+    _check_container(path, use_safetensors, kind)
+    if kind == "npz":
+        with zipfile.ZipFile(path) as archive:
+            names = [name[: -len(".npy")] for name in archive.namelist()]
+        if not google_npz.detect(names):
+            google_npz.detect_prefix(names, str(path))  # raises, naming what an npz of Google's would hold
+        return google_npz.read(path, progress, lazy)
+    if kind == "safetensors":
+        names = [key for key in safetensors_header(path) if key != "__metadata__"]
+    else:
+        names = list(read_tensors(path))
+    for fmt in TENSOR_FORMATS:
+        if fmt.detect(names):
+            return fmt.read(path, progress, lazy)
+    raise CheckpointError(
+        f"{path}: tensors with unrecognised names (e.g. {sorted(names)[:4]}): not a ViT from timm, transformers or "
+        f"ViTAccel. Accepted: {ACCEPTED}."
+    )
+
+
+def _check_container(path: Path, use_safetensors: bool | None, kind: str | None = None) -> None:
+    """`use_safetensors=True` takes safetensors files only, `False` anything else, as transformers reads it."""
+    if use_safetensors is None:
+        return
+    kind = kind or (sniff(path) if path.is_file() else "missing")
+    if use_safetensors and kind != "safetensors":
+        raise CheckpointError(f"{path}: use_safetensors=True, but this is a {kind} file, not safetensors.")
+    if use_safetensors is False and kind == "safetensors":
+        raise CheckpointError(f"{path}: use_safetensors=False, but this is a safetensors file.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# named variants
+
+
+def named_checkpoint(
+    variant: str,
+    weights: str | None = None,
+    progress: ProgressFn | None = None,
+    quiet: bool = False,
+    options: HubOptions | None = None,
+) -> Checkpoint:
+    """The 21k checkpoint a named variant starts from: downloaded and converted once, then read from the cache
+    (`<cache_dir or HF hub cache>/vit_accel/`)."""
+    options = options or HubOptions()
+    relative = download.weight_file(variant, weights)
+    if options.revision not in (None, "main"):
+        raise UserError(
+            f"revision={options.revision!r}: {variant} is one fixed file ({download.base_url() + relative}), "
+            "which has no revisions."
+        )
+    if options.use_safetensors is not None:
+        raise UserError(
+            f"use_safetensors={options.use_safetensors!r}: {variant} is Google's npz file, converted once to "
+            "safetensors in the cache; there is no other file to choose."
+        )
+    folder = download.cache_dir(options.cache_dir)
+    cached = folder / (Path(relative).stem + ".safetensors")
+    if options.force_download or not cached.is_file():
+        npz = download.fetch(
+            relative,
+            folder,
+            verify=google_npz.verify_npz,
+            quiet=quiet,
+            force=options.force_download,
+            local_only=options.local_files_only,
+        )
+        # Streamed: each array is read, converted and written in turn (peak memory about one array).
+        checkpoint = google_npz.read(npz, progress=progress, lazy=True)
+        checkpoint.source = download.base_url() + relative
+        save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata(), progress, checkpoint.materialize)
+    return native.read(cached)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the Hub
+
+
+def _hub_cache(options: HubOptions, repo_id: str) -> Path:
+    from huggingface_hub import constants
+
+    root = Path(options.cache_dir) if options.cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    return root / ("models--" + repo_id.replace("/", "--"))
+
+
+def _hub_download(repo_id: str, filename: str, options: HubOptions, missing_ok: bool = False) -> str | None:
+    """`hf_hub_download` with the caller's options; its failures as one line naming the repo (and, for a path that
+    does not exist locally, saying so)."""
+    from huggingface_hub import errors, hf_hub_download
+
+    nowhere = f"{repo_id}: no such local file or directory, and"
+    try:
+        return hf_hub_download(
+            repo_id,
+            filename,
+            subfolder=options.subfolder or None,
+            revision=options.revision,
+            cache_dir=options.cache_dir,
+            force_download=options.force_download,
+            local_files_only=options.offline,
+            token=options.token,
+        )
+    except errors.GatedRepoError:
+        raise CheckpointError(
+            f"{repo_id}: a gated Hub repo: accept its terms on the Hub and pass token= (or `hf auth login`)."
+        ) from None
+    except errors.RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{nowhere} the Hub has no repo {repo_id!r} (or it is private: pass token=). Accepted: {ACCEPTED}."
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise CheckpointError(f"{repo_id}: the Hub repo has no revision {options.revision!r}.") from None
+    except errors.RemoteEntryNotFoundError:
+        if missing_ok:
+            return None
+        raise CheckpointError(f"{repo_id}: the Hub repo has no {filename}.") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError, OSError) as error:
+        if missing_ok and isinstance(error, errors.LocalEntryNotFoundError):
+            return None  # offline and not cached: the caller tries the next file, then says what it looked for
+        raise _unreachable(repo_id, filename, options, error) from None
+
+
+def _unreachable(repo_id: str, what: str, options: HubOptions, error: BaseException | None = None) -> CheckpointError:
+    if options.local_files_only:
+        why = "local_files_only=True"
+    elif download.offline():
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        why = str(error).splitlines()[0] if error is not None else "unknown reason"
+    return CheckpointError(
+        f"{repo_id}: no such local file or directory, and the Hub could not be reached ({why}) and the cache at "
+        f"{_hub_cache(options, repo_id)} has no {what}; fill it where the Hub is reachable with `hf download "
+        f"{repo_id}` (and copy that cache here), or pass a local path."
+    )
+
+
+def hub_checkpoint(repo_id: str, options: HubOptions) -> Checkpoint | None:
+    """A transformers ViT repo on the Hub as a `Checkpoint`; None for a repo of ours (transformers' standard path)."""
+    config_file = _hub_download(repo_id, "config.json", options)
+    config = read_json(config_file)
+    if native.detect((), config):
+        return None
+    if not transformers_vit.detect((), config):
+        raise CheckpointError(
+            f"{repo_id}: a {config.get('model_type')!r} model on the Hub, not a ViT ('vit' or 'vit_accel')."
+        )
+    names = [name for name in transformers_vit.WEIGHT_FILES if _wanted(name, options.use_safetensors)]
+    for name in names:
+        weights = _hub_download(repo_id, name, options, missing_ok=True)
+        if weights is None:
+            continue
+        if name.endswith(".index.json"):
+            for shard in sorted(set(read_json(weights).get("weight_map", {}).values())):
+                _hub_download(repo_id, shard, options)
+        checkpoint = transformers_vit.read(
+            Path(weights).parent, use_safetensors=name != "pytorch_model.bin", weights_name=name
+        )
+        checkpoint.source = repo_id
+        return checkpoint
+    if options.offline:
+        raise _unreachable(repo_id, " or ".join(names), options)
+    raise CheckpointError(f"{repo_id}: a transformers ViT repo without {' or '.join(names)}.")
+
+
+def _wanted(name: str, use_safetensors: bool | None) -> bool:
+    return use_safetensors is None or use_safetensors == ("safetensors" in name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# any source
+
+
+def standard_path(source: str | os.PathLike, options: HubOptions | None = None) -> bool:
+    """Whether `source` is a directory or Hub repo of ours, which transformers' standard `from_pretrained` reads.
+
+    Cheap: a local `config.json`, or the Hub's (a small download). A source that exists nowhere is an error here,
+    before any long work."""
+    options = options or HubOptions()
+    text = str(source)
+    if text in VIT_VARIANTS:
+        return False
+    path = Path(text).expanduser()
+    if path.exists():
+        path = path / options.subfolder if options.subfolder else path
+        config_file = path / "config.json"
+        if not (path.is_dir() and config_file.is_file() and native.detect((), read_json(config_file))):
+            return False
+        if (path / "model.safetensors").is_file():
+            safetensors_header(path / "model.safetensors")  # a truncated file is named before transformers reads it
+        return True
+    _check_remote_name(text)
+    return native.detect((), read_json(_hub_download(text, "config.json", options)))
+
+
+def _check_remote_name(text: str) -> None:
+    """A name that is no local path must be a Hub repo id; a misspelt variant or path says so."""
+    if _looks_like_variant(text):
+        raise unknown_variant(text)
+    if not _is_repo_id(text):
+        raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
+
+
+def locate(
+    source: str | os.PathLike | Checkpoint,
+    options: HubOptions | None = None,
+    *,
+    weights: str | None = None,
+    progress: ProgressFn | None = None,
+    quiet: bool = False,
+    lazy: bool = False,
+) -> Checkpoint:
+    """The `Checkpoint` of a named variant, local file or directory, or Hub id (a Hub repo of ours included)."""
+    if isinstance(source, Checkpoint):
+        return source
+    options = options or HubOptions()
+    text = str(source)
+    if text in VIT_VARIANTS:
+        return named_checkpoint(text, weights, progress, quiet, options)
+    path = Path(text).expanduser()
+    if path.exists():
+        if options.subfolder:
+            path = path / options.subfolder
+        if options.revision not in (None, "main"):
+            raise UserError(f"revision={options.revision!r}: {path} is a local path, which has no revisions.")
+        return read_checkpoint(path, progress, lazy, options.use_safetensors)
+    _check_remote_name(text)
+    return _hub_or_raise(text, options)
+
+
+def _hub_or_raise(repo_id: str, options: HubOptions) -> Checkpoint:
+    checkpoint = hub_checkpoint(repo_id, options)
+    if checkpoint is not None:
+        return checkpoint
+    # A Hub repo of ours: its files are ours, read as a local directory once downloaded.
+    _hub_download(repo_id, "model.safetensors", options)
+    return native.read(Path(_hub_download(repo_id, "config.json", options)).parent)
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except Exception:  # HFValidationError: not a repo id at all, e.g. "../run" or "a/b/c"
+        return False
+    return True
+
+
+__all__ = [
+    "ACCEPTED",
+    "HubOptions",
+    "closest_variant",
+    "hub_checkpoint",
+    "locate",
+    "named_checkpoint",
+    "read_checkpoint",
+    "standard_path",
+    "unknown_variant",
+]
