@@ -113,8 +113,10 @@ def test_slurm_script_starts_one_launch_per_node_that_train_as_one_job(digits, d
     }
 
 
-def test_deepspeed_zero2_on_two_nodes(digits, ddp_run, extensions_dir, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def zero2_two_nodes_run(digits, extensions_dir, tmp_path_factory) -> Path:
+    """DeepSpeed ZeRO-2 from two `accelerate launch` commands, one per "node", one process each."""
+    out = tmp_path_factory.mktemp("zero2-two-nodes") / "run"
     port = str(free_port())
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
     nodes = []
@@ -122,7 +124,7 @@ def test_deepspeed_zero2_on_two_nodes(digits, ddp_run, extensions_dir, tmp_path)
         node = ("--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank))
         node += ("--main_process_ip", "127.0.0.1", "--main_process_port", port)
         command, full_env = launch_command("deepspeed_zero2.yaml", tiny_args(digits, out, *TWO_PROCESSES), env, node)
-        log = open(tmp_path / f"node{rank}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
+        log = open(out.parent / f"node{rank}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
         nodes.append((subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT), log))
     for process, log in nodes:
         try:
@@ -132,6 +134,11 @@ def test_deepspeed_zero2_on_two_nodes(digits, ddp_run, extensions_dir, tmp_path)
                 process.kill()
             log.close()
         assert code == 0, Path(log.name).read_text()[-5000:]
+    return out
+
+
+def test_deepspeed_zero2_on_two_nodes(zero2_two_nodes_run, ddp_run):
+    out = zero2_two_nodes_run
     assert_really(out, "DEEPSPEED", 2)
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
     assert_same_weights(out, ddp_run, atol=1e-5)
@@ -201,3 +208,95 @@ def test_deepspeed_zero3_with_cpu_offload_two_processes(digits, ddp_run, extensi
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-4, rtol=1e-4)
     assert_same_weights(out, ddp_run, atol=1e-4)
     assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
+
+
+# Resuming on another number of processes. The resumed runs pass the original flags: train.py keeps the global batch.
+
+
+def resume(config: str, run: Path, digits: Path, layout: tuple[str, ...], *launcher_args: str, check: bool = True):
+    return launch(
+        config,
+        tiny_args(digits, run, *layout, "--resume_from_checkpoint", "latest"),
+        launcher_args=launcher_args,
+        check=check,
+    )
+
+
+def layout_line(done) -> str:
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if "keeps the global batch" in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(digits, tmp_path_factory) -> Path:
+    """One process, per-device batch 16: the same global batch as the two-process runs."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    launch("cpu.yaml", tiny_args(digits, out, *ONE_PROCESS))
+    assert_really(out, "NO", 1)
+    return out
+
+
+def test_ddp_run_of_two_processes_continues_on_one(digits, ddp_run, tmp_path):
+    resumed = stopped_after(ddp_run, 3, tmp_path)
+    done = resume("cpu.yaml", resumed, digits, TWO_PROCESSES)
+    assert_really(resumed, "NO", 1)
+    assert "1 process(es) x 8 per device x 2 accumulation step(s) = global batch 16" in layout_line(done)
+    # The same examples at every step from step 4 on (the same losses) and the same final weights.
+    torch.testing.assert_close(train_losses(resumed), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
+    assert_same_weights(resumed, ddp_run, atol=1e-5)
+
+
+def test_run_of_one_process_continues_on_two_ddp_processes(digits, one_process_run, tmp_path):
+    resumed = stopped_after(one_process_run, 3, tmp_path)
+    done = resume("multi_cpu.yaml", resumed, digits, ONE_PROCESS)
+    assert_really(resumed, "MULTI_CPU", 2)
+    assert "2 process(es) x 8 per device x 1 accumulation step(s) = global batch 16" in layout_line(done)
+    torch.testing.assert_close(train_losses(resumed), train_losses(one_process_run), atol=1e-5, rtol=1e-5)
+    assert_same_weights(resumed, one_process_run, atol=1e-5)
+
+
+def test_fsdp_run_of_two_processes_continues_on_one(digits, fsdp_run, tmp_path):
+    resumed = stopped_after(fsdp_run, 3, tmp_path)
+    done = resume("fsdp.yaml", resumed, digits, TWO_PROCESSES, *FP32, "--num_processes", "1")
+    assert_really(resumed, "FSDP", 1)
+    assert "1 process(es) x 8 per device x 2 accumulation step(s)" in layout_line(done)
+    torch.testing.assert_close(train_losses(resumed), train_losses(fsdp_run), atol=1e-5, rtol=1e-5)
+    assert_same_weights(resumed, fsdp_run, atol=1e-5)
+
+
+def test_fsdp_offload_run_of_one_process_continues_on_two(digits, fsdp_run, tmp_path):
+    # fsdp_offload.yaml on one process writes the same sharded format as fsdp.yaml, which continues it on two.
+    one = tmp_path / "one"
+    launch("fsdp_offload.yaml", tiny_args(digits, one, *ONE_PROCESS), launcher_args=(*FP32, "--num_processes", "1"))
+    assert_really(one, "FSDP", 1)
+    resumed = stopped_after(one, 3, tmp_path)
+    done = resume("fsdp.yaml", resumed, digits, ONE_PROCESS, *FP32)
+    assert_really(resumed, "FSDP", 2)
+    assert "2 process(es) x 8 per device x 1 accumulation step(s)" in layout_line(done)
+    torch.testing.assert_close(train_losses(resumed), train_losses(one), atol=1e-5, rtol=1e-5)
+    assert_same_weights(resumed, one, atol=1e-5)
+    assert_same_weights(resumed, fsdp_run, atol=1e-5)
+
+
+def test_deepspeed_continues_on_another_process_count_through_a_universal_checkpoint(
+    digits, zero2_two_nodes_run, ddp_run, extensions_dir, tmp_path
+):
+    resumed = stopped_after(zero2_two_nodes_run, 3, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in resumed.rglob("*")}
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    args = tiny_args(digits, resumed, *TWO_PROCESSES, "--resume_from_checkpoint", "latest")
+    refused = launch("deepspeed_zero2.yaml", args, env=env, launcher_args=("--num_processes", "1"), check=False)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert refused.returncode != 0 and len(errors) == 1, refused.stderr[-3000:]
+    assert "universal" in errors[0]
+    assert {p: p.stat().st_mtime_ns for p in resumed.rglob("*")} == before
+    # The line ends with the conversion command; once it has run, the resume goes through.
+    conversion = errors[0].split("`")[-2]
+    path = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python`: this one
+    converted = subprocess.run(conversion, shell=True, env=path, capture_output=True, text=True, timeout=300)
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    launch("deepspeed_zero2.yaml", args, env=env, launcher_args=("--num_processes", "1"))
+    assert_really(resumed, "DEEPSPEED", 1)
+    torch.testing.assert_close(train_losses(resumed), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
+    assert_same_weights(resumed, ddp_run, atol=1e-5)

@@ -8,17 +8,23 @@ never from MULTI_CPU, so an FSDP config on the CPU would silently train as plain
 as unsynchronised copies (without). torch's FSDP2 itself runs on the CPU over gloo, and so do accelerate's FSDP2
 preparation, sharded `save_state`/`load_state` and full-state gathering; `create_accelerator` reaches them by
 starting the gloo process group first and presenting it to accelerate as a data-parallel group, the state from
-which accelerate applies its FSDP plugin. It then checks that the run really got FSDP.
+which accelerate applies its FSDP plugin.
+
+It also decides how a run resumes on another number of processes (`plan_new_world_size`): the same global batch
+split anew, and for DeepSpeed, whose checkpoints hold one ZeRO shard per process, through DeepSpeed's universal
+checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils.constants import MODEL_NAME
 
 from ..errors import UserError
 
@@ -50,9 +56,8 @@ def create_accelerator(**kwargs) -> Accelerator:
       accelerate treats as data parallel, so that its FSDP plugin applies; FSDP2's CPU offload then keeps its
       shards in ordinary memory (pinned memory needs CUDA).
 
-    Raises:
-        RuntimeError: FSDP was asked for but accelerate did not set it up (another accelerate version may decide
-            the distributed state differently); the run stops before any work instead of training without FSDP.
+    Whether the run really got the distributed type its launch asked for is `preflight.check_process_group`'s
+    check (another accelerate version may decide the state differently).
     """
     handlers = list(kwargs.pop("kwargs_handlers", None) or [])
     cpu_fsdp = _cpu_only() and fsdp_requested() and "LOCAL_RANK" in os.environ
@@ -63,14 +68,7 @@ def create_accelerator(**kwargs) -> Accelerator:
     elif _cpu_only() and launched_processes() > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(kwargs_handlers=handlers, **kwargs)
-    if cpu_fsdp:
-        if accelerator.distributed_type != DistributedType.FSDP:
-            import accelerate
-
-            raise RuntimeError(
-                f"The launch asked for FSDP, but accelerate {accelerate.__version__} set up "
-                f"{accelerator.distributed_type} on this machine without CUDA; stopping before training without FSDP."
-            )
+    if cpu_fsdp and accelerator.distributed_type == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if getattr(plugin.cpu_offload, "pin_memory", False):
             from torch.distributed.fsdp import CPUOffloadPolicy
@@ -159,3 +157,48 @@ def micro_batches_to_skip(saved: BatchLayout, saved_micro_batches: int, new: Bat
             f"boundary of {new.describe()}."
         )
     return examples // per_micro_batch
+
+
+# Where `accelerator.save_state` puts DeepSpeed's own checkpoint inside ours (its tag), and where the conversion to
+# DeepSpeed's universal format (one file per parameter and optimizer state, loadable on any number of processes) goes.
+DEEPSPEED_TAG = MODEL_NAME
+UNIVERSAL_TAG = f"{MODEL_NAME}_universal"
+# The settings that may change with the number of processes, as long as the global batch does not.
+WORLD_SIZE_SETTINGS = ("num_processes", "per_device_train_batch_size", "gradient_accumulation_steps")
+
+
+def universal_conversion_command(checkpoint: Path) -> str:
+    """The command that converts `checkpoint`'s DeepSpeed states to the universal format, next to them."""
+    return (
+        "python -m deepspeed.checkpoint.ds_to_universal --inject_missing_state "
+        f"--input_folder {checkpoint / DEEPSPEED_TAG} --output_folder {checkpoint / UNIVERSAL_TAG}"
+    )
+
+
+def has_universal_checkpoint(checkpoint: Path) -> bool:
+    return (checkpoint / UNIVERSAL_TAG / "zero").is_dir()
+
+
+def plan_new_world_size(
+    recorded: dict | None, num_processes: int, per_device_batch: int, checkpoint: Path, deepspeed: bool
+) -> tuple[BatchLayout, BatchLayout] | None:
+    """The checkpoint's batch layout and this run's, when this run has another number of processes than the one
+    that wrote `checkpoint` (None when it has the same, or the checkpoint did not record it).
+
+    Raises:
+        UserError: the global batch does not divide over `num_processes` (see `relayout`), or a DeepSpeed checkpoint
+            that has not been converted to the universal format; the message holds the command that converts it.
+    """
+    if not recorded or recorded.get("num_processes") in (None, num_processes):
+        return None
+    saved = BatchLayout(
+        recorded["num_processes"], recorded["per_device_train_batch_size"], recorded["gradient_accumulation_steps"]
+    )
+    if deepspeed and not has_universal_checkpoint(checkpoint):
+        raise UserError(
+            f"--resume_from_checkpoint {checkpoint}: it holds DeepSpeed ZeRO states of {saved.num_processes} "
+            f"process(es), which load only on as many; this run has {num_processes}. Convert them once to DeepSpeed's "
+            f"universal checkpoint, which loads on any number, then resume again: "
+            f"`{universal_conversion_command(checkpoint)}`"
+        )
+    return saved, relayout(saved, num_processes, per_device_batch)
