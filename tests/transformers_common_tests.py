@@ -338,8 +338,6 @@ class ViTFamilyModelTester:
         return self.config_class(**fields)
 
     def prepare_config_and_inputs(self):
-        from transformers_common_tests import load
-
         common = load()
         pixel_values = common.floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
         labels = common.ids_tensor([self.batch_size], self.type_sequence_label_size) if self.use_labels else None
