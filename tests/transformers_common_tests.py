@@ -84,7 +84,12 @@ def fetch_common_tests() -> Path:
                 assert source is not None, member.name
                 (staging / name).write_bytes(source.read())
     shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # whole or nothing: an interrupted fetch leaves no partial cache
+    try:
+        staging.rename(target)  # whole or nothing: an interrupted fetch leaves no partial cache
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not all((target / name).is_file() for name in NEEDED):  # else another test process cached it meanwhile
+            raise
     return target
 
 
