@@ -15,12 +15,13 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, TorchDynamoPlugin, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, TorchDynamoPlugin, gather_object, set_seed
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -41,6 +42,15 @@ from vit_accel.training.checkpointing import (
     save_checkpoint,
     verify_checkpoint,
 )
+from vit_accel.training.distributed import (
+    UNIVERSAL_TAG,
+    WORLD_SIZE_SETTINGS,
+    BatchLayout,
+    create_accelerator,
+    micro_batches_to_skip,
+    parameter_checksum,
+    plan_new_world_size,
+)
 from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
@@ -58,8 +68,8 @@ LENGTH_SETTINGS = ("max_train_steps", "num_train_epochs")
 
 
 def build_accelerator(args) -> Accelerator:
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by `accelerate launch` for 2+ processes
-    return Accelerator(
+    # create_accelerator: gloo where there is no CUDA, and FSDP2 for real on the CPU when the config asks for it.
+    return create_accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=check_trackers(args.report_to) if args.with_tracking else None,
         project_dir=args.output_dir,
@@ -68,20 +78,30 @@ def build_accelerator(args) -> Accelerator:
         # Host-to-device copies of pinned batches overlap with compute instead of blocking every step.
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
         dynamo_plugin=TorchDynamoPlugin(backend="inductor") if args.torch_compile else None,
-        # Without CUDA, DeepSpeed's process group must be told to use gloo (it would otherwise try NCCL).
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")]
-        if distributed and not torch.cuda.is_available()
-        else [],
     )
 
 
-def plan_resume(args, settings: dict, output_dir: Path) -> tuple[Path, TrainerState] | tuple[None, None]:
-    """The checkpoint to resume and its state, after checking that it is whole and that this run continues it."""
+def plan_resume(
+    accelerator: Accelerator, args, settings: dict, output_dir: Path
+) -> tuple[Path | None, TrainerState | None, tuple[BatchLayout, BatchLayout] | None]:
+    """The checkpoint to resume, its state and, when it was written by another number of processes, its batch layout
+    and this run's; after checking that it is whole and that this run continues it."""
     if not args.resume_from_checkpoint:
-        return None, None
+        return None, None, None
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     state = verify_checkpoint(checkpoint)
-    current = {k: v for k, v in settings.items() if k not in LENGTH_SETTINGS}
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    layouts = plan_new_world_size(
+        state.settings, accelerator.num_processes, args.per_device_train_batch_size, checkpoint, deepspeed
+    )
+    ignored = LENGTH_SETTINGS
+    if layouts is not None:
+        # Another number of processes: the global batch is kept, split anew; these settings follow from it.
+        new = layouts[1]
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = new.per_device_batch, new.accumulation
+        settings.update(per_device_train_batch_size=new.per_device_batch, gradient_accumulation_steps=new.accumulation)
+        ignored += WORLD_SIZE_SETTINGS
+    current = {k: v for k, v in settings.items() if k not in ignored}
     changes = changed_settings(state.settings, current)
     if changes and not args.accept_changed_settings:
         raise UserError(
@@ -90,7 +110,24 @@ def plan_resume(args, settings: dict, output_dir: Path) -> tuple[Path, TrainerSt
         )
     if changes:
         logger.warning(f"Resuming with changed settings, as asked: {'; '.join(changes)}.", main_process_only=True)
-    return checkpoint, state
+    return checkpoint, state, layouts
+
+
+def continue_on_new_world_size(accelerator: Accelerator, state: TrainerState, checkpoint: Path, layouts) -> None:
+    """Take up a checkpoint of another number of processes: the new batch split, and where its epoch stands in it."""
+    saved, new = layouts
+    accelerator.gradient_accumulation_steps = new.accumulation
+    if (plugin := accelerator.state.deepspeed_plugin) is not None:
+        plugin.deepspeed_config["gradient_accumulation_steps"] = new.accumulation
+        plugin.deepspeed_config["checkpoint"] = {"load_universal": True}
+    examples = state.batches_in_epoch * saved.per_device_batch * saved.num_processes
+    state.batches_in_epoch = micro_batches_to_skip(saved, state.batches_in_epoch, new)
+    logger.info(
+        f"{checkpoint} was written by {saved.num_processes} process(es), this run has {new.num_processes}: "
+        f"{new.describe()} keeps the global batch of {saved.describe()}; training continues at example {examples} "
+        f"of epoch {state.epoch}, in the same order.",
+        main_process_only=True,
+    )
 
 
 def finished_results(output_dir: Path, state: TrainerState, settings: dict) -> dict | None:
@@ -227,7 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     settings = resume_settings((model_args, data_args, args), accelerator.num_processes)
     settings.update({k: getattr(args, k) for k in LENGTH_SETTINGS})
-    resume_dir, resumed = plan_resume(args, settings, output_dir)
+    resume_dir, resumed, layouts = plan_resume(accelerator, args, settings, output_dir)
+    if layouts is not None:
+        continue_on_new_world_size(accelerator, resumed, resume_dir, layouts)
     if resumed is not None and (done := finished_results(output_dir, resumed, settings)) is not None:
         logger.warning(
             f"The run in {output_dir} already finished at step {resumed.completed_steps} of "
@@ -290,7 +329,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     state = TrainerState(total_steps=total_steps, settings=settings)
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir), **methods.state_kwargs(accelerator, frozen, saving=False))
+        load_kwargs = methods.state_kwargs(accelerator, frozen, saving=False)
+        if layouts is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # accelerate loads DeepSpeed's states from their own tag only; the universal conversion lies beside it.
+            # Each process's random streams (dropout, drop path) belong to the old process count and are not taken.
+            model.load_checkpoint(str(resume_dir), tag=UNIVERSAL_TAG, **load_kwargs)
+            if ema is not None:
+                ema.load(resume_dir)  # accelerate's load hooks, which read it otherwise, do not run on this path
+        else:
+            accelerator.load_state(str(resume_dir), **load_kwargs)
+        if layouts is not None:
+            # load_state restored accelerate's micro-batch counter, which places the accumulation windows, as the old
+            # split counted it; in the new split this process has consumed `batches_in_epoch` micro-batches.
+            accelerator.step = resumed.batches_in_epoch
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # accelerate keeps a schedule prepared apart from the model out of DeepSpeed checkpoints (it expects
+            # DeepSpeed to hold it): the schedule is a function of the step alone, so replaying the steps restores it.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                for _ in range(resumed.completed_steps):
+                    scheduler.step()
         state = resumed
         state.total_steps, state.settings, state.files = total_steps, settings, None
     reporter = Reporter(accelerator, output_dir, total_steps, state.completed_steps)
@@ -395,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
     bad_train = gather_bad_rows(accelerator, train_set, state.bad_rows.get("train", []))
     bad_eval = gather_bad_rows(accelerator, eval_set, state.bad_rows.get("validation", []))
     # Data-parallel replicas must hold the same weights; differing checksums mean the processes were not in sync.
-    checksum = torch.stack([p.detach().float().sum() for p in model.parameters()]).sum().reshape(1)
+    checksum = parameter_checksum(model).to(accelerator.device)
     trainable, total = methods.count_parameters(accelerator.unwrap_model(model))
     final_model = methods.choose_final(args, results)
     final = {

@@ -23,19 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
 
 
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "digits"
-    export_digits(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def extensions_dir(tmp_path_factory) -> Path:
-    # DeepSpeed JIT-builds a CPU op on first use; one cache for the whole session builds it once.
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path_factory.mktemp("torch_extensions"))
-
-
 def tiny_args(digits: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
         "--model_name_or_path", "vit-tiny-p16-224", "--from_scratch", "--config_overrides", TINY,
@@ -48,6 +35,23 @@ def tiny_args(digits: Path, output_dir: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def launch_command(
+    config: str,
+    args: list[str],
+    env: dict | None = None,
+    launcher_args: tuple[str, ...] = (),
+    script: str = "train.py",
+) -> tuple[list[str], dict]:
+    """The `accelerate launch` command line a user types for `config` (with `launcher_args` before the script), and
+    its environment."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}"]
+    command += ["--num_cpu_threads_per_process", "1", *launcher_args, script, *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if config in ("multi_cpu.yaml",):
+        full_env["ACCELERATE_USE_CPU"] = "true"  # without it, --multi_gpu on CPU starts 2 unsynchronised processes
+    return command, full_env
+
+
 def launch(
     config: str,
     args: list[str],
@@ -55,13 +59,10 @@ def launch(
     check: bool = True,
     timeout: int = 600,
     script: str = "train.py",
+    launcher_args: tuple[str, ...] = (),
 ):
     """`accelerate launch` as a user types it; returns the completed process."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}"]
-    command += ["--num_cpu_threads_per_process", "1", script, *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if config in ("multi_cpu.yaml",):
-        full_env["ACCELERATE_USE_CPU"] = "true"  # without it, --multi_gpu on CPU starts 2 unsynchronised processes
+    command, full_env = launch_command(config, args, env, launcher_args, script)
     result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -79,6 +80,37 @@ def train_losses(output_dir: Path) -> list[float]:
 
 def results(output_dir: Path) -> dict:
     return json.loads((output_dir / "all_results.json").read_text())
+
+
+def saved_model_top1(out: Path, digits: Path, cwd: Path) -> float:
+    """Top-1 of the model saved in `out` on the tiny runs' 64 eval digits, measured in a fresh Python process."""
+    script = textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoModelForImageClassification
+        import vit_accel
+        from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset
+        from vit_accel.data import make_dataloader
+        model = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
+        processor = json.load(open({str(out / "preprocessor_config.json")!r}))
+        args = DataArguments(dataset_name={str(digits)!r}, max_eval_samples=64, augmentation="none")
+        data = load_image_dataset(args, seed=3)
+        pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
+        loader = make_dataloader(ImageClassificationDataset(data.validation, pipeline, seed=3), 32, False, 3)
+        correct = total = 0
+        with torch.no_grad():
+            for batch in loader:
+                logits = model(pipeline.on_device(batch["pixel_values"])).logits
+                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
+                total += len(batch["labels"])
+        print(json.dumps({{"top1": correct / total, "total": total}}))
+        """
+    )
+    reload = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert reload.returncode == 0, reload.stderr[-4000:]
+    measured = json.loads(reload.stdout.strip().splitlines()[-1])
+    assert measured["total"] == 64
+    return measured["top1"]
 
 
 # The regularisation a modern fine-tuning recipe adds (layer decay, EMA, mixup/cutmix, label smoothing, random
@@ -240,33 +272,7 @@ def test_deepspeed_zero_two_processes(stage, digits, extensions_dir, tmp_path):
 
     # The saved directory holds full weights (gathered under ZeRO-3) and reloads in a fresh process with the same
     # eval accuracy as the run measured.
-    script = textwrap.dedent(
-        f"""
-        import json, torch
-        from transformers import AutoModelForImageClassification
-        import vit_accel
-        from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset
-        from vit_accel.data import make_dataloader
-        model = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
-        processor = json.load(open({str(out / "preprocessor_config.json")!r}))
-        args = DataArguments(dataset_name={str(digits)!r}, max_eval_samples=64, augmentation="none")
-        data = load_image_dataset(args, seed=3)
-        pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
-        loader = make_dataloader(ImageClassificationDataset(data.validation, pipeline, seed=3), 32, False, 3)
-        correct = total = 0
-        with torch.no_grad():
-            for batch in loader:
-                logits = model(pipeline.on_device(batch["pixel_values"])).logits
-                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-                total += len(batch["labels"])
-        print(json.dumps({{"top1": correct / total, "total": total}}))
-        """
-    )
-    reload = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert reload.returncode == 0, reload.stderr[-4000:]
-    measured = json.loads(reload.stdout.strip().splitlines()[-1])
-    assert measured["total"] == 64
-    assert measured["top1"] == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base, extensions_dir, tmp_path):

@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 AutoConfig.register(ViTAccelConfig.model_type, ViTAccelConfig, exist_ok=True)
 AutoModel.register(ViTAccelConfig, ViTAccelModel, exist_ok=True)
 AutoModelForImageClassification.register(ViTAccelConfig, ViTAccelForImageClassification, exist_ok=True)
+# (Importing modeling_vit_accel above also registers, for model_type vit_accel, the renamings between transformers'
+# on-disk ViT parameter names and ours, which its from_pretrained/save_pretrained apply.)
 ViTAccelConfig.register_for_auto_class()
 ViTAccelModel.register_for_auto_class("AutoModel")
 ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")

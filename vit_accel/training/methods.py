@@ -55,16 +55,21 @@ def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
 
 
 def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None:
-    """Combinations with the accelerate config: ZeRO-3 shards every weight, which the EMA and the adapter and
+    """Combinations with the accelerate config: ZeRO-3 and FSDP shard every weight, which the EMA and the adapter and
     frozen-weight checkpoints need whole; all such flags are named in one line."""
+    from accelerate.utils import DistributedType
+
     plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.zero_stage == 3:
+    mode = "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        mode = "FSDP"
+    if mode is not None:
         flags = ("ema_decay", "peft", "freeze", "freeze_layers")
         given = [f"--{name}" for name in flags if getattr(args, name) is not None]
         if given:
             raise UserError(
-                f"{', '.join(given)}: not supported under DeepSpeed ZeRO-3, where each process holds a shard of every "
-                "weight. Use ZeRO-2 (optimizer state and gradients sharded), DDP or one process."
+                f"{', '.join(given)}: not supported under {mode}, where each process holds a shard of every "
+                "weight. Use DeepSpeed ZeRO-2 (optimizer state and gradients sharded), DDP or one process."
             )
     check_ema(args.ema_decay, accelerator)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -84,6 +86,27 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
     return model, mean, std
 
 
+@contextlib.contextmanager
+def _unsharded_class(model) -> Iterator[None]:
+    """Present an FSDP2-sharded model under its own class while it is saved.
+
+    `fully_shard` replaces the model's class by a generated subclass (`FSDPViTAccelForImageClassification`) that
+    lives in torch's FSDP module; `save_pretrained` would then copy torch's FSDP source files as the remote code and
+    point `auto_map` at them instead of writing modeling_vit_accel.py.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    generated = type(model)
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.__class__ = next(cls for cls in generated.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = generated
+
+
 def save_final_model(
     accelerator: Accelerator,
     model,
@@ -93,15 +116,16 @@ def save_final_model(
     results: dict,
     record: dict,
 ) -> None:
-    """`save_pretrained` from the full state dict (gathered under ZeRO-3), the image processor, `all_results.json` and
-    `training_args.json` (`record`: the command and the arguments)."""
+    """`save_pretrained` from the full state dict (gathered under ZeRO-3 and FSDP), the image processor,
+    `all_results.json` and `training_args.json` (`record`: the command and the arguments)."""
     from transformers import ViTImageProcessor
 
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3: every process must call it
+    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 and FSDP: every process must call it
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        with _unsharded_class(unwrapped):
+            unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         size = unwrapped.config.image_size
         height, width = (size, size) if isinstance(size, int) else size
         ViTImageProcessor(
