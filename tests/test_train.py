@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -300,6 +301,21 @@ def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base,
     )
     assert states["module"] and all(any(t in k for t in adapter_keys) for k in states["module"])
 
+    # And such a checkpoint resumes exactly under DeepSpeed (frozen base rebuilt from the base model, EMA reloaded).
+    resumed = tmp_path / "zero2-resumed"
+    resumed.mkdir()
+    shutil.copytree(zero2 / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copy(zero2 / "log.jsonl", resumed / "log.jsonl")
+    launch(
+        "deepspeed_zero2.yaml",
+        lora_args(digits, tiny_base, resumed, *extra, "--resume_from_checkpoint", "latest"),
+        env=env,
+    )
+    assert train_losses(resumed) == train_losses(zero2)
+    for name in ("adapter_model.safetensors", "checkpoint-6/ema.safetensors"):
+        expected, got = load_file(zero2 / name), load_file(resumed / name)
+        assert all(torch.equal(got[k], expected[k]) for k in expected), name
+
 
 def test_zero3_refuses_ema_and_lora_in_one_line_before_anything_loads(digits, tiny_base, extensions_dir, tmp_path):
     out = tmp_path / "zero3"
@@ -435,8 +451,6 @@ def test_a_finished_run_trains_further_only_when_asked_and_keeps_its_results(dig
 
 
 def test_partial_freezing_checkpoints_what_trains_and_resumes_exactly(digits, tmp_path, run_train):
-    import shutil
-
     args = ["--freeze_layers", "1", "--checkpointing_steps", "3", "--save_total_limit", "3"]
     reference = tmp_path / "reference"
     assert run_train(tiny_args(digits, reference, *args))[0] == 0
