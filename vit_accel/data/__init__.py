@@ -9,7 +9,12 @@ from .loading import (
     example_seed,
     make_dataloader,
 )
-from .sources import ImageClassificationData, load_image_dataset, stratified_split
+from .sources import (
+    ImageClassificationData,
+    check_seed,
+    load_image_dataset,
+    stratified_split,
+)
 from .transforms import Pipeline, build_pipeline, resize_batch, to_rgb
 
 __all__ = [
@@ -22,6 +27,7 @@ __all__ = [
     "ImageClassificationDataset",
     "Pipeline",
     "build_pipeline",
+    "check_seed",
     "collate",
     "example_seed",
     "load_image_dataset",
