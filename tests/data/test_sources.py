@@ -356,3 +356,31 @@ def test_an_image_column_of_bytes_or_paths_is_found(kind, tmp_path):
     data = load(dataset_name=str(tmp_path / "ds"), train_val_split=0.25)
     assert_normalised(data.train)
     np.testing.assert_array_equal(np.asarray(data.train[0]["image"]), random_rgb(0))
+
+
+def test_dataset_identity_follows_the_rows_not_the_path(tmp_path, monkeypatch):
+    import json
+
+    from vit_accel.data import dataset_identity
+    from vit_accel.data.sources import identity_changes
+
+    path = str(tmp_path / "ds")
+    write_hub_parquet(path, {"train": cifar10_dataset(30), "test": cifar10_dataset(10, seed=1)})
+    first = dataset_identity(load(dataset_name=path, max_train_samples=20))
+    whole = dataset_identity(load(dataset_name=path))
+    # Computed from the label columns alone: no image is decoded.
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "decode_example", lambda *a, **k: pytest.fail("an image was decoded"))
+        again = dataset_identity(load(dataset_name=path + "/", max_train_samples=20))
+    assert first == again and json.loads(json.dumps(first)) == first and identity_changes(first, again) == []
+    assert (first["train_rows"], first["validation_rows"], first["num_labels"]) == (20, 10, 10)
+    # The same path, other rows: fewer, or the same rows in another order.
+    write_hub_parquet(path, {"train": cifar10_dataset(24), "test": cifar10_dataset(10, seed=1)})
+    fewer = dataset_identity(load(dataset_name=path + "/", max_train_samples=20))
+    assert fewer["train_rows"] == 20 and fewer != first
+    assert [change.split(":")[0] for change in identity_changes(first, fewer)] == ["train_labels_sha256"]
+    write_hub_parquet(path, {"train": cifar10_dataset(30).select(range(29, -1, -1)), "test": cifar10_dataset(10, 1)})
+    reordered = dataset_identity(load(dataset_name=path))
+    assert reordered["train_rows"] == whole["train_rows"] == 30
+    assert reordered["train_labels_sha256"] != whole["train_labels_sha256"]
+    assert reordered["validation_labels_sha256"] == whole["validation_labels_sha256"]

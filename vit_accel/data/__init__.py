@@ -12,6 +12,8 @@ from .loading import (
 from .sources import (
     ImageClassificationData,
     check_seed,
+    dataset_identity,
+    identity_changes,
     load_image_dataset,
     stratified_split,
 )
@@ -29,7 +31,9 @@ __all__ = [
     "build_pipeline",
     "check_seed",
     "collate",
+    "dataset_identity",
     "example_seed",
+    "identity_changes",
     "load_image_dataset",
     "make_dataloader",
     "resize_batch",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -486,3 +487,40 @@ def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True
     if for_training and classes is not None:
         _check_subsample(train, validation, classes, labels, args.max_train_samples, label_column)
     return ImageClassificationData(train=train, validation=validation, labels=labels)
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "little"))  # lengths first: ("ab", "c") and ("a", "bc") differ
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
+def dataset_identity(data: ImageClassificationData) -> dict:
+    """What identifies the loaded splits, for a resumed run to check that it continues on the same data.
+
+    Row counts, the label names, and the label of every row of each split in row order (after the validation split,
+    `max_train_samples` and `max_eval_samples`), as sha256 digests. Deterministic across processes and paths (a
+    trailing slash, a relative path), cheap (the label columns only: no image is read or decoded), and JSON-ready.
+    A change of rows, their order or their labels shows; an image replaced by another under the same label does not.
+    """
+    identity: dict = {
+        "num_labels": len(data.labels),
+        "label_names_sha256": _digest(*(str(name).encode("utf-8") for name in data.labels)),
+    }
+    for name, split in (("train", data.train), ("validation", data.validation)):
+        labels = np.ascontiguousarray(label_array(split), dtype="<i8")
+        identity[f"{name}_rows"] = len(split)
+        identity[f"{name}_labels_sha256"] = _digest(labels.tobytes())
+    return identity
+
+
+def identity_changes(recorded: dict, current: dict) -> list[str]:
+    """`dataset_identity` entries that differ, as `key: <recorded> in the checkpoint, <current> now` (empty when the
+    data is the same)."""
+    return [
+        f"{key}: {recorded.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in sorted(set(recorded) | set(current))
+        if recorded.get(key) != current.get(key)
+    ]
