@@ -821,3 +821,35 @@ def test_api_mistakes_raise_user_errors_naming_the_culprit(world):
         load_image_dataset(DataArguments(dataset_name=str(world / "one_class")), seed=0)
     with pytest.raises(UserError, match="--max_eval_samples"):
         DataArguments(dataset_name="x", max_eval_samples=-2)
+
+
+# --- train.py: data mistakes found only on what is really trained, or through paths and flags that did not apply ---
+
+LATER_DATA_CASES = {
+    "a subsample of a single class": (
+        lambda w: ["--max_train_samples", "1"],
+        ["--max_train_samples 1 keeps a single class", "at least two"],
+    ),
+    "the same folder for training and validation": (
+        lambda w: ["--train_dir", str(w / "folder" / "train"), "--validation_dir", str(w / "folder" / "train")],
+        ["--train_dir", "--validation_dir", "are the same folder"],
+    ),
+    "a configuration of a save_to_disk directory": (
+        lambda w: ["--dataset_config_name", "cifar10"],
+        ["--dataset_config_name 'cifar10'", "save_to_disk directory"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LATER_DATA_CASES))
+def test_data_mistakes_on_what_is_trained(name, world, tmp_path, run_train):
+    extra, expected = LATER_DATA_CASES[name]
+    argv = tiny(world / "digits", tmp_path / "out", *extra(world))
+    if "--train_dir" in argv:  # replaces --dataset_name
+        index = argv.index("--dataset_name")
+        del argv[index : index + 2]
+    code, stderr = run_train(argv)
+    assert code == 2
+    assert_one_line(stderr, "train.py", *expected)
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())
