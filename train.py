@@ -26,7 +26,14 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, TorchDyna
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vit_accel.data import ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
+from vit_accel.data import (
+    ImageClassificationDataset,
+    build_pipeline,
+    dataset_identity,
+    identity_changes,
+    load_image_dataset,
+    make_dataloader,
+)
 from vit_accel.errors import UserError, report
 from vit_accel.evaluation import evaluate_classifier
 from vit_accel.hub import push_to_hub, write_model_card
@@ -66,6 +73,7 @@ from vit_accel.training.preflight import (
     lock_output_dir,
     main_process_first,
     on_main_process,
+    release_output_dir_locks,
 )
 from vit_accel.training.reporting import CURVES_FILE, JsonlLog, plot_curves
 
@@ -332,6 +340,14 @@ def gather_bad_rows(accelerator: Accelerator, dataset: ImageClassificationDatase
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train as the arguments say; returns the final results (also written to all_results.json)."""
+    try:
+        return train(argv)
+    finally:
+        release_output_dir_locks()
+
+
+def train(argv: list[str] | None) -> dict:
     model_args, data_args, args = parse_args(argv)
     methods.check_run(model_args, args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -372,6 +388,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Only the main process downloads/prepares the dataset; the others then read the cache.
     data = main_process_first(accelerator, lambda: load_image_dataset(data_args, seed=args.seed))
+    # The same path may hold other data than the checkpoint was trained on: its rows and labels are compared too.
+    settings["dataset_identity"] = dataset_identity(data)
+    recorded = (resumed.settings or {}).get("dataset_identity") if resumed is not None else None
+    if recorded is not None and (changes := identity_changes(recorded, settings["dataset_identity"])):
+        if not args.accept_changed_settings:
+            raise UserError(
+                f"Resuming {resume_dir}: the dataset is not the one the checkpoint was trained on ({changes[0]}"
+                f"{f'; {len(changes) - 1} more' if len(changes) > 1 else ''}). Restore it, or pass "
+                "--accept_changed_settings to continue knowingly."
+            )
+        logger.warning(f"Resuming on changed data, as asked: {'; '.join(changes)}.", main_process_only=True)
     model, mean, std = build_model(model_args, data.labels)
     if resume_dir is not None:
         check_compatible(resume_dir, model.config)

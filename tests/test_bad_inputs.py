@@ -498,6 +498,21 @@ def test_the_same_dataset_written_another_way_is_the_same_dataset(finished, worl
     assert snapshot(run) == before
 
 
+def test_resume_on_other_data_under_the_same_path_is_refused(world, tmp_path, run_train):
+    from datasets import DatasetDict, load_from_disk
+
+    digits, data = load_from_disk(str(world / "digits")), tmp_path / "data"
+    DatasetDict(train=digits["train"].select(range(400)), test=digits["test"]).save_to_disk(str(data))
+    run = tmp_path / "run"
+    assert run_train(tiny(data, run, "--max_train_steps", "2"))[0] == 0
+    shutil.rmtree(data)  # the same path, re-exported with other rows
+    DatasetDict(train=digits["train"].select(range(400, 800)), test=digits["test"]).save_to_disk(str(data))
+    before = snapshot(run)
+    code, stderr = run_train(tiny(data, run, "--resume_from_checkpoint", "latest"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "the dataset is not the one", "train_labels_sha256")
+    assert snapshot(run) == before
+
+
 def test_resume_latest_with_nothing_to_resume(world, tmp_path, run_train):
     (tmp_path / "out").mkdir()
     code, stderr = run_train(tiny(world / "digits", tmp_path / "out", "--resume_from_checkpoint", "latest"))

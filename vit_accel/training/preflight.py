@@ -150,6 +150,12 @@ def lock_output_dir(output_dir: Path) -> None:
     _held_locks.append(handle)
 
 
+def release_output_dir_locks() -> None:
+    """Let go of the directories this process took (a process that ends lets go of them anyway)."""
+    while _held_locks:
+        _held_locks.pop().close()
+
+
 def check_model_source(source: str, from_scratch: bool, attn_implementation: str | None) -> None:
     """What can be told about --model_name_or_path and --attn_implementation without loading anything."""
     import difflib
