@@ -64,6 +64,12 @@ def test_a_directory_of_ours_at_another_image_size_resamples_its_position_embedd
     assert all(torch.equal(got[name], value) for name, value in saved.items() if name != key)  # head included
     with torch.no_grad():
         assert bigger(torch.randn(1, 3, 64, 64)).logits.shape == (1, 5)
+    # transformers' Auto class hands the new size over inside the config it builds: the same model.
+    from transformers import AutoModelForImageClassification
+
+    auto = AutoModelForImageClassification.from_pretrained(tmp_path / "run", image_size=64)
+    assert type(auto) is ViTAccelForImageClassification
+    assert all(torch.equal(auto.state_dict()[name], value) for name, value in got.items())
     # The same size is transformers' own path, unchanged.
     same = ViTAccelForImageClassification.from_pretrained(tmp_path / "run", image_size=32)
     assert all(torch.equal(same.state_dict()[name], value) for name, value in saved.items())

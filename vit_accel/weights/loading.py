@@ -90,8 +90,11 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
 
 
 def _other_resolution(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> ViTAccelConfig | None:
-    """The saved config of a directory or Hub repo of ours when `image_size=` asks for another resolution, else None."""
+    """The saved config of a directory or Hub repo of ours when `image_size=` (or a `config=` with its own
+    `image_size`, as transformers' Auto classes pass it) asks for another resolution, else None."""
     asked = kwargs.get("image_size")
+    if asked is None and isinstance(kwargs.get("config"), ViTAccelConfig):
+        asked = kwargs["config"].image_size
     if asked is None:
         return None
     config = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
@@ -119,6 +122,8 @@ def split_keywords(
             ours[key] = value
         elif key in config_fields:
             fields[key] = value
+        elif key == "adapter_kwargs" and not (value or {}).get("_adapter_model_path"):
+            continue  # what transformers' Auto classes pass along when no adapter is involved (revision, token)
         elif key == "weights_only" and value is False:
             raise UserError(f"from_pretrained({source!r}, weights_only=False): vit_accel never unpickles checkpoints.")
         elif key not in ALWAYS_SO:
