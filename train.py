@@ -9,6 +9,7 @@ The loop has the shape of accelerate's own examples: `prepare` once, `accumulate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,7 +26,14 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, TorchDyna
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vit_accel.data import ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
+from vit_accel.data import (
+    ImageClassificationDataset,
+    build_pipeline,
+    dataset_identity,
+    identity_changes,
+    load_image_dataset,
+    make_dataloader,
+)
 from vit_accel.errors import UserError, report
 from vit_accel.evaluation import evaluate_classifier
 from vit_accel.hub import push_to_hub, write_model_card
@@ -35,6 +43,8 @@ from vit_accel.training.checkpointing import (
     TrainerState,
     changed_settings,
     check_compatible,
+    checkpoint_format,
+    list_checkpoints,
     remove_stale_checkpoints,
     resolve_checkpoint,
     resume_settings,
@@ -55,10 +65,15 @@ from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
     check_hub_repo,
+    check_model_source,
     check_output_dir,
+    check_precision_and_accumulation,
     check_process_group,
     check_trackers,
+    lock_output_dir,
+    main_process_first,
     on_main_process,
+    release_output_dir_locks,
 )
 from vit_accel.training.reporting import CURVES_FILE, JsonlLog, plot_curves
 
@@ -71,7 +86,7 @@ def build_accelerator(args) -> Accelerator:
     # create_accelerator: gloo where there is no CUDA, and FSDP2 for real on the CPU when the config asks for it.
     return create_accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=check_trackers(args.report_to) if args.with_tracking else None,
+        log_with=check_trackers(args.report_to or "all") if args.with_tracking else None,
         project_dir=args.output_dir,
         # We step the schedule ourselves once per optimizer step, so warm-up and totals are in optimizer steps.
         step_scheduler_with_optimizer=False,
@@ -90,11 +105,17 @@ def plan_resume(
         return None, None, None
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     state = verify_checkpoint(checkpoint)
+    written = (state.settings or {}).get("checkpoint_format")
+    if written is not None and written != settings["checkpoint_format"]:
+        raise UserError(
+            f"{checkpoint} holds its states in {written}'s format, but this run is "
+            f"{accelerator.distributed_type.value}: resume it with the kind of accelerate config that wrote it."
+        )
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     layouts = plan_new_world_size(
         state.settings, accelerator.num_processes, args.per_device_train_batch_size, checkpoint, deepspeed
     )
-    ignored = LENGTH_SETTINGS
+    ignored = (*LENGTH_SETTINGS, "checkpoint_format")
     if layouts is not None:
         # Another number of processes: the global batch is kept, split anew; these settings follow from it.
         new = layouts[1]
@@ -130,16 +151,64 @@ def continue_on_new_world_size(accelerator: Accelerator, state: TrainerState, ch
     )
 
 
-def finished_results(output_dir: Path, state: TrainerState, settings: dict) -> dict | None:
-    """The results of a run that already reached its planned length, when this resume asks for no more steps."""
+def load_resumed_state(accelerator, model, scheduler, resume_dir: Path, resumed: TrainerState, layouts, frozen, ema):
+    """Restore model, optimizer, schedule, RNG and the methods' states from `resume_dir` (also on a new process
+    count, where DeepSpeed reads its universal conversion)."""
+    load_kwargs = methods.state_kwargs(accelerator, frozen, saving=False)
+    if layouts is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # accelerate loads DeepSpeed's states from their own tag only; the universal conversion lies beside it.
+        # Each process's random streams (dropout, drop path) belong to the old process count and are not taken.
+        model.load_checkpoint(str(resume_dir), tag=UNIVERSAL_TAG, **load_kwargs)
+        if ema is not None:
+            ema.load(resume_dir)  # accelerate's load hooks, which read it otherwise, do not run on this path
+    else:
+        accelerator.load_state(str(resume_dir), **load_kwargs)
+    if layouts is not None:
+        # load_state restored accelerate's micro-batch counter, which places the accumulation windows, as the old
+        # split counted it; in the new split this process has consumed `batches_in_epoch` micro-batches.
+        accelerator.step = resumed.batches_in_epoch
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # accelerate keeps a schedule prepared apart from the model out of DeepSpeed checkpoints (it expects
+        # DeepSpeed to hold it): the schedule is a function of the step alone, so replaying the steps restores it.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            for _ in range(resumed.completed_steps):
+                scheduler.step()
+
+
+@contextlib.contextmanager
+def interruption_report(output_dir: Path, state: TrainerState):
+    """Ctrl-C during training ends with one line saying where the run stands and how to resume it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        last = [p.name for p in list_checkpoints(output_dir)]
+        where = (
+            f"the last complete checkpoint is {last[-1]}: resume with --resume_from_checkpoint latest"
+            if last
+            else "no checkpoint was written yet (see --checkpointing_steps)"
+        )
+        raise Interrupted(f"interrupted at step {state.completed_steps}; {where}.") from None
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C; the message says where it stands."""
+
+
+def finished_results(output_dir: Path, state: TrainerState, settings: dict | None) -> dict | None:
+    """The results of a run that already reached its planned length (`settings`: when this resume asks for no more
+    steps; None: whatever it asks)."""
     results_file = output_dir / "all_results.json"
-    same_length = all((state.settings or {}).get(k) == settings[k] for k in LENGTH_SETTINGS)
+    same_length = settings is None or all((state.settings or {}).get(k) == settings[k] for k in LENGTH_SETTINGS)
     if state.total_steps is None or state.completed_steps < state.total_steps or not same_length:
         return None
     if not results_file.is_file():
         return None  # stopped between its last checkpoint and its final save: resuming completes that save
-    results = json.loads(results_file.read_text())
-    return results if results.get("train_steps") == state.completed_steps else None
+    try:
+        results = json.loads(results_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and results.get("train_steps") == state.completed_steps else None
 
 
 class AccumulationWindows:
@@ -202,11 +271,27 @@ class Reporter:
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, total_steps: int, initial_step: int):
         self.accelerator = accelerator
+        self.output_dir, self.initial_step, self.claimed = output_dir, initial_step, False
         self.log = JsonlLog(output_dir, enabled=accelerator.is_main_process)
         show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=initial_step, disable=not show_bar, unit="step", dynamic_ncols=True)
 
+    def claim(self) -> None:
+        """Before the run's first write: make the directory hold this run alone, as it stands (no half-written
+        checkpoints, no checkpoints or log lines from past the step it starts at: an overwritten run, or the abandoned
+        future of an older checkpoint resumed). Done this late so that a run failing before its first step deletes
+        nothing."""
+        if self.claimed:
+            return
+        self.claimed = True
+        if self.accelerator.is_main_process:
+            removed = remove_stale_checkpoints(self.output_dir, self.initial_step)
+            if removed:
+                self.info(f"Removed {', '.join(removed)}: they come after the step this run started from.")
+            self.log.truncate_after(self.initial_step)
+
     def training(self, record: dict) -> None:
+        self.claim()
         self.log.write(record)
         self.accelerator.log(record, step=record["step"])
         if self.bar.disable:
@@ -215,6 +300,7 @@ class Reporter:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
 
     def evaluation(self, record: dict) -> None:
+        self.claim()
         self.log.write(record)
         self.accelerator.log(record, step=record["step"])
         self.info(f"step {record['step']}: " + " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
@@ -223,9 +309,12 @@ class Reporter:
         logger.info(message, main_process_only=True)
 
 
-def checkpoint(accelerator: Accelerator, model, state: TrainerState, datasets: tuple, args, frozen: bool) -> None:
+def checkpoint(
+    accelerator: Accelerator, model, state: TrainerState, datasets: tuple, args, frozen: bool, reporter: Reporter
+) -> None:
     """Save `checkpoint-{step}` (with the unreadable rows found so far), rotate old ones, push it if asked."""
     output_dir = Path(args.output_dir)
+    reporter.claim()
     if state.best_step == state.completed_steps:
         state.best_checkpoint = f"checkpoint-{state.completed_steps}"
     state.bad_rows = {
@@ -251,6 +340,14 @@ def gather_bad_rows(accelerator: Accelerator, dataset: ImageClassificationDatase
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train as the arguments say; returns the final results (also written to all_results.json)."""
+    try:
+        return train(argv)
+    finally:
+        release_output_dir_locks()
+
+
+def train(argv: list[str] | None) -> dict:
     model_args, data_args, args = parse_args(argv)
     methods.check_run(model_args, args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -259,11 +356,14 @@ def main(argv: list[str] | None = None) -> dict:
     # Everything that can fail on the user's input, before the dataset is read and the model built.
     accelerator = build_accelerator(args)
     check_process_group(accelerator)
+    check_precision_and_accumulation(accelerator, args.gradient_accumulation_steps)
     methods.check_accelerator(accelerator, args)
+    check_model_source(model_args.model_name_or_path, model_args.from_scratch, model_args.attn_implementation)
     if args.hub_token:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     settings = resume_settings((model_args, data_args, args), accelerator.num_processes)
     settings.update({k: getattr(args, k) for k in LENGTH_SETTINGS})
+    settings["checkpoint_format"] = checkpoint_format(accelerator.distributed_type)
     resume_dir, resumed, layouts = plan_resume(accelerator, args, settings, output_dir)
     if layouts is not None:
         continue_on_new_world_size(accelerator, resumed, resume_dir, layouts)
@@ -274,14 +374,31 @@ def main(argv: list[str] | None = None) -> dict:
             main_process_only=True,
         )
         return done
-    check_output_dir(output_dir, resume_dir is not None, args.overwrite_output_dir)
     if args.push_to_hub:
         on_main_process(accelerator, lambda: check_hub_repo(args.hub_model_id, args.hub_token))
+    inputs = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--dataset_name": data_args.dataset_name,
+        "--train_dir": data_args.train_dir,
+        "--validation_dir": data_args.validation_dir,
+    }
+    check_output_dir(output_dir, resume_dir is not None, args.overwrite_output_dir, inputs)
+    on_main_process(accelerator, lambda: lock_output_dir(output_dir))
     set_seed(args.seed)
 
     # Only the main process downloads/prepares the dataset; the others then read the cache.
-    with accelerator.main_process_first():
-        data = load_image_dataset(data_args, seed=args.seed)
+    data = main_process_first(accelerator, lambda: load_image_dataset(data_args, seed=args.seed))
+    # The same path may hold other data than the checkpoint was trained on: its rows and labels are compared too.
+    settings["dataset_identity"] = dataset_identity(data)
+    recorded = (resumed.settings or {}).get("dataset_identity") if resumed is not None else None
+    if recorded is not None and (changes := identity_changes(recorded, settings["dataset_identity"])):
+        if not args.accept_changed_settings:
+            raise UserError(
+                f"Resuming {resume_dir}: the dataset is not the one the checkpoint was trained on ({changes[0]}"
+                f"{f'; {len(changes) - 1} more' if len(changes) > 1 else ''}). Restore it, or pass "
+                "--accept_changed_settings to continue knowingly."
+            )
+        logger.warning(f"Resuming on changed data, as asked: {'; '.join(changes)}.", main_process_only=True)
     model, mean, std = build_model(model_args, data.labels)
     if resume_dir is not None:
         check_compatible(resume_dir, model.config)
@@ -329,36 +446,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     state = TrainerState(total_steps=total_steps, settings=settings)
     if resume_dir is not None:
-        load_kwargs = methods.state_kwargs(accelerator, frozen, saving=False)
-        if layouts is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
-            # accelerate loads DeepSpeed's states from their own tag only; the universal conversion lies beside it.
-            # Each process's random streams (dropout, drop path) belong to the old process count and are not taken.
-            model.load_checkpoint(str(resume_dir), tag=UNIVERSAL_TAG, **load_kwargs)
-            if ema is not None:
-                ema.load(resume_dir)  # accelerate's load hooks, which read it otherwise, do not run on this path
-        else:
-            accelerator.load_state(str(resume_dir), **load_kwargs)
-        if layouts is not None:
-            # load_state restored accelerate's micro-batch counter, which places the accumulation windows, as the old
-            # split counted it; in the new split this process has consumed `batches_in_epoch` micro-batches.
-            accelerator.step = resumed.batches_in_epoch
-        if accelerator.distributed_type == DistributedType.DEEPSPEED:
-            # accelerate keeps a schedule prepared apart from the model out of DeepSpeed checkpoints (it expects
-            # DeepSpeed to hold it): the schedule is a function of the step alone, so replaying the steps restores it.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                for _ in range(resumed.completed_steps):
-                    scheduler.step()
+        if resumed.completed_steps > total_steps:
+            logger.warning(
+                f"The run in {output_dir} is already at step {resumed.completed_steps}, past the {total_steps} asked "
+                "for: nothing to do.",
+                main_process_only=True,
+            )
+            return finished_results(output_dir, resumed, None) or {"train_steps": resumed.completed_steps}
+        load_resumed_state(accelerator, model, scheduler, resume_dir, resumed, layouts, frozen, ema)
         state = resumed
         state.total_steps, state.settings, state.files = total_steps, settings, None
     reporter = Reporter(accelerator, output_dir, total_steps, state.completed_steps)
-    if accelerator.is_main_process:
-        # The directory then holds this run alone, as it stands: no half-written checkpoints, no checkpoints or log
-        # lines from past this step (an overwritten run, or the abandoned future of an older checkpoint resumed).
-        removed = remove_stale_checkpoints(output_dir, state.completed_steps)
-        if removed:
-            reporter.info(f"Removed {', '.join(removed)}: they come after the step this run resumes from.")
-        reporter.log.truncate_after(state.completed_steps)
     if args.with_tracking:
         accelerator.init_trackers("vit_accel", config=tracker_config(model_args, data_args, args))
     if resume_dir is not None:
@@ -373,7 +471,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = dict(state.last_eval or {})
     meter = LossMeter(accelerator)
     model.train()
-    with logging_redirect_tqdm(loggers=[logging.root]):
+    with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
         while state.completed_steps < total_steps and state.epoch < num_epochs:
             loader = train_loader
             if state.batches_in_epoch:
@@ -444,11 +542,12 @@ def main(argv: list[str] | None = None) -> dict:
                         state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
 
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
-                    checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen)
+                    checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen, reporter)
 
                 if state.completed_steps >= total_steps:
                     break
     reporter.bar.close()
+    reporter.claim()  # a resumed run may have had no step left to train
 
     bad_train = gather_bad_rows(accelerator, train_set, state.bad_rows.get("train", []))
     bad_eval = gather_bad_rows(accelerator, eval_set, state.bad_rows.get("validation", []))
@@ -514,6 +613,12 @@ def cli() -> None:
         results = main()
     except UserError as error:
         sys.exit(report("train.py", error))
+    except Interrupted as interruption:
+        print(f"train.py: {interruption}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("train.py: interrupted before training started; nothing was written.", file=sys.stderr)
+        sys.exit(130)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
 

@@ -37,11 +37,12 @@ def tiny(data: Path | str, output_dir: Path | str, *extra: str) -> list[str]:
 
 
 def snapshot(*roots: Path) -> dict:
-    """Every file under `roots` with its size, modification time and content hash."""
+    """Every file under `roots` with its size, modification time and content hash (the lock file a run takes on its
+    directory aside: it records who holds the directory, not what the run holds)."""
     found = {}
     for root in roots:
         for path in sorted(Path(root).rglob("*")) if Path(root).exists() else []:
-            if path.is_file():
+            if path.is_file() and path.name != ".vit_accel.lock":
                 found[str(path)] = (
                     path.stat().st_size,
                     path.stat().st_mtime_ns,
@@ -83,6 +84,9 @@ def world(tmp_path_factory):
     corrupt = write_image_folder(root / "corrupt", {"cat": 8, "dog": 8}, seed=2)
     corrupt[3].write_bytes(corrupt[3].read_bytes()[:60])  # a truncated PNG
     (root / "table.csv").write_text("image,label\nx.png,0\n")
+    for path in write_image_folder(root / "cats_unreadable", {"cat": 8, "dog": 8}, seed=3):
+        if path.parent.name == "cat":
+            path.write_bytes(path.read_bytes()[:60])
     from datasets import ClassLabel, Dataset, Features, Image
 
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
@@ -152,6 +156,30 @@ FLAG_CASES = {
     "lora on a model from scratch": (["--peft", "lora"], ["--peft lora adapts pretrained weights", "--from_scratch"]),
     "merge without an adapter": (["--merge_adapter"], ["--merge_adapter needs --peft lora"]),
     "unknown freeze": (["--freeze", "head"], ["--freeze must be one of backbone"]),
+    "negative seed": (["--seed", "-1"], ["--seed", "-1"]),
+    "seed beyond 2**32": (["--seed", str(2**32)], ["--seed", str(2**32)]),
+    "adam beta1 1.5": (["--adam_beta1", "1.5"], ["--adam_beta1", "1.5"]),
+    "adam beta2 1": (["--adam_beta2", "1"], ["--adam_beta2", "1.0"]),
+    "learning rate nan": (["--learning_rate", "nan"], ["--learning_rate", "nan"]),
+    "negative momentum": (["--optimizer", "sgd", "--momentum", "-1"], ["--momentum", "-1"]),
+    "negative weight decay": (["--weight_decay", "-1"], ["--weight_decay", "-1"]),
+    "negative warm-up": (["--num_warmup_steps", "-5"], ["--num_warmup_steps", "-5"]),
+    "negative clipping norm": (["--max_grad_norm", "-1"], ["--max_grad_norm", "-1"]),
+    "checkpointing steps 0": (["--checkpointing_steps", "0"], ["--checkpointing_steps", "'0'"]),
+    "empty output dir": (["--output_dir", ""], ["--output_dir is empty"]),
+    "malformed hub repo id": (["--hub_model_id", "not a valid id!"], ["--hub_model_id 'not a valid id!'"]),
+    "multi-label problem type": (
+        ["--config_overrides", TINY + ",problem_type=multi_label_classification"],
+        ["problem_type"],
+    ),
+    "label count as a config field": (["--config_overrides", TINY + ",num_labels=5"], ["num_labels comes from the"]),
+    "one-channel model on RGB data": (["--config_overrides", TINY + ",num_channels=1"], ["num_channels=1", "RGB"]),
+    "unknown activation": (["--config_overrides", TINY + ",hidden_act=foo"], ["hidden_act=foo"]),
+    "image size not a number": (["--config_overrides", TINY + ",image_size=abc"], ["image_size=abc"]),
+    "image size 0": (["--image_size", "0"], ["--image_size 0"]),
+    "trackers named without --with_tracking": (["--report_to", "wandb"], ["--report_to wandb", "pip install wandb"]),
+    "model path that does not exist": (["--model_name_or_path", "./nope"], ["--model_name_or_path ./nope", "no such"]),
+    "flash attention not installed": (["--attn_implementation", "flash_attention_2"], ["flash_attention_2"]),
 }
 
 
@@ -181,6 +209,32 @@ def test_bad_flag(name, world, tmp_path, run_train):
     assert code == 2
     assert_one_line(stderr, "train.py", *expected)
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "variable, value, expected",
+    [
+        ("ACCELERATE_MIXED_PRECISION", "fp16", ["--mixed_precision fp16", "fp32 on the CPU"]),
+        (
+            "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+            "4",
+            ["gradient accumulation to 4", "--gradient_accumulation_steps"],
+        ),
+    ],
+)
+def test_launcher_settings_that_would_not_apply(variable, value, expected, world, tmp_path, run_train, monkeypatch):
+    monkeypatch.setenv(variable, value)  # what `accelerate launch --<setting>` hands the script
+    code, stderr = run_train(tiny(world / "digits", tmp_path / "out"))
+    assert code == 2 and assert_one_line(stderr, "train.py", *expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_training_checkpoint_is_not_a_model(finished, world, tmp_path, run_train):
+    checkpoint = finished / "finished" / "checkpoint-2"
+    argv = [a for a in tiny(world / "nowhere", tmp_path / "out") if a != "--from_scratch"]
+    argv[argv.index("vit-tiny-p16-224")] = str(checkpoint)
+    code, stderr = run_train(argv)  # refused before the (missing) dataset is even looked for
+    assert code == 2 and assert_one_line(stderr, "train.py", "is a training checkpoint", "--resume_from_checkpoint")
 
 
 def test_no_dataset_at_all(tmp_path, run_train):
@@ -233,6 +287,19 @@ def test_bad_recipe(name, world, tmp_path, run_train):
     assert not (tmp_path / "out").exists()
 
 
+def test_recipe_encoding_extension_and_mapping(world, tmp_path, run_train):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("# caf\xe9\nseed: 3\n".encode("latin-1"))
+    code, stderr = run_train([str(latin), *tiny(world / "digits", tmp_path / "out")])
+    assert code == 2 and assert_one_line(stderr, "train.py", str(latin), "not UTF-8")
+    from vit_accel.training.arguments import parse_args
+
+    upper = tmp_path / "recipe.YAML"
+    upper.write_text("config_overrides:\n  image_size: 16\n  patch_size: 4\nseed: 5\n")
+    model_args, _, training_args = parse_args([str(upper), "--dataset_name", "x"])
+    assert training_args.seed == 5 and model_args.parsed_overrides() == {"image_size": 16, "patch_size": 4}
+
+
 def test_missing_recipe(world, tmp_path, run_train):
     code, stderr = run_train([str(tmp_path / "nope.yaml"), "--dataset_name", "x"])
     assert code == 2 and assert_one_line(stderr, "train.py", "Recipe file not found", "nope.yaml")
@@ -253,8 +320,7 @@ def test_bad_model(name, world, tmp_path, run_train):
     code, stderr = run_train(tiny(world / "digits", tmp_path / "out", *extra))
     assert code == 2
     assert_one_line(stderr, "train.py", *expected)
-    out = tmp_path / "out"
-    assert not out.exists() or not any(out.iterdir())
+    assert not snapshot(tmp_path / "out")
 
 
 def test_unknown_model_without_from_scratch_names_it(world, tmp_path, run_train):
@@ -298,8 +364,7 @@ def test_bad_dataset(name, world, tmp_path, run_train):
     code, stderr = run_train(argv)
     assert code == 2
     assert_one_line(stderr, "train.py", *expected)
-    out = tmp_path / "out"
-    assert not out.exists() or not any(out.iterdir())
+    assert not snapshot(tmp_path / "out")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -347,6 +412,56 @@ def test_output_dir_that_is_a_file_or_cannot_be_created(world, tmp_path, run_tra
     assert blocker.read_text() == "not a directory"
 
 
+def test_a_directory_of_other_files_is_not_written_over(world, tmp_path, run_train):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my notes")
+    (project / "config.json").write_text("{}")
+    before = snapshot(project)
+    code, stderr = run_train(tiny(world / "digits", project))
+    assert code == 2 and assert_one_line(stderr, "train.py", "holds files that are not a vit_accel run", "README.md")
+    assert snapshot(project) == before
+
+
+def test_the_run_never_writes_over_its_own_inputs(finished, world, tmp_path, run_train):
+    before = snapshot(world / "digits")
+    code, stderr = run_train(tiny(world / "digits", world / "digits", "--overwrite_output_dir"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "is (or lies inside) --dataset_name")
+    assert snapshot(world / "digits") == before
+    source = copy_run(finished, tmp_path)
+    before = snapshot(source)
+    argv = [a for a in tiny(world / "digits", source, "--overwrite_output_dir") if a != "--from_scratch"]
+    argv[argv.index("vit-tiny-p16-224")] = str(source)
+    code, stderr = run_train(argv)
+    assert code == 2 and assert_one_line(stderr, "train.py", "is (or lies inside) --model_name_or_path")
+    assert snapshot(source) == before
+
+
+def test_a_second_run_into_the_same_directory_is_refused(world, tmp_path, run_train):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".vit_accel.lock", "w") as held:  # as a first run holds it for its lifetime
+        held.write("PID 4242 on somewhere")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, stderr = run_train(tiny(world / "digits", out))
+    assert code == 2 and assert_one_line(stderr, "train.py", "in use by another run (PID 4242 on somewhere)")
+    assert sorted(p.name for p in out.iterdir()) == [".vit_accel.lock"]
+
+
+def test_overwriting_deletes_nothing_when_the_new_run_fails_before_its_first_step(finished, world, tmp_path, run_train):
+    run = copy_run(finished, tmp_path)
+    before = snapshot(run)
+    argv = tiny("unused", run, "--overwrite_output_dir", "--train_val_split", "0.25")
+    index = argv.index("--dataset_name")
+    argv[index : index + 2] = ["--train_dir", str(world / "cats_unreadable")]
+    code, stderr = run_train(argv)
+    assert code == 2 and assert_one_line(stderr, "train.py", "Cannot decode the image", "cat/")
+    assert snapshot(run) == before
+
+
 def test_resume_from_another_run_into_a_finished_one_is_refused(finished, world, run_train):
     before = snapshot(finished)
     other = finished / "other" / "checkpoint-2"
@@ -363,6 +478,39 @@ def test_resume_latest_of_a_finished_run_changes_nothing(finished, world, run_tr
     assert code == 0 and "already finished at step 4 of 4: nothing to do" in caplog.text
     assert snapshot(run) == before
     assert json.loads((run / "all_results.json").read_text())["eval_top1"] >= 0
+
+
+def test_resume_asking_for_fewer_steps_than_done_changes_nothing(finished, world, run_train, caplog):
+    run = finished / "finished"
+    before = snapshot(run)
+    argv = tiny(world / "digits", run, "--resume_from_checkpoint", "latest", "--max_train_steps", "2")
+    code, stderr = run_train(argv)
+    assert code == 0, stderr[-3000:]
+    assert "already at step 4, past the 2 asked for: nothing to do" in caplog.text
+    assert snapshot(run) == before
+
+
+def test_the_same_dataset_written_another_way_is_the_same_dataset(finished, world, run_train, caplog):
+    run = finished / "finished"
+    before = snapshot(run)
+    code, stderr = run_train(tiny(f"{world / 'digits'}/", run, "--resume_from_checkpoint", "latest"))
+    assert code == 0 and "already finished at step 4" in caplog.text, stderr[-3000:]
+    assert snapshot(run) == before
+
+
+def test_resume_on_other_data_under_the_same_path_is_refused(world, tmp_path, run_train):
+    from datasets import DatasetDict, load_from_disk
+
+    digits, data = load_from_disk(str(world / "digits")), tmp_path / "data"
+    DatasetDict(train=digits["train"].select(range(400)), test=digits["test"]).save_to_disk(str(data))
+    run = tmp_path / "run"
+    assert run_train(tiny(data, run, "--max_train_steps", "2"))[0] == 0
+    shutil.rmtree(data)  # the same path, re-exported with other rows
+    DatasetDict(train=digits["train"].select(range(400, 800)), test=digits["test"]).save_to_disk(str(data))
+    before = snapshot(run)
+    code, stderr = run_train(tiny(data, run, "--resume_from_checkpoint", "latest"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "the dataset is not the one", "train_labels_sha256")
+    assert snapshot(run) == before
 
 
 def test_resume_latest_with_nothing_to_resume(world, tmp_path, run_train):
@@ -400,12 +548,44 @@ def test_resume_with_changed_settings_is_refused(name, finished, world, tmp_path
     assert snapshot(run) == before
 
 
+def _zero_second_half(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)
+    path.write_bytes(bytes(data))
+
+
+def _flip_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[:8] = bytes(b ^ 0xFF for b in data[:8])
+    path.write_bytes(bytes(data))
+
+
+def _edit_state(checkpoint: Path, **changes) -> None:
+    values = json.loads((checkpoint / "trainer_state.json").read_text())
+    values.update(changes)
+    (checkpoint / "trainer_state.json").write_text(json.dumps(values))
+
+
+def _as_deepspeed(checkpoint: Path) -> None:
+    settings = json.loads((checkpoint / "trainer_state.json").read_text())["settings"]
+    _edit_state(checkpoint, settings={**settings, "checkpoint_format": "DeepSpeed"})
+
+
 DAMAGE = {
     "truncated weights": (lambda c: (c / "model.safetensors").write_bytes(b"\0" * 16), "model.safetensors holds 16"),
     "missing optimizer state": (lambda c: (c / "optimizer.bin").unlink(), "optimizer.bin is missing"),
     "corrupt trainer state": (lambda c: (c / "trainer_state.json").write_text('{"completed'), "trainer_state.json"),
     "trainer state of another tool": (lambda c: (c / "trainer_state.json").write_text("{}"), "not a vit_accel trainer"),
     "missing model config": (lambda c: (c / "model_config.json").unlink(), "model_config.json is missing"),
+    "weights half zeroed, same size": (lambda c: _zero_second_half(c / "model.safetensors"), "content of model.safe"),
+    "weights header flipped": (lambda c: _flip_header(c / "model.safetensors"), "content of model.safetensors"),
+    "optimizer state zero-filled": (
+        lambda c: (c / "optimizer.bin").write_bytes(bytes((c / "optimizer.bin").stat().st_size)),
+        "content of optimizer.bin",
+    ),
+    "a step that is not a number": (lambda c: _edit_state(c, completed_steps="4"), "completed_steps is '4'"),
+    "settings that are not a mapping": (lambda c: _edit_state(c, settings="x"), "settings is 'x'"),
+    "written under DeepSpeed": (_as_deepspeed, "holds its states in DeepSpeed's format"),
 }
 
 
@@ -419,6 +599,41 @@ def test_a_damaged_checkpoint_is_refused_before_loading(name, finished, world, t
     assert code == 2
     assert_one_line(stderr, "train.py", expected)
     assert snapshot(run) == before
+
+
+def test_a_renamed_checkpoint_is_refused_not_deleted(finished, world, tmp_path, run_train):
+    run = copy_run(finished, tmp_path)
+    (run / "checkpoint-2").rename(run / "checkpoint-10")
+    before = snapshot(run)
+    code, stderr = run_train(tiny(world / "digits", run, "--resume_from_checkpoint", "latest"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "records step 2, not the 10 of its name")
+    assert snapshot(run) == before
+
+
+def test_a_full_disk_while_saving_keeps_the_earlier_checkpoint(world, tmp_path, run_train, monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    save_state, calls = Accelerator.save_state, []
+
+    def save_state_on_a_disk_that_fills(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state_on_a_disk_that_fills)
+    code, stderr = run_train(tiny(world / "digits", tmp_path / "out"))
+    assert code == 2
+    assert_one_line(stderr, "train.py", "No space left", "checkpoint-4", "checkpoint-2, is intact")
+    from vit_accel.training.checkpointing import list_checkpoints, verify_checkpoint
+
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["checkpoint-2"]
+    assert verify_checkpoint(tmp_path / "out" / "checkpoint-2").completed_steps == 2
+    assert not (tmp_path / "out" / "checkpoint-4.tmp").exists()
 
 
 def test_a_torn_log_line_does_not_block_a_resume(finished, world, tmp_path, run_train, caplog):
@@ -438,6 +653,15 @@ def test_the_hub_is_checked_before_the_data(world, tmp_path, run_train):
     argv = tiny(world / "nowhere", tmp_path / "out", "--push_to_hub", "--hub_model_id", "someone/model")
     code, stderr = run_train(argv)
     assert code == 2 and assert_one_line(stderr, "train.py", "--push_to_hub someone/model", "before training")
+
+
+def test_an_offline_hub_is_named_as_the_cause_when_a_token_is_set(world, tmp_path, run_train, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    argv = tiny(world / "nowhere", tmp_path / "out", "--push_to_hub", "--hub_model_id", "someone/model")
+    code, stderr = run_train(argv)
+    line = assert_one_line(stderr, "train.py", "HF_HUB_OFFLINE is set")
+    assert code == 2 and "set HF_TOKEN" not in line and FAKE_TOKEN not in stderr
+    assert not (tmp_path / "out").exists()  # checked before the output directory is made
 
 
 @pytest.mark.parametrize(
@@ -486,6 +710,19 @@ def test_processes_without_a_process_group_are_refused(world, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_data_mistake_with_two_processes_is_one_line(world, tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/multi_cpu.yaml",
+        "--num_cpu_threads_per_process", "1", "train.py", *tiny(world / "one_class", tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and "single class" in lines[0], result.stderr[-3000:]
+    assert "[rank1]: Traceback" not in result.stderr and "Connection closed by peer" not in result.stderr
+
+
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_during_a_save_leaves_no_checkpoint_that_looks_whole(signal_name, world, tmp_path):
     from vit_accel.training.checkpointing import list_checkpoints, verify_checkpoint
@@ -498,6 +735,9 @@ def test_a_signal_during_a_save_leaves_no_checkpoint_that_looks_whole(signal_nam
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
     assert verify_checkpoint(out / "checkpoint-2").completed_steps == 2
     assert (out / "checkpoint-4.tmp").is_dir() and not (out / "all_results.json").exists()
+    if signal_name == "SIGINT":  # Ctrl-C: where the run stands and how to resume it, not a traceback
+        assert "train.py: interrupted at step 4; the last complete checkpoint is checkpoint-2" in result.stderr
+        assert "Traceback" not in result.stderr and result.returncode == 130
 
 
 # --- vit-accel ------------------------------------------------------------------------------------------------------
@@ -596,3 +836,196 @@ def test_api_mistakes_raise_user_errors_naming_the_culprit(world):
         load_image_dataset(DataArguments(dataset_name=str(world / "one_class")), seed=0)
     with pytest.raises(UserError, match="--max_eval_samples"):
         DataArguments(dataset_name="x", max_eval_samples=-2)
+
+
+# --- train.py: data mistakes found only on what is really trained, or through paths and flags that did not apply ---
+
+LATER_DATA_CASES = {
+    "a subsample of a single class": (
+        lambda w: ["--max_train_samples", "1"],
+        ["--max_train_samples 1 keeps a single class", "at least two"],
+    ),
+    "the same folder for training and validation": (
+        lambda w: ["--train_dir", str(w / "folder" / "train"), "--validation_dir", str(w / "folder" / "train")],
+        ["--train_dir", "--validation_dir", "are the same folder"],
+    ),
+    "a configuration of a save_to_disk directory": (
+        lambda w: ["--dataset_config_name", "cifar10"],
+        ["--dataset_config_name 'cifar10'", "save_to_disk directory"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LATER_DATA_CASES))
+def test_data_mistakes_on_what_is_trained(name, world, tmp_path, run_train):
+    extra, expected = LATER_DATA_CASES[name]
+    argv = tiny(world / "digits", tmp_path / "out", *extra(world))
+    if "--train_dir" in argv:  # replaces --dataset_name
+        index = argv.index("--dataset_name")
+        del argv[index : index + 2]
+    code, stderr = run_train(argv)
+    assert code == 2
+    assert_one_line(stderr, "train.py", *expected)
+    assert not snapshot(tmp_path / "out")
+
+
+# --- vit-accel: directories that are not what they seem, flags no model can take, outputs that would lose files ----
+
+
+@pytest.fixture(scope="module")
+def odd_models(trained_run, tmp_path_factory):
+    """Copies of the trained run, each with one defect, plus files and folders that are no image or checkpoint."""
+    import PIL.Image
+    import torch
+
+    root = tmp_path_factory.mktemp("odd")
+    keep = shutil.ignore_patterns("checkpoint-*")
+
+    def variant(name: str) -> Path:
+        shutil.copytree(trained_run, root / name, ignore=keep)
+        return root / name
+
+    assert vit_accel(["export", str(trained_run), str(root / "timm_export"), "--to", "timm"]) == 0
+    mixed = variant("mixed")  # timm-named weights beside our config.json: every weight of the model missing
+    shutil.copy(root / "timm_export" / "model.safetensors", mixed / "model.safetensors")
+    labels = variant("labels")
+    config = json.loads((labels / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "0"}, {"0": 0}  # one label for the 10-class head
+    (labels / "config.json").write_text(json.dumps(config))
+    width = variant("width_only")
+    processor = json.loads((width / "preprocessor_config.json").read_text())
+    (width / "preprocessor_config.json").write_text(json.dumps({**processor, "size": {"width": 16}}))
+    no_record = variant("no_record")
+    (no_record / "training_args.json").unlink()
+    (root / "a_folder").mkdir()
+    PIL.Image.new("RGB", (40, 40)).save(root / "big.png")
+    (root / "junk.bin").write_bytes(b"\x80\x04garbage" * 8)
+    torch.save({"a": 1}, root / "plain.pth")
+    (root / "a_file").write_text("not a directory")
+    return root
+
+
+def _odd_cases(run: Path, image: str, odd: Path) -> dict:
+    digits, split_less = str(run.parent / "digits"), str(run.parent / "digits" / "train")
+    eval_dir = ["--dataloader_num_workers", "0", "--output_dir", str(odd / "eval")]
+    return {
+        "convert into a run": (["convert", str(run), str(odd / "mixed")], ["mixed: not empty", "README.md"], []),
+        "export into a run": (
+            ["export", str(run), str(odd / "mixed"), "--to", "timm"],
+            ["mixed: not empty", "Choose a new directory"],
+            [],
+        ),
+        "weights that do not match the config": (
+            ["predict", "--model", str(odd / "mixed"), image],
+            ["mixed: its weights do not match config.json", "missing (e.g. classifier.bias", "unexpected (e.g. "],
+            [],
+        ),
+        "id2label of the wrong length": (
+            ["predict", "--model", str(odd / "labels"), image],
+            ["config.json's id2label has 1 label, but the weights' classifier has 10 outputs"],
+            ["LOAD REPORT"],
+        ),
+        "processor size without height": (
+            ["predict", "--model", str(odd / "width_only"), image],
+            [str(odd / "width_only" / "preprocessor_config.json"), "size"],
+            [],
+        ),
+        "predict on a timm export": (
+            ["predict", "--model", str(odd / "timm_export"), image],
+            ["is a timm export", "vit-accel convert"],
+            ["Unrecognized model"],
+        ),
+        "evaluate a timm export": (
+            ["evaluate", "--model", str(odd / "timm_export"), "--dataset_name", digits, *eval_dir],
+            ["is a timm export"],
+            [],
+        ),
+        "a directory as an image": (
+            ["predict", "--model", str(run), str(odd / "a_folder")],
+            ["a_folder: a directory, not an image file"],
+            ["No such image file"],
+        ),
+        "an image over PIL's pixel limit": (
+            ["predict", "--model", str(run), str(odd / "big.png")],
+            [f"Cannot read image {odd / 'big.png'}", "decompression bomb"],
+            [],
+        ),
+        "evaluate output that is a file": (
+            ["evaluate", "--model", str(run), "--dataset_name", digits, "--output_dir", str(odd / "a_file")],
+            ["--output_dir", "a_file is a file"],
+            [],
+        ),
+        "evaluate output that cannot be created": (
+            ["evaluate", "--model", str(run), "--dataset_name", digits, "--output_dir", str(odd / "a_file" / "x")],
+            ["--output_dir", "cannot be written"],
+            [],
+        ),
+        "hold-out settings unknown": (
+            ["evaluate", "--model", str(odd / "no_record"), "--dataset_name", split_less, *eval_dir],
+            ["has no validation or test split", "no_record has no training_args.json", "--seed and --train_val_split"],
+            [],
+        ),
+        "evaluate seed -1": (
+            ["evaluate", "--model", str(run), "--dataset_name", split_less, "--seed", "-1", *eval_dir],
+            ["--seed must be in [0, 2**32 - 1], got -1"],
+            [],
+        ),
+        "convert num_labels 0": (["convert", str(run), str(odd / "c"), "--num_labels", "0"], ["--num_labels"], []),
+        "convert num_labels -1": (["convert", str(run), str(odd / "c"), "--num_labels", "-1"], ["--num_labels"], []),
+        "variants num_labels -5": (["variants", "--num_labels", "-5"], ["--num_labels", "got -5"], []),
+        "convert image_size 0": (["convert", str(run), str(odd / "c"), "--image_size", "0"], ["--image_size"], []),
+        "convert image_size -16": (["convert", str(run), str(odd / "c"), "--image_size", "-16"], ["--image_size"], []),
+        "convert image_size 18": (
+            ["convert", str(run), str(odd / "c"), "--image_size", "18"],
+            ["image_size 18 must be a multiple of patch_size 4"],
+            [],
+        ),
+        "convert num_heads 5": (
+            ["convert", str(run), str(odd / "c"), "--num_heads", "5"],
+            ["hidden_size (32) must be divisible by num_attention_heads (5)"],
+            [],
+        ),
+        "convert num_heads 0": (["convert", str(run), str(odd / "c"), "--num_heads", "0"], ["--num_heads"], []),
+        "convert representation_size -3": (
+            ["convert", str(run), str(odd / "c"), "--representation_size", "-3"],
+            ["--representation_size", "-3"],
+            [],
+        ),
+        "convert random bytes": (
+            ["convert", str(odd / "junk.bin"), str(odd / "c")],
+            ["junk.bin: not a readable torch checkpoint"],
+            ["unpickle", "weights_only"],
+        ),
+        "convert a pickle without tensors": (
+            ["convert", str(odd / "plain.pth"), str(odd / "c")],
+            ["plain.pth: not a state dict", "'a': int"],
+            [],
+        ),
+    }
+
+
+ODD_CASES = list(_odd_cases(Path("run"), "image.png", Path("odd")))
+
+
+@pytest.mark.parametrize("name", ODD_CASES)
+def test_vit_accel_refuses_in_one_line_and_writes_nothing(name, trained_run, digit_images, odd_models, capsys,
+                                                          monkeypatch):  # fmt: skip
+    import PIL.Image
+
+    from vit_accel import inference
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the mistake was found")
+
+    if name.startswith(("evaluate output", "hold-out", "evaluate seed")):
+        monkeypatch.setattr(inference, "load_classifier", no_loading)  # refused before any long work
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 40 * 40 // 3)  # big.png is over twice this limit
+    argv, expected, unexpected = _odd_cases(trained_run, str(digit_images[0]), odd_models)[name]
+    before = snapshot(trained_run, odd_models)
+    code, stderr = cli(argv, capsys)
+    assert code == 2, (argv, stderr)
+    line = assert_one_line(stderr, f"vit-accel {argv[0]}", *expected)
+    for text in unexpected:
+        assert text not in stderr, (text, line)
+    assert snapshot(trained_run, odd_models) == before
+    assert not (odd_models / "c").exists()

@@ -137,3 +137,35 @@ def test_bad_input_names_the_file(trained_run, digit_images, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert cli(["predict", "--model", str(trained_run), str(digit_images[0]), str(broken)]) == 2
     assert f"Cannot read image {broken}" in capsys.readouterr().err
+
+
+def test_evaluate_draws_the_training_runs_own_hold_out_of_a_dataset_without_an_evaluation_split(
+    trained_run, tmp_path, capsys
+):
+    import shutil
+
+    from vit_accel.data import DataArguments, load_image_dataset
+
+    # A run trained with --seed 3 --train_val_split 0.3 on a dataset of one split (its record says so).
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoint-*"))
+    record = json.loads((run / "training_args.json").read_text())
+    record["TrainingArguments"]["seed"], record["DataArguments"]["train_val_split"] = 3, 0.3
+    (run / "training_args.json").write_text(json.dumps(record))
+    split_less = str(trained_run.parent / "digits" / "train")
+
+    def evaluate(*flags: str) -> tuple[dict, str]:
+        out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
+        argv = ["evaluate", "--model", str(run), "--dataset_name", split_less, "--dataloader_num_workers", "0"]
+        assert cli([*argv, "--output_dir", str(out), *flags]) == 0
+        return json.loads((out / "eval_results.json").read_text()), capsys.readouterr().err
+
+    recorded, err = evaluate()
+    source = f"(from {run / 'training_args.json'})"
+    assert f"--train_val_split 0.3 {source}, --seed 3 {source}" in err
+    held_out = load_image_dataset(DataArguments(dataset_name=split_less, train_val_split=0.3), 3, for_training=False)
+    assert recorded["num_examples"] == len(held_out.validation) == 431  # 30% of the 1437 training rows, stratified
+    given, err = evaluate("--seed", "3", "--train_val_split", "0.3")
+    assert given == recorded and "--train_val_split 0.3 (given), --seed 3 (given)" in err
+    other, _ = evaluate("--seed", "4")  # another draw of the same size: other images, another loss
+    assert other["num_examples"] == 431 and other["loss"] != recorded["loss"]

@@ -107,9 +107,11 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     for name, param in model.named_parameters():
         if ".original_module." in name:  # peft keeps the base's classifier beside its trained copy
             continue
-        total += param.numel()
+        # Under ZeRO-3 a parameter is an empty shard on each process; DeepSpeed records its full size as ds_numel.
+        count = getattr(param, "ds_numel", param.numel())
+        total += count
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += count
     return trainable, total
 
 

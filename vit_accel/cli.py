@@ -9,6 +9,17 @@ from pathlib import Path
 from .errors import UserError, report
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts and sizes: a mistake is reported by argparse as one line naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _variants(args: argparse.Namespace) -> int:
     """Print the table of named variants with their parameter counts (built on the meta device: no memory used)."""
     import torch
@@ -76,6 +87,13 @@ def _convert(args: argparse.Namespace) -> int:
         **overrides,
     )
     config = model.config
+    if not (out / "preprocessor_config.json").is_file():
+        print(
+            f"note: {args.source} does not record how its images were normalised, so {out} has no "
+            "preprocessor_config.json; predict and evaluate need one: write it with the mean/std the weights were "
+            "trained with (transformers' ViTImageProcessor(...).save_pretrained).",
+            file=sys.stderr,
+        )
     size = (out / "model.safetensors").stat().st_size
     print(
         f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s: width {config.hidden_size}, "
@@ -98,23 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vit-accel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     variants = commands.add_parser("variants", help="list the named ViT variants and their sizes")
-    variants.add_argument("--num_labels", type=int, default=1000, help="classifier width used for the counts")
+    variants.add_argument("--num_labels", type=_positive_int, default=1000, help="classifier width used for the counts")
     variants.set_defaults(func=_variants)
 
     convert = commands.add_parser(
         "convert",
         help="convert a checkpoint (named variant, Google .npz, timm, transformers) to a ViTAccel directory",
         description="Read a named variant (downloaded once into the HF cache), a Google .npz, a timm state dict or a "
-        "transformers ViT directory/Hub id, detected from the content, and write config.json + model.safetensors.",
+        "transformers ViT directory/Hub id, detected from the content, and write config.json + model.safetensors "
+        "(+ preprocessor_config.json where the source says how its images were normalised) into a new or empty "
+        "directory.",
     )
     convert.add_argument("source", help="named variant (e.g. vit-base-p16-384), file, directory or Hub id")
-    convert.add_argument("output", help="directory to write")
+    convert.add_argument("output", help="directory to write (new or empty)")
     convert.add_argument("--variant", help="named variant the source must fit (default: the source's own shapes)")
-    convert.add_argument("--image_size", type=int, help="resample the position embeddings to this resolution")
-    convert.add_argument("--num_labels", type=int, help="classes of a new head (default: keep the source's trained "
-                         "head and labels; a new 2-class head if it has none or Google's all-zero one)")  # fmt: skip
-    convert.add_argument("--representation_size", type=int, help="keep the 21k pre_logits layer of this width")
-    convert.add_argument("--num_heads", type=int, help="attention heads, for sources that do not record them (timm)")
+    convert.add_argument("--image_size", type=_positive_int, help="resample the position embeddings to this size")
+    convert.add_argument("--num_labels", type=_positive_int, help="classes of a new head (default: keep the source's "
+                         "trained head and labels; a new 2-class head if it has none or Google's all-zero "
+                         "one)")  # fmt: skip
+    convert.add_argument("--representation_size", type=_positive_int, help="keep the 21k pre_logits layer of this "
+                         "width")  # fmt: skip
+    convert.add_argument("--num_heads", type=_positive_int, help="attention heads, for sources that do not record "
+                         "them (timm)")  # fmt: skip
     convert.add_argument("--head_init", choices=("zeros", "normal"), default="zeros", help="new head: Google's zeros "
                          "or transformers' truncated normal")  # fmt: skip
     convert.add_argument("--resample_mode", choices=("bilinear", "bicubic"), help="default: bilinear for npz, "
@@ -133,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'vit_accel[onnx]'); exported-program: model.pt2 from torch.export. The graph formats take any batch size.",
     )
     export.add_argument("source", help="a ViTAccel directory (save_pretrained or vit-accel convert output)")
-    export.add_argument("output", help="directory to write (not the source, not an existing file)")
+    export.add_argument("output", help="directory to write (new or empty)")
     export.add_argument("--to", choices=EXPORT_TARGETS, default="transformers")
     export.set_defaults(func=_export)
 
@@ -161,7 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bad_images", choices=("error", "skip"), default="error")
     evaluate.add_argument("--dataloader_num_workers", type=int, default=2)
     evaluate.add_argument("--batch_size", type=int, default=64)
-    evaluate.add_argument("--seed", type=int, default=42, help="the seed the training run used (its split)")
+    evaluate.add_argument(
+        "--train_val_split",
+        type=float,
+        help="for a dataset without a validation/test split: the fraction the training run held out (default: the "
+        "model's training_args.json)",
+    )
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        help="the seed the training run used (its hold-out, and --max_eval_samples' sample); default: the model's "
+        "training_args.json, else 42",
+    )
     evaluate.add_argument("--output_dir", default="outputs/eval", help="where eval_results.json and the PNG go")
     evaluate.set_defaults(func=_evaluate)
     return parser
@@ -190,14 +224,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from .data import DataArguments
-    from .inference import evaluate, write_evaluation
+    from .inference import evaluate, evaluation_split, prepare_output_dir, recorded_split_settings, write_evaluation
 
     if args.dataset_name is None and args.validation_dir is None:
         raise UserError("Give the data to evaluate on: --dataset_name or --validation_dir.")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1], got {args.seed}.")
     # An ImageFolder given alone is the evaluation set itself (as train_dir and validation_dir both).
     folder = args.validation_dir
     if folder is not None and not Path(folder).is_dir():
         raise UserError(f"--validation_dir {folder}: no such directory.")
+    output_dir = prepare_output_dir(args.output_dir)
+    # A dataset without an evaluation split is evaluated on a hold-out of its training split: only the training run's
+    # own fraction and seed give back its held-out images (others mix training images in).
+    recorded, record_file = recorded_split_settings(args.model)
+    given = {"seed": args.seed, "train_val_split": args.train_val_split}
+    settings = {key: given[key] if given[key] is not None else recorded.get(key) for key in given}
     data_args = DataArguments(
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
@@ -206,14 +248,41 @@ def _evaluate(args: argparse.Namespace) -> int:
         image_column_name=args.image_column_name,
         label_column_name=args.label_column_name,
         max_eval_samples=args.max_eval_samples,
+        train_val_split=settings["train_val_split"] if settings["train_val_split"] is not None else 0.15,
         augmentation="none",
         bad_images=args.bad_images,
         dataloader_num_workers=args.dataloader_num_workers,
     )
     accelerator = Accelerator()
-    result = evaluate(args.model, data_args, batch_size=args.batch_size, seed=args.seed, accelerator=accelerator)
+    with accelerator.main_process_first():
+        split = evaluation_split(data_args)
+    source = args.dataset_name or folder
+    seed = settings["seed"] if settings["seed"] is not None else 42
+    origin = {key: "given" if given[key] is not None else f"from {record_file}" for key in given}
+    if split is None:
+        unknown = " and ".join(f"--{key}" for key, value in settings.items() if value is None)
+        if unknown:
+            why = f"{args.model} has no training_args.json" if record_file is None else f"{record_file} lacks {unknown}"
+            raise UserError(
+                f"--dataset_name {source} has no validation or test split, so evaluate holds out part of its training "
+                f"split, but {why}: pass {unknown} as the training run used them (another draw would mix training "
+                "images into the hold-out)."
+            )
+        fraction = settings["train_val_split"]
+        line = (
+            f"evaluating the hold-out of the training split of {source}: --train_val_split {fraction} "
+            f"({origin['train_val_split']}), --seed {seed} ({origin['seed']})"
+        )
+    else:
+        line = f"evaluating split {split!r} of {source}"
+        if args.max_eval_samples is not None:
+            seed_origin = origin["seed"] if settings["seed"] is not None else "default"
+            line += f", at most {args.max_eval_samples} examples drawn with --seed {seed} ({seed_origin})"
     if accelerator.is_main_process:
-        summary = write_evaluation(result, args.output_dir)
+        print(f"vit-accel evaluate: {line}", file=sys.stderr)
+    result = evaluate(args.model, data_args, batch_size=args.batch_size, seed=seed, accelerator=accelerator)
+    if accelerator.is_main_process:
+        summary = write_evaluation(result, output_dir)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_class_accuracy"}))
     return 0
 

@@ -20,7 +20,9 @@ class UserError(ValueError):
     A subclass of ValueError, so that library callers catching ValueError keep working.
     """
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", shown: bool = True) -> None:
+        # `shown=False`: another process of the same run prints this very error; this one exits without repeating it.
+        self.shown = shown
         # A DataLoader worker's exception reaches the main process re-created from a text that holds the worker's
         # whole traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."); what the user needs is
         # the message the check wrote, which is the traceback's last line.
@@ -37,6 +39,7 @@ def redact(text: str) -> str:
 
 def report(program: str, error: UserError) -> int:
     """Print `error` as one line on stderr, prefixed by the program's name; returns the exit status 2."""
-    message = " ".join(str(error).split("\n"))
-    print(f"{program}: error: {redact(message)}", file=sys.stderr)
+    if getattr(error, "shown", True):
+        message = " ".join(str(error).split("\n"))
+        print(f"{program}: error: {redact(message)}", file=sys.stderr)
     return 2

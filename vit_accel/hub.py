@@ -158,7 +158,7 @@ def push_to_hub(
         repo_id=repo_id,
         folder_path=str(folder),
         path_in_repo=path_in_repo,
-        ignore_patterns=["checkpoint-*", "*.tmp", "*.tmp/*", *exclude],
+        ignore_patterns=["checkpoint-*", "*.tmp", "*.tmp/*", ".vit_accel.lock", ".write-test-*", *exclude],
         commit_message="Upload model trained with vit_accel",
     )
     return str(url)

@@ -117,6 +117,17 @@ def test_to_rgb(make, expected):
     assert tuple(np.asarray(image)[3, 3]) == expected
 
 
+def test_float_images_are_scaled_by_their_range_not_clipped():
+    ramp = np.linspace(0.0, 1000.0, 64, dtype=np.float32).reshape(8, 8)  # a mode-F TIFF's raw values
+    grey = np.asarray(to_rgb(PIL.Image.fromarray(ramp, mode="F")))[..., 0]
+    assert grey.min() == 0 and grey.max() == 255 and 120 <= grey[4, 0] <= 135  # not saturated white
+    assert np.all(np.diff(grey.ravel().astype(int)) >= 0)  # the ramp stays a ramp
+    signed = np.asarray(to_rgb(PIL.Image.fromarray(np.full((4, 4), -1.0, np.float32), mode="F")))
+    assert int(signed.max()) == 0  # the low end of [-1, 1] is black
+    unit = PIL.Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F")  # already in [0, 1]
+    assert tuple(np.asarray(to_rgb(unit))[0, 0]) == (128, 128, 128)
+
+
 def test_palette_images_with_and_without_transparency():
     palette = PIL.Image.new("P", (8, 8), 1)
     palette.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)

@@ -11,7 +11,7 @@ from transformers import ViTForImageClassification
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
 from vit_accel.cli import main
-from vit_accel.weights import convert, google_npz
+from vit_accel.weights import convert, export, google_npz
 
 ATOL = 1e-4
 
@@ -157,3 +157,66 @@ def test_export_refusals_are_one_line_and_write_nothing(ours, tmp_path, capsys, 
     assert err == "vit-accel export: error: export --to onnx needs onnxscript, which is not installed: pip install " \
                   "'vit_accel[onnx]'.\n"  # fmt: skip
     assert not (tmp_path / "onnx").exists()
+
+
+def test_convert_writes_the_source_preprocessing_so_predict_can_use_it(tmp_path, capsys):
+    from PIL import Image
+
+    npz = write_google_npz(tmp_path / "vit.npz", num_classes=7)
+    assert main(["convert", str(npz), str(tmp_path / "from_npz"), "--image_size", "48", "--quiet"]) == 0
+    processor = json.loads((tmp_path / "from_npz" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 48, "width": 48}
+    assert processor["image_mean"] == [0.5] * 3 and processor["image_std"] == [0.5] * 3  # Google's [-1, 1]
+    pixels = torch.randint(0, 256, (48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.numpy()).save(tmp_path / "image.png")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "from_npz"), str(tmp_path / "image.png"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["predictions"]
+    model = ViTAccelForImageClassification.from_pretrained(npz, image_size=48)
+    with torch.no_grad():
+        scores = model((pixels.permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5).logits.softmax(-1)[0]
+    top = scores.topk(5)
+    assert [p["label"] for p in got] == [model.config.id2label[i] for i in top.indices.tolist()]
+    assert [p["score"] for p in got] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+    # A directory of ours: its own processor goes along, at the new size.
+    ours = tmp_path / "ours"
+    ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).save_pretrained(ours)
+    settings = {"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32},
+                "image_mean": [0.3, 0.4, 0.5], "image_std": [0.2, 0.2, 0.2], "resample": 3}  # fmt: skip
+    (ours / "preprocessor_config.json").write_text(json.dumps(settings))
+    assert main(["convert", str(ours), str(tmp_path / "ours64"), "--image_size", "64", "--quiet"]) == 0
+    copied = json.loads((tmp_path / "ours64" / "preprocessor_config.json").read_text())
+    assert copied == {**settings, "size": {"height": 64, "width": 64}}
+
+    # A bare timm state dict does not say how its images were normalised: no guess, and the user is told.
+    torch.save(VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=4).state_dict(),
+               tmp_path / "timm.pth")  # fmt: skip
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "timm.pth"), str(tmp_path / "from_timm"), "--quiet"]) == 0
+    assert "so " + str(tmp_path / "from_timm") + " has no preprocessor_config.json" in capsys.readouterr().err
+    assert not (tmp_path / "from_timm" / "preprocessor_config.json").exists()
+    assert main(["predict", "--model", str(tmp_path / "from_timm"), str(tmp_path / "image.png")]) == 2
+    err = capsys.readouterr().err
+    assert "preprocessor_config.json is missing" in err and "ViTImageProcessor" in err and err.count("\n") == 1
+
+
+def test_convert_and_export_write_only_into_a_new_or_empty_directory(ours, tmp_path, capsys):
+    from vit_accel.errors import UserError
+
+    _, source = ours
+    npz = write_google_npz(tmp_path / "vit.npz")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "README.md").write_text("a model card")
+    for call in (
+        lambda: convert(npz, target),
+        lambda: export(source, target, to="timm"),
+        lambda: export(source, target, to="onnx"),
+    ):
+        with pytest.raises(UserError, match=r"target: not empty \(it holds README.md\).*Choose a new directory"):
+            call()
+    assert [p.name for p in target.iterdir()] == ["README.md"] and (target / "README.md").read_text() == "a model card"
+    (target / "README.md").unlink()
+    assert main(["convert", str(npz), str(target), "--quiet"]) == 0  # an empty directory is a new one
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in target.iterdir()}

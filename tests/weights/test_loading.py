@@ -11,7 +11,7 @@ from transformers import ViTConfig, ViTModel
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
 from vit_accel.errors import UserError
-from vit_accel.weights import CheckpointError, WeightsDownloadError, read_checkpoint
+from vit_accel.weights import CheckpointError, WeightsDownloadError, convert, read_checkpoint
 from vit_accel.weights.loading import build
 
 B16 = "imagenet21k/ViT-B_16.npz"
@@ -128,6 +128,35 @@ def test_refused_keywords_are_named(npz):
     assert ViTAccelForImageClassification.from_pretrained(npz, num_labels=3, ignore_mismatched_sizes=True)
     with pytest.raises(UserError, match=r"'vit-bse-p16-224' is not a named variant.*did you mean 'vit-base-p16-224'"):
         ViTAccelForImageClassification.from_pretrained(npz, variant="vit-bse-p16-224")
+
+
+def test_values_no_model_can_take_are_user_errors_naming_the_field(npz, tmp_path):
+    for num_labels in (0, -1):  # a 0-wide head (and -1 quietly read as 0) would be written and "converted"
+        with pytest.raises(UserError, match=rf"num_labels must be a positive integer.*got {num_labels}"):
+            ViTAccelForImageClassification.from_pretrained(npz, num_labels=num_labels)
+        with pytest.raises(UserError, match="num_labels"):
+            convert(npz, tmp_path / "out", num_labels=num_labels)
+    for fields, message in (
+        ({"image_size": 18}, "image_size 18 must be a multiple of patch_size 8"),
+        ({"image_size": -16}, "image_size -16 and patch_size 8 must be positive integers"),
+        ({"num_attention_heads": 5}, r"hidden_size \(48\) must be divisible by num_attention_heads \(5\)"),
+        ({"representation_size": -3}, "representation_size must be None or a positive integer, got -3"),
+    ):
+        with pytest.raises(UserError, match=rf"vit.npz: .*{message}"):
+            ViTAccelForImageClassification.from_pretrained(npz, **fields)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_name_is_refused_at_once_not_read_as_the_current_directory_or_a_hub_repo(tmp_path, monkeypatch):
+    # None used to become a Hub lookup of a repo named "None" (five retries without a network).
+    ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs())).save_pretrained(tmp_path)
+    monkeypatch.chdir(tmp_path)  # a model of ours in the current directory must not be picked up by ""
+    for name in ("", " "):
+        with pytest.raises(UserError, match=r"an empty name; pass '\.' for the current directory"):
+            ViTAccelForImageClassification.from_pretrained(name)
+    with pytest.raises(UserError, match=r"from_pretrained\(None\): give a named variant, a local file"):
+        ViTAccelForImageClassification.from_pretrained(None)
+    assert ViTAccelForImageClassification.from_pretrained(".").config.num_labels == 5
 
 
 # ---------------------------------------------------------------------------------------------------------------------

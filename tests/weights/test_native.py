@@ -6,6 +6,8 @@ from factories import tiny_config_kwargs
 from safetensors.torch import save_file
 
 from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
+from vit_accel.errors import UserError
+from vit_accel.modeling_vit_accel import resample_position_embeddings
 from vit_accel.weights import convert, read_checkpoint
 
 
@@ -42,3 +44,48 @@ def test_bare_files_of_ours_load_into_either_class(model, tmp_path):
         expected = model.vit(pixels)
         torch.testing.assert_close(classifier(pixels).logits, model(pixels).logits, atol=0, rtol=0)
         torch.testing.assert_close(base(pixels).pooler_output, expected.pooler_output, atol=0, rtol=0)
+
+
+def test_a_directory_of_ours_at_another_image_size_resamples_its_position_embeddings(model, tmp_path):
+    # The keywords train.py passes for `--model_name_or_path <run> --image_size 64`: labels and the new size.
+    model.config.drop_path_rate = 0.1  # a saved setting the shapes do not tell: it must survive the new size
+    labels = {i: f"class_{i}" for i in range(5)}
+    model.config.id2label, model.config.label2id = labels, {v: k for k, v in labels.items()}
+    model.save_pretrained(tmp_path / "run")
+    keywords = {"num_labels": 5, "id2label": labels, "label2id": model.config.label2id}
+    bigger = ViTAccelForImageClassification.from_pretrained(tmp_path / "run", image_size=64, **keywords)
+    assert bigger.config.image_size == 64 and bigger.config.drop_path_rate == 0.1
+    assert bigger.config.id2label == labels and bigger.config.representation_size == 40
+    saved, got = model.state_dict(), bigger.state_dict()
+    key = "vit.embeddings.position_embeddings"
+    expected = resample_position_embeddings(saved[key], (8, 8), old_grid=(4, 4), mode="bicubic")
+    assert got[key].shape == (1, 65, 48)
+    torch.testing.assert_close(got[key], expected, atol=0, rtol=0)
+    assert all(torch.equal(got[name], value) for name, value in saved.items() if name != key)  # head included
+    with torch.no_grad():
+        assert bigger(torch.randn(1, 3, 64, 64)).logits.shape == (1, 5)
+    # transformers' Auto class hands the new size over inside the config it builds: the same model.
+    from transformers import AutoModelForImageClassification
+
+    auto = AutoModelForImageClassification.from_pretrained(tmp_path / "run", image_size=64)
+    assert type(auto) is ViTAccelForImageClassification
+    assert all(torch.equal(auto.state_dict()[name], value) for name, value in got.items())
+    # The same size is transformers' own path, unchanged.
+    same = ViTAccelForImageClassification.from_pretrained(tmp_path / "run", image_size=32)
+    assert all(torch.equal(same.state_dict()[name], value) for name, value in saved.items())
+
+
+def test_a_directory_of_ours_keeps_its_trained_head_at_another_size_unless_told(model, tmp_path):
+    model.save_pretrained(tmp_path / "run")
+    with pytest.raises(UserError, match=r"run: the checkpoint's head has shape \(5, 40\).*ignore_mismatched_sizes"):
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "run", image_size=64, num_labels=3)
+    replaced = ViTAccelForImageClassification.from_pretrained(
+        tmp_path / "run", image_size=64, num_labels=3, ignore_mismatched_sizes=True
+    )
+    assert replaced.classifier.weight.shape == (3, 40) and len(replaced.config.id2label) == 3
+    torch.testing.assert_close(  # the rest is still the trained model's, resampled
+        replaced.vit.embeddings.position_embeddings,
+        resample_position_embeddings(model.vit.embeddings.position_embeddings, (8, 8)),
+        atol=0,
+        rtol=0,
+    )

@@ -94,6 +94,32 @@ def test_pickled_files_are_refused(tmp_path):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "evil.pth")
 
 
+class Custom:
+    """A class of this test module: a file that pickles it needs this module's code to load."""
+
+
+def test_files_torch_cannot_read_safely_say_what_they_are_and_never_advise_unpickling(tmp_path):
+    torch.save({"state_dict": timm_vit().state_dict(), "args": Custom()}, tmp_path / "objects.pth")
+    (tmp_path / "junk.bin").write_bytes(b"\x80\x04garbage" * 8)  # the first bytes of a pickle, then nonsense
+    torch.save({"state_dict": timm_vit().state_dict()}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "legacy.pth").read_bytes()[:40])
+    torch.save({"a": 1}, tmp_path / "plain.pth")
+    torch.save({"weight": torch.zeros(2), "epoch": 3, "note": "x"}, tmp_path / "mixed.pth")
+    expected = {
+        "objects.pth": r"objects.pth: refusing to unpickle: it holds Python objects \(\S*Custom\)",
+        "junk.bin": r"junk.bin: not a readable torch checkpoint: corrupt, or no checkpoint at all",
+        "cut.pth": r"cut.pth: not a readable torch checkpoint: the file ends too early \(truncated",
+        "plain.pth": r"plain.pth: not a state dict: a dict of 'a': int, without any tensor\.",
+        "mixed.pth": r"mixed.pth: not a plain state dict: besides tensors it holds 'epoch': int, 'note': str\.",
+    }
+    for name, message in expected.items():
+        with pytest.raises(CheckpointError, match=message) as caught:
+            read_checkpoint(tmp_path / name)
+        text = str(caught.value)
+        assert "weights_only" not in text and "\x1b[" not in text and "\n" not in text, text
+    assert read_checkpoint(tmp_path / "legacy.pth").format == "timm"  # the uncut legacy file reads
+
+
 def test_unknown_format_names_file_and_accepted_formats(tmp_path):
     (tmp_path / "weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     with pytest.raises(

@@ -9,7 +9,14 @@ from .loading import (
     example_seed,
     make_dataloader,
 )
-from .sources import ImageClassificationData, load_image_dataset, stratified_split
+from .sources import (
+    ImageClassificationData,
+    check_seed,
+    dataset_identity,
+    identity_changes,
+    load_image_dataset,
+    stratified_split,
+)
 from .transforms import Pipeline, build_pipeline, resize_batch, to_rgb
 
 __all__ = [
@@ -22,8 +29,11 @@ __all__ = [
     "ImageClassificationDataset",
     "Pipeline",
     "build_pipeline",
+    "check_seed",
     "collate",
+    "dataset_identity",
     "example_seed",
+    "identity_changes",
     "load_image_dataset",
     "make_dataloader",
     "resize_batch",

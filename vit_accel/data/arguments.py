@@ -91,6 +91,11 @@ class DataArguments:
             raise UserError("Give either --dataset_name or --train_dir/--validation_dir, not both.")
         if self.validation_dir is not None and self.train_dir is None:
             raise UserError("--validation_dir needs --train_dir.")
+        if self.dataset_config_name is not None and self.train_dir is not None:
+            raise UserError(
+                f"--dataset_config_name {self.dataset_config_name!r} applies to --dataset_name only: an ImageFolder "
+                "(--train_dir) has no configurations."
+            )
         if not 0.0 < self.train_val_split < 1.0:
             raise UserError(f"--train_val_split must be in (0, 1), got {self.train_val_split}.")
         for name in ("max_train_samples", "max_eval_samples"):

@@ -30,7 +30,7 @@ EVAL_CROP_PCT = 0.875
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL image as 8-bit RGB: grayscale, 16-bit, palette, CMYK; transparency is composited over white."""
+    """Any PIL image as 8-bit RGB: grayscale, 16-bit, float, palette, CMYK; transparency is composited over white."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -39,8 +39,14 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         image = PIL.Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
+        # 32-bit float: [0, 1] as most float images are; wider values (a TIFF of raw measurements, [-1, 1]) are
+        # scaled from their own range, which clipping to [0, 1] would turn white (or black).
         array = np.asarray(image, dtype=np.float64)
-        image = PIL.Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8), mode="L")
+        finite = array[np.isfinite(array)]
+        low = min(float(finite.min()), 0.0) if finite.size else 0.0
+        high = max(float(finite.max()), 1.0) if finite.size else 1.0
+        array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)
+        image = PIL.Image.fromarray(((array - low) * (255.0 / (high - low))).round().astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
     if image.mode in ("RGBA", "LA", "RGBa", "La", "PA"):

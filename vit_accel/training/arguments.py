@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from ..configuration_vit_accel import ViTAccelConfig
+from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..data import DataArguments
 from ..errors import UserError, redact
 
@@ -62,7 +64,16 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        self.parsed_overrides()  # a typo in a field name stops the run here, before anything is loaded
+        # A typo in a field name or a value the model cannot take stops the run here, before anything is loaded.
+        overrides = self.parsed_overrides()
+        _check_override_values(overrides, "--image_size" if self.image_size is not None else None)
+        if self.from_scratch and self.model_name_or_path in VIT_VARIANTS:
+            from ..modeling_vit_accel import check_config
+
+            try:
+                check_config(ViTAccelConfig.from_variant(self.model_name_or_path, **overrides))
+            except ValueError as error:
+                raise UserError(f"--config_overrides {self.config_overrides!r}: {error}") from error
         if self.attn_implementation is not None:
             from transformers import AttentionInterface
 
@@ -83,6 +94,8 @@ class ModelArguments:
                 key = key.strip()
                 if not sep or not key:
                     raise UserError(f"--config_overrides: expected 'key=value', got {item!r}.")
+                if key in ("num_labels", "id2label", "label2id"):
+                    raise UserError(f"--config_overrides: {key} comes from the dataset's labels; it cannot be set.")
                 if key not in CONFIG_OVERRIDE_FIELDS:
                     close = difflib.get_close_matches(key, CONFIG_OVERRIDE_FIELDS, n=1)
                     hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(CONFIG_OVERRIDE_FIELDS)}."
@@ -144,8 +157,12 @@ class TrainingArguments:
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
     with_tracking: bool = field(default=False, metadata={"help": "Send logs to trackers through accelerate."})
-    report_to: str = field(
-        default="all", metadata={"help": "Trackers for --with_tracking: tensorboard, wandb, ... or 'all'."}
+    report_to: str | None = field(
+        default=None,
+        metadata={
+            "help": "Trackers, comma-separated: tensorboard, wandb, ... or 'all' (the default of --with_tracking). "
+            "Naming one turns tracking on."
+        },
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository on the Hub, 'user/name'."})
@@ -216,18 +233,48 @@ class TrainingArguments:
             raise UserError(
                 f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}."
             )
-        if self.learning_rate <= 0:
-            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.checkpointing_steps not in (None, "epoch") and not str(self.checkpointing_steps).isdigit():
-            raise UserError(
-                f"--checkpointing_steps must be a number of steps or 'epoch', got {self.checkpointing_steps!r}."
-            )
+        # `not x > 0` rather than `x <= 0`: NaN fails every comparison and must be refused too.
+        if not self.learning_rate > 0 or math.isinf(self.learning_rate):
+            raise UserError(f"--learning_rate must be a positive number, got {self.learning_rate}.")
+        for name, low, high in (
+            ("label_smoothing", 0.0, 1.0),
+            ("adam_beta1", 0.0, 1.0),
+            ("adam_beta2", 0.0, 1.0),
+            ("momentum", 0.0, math.inf),
+            ("weight_decay", 0.0, math.inf),
+            ("max_grad_norm", 0.0, math.inf),
+        ):
+            value = getattr(self, name)
+            if not low <= value < high:
+                raise UserError(f"--{name} must be in [{low:g}, {high:g}), got {value}.")
+        if self.num_warmup_steps < 0:
+            raise UserError(f"--num_warmup_steps must be >= 0, got {self.num_warmup_steps}.")
+        # numpy, torch and Python's random are all seeded from it; numpy takes 0 .. 2**32 - 1.
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in [0, 2**32), got {self.seed}.")
+        steps = self.checkpointing_steps
+        if steps not in (None, "epoch") and not (str(steps).isdigit() and int(steps) >= 1):
+            raise UserError(f"--checkpointing_steps must be a number of steps (at least 1) or 'epoch', got {steps!r}.")
+        if self.report_to is not None:
+            self.with_tracking = True  # naming trackers asks for tracking, as transformers' report_to does
         if self.hub_strategy not in ("end", "checkpoint"):
             raise UserError(f"--hub_strategy must be 'end' or 'checkpoint', got {self.hub_strategy!r}.")
         if self.push_to_hub and not self.hub_model_id:
             raise UserError("--push_to_hub needs --hub_model_id user/name.")
+        if self.hub_model_id is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.hub_model_id)
+            except HFValidationError as error:
+                raise UserError(
+                    f"--hub_model_id {self.hub_model_id!r} is not a valid repository id: {error}"
+                ) from error
+        if not self.output_dir.strip():
+            raise UserError("--output_dir is empty; name the directory the run writes to.")
+        self.output_dir = os.path.expanduser(self.output_dir)
+        if self.resume_from_checkpoint:
+            self.resume_from_checkpoint = os.path.expanduser(self.resume_from_checkpoint)
         self._check_methods()
 
     def _check_methods(self) -> None:
@@ -267,6 +314,47 @@ class TrainingArguments:
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
 
+_POSITIVE_INTS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+)
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+
+
+def _check_override_values(overrides: dict, image_size_flag: str | None) -> None:
+    """Refuse a --config_overrides value the model cannot be built with, naming it, whatever the source model."""
+    from transformers.activations import ACT2FN
+
+    def refuse(key: str, value, expected: str):
+        flag = image_size_flag if key == "image_size" and image_size_flag else "--config_overrides"
+        shown = f"{key}={value}" if flag == "--config_overrides" else str(value)
+        raise UserError(f"{flag} {shown}: {expected}.")
+
+    for key, value in overrides.items():
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in _POSITIVE_INTS and not (is_int and value > 0):
+            refuse(key, value, "must be a positive integer")
+        if key in ("representation_size", "pooler_output_size") and value is not None and not (is_int and value > 0):
+            refuse(key, value, "must be a positive integer or None")
+        if key in _PROBABILITIES and not (is_number and 0 <= value < 1):
+            refuse(key, value, "must be in [0, 1)")
+        if key in ("layer_norm_eps", "initializer_range") and not (is_number and value > 0):
+            refuse(key, value, "must be a positive number")
+        if key in ("hidden_act", "pooler_act") and value not in ACT2FN:
+            refuse(key, value, "is not an activation transformers knows (transformers.activations.ACT2FN)")
+        if key == "qkv_bias" and not isinstance(value, bool):
+            refuse(key, value, "must be true or false")
+        if key == "num_channels" and value != 3:
+            # Every image is converted to RGB on the way in (grayscale, palette, CMYK, alpha), so the model sees 3.
+            refuse(key, value, "train.py feeds RGB images, so the model takes 3 channels")
+        if key == "problem_type" and value != "single_label_classification":
+            refuse(key, value, "train.py trains single-label classification (one class per image) only")
+
 
 def _parse_scalar(value: str):
     lowered = value.lower()
@@ -287,7 +375,9 @@ def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
     if not recipe.is_file():
         raise UserError(f"Recipe file not found: {recipe}")
     try:
-        values = yaml.safe_load(recipe.read_text()) or {}
+        values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise UserError(f"Recipe {recipe} is not UTF-8 text (byte {error.start}: {error.reason}).") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -304,6 +394,8 @@ def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
             raise UserError(f"Recipe {recipe} has an unknown key {key!r}{hint}.")
         if value is None:
             continue
+        if key == "config_overrides" and isinstance(value, dict):  # the natural YAML form of 'k=v,k=v'
+            value = ",".join(f"{name}={item}" for name, item in value.items())
         pair = [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
         try:
             parser.parse_known_args(pair)
@@ -329,7 +421,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
     parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
     parser.error = _raise_user_error
-    if argv and argv[0].endswith((".yaml", ".yml")):
+    if argv and argv[0].lower().endswith((".yaml", ".yml")):
         recipe = Path(argv.pop(0))
         argv = _recipe_argv(recipe, parser) + argv
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
@@ -349,6 +441,10 @@ def recorded_arguments(*arguments) -> dict:
     return record
 
 
+# Every spelling the parser accepts for the token flag (HfArgumentParser also takes dashes for underscores).
+_TOKEN_FLAGS = ("--hub_token", "--hub-token")
+
+
 def recorded_command(argv: list[str]) -> list[str]:
     """The command line as typed, with the value of --hub_token (and anything shaped like a token) replaced."""
     command, hide_next = [], False
@@ -357,9 +453,13 @@ def recorded_command(argv: list[str]) -> list[str]:
             command.append("<redacted>")
             hide_next = False
             continue
-        if item.startswith("--hub_token="):
-            command.append("--hub_token=<redacted>")
+        flag, equals, _ = item.partition("=")
+        if flag in _TOKEN_FLAGS:
+            if equals:
+                command.append(f"{flag}=<redacted>")
+            else:
+                command.append(item)
+                hide_next = True
             continue
-        hide_next = item == "--hub_token"
         command.append(redact(item))
     return command

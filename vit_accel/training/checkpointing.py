@@ -107,7 +107,8 @@ class TrainerState:
     last_eval: dict[str, float] | None = None  # the latest evaluation's results
     bad_rows: dict[str, list[int]] = field(default_factory=dict)  # unreadable rows found so far, per split
     settings: dict[str, Any] | None = None  # see `resume_settings`
-    files: dict[str, int] | None = None  # every other file of the checkpoint and its size in bytes
+    # Every other file of the checkpoint: [size in bytes, xxh3-64 of its content].
+    files: dict[str, list] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -122,7 +123,27 @@ class TrainerState:
         known = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(values, dict) or not {"completed_steps", "epoch"} <= set(values) or set(values) - known:
             raise UserError(f"{path} is not a vit_accel trainer state; the checkpoint is damaged.")
+        for name, kinds in _STATE_TYPES.items():
+            value = values.get(name)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise UserError(f"{path}: {name} is {value!r}, not a {kinds[0].__name__}; the checkpoint is damaged.")
         return cls(**values)
+
+
+# What each field of a trainer state may hold (None aside), checked when one is read back.
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "completed_steps": (int,),
+    "epoch": (int,),
+    "batches_in_epoch": (int,),
+    "best_metric": (float, int),
+    "best_step": (int,),
+    "best_checkpoint": (str,),
+    "total_steps": (int,),
+    "last_eval": (dict,),
+    "bad_rows": (dict,),
+    "settings": (dict,),
+    "files": (dict,),
+}
 
 
 def _write_json(path: Path, text: str) -> None:
@@ -174,13 +195,30 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
     return path
 
 
+def file_digest(path: Path) -> str:
+    """xxh3-64 of a file's content, read in 16 MiB chunks (about memory speed; a checkpoint is hashed in seconds)."""
+    import xxhash
+
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def verify_checkpoint(checkpoint: Path) -> TrainerState:
-    """The checkpoint's state, after checking that every file it was saved with is there, whole."""
+    """The checkpoint's state, after checking that every file it was saved with is there, whole and unchanged."""
     state = TrainerState.from_file(checkpoint / STATE_FILE)
+    if _CHECKPOINT_RE.match(checkpoint.name) and checkpoint_step(checkpoint) != state.completed_steps:
+        raise UserError(
+            f"Checkpoint {checkpoint} records step {state.completed_steps}, not the {checkpoint_step(checkpoint)} of "
+            f"its name: it was renamed. Give it back its name, checkpoint-{state.completed_steps}."
+        )
     config = checkpoint / CONFIG_FILE
     if not config.is_file():
         raise UserError(f"Checkpoint {checkpoint} is damaged: {CONFIG_FILE} is missing. Resume from another one.")
-    for relative, size in (state.files or {}).items():
+    for relative, record in (state.files or {}).items():
+        size, digest = (record, None) if isinstance(record, int) else record
         path = checkpoint / relative
         if not path.is_file():
             raise UserError(
@@ -190,6 +228,11 @@ def verify_checkpoint(checkpoint: Path) -> TrainerState:
             raise UserError(
                 f"Checkpoint {checkpoint} is damaged: {relative} holds {path.stat().st_size} bytes, but {size} were "
                 "written (truncated?). Resume from another checkpoint."
+            )
+        if digest is not None and file_digest(path) != digest:
+            raise UserError(
+                f"Checkpoint {checkpoint} is damaged: the content of {relative} changed since it was written "
+                "(a power loss or a disk fault?). Resume from another checkpoint."
             )
     try:
         json.loads(config.read_text())
@@ -209,13 +252,26 @@ def check_compatible(checkpoint: Path, model_config) -> None:
         )
 
 
+def checkpoint_format(distributed_type) -> str:
+    """How accelerate lays out a checkpoint's states under `distributed_type`: DeepSpeed and FSDP keep their own
+    (sharded) formats; one process, DDP on CPUs or GPUs all write the same files."""
+    name = str(getattr(distributed_type, "value", distributed_type)).upper()
+    return {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(name, "plain")
+
+
 def resume_settings(arguments: tuple, num_processes: int) -> dict[str, Any]:
     """The values of `RESUME_SETTINGS` in these argument dataclasses, plus the number of processes."""
     settings: dict[str, Any] = {"num_processes": num_processes}
     for values in arguments:
         for name in RESUME_SETTINGS.get(type(values).__name__, ()):
-            settings[name] = getattr(values, name)
+            value = getattr(values, name)
+            if name in _PATH_SETTINGS and isinstance(value, str) and Path(value).expanduser().exists():
+                value = str(Path(value).expanduser().resolve())  # `data/`, `./data` and `/abs/data` are one dataset
+            settings[name] = value
     return settings
+
+
+_PATH_SETTINGS = ("model_name_or_path", "dataset_name", "train_dir", "validation_dir")
 
 
 def changed_settings(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
@@ -247,9 +303,9 @@ def remove_stale_checkpoints(output_dir: str | Path, step: int) -> list[str]:
     return removed
 
 
-def _manifest(directory: Path) -> dict[str, int]:
+def _manifest(directory: Path) -> dict[str, list]:
     return {
-        str(path.relative_to(directory)): path.stat().st_size
+        str(path.relative_to(directory)): [path.stat().st_size, file_digest(path)]
         for path in sorted(directory.rglob("*"))
         if path.is_file() and path.name != STATE_FILE
     }
@@ -271,18 +327,43 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), **(save_state_kwargs or {}))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json(tmp / CONFIG_FILE, model_config.to_json_string())
-        # trainer_state.json is written last, with the size of everything else: its presence marks a checkpoint
-        # complete, and the sizes let a resume find a file damaged since.
-        _write_json(tmp / STATE_FILE, dataclasses.replace(state, files=_manifest(tmp)).to_json())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    try:
+        accelerator.save_state(str(tmp), **(save_state_kwargs or {}))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json(tmp / CONFIG_FILE, model_config.to_json_string())
+            # trainer_state.json is written last, with the size and hash of everything else: its presence marks a
+            # checkpoint complete, and the record lets a resume find a file damaged since.
+            _write_json(tmp / STATE_FILE, dataclasses.replace(state, files=_manifest(tmp)).to_json())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except (OSError, RuntimeError) as error:
+        if not _out_of_space(error, tmp):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # give back what the half-written checkpoint took
+        earlier = [p.name for p in list_checkpoints(output_dir)]
+        raise UserError(
+            f"No space left on the device of {output_dir} while writing {final.name}; it was not kept. "
+            + (f"The last complete checkpoint, {earlier[-1]}, is intact: " if earlier else "")
+            + "free some space and resume with --resume_from_checkpoint latest."
+        ) from error
     accelerator.wait_for_everyone()
     return final
+
+
+def _out_of_space(error: BaseException, directory: Path) -> bool:
+    """A write that failed for want of space: ENOSPC/EDQUOT, or torch's serializer failing on a full disk (it reports
+    an 'unexpected pos' instead of the OS error)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
+    except OSError:
+        return False
+    return free < (64 << 20)
 
 
 def rotate_checkpoints(output_dir: str | Path, save_total_limit: int | None, keep: str | None = None) -> None:

@@ -82,6 +82,11 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
         except (ImportError, ValueError) as error:
             reason = str(error).splitlines()[0]
             raise UserError(f"--attn_implementation {args.attn_implementation}: {reason}") from error
+    if model.config.num_channels != 3:
+        # Every image is converted to RGB on the way in (grayscale, palette, CMYK, alpha), so the model sees 3.
+        raise UserError(
+            f"--model_name_or_path {source} takes {model.config.num_channels}-channel images, but train.py feeds RGB."
+        )
     mean, std = _normalisation(source)
     return model, mean, std
 

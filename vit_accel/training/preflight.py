@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
@@ -16,10 +17,12 @@ from accelerate.utils import DistributedType
 from ..errors import UserError
 from .checkpointing import list_checkpoints
 
+T = TypeVar("T")
+
 
 def on_main_process(accelerator: Accelerator, check: Callable[[], None]) -> None:
     """Run `check` on the main process alone and raise its UserError on every process, so that no process is left
-    waiting at the next barrier for one that stopped."""
+    waiting at the next barrier for one that stopped (the others raise it quietly: the main process shows it)."""
     from accelerate.utils import broadcast_object_list
 
     message = [None]
@@ -31,7 +34,15 @@ def on_main_process(accelerator: Accelerator, check: Callable[[], None]) -> None
     if accelerator.num_processes > 1:
         broadcast_object_list(message)
     if message[0] is not None:
-        raise UserError(message[0])
+        raise UserError(message[0], shown=accelerator.is_main_process)
+
+
+def main_process_first(accelerator: Accelerator, load: Callable[[], T]) -> T:
+    """`load()` on the main process, then on the others (which then read its caches); a UserError on the main
+    process stops every process at once, instead of leaving the others waiting at a barrier until they time out."""
+    loaded: list[T] = []
+    on_main_process(accelerator, lambda: loaded.append(load()))
+    return loaded[0] if loaded else load()
 
 
 def check_process_group(accelerator: Accelerator) -> None:
@@ -61,11 +72,44 @@ def check_process_group(accelerator: Accelerator) -> None:
             )
 
 
-def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Never overwrite a run by accident, and find an unwritable directory now rather than after loading."""
+# What marks a directory as a run of ours (so a resume or --overwrite_output_dir applies to it), and what a run may
+# find in its own directory without taking it for someone else's files.
+RUN_MARKERS = ("training_args.json", "log.jsonl", "all_results.json")
+LOCK_FILE = ".vit_accel.lock"
+
+
+def _inside(path: Path, other: Path) -> bool:
+    return path == other or other in path.parents
+
+
+def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool, inputs: dict[str, str | None]) -> None:
+    """Never write over a run, the run's own inputs or anybody's files by accident; and find an unwritable
+    directory now rather than after loading.
+
+    `inputs`: flag -> local path the run reads (the model, the dataset), which the output may neither be nor lie in.
+    """
+    target = output_dir.expanduser().resolve()
+    for flag, value in inputs.items():
+        if value and Path(value).expanduser().exists() and _inside(target, Path(value).expanduser().resolve()):
+            raise UserError(
+                f"--output_dir {output_dir} is (or lies inside) {flag} {value}: the run would write over it."
+            )
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a directory.")
-    if not resuming and not overwrite and (list_checkpoints(output_dir) or (output_dir / "all_results.json").exists()):
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE) if output_dir.is_dir() else []
+    is_run = any((output_dir / name).exists() for name in RUN_MARKERS) or bool(list_checkpoints(output_dir))
+    if entries and not is_run and not overwrite:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise UserError(
+            f"--output_dir {output_dir} holds files that are not a vit_accel run ({shown}), which the run would "
+            "overwrite or mix with: choose an empty or new directory, or pass --overwrite_output_dir."
+        )
+    if (
+        is_run
+        and not resuming
+        and not overwrite
+        and (list_checkpoints(output_dir) or (output_dir / "all_results.json").exists())
+    ):
         raise UserError(
             f"--output_dir {output_dir} already holds a run. Resume it with --resume_from_checkpoint latest, "
             "choose another directory, or pass --overwrite_output_dir."
@@ -76,6 +120,88 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
             pass
     except OSError as error:
         raise UserError(f"--output_dir {output_dir} cannot be written: {error.strerror or error}.") from error
+
+
+_held_locks: list = []  # open lock files: each run keeps its directory's for as long as the process lives
+
+
+def lock_output_dir(output_dir: Path) -> None:
+    """Take `output_dir` for this run alone: a second run started into it stops here, naming the first.
+
+    An advisory `flock` on a file in the directory; the system releases it when the process ends, however it ends.
+    """
+    import fcntl
+
+    handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the life of the process)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to end or choose another "
+            "directory."
+        ) from error
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"PID {os.getpid()} on {os.uname().nodename}")
+    handle.flush()
+    _held_locks.append(handle)
+
+
+def release_output_dir_locks() -> None:
+    """Let go of the directories this process took (a process that ends lets go of them anyway)."""
+    while _held_locks:
+        _held_locks.pop().close()
+
+
+def check_model_source(source: str, from_scratch: bool, attn_implementation: str | None) -> None:
+    """What can be told about --model_name_or_path and --attn_implementation without loading anything."""
+    import difflib
+
+    from ..configuration_vit_accel import VIT_VARIANTS
+
+    path = Path(source).expanduser()
+    looks_local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+    if source not in VIT_VARIANTS and looks_local and not path.exists():
+        raise UserError(f"--model_name_or_path {source}: no such file or directory.")
+    if from_scratch and source not in VIT_VARIANTS and not (path / "config.json").is_file():
+        close = difflib.get_close_matches(source, VIT_VARIANTS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"variants: {', '.join(VIT_VARIANTS)}."
+        raise UserError(
+            f"--model_name_or_path {source!r}: --from_scratch needs a variant name or a directory with config.json; "
+            f"{hint}"
+        )
+    if path.is_dir() and (path / "trainer_state.json").is_file() and not (path / "config.json").is_file():
+        raise UserError(
+            f"--model_name_or_path {source} is a training checkpoint, not a model: continue that run with "
+            f"--resume_from_checkpoint {source}, or fine-tune from the run's own directory ({path.parent})."
+        )
+    if attn_implementation in ("flash_attention_2", "flash_attention_3"):
+        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+        available = is_flash_attn_2_available if attn_implementation.endswith("2") else is_flash_attn_3_available
+        if not available():
+            raise UserError(
+                f"--attn_implementation {attn_implementation}: the flash-attn package for it is not installed, or "
+                "this machine has no GPU it supports; use sdpa (the default) or eager."
+            )
+
+
+def check_precision_and_accumulation(accelerator: Accelerator, gradient_accumulation_steps: int) -> None:
+    """Settings accelerate would silently not apply, or apply differently from train.py's flags."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise UserError(
+            "--mixed_precision fp16 (from the accelerate config or launch): accelerate trains in fp32 on the CPU, "
+            "which would not be the precision asked for; use bf16 or no."
+        )
+    launched = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    if launched is not None and int(launched) != gradient_accumulation_steps:
+        raise UserError(
+            f"The accelerate config or launch sets gradient accumulation to {launched}, train.py's "
+            f"--gradient_accumulation_steps to {gradient_accumulation_steps}: give it once, to train.py."
+        )
 
 
 def check_trackers(report_to: str) -> list[str]:
@@ -105,11 +231,21 @@ def check_hub_repo(repo_id: str, token: str | None) -> None:
 
     try:
         identity = HfApi(token=token).whoami()
-    except Exception as error:  # offline mode, no token, an invalid token or no network: all end the same way
+    except Exception as error:  # offline mode, no token, an invalid token or no network: each says what to do
+        from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, LocalTokenNotFoundError):
+            advice = "no token: set HF_TOKEN or run `hf auth login`"
+        elif isinstance(error, OfflineModeIsEnabled):
+            advice = "HF_HUB_OFFLINE is set; unset it to upload"
+        elif isinstance(error, HfHubHTTPError) and getattr(error.response, "status_code", None) == 401:
+            advice = "the token was refused (expired or mistyped?)"
+        else:
+            advice = f"the Hub could not be reached ({reason})"
         raise UserError(
-            f"--push_to_hub {repo_id}: the Hub cannot confirm the upload before training ({reason}). Set HF_TOKEN or "
-            "run `hf auth login`, or leave out --push_to_hub."
+            f"--push_to_hub {repo_id}: the upload at the end cannot be confirmed before training: {advice}; or "
+            "leave out --push_to_hub."
         ) from error
     namespace = repo_id.split("/")[0]
     owners = {identity.get("name")} | {org.get("name") for org in identity.get("orgs", [])}

@@ -1,11 +1,14 @@
 """`convert` (any source to one of our directories) and `export` (one of our models to another ecosystem's files).
 
-Both check their output before any work: an output that is an existing file, or that is (or would overwrite) the
-source itself, is refused in one line, so that nothing is lost.
+Both check their output before any work: an output that is an existing file, the source itself, or a directory that
+already holds anything is refused in one line, so that nothing is lost. A directory that holds files is never written
+into: replacing only the files a conversion writes would leave the rest (a model card, results, another format's
+weights) describing another model, and emptying it would delete files this tool did not write.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,19 +18,22 @@ import torch
 
 from ..errors import UserError
 from . import graph_export, native, policy, timm_state_dict, transformers_vit
-from .checkpoint import ProgressFn
+from .checkpoint import Checkpoint, CheckpointError, ProgressFn
+from .files import read_json
 from .loading import split_keywords
-from .sources import locate
+from .sources import HubOptions, _hub_download, locate
 
 EXPORT_TARGETS = ("transformers", "timm", "onnx", "exported-program")
 PROCESSOR_FILE = "preprocessor_config.json"
+GOOGLE_MEAN_STD = (0.5, 0.5, 0.5)
 
 
 def check_output(out_dir: str | os.PathLike, source: Any, writes: tuple[str, ...]) -> Path:
-    """`out_dir` as a Path, or one error if writing `writes` there would clobber a file or the source."""
+    """`out_dir` as a Path, or one error if writing `writes` there would clobber a file, the source, or anything a
+    non-empty directory holds."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is a file; the output must be a directory (new, or one to add to).")
+        raise UserError(f"{out_dir}: exists and is a file; the output must be a new or empty directory.")
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         source_path = Path(source).resolve()
         targets = {(out_dir / name).resolve() for name in writes}
@@ -35,6 +41,14 @@ def check_output(out_dir: str | os.PathLike, source: Any, writes: tuple[str, ...
             raise UserError(
                 f"{out_dir}: is the source {source} itself; writing there would replace what is being read. "
                 "Choose another output directory."
+            )
+    if out_dir.is_dir():
+        held = sorted(path.name for path in out_dir.iterdir())
+        if held:
+            shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+            raise UserError(
+                f"{out_dir}: not empty (it holds {shown}); writing there would replace or mix with those files. "
+                "Choose a new directory, or empty this one first."
             )
     return out_dir
 
@@ -46,7 +60,9 @@ def convert(
     write_progress: ProgressFn | None = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """Convert any supported source to one of our directories (config.json + model.safetensors); returns the model.
+    """Convert any supported source to one of our directories (config.json + model.safetensors, and
+    preprocessor_config.json where the source says how its images were prepared: see `source_processor`); returns
+    the model.
 
     Keywords are those of the converting `from_pretrained` (see `loading`) but placement: the head rule, config
     fields, `variant`, `head_init`, `resample_mode`, `weights`, `dtype`, and where to fetch from. Large npz arrays are
@@ -67,8 +83,62 @@ def convert(
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     model = policy.load_into(model, state_dict, dtype if isinstance(dtype, torch.dtype) else None)
+    processor = source_processor(checkpoint, hub)  # a corrupt file of the source is named before anything is written
     native.write(model, out_dir, write_progress, checkpoint.materialize)
+    if processor is not None:
+        write_processor(processor, model.config.image_size, out_dir)
     return model
+
+
+def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> dict[str, Any] | None:
+    """The image processor settings (`preprocessor_config.json`'s) that the source documents, or None where it does
+    not say how its images were prepared (a bare timm or safetensors state dict)."""
+    if checkpoint.format == "google-npz":
+        # Google's ViTs (vit_jax, big_vision) take pixels scaled to [-1, 1], resized bilinearly.
+        return {"image_mean": list(GOOGLE_MEAN_STD), "image_std": list(GOOGLE_MEAN_STD)}
+    folder = Path(checkpoint.source)
+    if folder.is_dir():
+        if (folder / PROCESSOR_FILE).is_file():
+            return read_json(folder / PROCESSOR_FILE)
+        if checkpoint.format == "timm":  # timm's Hub layout records its normalisation in `pretrained_cfg`
+            cfg = read_json(folder / "config.json").get("pretrained_cfg") or {}
+            if cfg.get("mean") and cfg.get("std"):
+                return {"image_mean": list(cfg["mean"]), "image_std": list(cfg["std"])}
+        return None
+    if checkpoint.format == "transformers" and not folder.exists():  # a Hub repo id
+        try:
+            found = _hub_download(checkpoint.source, PROCESSOR_FILE, hub or HubOptions(), missing_ok=True)
+        except CheckpointError:
+            return None
+        return read_json(found) if found is not None else None
+    return None
+
+
+def write_processor(settings: dict[str, Any], image_size: Any, out_dir: Path) -> Path:
+    """`preprocessor_config.json` in `out_dir`: the source's settings at the model's `image_size`.
+
+    A source's own file is kept as it is but for its size (and crop size, where it crops); mean/std alone become a
+    transformers `ViTImageProcessor` (resize to the model's size, rescale to [0, 1], normalise)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if "image_processor_type" not in settings:
+        from transformers import ViTImageProcessor
+
+        ViTImageProcessor(
+            size={"height": height, "width": width},
+            image_mean=settings["image_mean"],
+            image_std=settings["image_std"],
+        ).save_pretrained(out_dir)
+        return out_dir / PROCESSOR_FILE
+    settings = dict(settings)
+    size = settings.get("size")
+    if isinstance(size, dict) and "shortest_edge" in size and "height" not in size:
+        settings["size"] = {**size, "shortest_edge": min(height, width)}
+    else:
+        settings["size"] = {"height": height, "width": width}
+    if isinstance(settings.get("crop_size"), dict):
+        settings["crop_size"] = {"height": height, "width": width}
+    (out_dir / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    return out_dir / PROCESSOR_FILE
 
 
 def export(
@@ -116,4 +186,4 @@ def export(
     return out_dir
 
 
-__all__ = ["EXPORT_TARGETS", "check_output", "convert", "export"]
+__all__ = ["EXPORT_TARGETS", "check_output", "convert", "export", "source_processor", "write_processor"]

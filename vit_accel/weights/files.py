@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zipfile
 from collections.abc import Callable, Mapping
@@ -88,14 +89,70 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if kind in ("torch", "pickle"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "torch")
-        except Exception as error:  # torch raises UnpicklingError/RuntimeError for anything beyond plain tensors
-            raise CheckpointError(
-                f"{path}: refusing to unpickle: this file holds Python objects beyond tensors and plain containers "
-                f"(torch.load(weights_only=True) said: {str(error).splitlines()[0]}). Convert it to safetensors or a "
-                "plain state dict where it was made."
-            ) from error
+        except Exception as error:  # UnpicklingError, RuntimeError, EOFError, ...: see _refusal
+            raise CheckpointError(f"{path}: {_refusal(error, path if kind == 'pickle' else None)}") from error
         return unwrap(obj, str(path))
     raise CheckpointError(f"{path}: an {kind} file, not a tensor file.")
+
+
+# torch's "Unsupported global: GLOBAL module.Name was not an allowed global": the one fact worth repeating.
+_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refusal(error: BaseException, pickle_file: Path | None = None) -> str:
+    """Why `torch.load(weights_only=True)` failed, in our words.
+
+    torch's own message advises re-running with `weights_only=False`, i.e. unpickling a file that may run code, so it
+    is never repeated: only the object it met (a file of Python objects), the file's truncation, or the fault in the
+    stream (not a readable torch file at all) is kept. A plain pickle file (`pickle_file`, which torch's loader stops
+    reading at its first unsupported opcode) is told apart by parsing its opcodes, which runs nothing: a well-formed
+    pickle of Python objects, or bytes that are no pickle at all.
+    """
+    text = _ANSI_RE.sub("", str(error))
+    found = _GLOBAL_RE.search(text)
+    keep = "Save the weights as safetensors or a plain state dict (torch.save(model.state_dict())) where they were made"
+    objects = "refusing to unpickle: it holds Python objects ({}) beyond tensors and plain containers. " + keep + "."
+    if found:
+        return objects.format(found[1])
+    if isinstance(error, EOFError) or "truncated" in text or "Ran out of input" in text:
+        return "not a readable torch checkpoint: the file ends too early (truncated: an interrupted download or copy?)."
+    if pickle_file is not None:
+        named, fault = _scan_pickle(pickle_file)
+        if fault is not None:
+            return f"not a readable torch checkpoint: corrupt, or no checkpoint at all ({fault})."
+        if named:
+            return objects.format(", ".join(named[:3]))
+        return f"refusing to unpickle: a pickle in a form torch's safe loader does not read. {keep}."
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
+    reason = detail[1] if detail else (text.strip().splitlines() or [type(error).__name__])[0]
+    if "eights only" in reason or "weights_only" in reason:  # torch's advice to unpickle, not a reason
+        reason = type(error).__name__
+    return (
+        "not a readable torch checkpoint: corrupt, truncated, or another kind of pickle (torch's safe loader stopped "
+        f"at: {reason.strip()})."
+    )
+
+
+def _scan_pickle(path: Path) -> tuple[list[str], str | None]:
+    """The classes and functions a pickle file names, and the fault that stops its parsing (None for a well-formed
+    pickle). `pickletools` only reads the opcodes: nothing is imported or run."""
+    import pickletools
+
+    objects: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name == "GLOBAL":
+                    objects.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    objects.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception as error:  # ValueError for a bad opcode or argument, among others
+        return objects, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+    return list(dict.fromkeys(objects)), None
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

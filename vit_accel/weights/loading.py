@@ -61,18 +61,48 @@ ALWAYS_SO = ("low_cpu_mem_usage", "weights_only", "trust_remote_code")
 
 def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> torch.nn.Module | None:
     """Build `cls` from a named variant, Google npz, timm or transformers checkpoint; None for a directory or Hub
-    repo of ours (transformers' standard path reads those)."""
+    repo of ours (transformers' standard path reads those), unless it is asked for another `image_size`: then its
+    position embeddings are resampled here, as for any other source."""
+    if source is None and kwargs.get("state_dict") is None and not model_args:
+        # transformers would look for a Hub repo named "None" (and retry while the network is down).
+        raise UserError("from_pretrained(None): give a named variant, a local file or directory, or a Hub repo id.")
     if model_args or not isinstance(source, (str, os.PathLike)):
         return None
+    if not str(source).strip():
+        # Path("") is the current directory: loading whatever model lies there was never asked for.
+        raise UserError(f"from_pretrained({str(source)!r}): an empty name; pass '.' for the current directory.")
     where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
     if standard_path(source, HubOptions(**where)):
-        return None  # ours: every keyword is transformers' to take or refuse
+        config = _other_resolution(source, kwargs, where)
+        if config is None:
+            return None  # ours: every keyword is transformers' to take or refuse
+        # transformers' path would refuse the position embeddings' new shape, or with ignore_mismatched_sizes=True
+        # draw them at random: the policy resamples them. Everything else of the directory's config is kept, and
+        # its trained head is replaced only with ignore_mismatched_sizes=True, as on transformers' path.
+        kwargs = {"ignore_mismatched_sizes": False, **kwargs}
+        kwargs.setdefault("config", config)
     hub, placement, ours, fields = split_keywords(str(source), kwargs)  # before any long work
     checkpoint = locate(
         source, hub, weights=ours.pop("weights", None), progress=ours.pop("progress", None),
         quiet=ours.pop("quiet", False),
     )  # fmt: skip
     return build(cls, checkpoint, placement, **ours, **fields)
+
+
+def _other_resolution(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> ViTAccelConfig | None:
+    """The saved config of a directory or Hub repo of ours when `image_size=` (or a `config=` with its own
+    `image_size`, as transformers' Auto classes pass it) asks for another resolution, else None."""
+    asked = kwargs.get("image_size")
+    if asked is None and isinstance(kwargs.get("config"), ViTAccelConfig):
+        asked = kwargs["config"].image_size
+    if asked is None:
+        return None
+    config = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
+
+    def pair(value: Any) -> Any:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+    return None if pair(asked) == pair(config.image_size) else config
 
 
 def split_keywords(
@@ -92,6 +122,8 @@ def split_keywords(
             ours[key] = value
         elif key in config_fields:
             fields[key] = value
+        elif key == "adapter_kwargs" and not (value or {}).get("_adapter_model_path"):
+            continue  # what transformers' Auto classes pass along when no adapter is involved (revision, token)
         elif key == "weights_only" and value is False:
             raise UserError(f"from_pretrained({source!r}, weights_only=False): vit_accel never unpickles checkpoints.")
         elif key not in ALWAYS_SO:
@@ -104,6 +136,9 @@ def split_keywords(
                 f"takes ViTAccelConfig fields and {', '.join(public + list(ALWAYS_SO))}."
             )
     hub = {key: value for key, value in hub.items() if value is not None}
+    num_labels = fields.get("num_labels")
+    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
+        raise UserError(f"num_labels must be a positive integer (the classes of the head), got {num_labels!r}.")
     variant = ours.get("variant")
     if variant is not None and variant not in VIT_VARIANTS:
         raise unknown_variant(variant, "named variant (the variant= keyword)")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..configuration_vit_accel import VIT_SIZES, ViTAccelConfig
+from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelModel, resample_position_embeddings
 from .checkpoint import HEAD_KEYS, PATCH_KEY, POOLER_KEYS, POS_KEY, Checkpoint, CheckpointError
 
@@ -101,6 +102,9 @@ def build_config(
         fields = config.to_dict()
         for key in ("model_type", "transformers_version", "architectures"):
             fields.pop(key, None)
+        if any(key in overrides for key in LABEL_FIELDS):  # the caller's labels replace the config's, not mix with them
+            for key in LABEL_FIELDS:
+                fields.pop(key, None)
         fields.update(overrides)
         return ViTAccelConfig(**fields)
     if variant is not None:  # the variant's shape, with the checkpoint's LayerNorm epsilon and activation
@@ -295,8 +299,13 @@ def plan(
     built = build_config(
         checkpoint, classifier=not issubclass(cls, ViTAccelModel), variant=variant, config=config, **overrides
     )
-    with torch.device("meta"):
-        model = cls(built)
+    try:
+        with torch.device("meta"):
+            model = cls(built)
+    except ValueError as error:  # the model's check of the fields asked for (image_size, heads, widths, ...)
+        if isinstance(error, UserError):
+            raise
+        raise CheckpointError(f"{checkpoint.source}: {str(error).splitlines()[0]}") from error
     expected = expected_shapes(model)
     state_dict, report = adapt_state_dict(
         checkpoint, built, expected, head_init, resample_mode, resample_antialias, ignore_mismatched_sizes

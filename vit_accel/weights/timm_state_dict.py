@@ -64,8 +64,15 @@ def unwrap(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(value, torch.Tensor) for value in obj.values()):
-        raise CheckpointError(f"{source}: expected a dict of tensors (a state dict), got {type(obj).__name__}.")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict (a dict of tensors).")
+    others = [key for key, value in obj.items() if not isinstance(value, torch.Tensor)]
+    if others:
+        kinds = ", ".join(f"{key!r}: {type(obj[key]).__name__}" for key in others[:3])
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        if len(others) == len(obj):
+            raise CheckpointError(f"{source}: not a state dict: a dict of {kinds}{more}, without any tensor.")
+        raise CheckpointError(f"{source}: not a plain state dict: besides tensors it holds {kinds}{more}.")
     return {(key[7:] if key.startswith("module.") else key): value for key, value in obj.items()}
 
 
