@@ -40,7 +40,10 @@ def test_config_overrides_parse_to_typed_values():
         (["--no_such_flag", "1"], "Unknown arguments: --no_such_flag 1"),
         (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1, got 0"),
         (["--optimizer", "lamb"], "--optimizer must be one of adamw, sgd"),
-        (["--checkpointing_steps", "often"], r"--checkpointing_steps must be a number of steps \(at least 1\) or 'epoch', got 'often'"),
+        (
+            ["--checkpointing_steps", "often"],
+            r"--checkpointing_steps must be a number of steps \(at least 1\) or 'epoch', got 'often'",
+        ),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
         (["--attn_implementation", "fast"], "--attn_implementation must be one of eager, .*sdpa.*, got 'fast'"),
     ],
