@@ -382,8 +382,13 @@ def train(argv: list[str] | None) -> dict:
         "--train_dir": data_args.train_dir,
         "--validation_dir": data_args.validation_dir,
     }
-    check_output_dir(output_dir, resume_dir is not None, args.overwrite_output_dir, inputs)
-    on_main_process(accelerator, lambda: lock_output_dir(output_dir))
+
+    def take_output_dir() -> None:
+        # The main process alone: another's write probe would look like a foreign file to this one's check.
+        check_output_dir(output_dir, resume_dir is not None, args.overwrite_output_dir, inputs)
+        lock_output_dir(output_dir)
+
+    on_main_process(accelerator, take_output_dir)
     set_seed(args.seed)
 
     # Only the main process downloads/prepares the dataset; the others then read the cache.
