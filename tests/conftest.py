@@ -28,23 +28,12 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
-def run_train(monkeypatch, capsys):
+def run_train(capsys):
     """train.py's command line, run in this process as a fresh one would: returns (exit status, stderr)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    monkeypatch.syspath_prepend(str(ROOT))
-    import train
+    from launching import train_in_this_process
 
     def run(argv: list[str]) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["train.py", *argv])
-        try:
-            train.cli()
-            code = 0
-        except SystemExit as exit_info:
-            code = exit_info.code
-        finally:
-            AcceleratorState._reset_state(True)
-            GradientState._reset_state()
+        code = train_in_this_process(argv)
         return code, capsys.readouterr().err
 
     return run
@@ -106,3 +95,25 @@ def digits(tmp_path_factory) -> Path:
 def extensions_dir(tmp_path_factory) -> Path:
     # DeepSpeed JIT-builds its CPU ops on first use; one cache for the whole session builds each once.
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path_factory.mktemp("torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def ddp_run(digits, tmp_path_factory) -> Path:
+    """The reference run of the distributed tests: two DDP processes over gloo, per-device batch 8 (global 16)."""
+    from launching import TWO_PROCESSES, assert_really, launch, tiny_args
+
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    launch("multi_cpu.yaml", tiny_args(digits, out, *TWO_PROCESSES))
+    assert_really(out, "MULTI_CPU", 2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def one_process_run(digits, tmp_path_factory) -> Path:
+    """The same run on one process, per-device batch 16: the same global batch as `ddp_run`."""
+    from launching import ONE_PROCESS, assert_really, launch, tiny_args
+
+    out = tmp_path_factory.mktemp("one") / "run"
+    launch("cpu.yaml", tiny_args(digits, out, *ONE_PROCESS))
+    assert_really(out, "NO", 1)
+    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from factories import FAKE_TOKEN, ROOT, png_bytes, random_rgb, write_hub_parquet, write_image_folder
+from launching import train_in_this_process
 
 from vit_accel.cli import main as vit_accel
 from vit_accel.demo import export_digits
@@ -103,10 +104,7 @@ def finished(world, tmp_path_factory):
     """A finished 4-step run with checkpoint-2 and checkpoint-4, and a second run stopped at checkpoint-2."""
     runs = tmp_path_factory.mktemp("runs")
     for name, steps in (("finished", "4"), ("other", "2")):
-        command = [sys.executable, "train.py", *tiny(world / "digits", runs / name, "--max_train_steps", steps)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert train_in_this_process(tiny(world / "digits", runs / name, "--max_train_steps", steps)) == 0
     assert (runs / "finished" / "checkpoint-4").is_dir() and (runs / "other" / "checkpoint-2").is_dir()
     return runs
 

@@ -16,103 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from launching import FAULTY, TINY, launch, results, saved_model_top1, tiny_args, train_losses
 from safetensors.torch import load_file
 
+from vit_accel.cli import main as cli_main
 from vit_accel.demo import export_digits
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
-
-
-def tiny_args(digits: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--model_name_or_path", "vit-tiny-p16-224", "--from_scratch", "--config_overrides", TINY,
-        "--dataset_name", str(digits), "--max_train_samples", "256", "--max_eval_samples", "64",
-        "--augmentation", "none", "--dataloader_num_workers", "0",
-        "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
-        "--learning_rate", "1e-3", "--max_train_steps", "6", "--logging_steps", "1", "--eval_steps", "6",
-        "--seed", "3", "--output_dir", str(output_dir),
-        *extra,
-    ]  # fmt: skip
-
-
-def launch_command(
-    config: str,
-    args: list[str],
-    env: dict | None = None,
-    launcher_args: tuple[str, ...] = (),
-    script: str = "train.py",
-) -> tuple[list[str], dict]:
-    """The `accelerate launch` command line a user types for `config` (with `launcher_args` before the script), and
-    its environment."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"accelerate_configs/{config}"]
-    command += ["--num_cpu_threads_per_process", "1", *launcher_args, script, *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if config in ("multi_cpu.yaml",):
-        full_env["ACCELERATE_USE_CPU"] = "true"  # without it, --multi_gpu on CPU starts 2 unsynchronised processes
-    return command, full_env
-
-
-def launch(
-    config: str,
-    args: list[str],
-    env: dict | None = None,
-    check: bool = True,
-    timeout: int = 600,
-    script: str = "train.py",
-    launcher_args: tuple[str, ...] = (),
-):
-    """`accelerate launch` as a user types it; returns the completed process."""
-    command, full_env = launch_command(config, args, env, launcher_args, script)
-    result = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
-
-
-# train.py run by tests/fault_injection.py, which SIGKILLs it at the point VIT_ACCEL_TEST_FAULT names.
-FAULTY = {"script": "tests/fault_injection.py", "check": False}
-
-
-def train_losses(output_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
-
-
-def results(output_dir: Path) -> dict:
-    return json.loads((output_dir / "all_results.json").read_text())
-
-
-def saved_model_top1(out: Path, digits: Path, cwd: Path) -> float:
-    """Top-1 of the model saved in `out` on the tiny runs' 64 eval digits, measured in a fresh Python process."""
-    script = textwrap.dedent(
-        f"""
-        import json, torch
-        from transformers import AutoModelForImageClassification
-        import vit_accel
-        from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset
-        from vit_accel.data import make_dataloader
-        model = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
-        processor = json.load(open({str(out / "preprocessor_config.json")!r}))
-        args = DataArguments(dataset_name={str(digits)!r}, max_eval_samples=64, augmentation="none")
-        data = load_image_dataset(args, seed=3)
-        pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
-        loader = make_dataloader(ImageClassificationDataset(data.validation, pipeline, seed=3), 32, False, 3)
-        correct = total = 0
-        with torch.no_grad():
-            for batch in loader:
-                logits = model(pipeline.on_device(batch["pixel_values"])).logits
-                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-                total += len(batch["labels"])
-        print(json.dumps({{"top1": correct / total, "total": total}}))
-        """
-    )
-    reload = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert reload.returncode == 0, reload.stderr[-4000:]
-    measured = json.loads(reload.stdout.strip().splitlines()[-1])
-    assert measured["total"] == 64
-    return measured["top1"]
-
 
 # The regularisation a modern fine-tuning recipe adds (layer decay, EMA, mixup/cutmix, label smoothing, random
 # erasing), on top of the digits recipe; milder mixing (half the batches) than ImageNet recipes, for 8x8 digits.
@@ -143,16 +51,22 @@ def test_digits_demo_recipe_with_every_method_reaches_95_percent(digits_demo):
     assert json.loads((out / "training_args.json").read_text())["command"][0] == "train.py"
 
 
-def vit_accel_cli(*args: str) -> dict:
-    """`vit-accel` in a fresh process; the JSON it prints last."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vit_accel.cli", *args]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1] if "predict" not in args else result.stdout)
+def vit_accel_cli(capsys: pytest.CaptureFixture, *args: str) -> dict:
+    """`vit-accel` as a command would run it, in this process; the JSON it prints last."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    capsys.readouterr()
+    try:
+        code = cli_main(list(args))
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-4000:]
+    return json.loads(printed.out.strip().splitlines()[-1] if "predict" not in args else printed.out)
 
 
-def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_path):
+def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_path, capsys):
     rotated = tmp_path / "digits-rot90"
     export_digits(rotated, rotate=90)
     out = tmp_path / "digits-lora"
@@ -166,7 +80,9 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
     final = results(out)
     # A task the base was not trained for: near chance before, >= 90% after, with <= 10% of the weights trained.
     evaluation = ("--dataset_name", str(rotated), "--seed", "0", "--dataloader_num_workers", "0")
-    before = vit_accel_cli("evaluate", "--model", str(digits_demo), *evaluation, "--output_dir", str(tmp_path / "e0"))
+    before = vit_accel_cli(
+        capsys, "evaluate", "--model", str(digits_demo), *evaluation, "--output_dir", str(tmp_path / "e0")
+    )
     assert before["top1"] < 0.5, before
     assert final["eval_top1"] >= 0.90, final
     assert final["trainable_parameters"] <= 0.10 * final["total_parameters"], final
@@ -202,9 +118,9 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
         if not any(t in key for t in targets):
             assert torch.equal(value, base_weights[key]), key
 
-    # Downstream, each in a fresh process: vit-accel evaluate and predict on the adapter directory, and the merged
-    # directory through plain transformers (no vit_accel, no peft imported) on the same images.
-    adapted = vit_accel_cli("evaluate", "--model", str(out), *evaluation, "--output_dir", str(tmp_path / "e1"))
+    # Downstream: vit-accel evaluate and predict on the adapter directory, and the merged directory through plain
+    # transformers in a fresh process (no vit_accel, no peft imported) on the same images.
+    adapted = vit_accel_cli(capsys, "evaluate", "--model", str(out), *evaluation, "--output_dir", str(tmp_path / "e1"))
     assert adapted["top1"] == pytest.approx(final["eval_top1"], abs=1e-6)
     from datasets import load_from_disk
 
@@ -213,7 +129,7 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
 
     image = tmp_path / "digit.png"
     load_from_disk(str(rotated))["test"][0]["image"].save(image)
-    predicted = vit_accel_cli("predict", "--model", str(out), "--json", str(image))
+    predicted = vit_accel_cli(capsys, "predict", "--model", str(out), "--json", str(image))
     model = load_adapter_classifier(out)
     processor = json.loads((out / "preprocessor_config.json").read_text())
     pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
@@ -242,38 +158,34 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
     assert plain["imported"] == [] and plain["diff"] <= 1e-4, plain
 
 
-def test_ddp_two_processes_match_one_process_with_the_same_global_batch(digits, tmp_path):
-    launch("cpu.yaml", tiny_args(digits, tmp_path / "one"))
-    launch("multi_cpu.yaml", tiny_args(digits, tmp_path / "two", "--per_device_train_batch_size", "8"))
-    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(ddp_run, one_process_run):
+    one, two = results(one_process_run), results(ddp_run)
     assert one["num_processes"] == 1
     assert two["num_processes"] == 2 and two["distributed_type"] == "DistributedType.MULTI_CPU"
     # Both ranks hold the same weights after training: gradients really were averaged.
     assert two["replica_checksums"][0] == two["replica_checksums"][1]
     # Same global batch (16 = 1 x 16 = 2 x 8), same samples per step: the same losses up to float reassociation.
-    assert len(train_losses(tmp_path / "two")) == 6
-    torch.testing.assert_close(train_losses(tmp_path / "two"), train_losses(tmp_path / "one"), atol=1e-5, rtol=1e-5)
-    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert len(train_losses(ddp_run)) == 6
+    torch.testing.assert_close(train_losses(ddp_run), train_losses(one_process_run), atol=1e-5, rtol=1e-5)
+    w1, w2 = load_file(one_process_run / "model.safetensors"), load_file(ddp_run / "model.safetensors")
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], atol=1e-5, rtol=1e-4, msg=key)
     # gather_for_metrics counted the 64 eval images exactly once on 2 processes: the accuracy is the same.
     assert two["eval_top1"] == pytest.approx(one["eval_top1"], abs=1 / 64 + 1e-9)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_two_processes(stage, digits, extensions_dir, tmp_path):
+def test_deepspeed_zero3_two_processes(digits, ddp_run, extensions_dir, tmp_path):
+    # ZeRO-2 on two processes: tests/test_train_scale.py (two "nodes") and the LoRA test below.
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
-    ddp = tmp_path / "ddp"
-    launch("multi_cpu.yaml", tiny_args(digits, ddp, "--per_device_train_batch_size", "8"))
-    out = tmp_path / f"zero{stage}"
-    launch(f"deepspeed_zero{stage}.yaml", tiny_args(digits, out, "--per_device_train_batch_size", "8"), env=env)
+    out = tmp_path / "zero3"
+    launch("deepspeed_zero3.yaml", tiny_args(digits, out, "--per_device_train_batch_size", "8"), env=env)
     final = results(out)
     assert final["num_processes"] == 2 and final["distributed_type"] == "DistributedType.DEEPSPEED"
-    torch.testing.assert_close(train_losses(out), train_losses(ddp), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-4, rtol=1e-4)
 
-    # The saved directory holds full weights (gathered under ZeRO-3) and reloads in a fresh process with the same
-    # eval accuracy as the run measured.
-    assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
+    # The saved directory holds full weights, gathered from the shards, and reloads with the same eval accuracy as
+    # the run measured.
+    assert saved_model_top1(out, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base, extensions_dir, tmp_path):

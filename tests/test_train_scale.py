@@ -19,12 +19,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_train import ROOT, launch, launch_command, results, saved_model_top1, tiny_args, train_losses
+from launching import (
+    ONE_PROCESS,
+    ROOT,
+    TWO_PROCESSES,
+    assert_really,
+    assert_same_weights,
+    launch,
+    launch_command,
+    results,
+    saved_model_top1,
+    tiny_args,
+    train_losses,
+)
 
-# Two processes x 8 = global batch 16 over 256 images (16 steps an epoch); 6 steps, checkpoints at steps 3 and 6.
-TWO_PROCESSES = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "3")
-ONE_PROCESS = ("--per_device_train_batch_size", "16", "--checkpointing_steps", "3")
 FP32 = ("--mixed_precision", "no")
 
 
@@ -32,34 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def assert_really(out: Path, distributed_type: str, num_processes: int) -> dict:
-    """The run got `distributed_type` on `num_processes` processes, whose replicas ended identical."""
-    final = results(out)
-    assert final["distributed_type"] == f"DistributedType.{distributed_type}", final
-    assert final["num_processes"] == num_processes, final
-    assert len(set(final["replica_checksums"])) == 1, final
-    return final
-
-
-def assert_same_weights(got: Path, expected: Path, atol: float) -> None:
-    a, b = load_file(got / "model.safetensors"), load_file(expected / "model.safetensors")
-    assert sorted(a) == sorted(b)
-    for key in b:
-        if atol == 0:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
-
-
-@pytest.fixture(scope="module")
-def ddp_run(digits, tmp_path_factory) -> Path:
-    """The reference: two DDP processes, per-device batch 8."""
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    launch("multi_cpu.yaml", tiny_args(digits, out, *TWO_PROCESSES))
-    assert_really(out, "MULTI_CPU", 2)
-    return out
 
 
 def test_slurm_script_starts_one_launch_per_node_that_train_as_one_job(digits, ddp_run, tmp_path):
@@ -137,11 +117,12 @@ def zero2_two_nodes_run(digits, extensions_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_deepspeed_zero2_on_two_nodes(zero2_two_nodes_run, ddp_run):
+def test_deepspeed_zero2_on_two_nodes(digits, zero2_two_nodes_run, ddp_run):
     out = zero2_two_nodes_run
-    assert_really(out, "DEEPSPEED", 2)
+    final = assert_really(out, "DEEPSPEED", 2)
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
     assert_same_weights(out, ddp_run, atol=1e-5)
+    assert saved_model_top1(out, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +134,7 @@ def fsdp_run(digits, tmp_path_factory) -> Path:
     return out
 
 
-def test_fsdp_two_processes_train_like_ddp_and_save_a_model_that_reloads(digits, ddp_run, fsdp_run, tmp_path):
+def test_fsdp_two_processes_train_like_ddp_and_save_a_model_that_reloads(digits, ddp_run, fsdp_run):
     final = results(fsdp_run)
     torch.testing.assert_close(train_losses(fsdp_run), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
     assert_same_weights(fsdp_run, ddp_run, atol=1e-5)
@@ -165,7 +146,7 @@ def test_fsdp_two_processes_train_like_ddp_and_save_a_model_that_reloads(digits,
     assert (fsdp_run / "modeling_vit_accel.py").is_file() and not list(fsdp_run.glob("_fsdp*.py"))
     auto_map = json.loads((fsdp_run / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"] == "modeling_vit_accel.ViTAccelForImageClassification"
-    assert saved_model_top1(fsdp_run, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(fsdp_run, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 def stopped_after(run: Path, step: int, where: Path) -> Path:
@@ -207,7 +188,7 @@ def test_deepspeed_zero3_with_cpu_offload_two_processes(digits, ddp_run, extensi
     assert (extensions_dir / "cpu_adam").is_dir()
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-4, rtol=1e-4)
     assert_same_weights(out, ddp_run, atol=1e-4)
-    assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(out, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 # Resuming on another number of processes. The resumed runs pass the original flags: train.py keeps the global batch.
@@ -226,15 +207,6 @@ def layout_line(done) -> str:
     lines = [line for line in (done.stdout + done.stderr).splitlines() if "keeps the global batch" in line]
     assert len(lines) == 1, done.stderr[-3000:]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def one_process_run(digits, tmp_path_factory) -> Path:
-    """One process, per-device batch 16: the same global batch as the two-process runs."""
-    out = tmp_path_factory.mktemp("one") / "run"
-    launch("cpu.yaml", tiny_args(digits, out, *ONE_PROCESS))
-    assert_really(out, "NO", 1)
-    return out
 
 
 def test_ddp_run_of_two_processes_continues_on_one(digits, ddp_run, tmp_path):
