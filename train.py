@@ -475,6 +475,7 @@ def train(argv: list[str] | None) -> dict:
 
     results: dict = dict(state.last_eval or {})
     meter = LossMeter(accelerator)
+    compute_dtype = None
     model.train()
     with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
         while state.completed_steps < total_steps and state.epoch < num_epochs:
@@ -496,6 +497,7 @@ def train(argv: list[str] | None) -> dict:
                         accelerator.process_index,
                     )  # fmt: skip
                     logits = model(pixel_values=pixel_values).logits
+                    compute_dtype = logits.dtype  # what mixed precision really gave: recorded in the results
                     losses = methods.training_losses(logits, batch["labels"], args, targets)
                     # accelerate (and DeepSpeed) divide by the accumulation steps: this makes the step's gradient the
                     # mean over the window's examples, however many micro-batches it really had.
@@ -570,6 +572,7 @@ def train(argv: list[str] | None) -> dict:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "final_model": final_model,
+        "compute_dtype": str(compute_dtype).removeprefix("torch.") if compute_dtype is not None else None,
         "train_unreadable_images": len(bad_train),
         "eval_unreadable_images": len(bad_eval),
     }

@@ -126,6 +126,8 @@ def saved_model_top1(out: Path, digits: Path) -> float:
 # Two processes x 8 = global batch 16 over 256 images (16 steps an epoch); 6 steps, checkpoints at steps 3 and 6.
 TWO_PROCESSES = ("--per_device_train_batch_size", "8", "--checkpointing_steps", "3")
 ONE_PROCESS = ("--per_device_train_batch_size", "16", "--checkpointing_steps", "3")
+# The GPU configs (DeepSpeed, FSDP) default to bf16; the CPU runs compare them with fp32 DDP, so they run in fp32.
+FP32 = ("--mixed_precision", "no")
 
 
 def assert_really(out: Path, distributed_type: str, num_processes: int) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import FAULTY, TINY, launch, results, saved_model_top1, tiny_args, train_losses
+from launching import FAULTY, FP32, TINY, launch, results, saved_model_top1, tiny_args, train_losses
 from safetensors.torch import load_file
 
 from vit_accel.cli import main as cli_main
@@ -178,7 +178,12 @@ def test_deepspeed_zero3_two_processes(digits, ddp_run, extensions_dir, tmp_path
     # ZeRO-2 on two processes: tests/test_train_scale.py (two "nodes") and the LoRA test below.
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
     out = tmp_path / "zero3"
-    launch("deepspeed_zero3.yaml", tiny_args(digits, out, "--per_device_train_batch_size", "8"), env=env)
+    launch(
+        "deepspeed_zero3.yaml",
+        tiny_args(digits, out, "--per_device_train_batch_size", "8"),
+        env=env,
+        launcher_args=FP32,
+    )
     final = results(out)
     assert final["num_processes"] == 2 and final["distributed_type"] == "DistributedType.DEEPSPEED"
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-4, rtol=1e-4)
@@ -193,7 +198,7 @@ def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base,
     ddp, zero2 = tmp_path / "ddp", tmp_path / "zero2"
     launch("multi_cpu.yaml", lora_args(digits, tiny_base, ddp, *extra))
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
-    launch("deepspeed_zero2.yaml", lora_args(digits, tiny_base, zero2, *extra), env=env)
+    launch("deepspeed_zero2.yaml", lora_args(digits, tiny_base, zero2, *extra), env=env, launcher_args=FP32)
     for run in (ddp, zero2):
         final = results(run)
         assert final["num_processes"] == 2
@@ -222,6 +227,7 @@ def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base,
         "deepspeed_zero2.yaml",
         lora_args(digits, tiny_base, resumed, *extra, "--resume_from_checkpoint", "latest"),
         env=env,
+        launcher_args=FP32,
     )
     assert train_losses(resumed) == train_losses(zero2)
     for name in ("adapter_model.safetensors", "checkpoint-6/ema.safetensors"):
@@ -232,7 +238,8 @@ def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base,
 def test_zero3_refuses_ema_and_lora_in_one_line_before_anything_loads(digits, tiny_base, extensions_dir, tmp_path):
     out = tmp_path / "zero3"
     args = lora_args(digits, tiny_base, out, "--ema_decay", "0.99")
-    result = launch("deepspeed_zero3.yaml", args, env={"TORCH_EXTENSIONS_DIR": str(extensions_dir)}, check=False)
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    result = launch("deepspeed_zero3.yaml", args, env=env, check=False, launcher_args=FP32)
     assert result.returncode != 0
     lines = {line for line in result.stderr.splitlines() if line.startswith("train.py: error:")}
     assert len(lines) == 1, result.stderr[-3000:]  # each process says the same one line

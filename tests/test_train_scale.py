@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from launching import (
+    FP32,
     ONE_PROCESS,
     ROOT,
     TWO_PROCESSES,
@@ -32,8 +33,6 @@ from launching import (
     tiny_args,
     train_losses,
 )
-
-FP32 = ("--mixed_precision", "no")
 
 
 def free_port() -> int:
@@ -101,7 +100,7 @@ def zero2_two_nodes_run(digits, extensions_dir, tmp_path_factory) -> Path:
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
     nodes = []
     for rank in (0, 1):
-        node = ("--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank))
+        node = (*FP32, "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank))
         node += ("--main_process_ip", "127.0.0.1", "--main_process_port", port)
         command, full_env = launch_command("deepspeed_zero2.yaml", tiny_args(digits, out, *TWO_PROCESSES), env, node)
         log = open(out.parent / f"node{rank}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
@@ -258,7 +257,7 @@ def test_deepspeed_continues_on_another_process_count_through_a_universal_checkp
     before = {p: p.stat().st_mtime_ns for p in resumed.rglob("*")}
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
     args = tiny_args(digits, resumed, *TWO_PROCESSES, "--resume_from_checkpoint", "latest")
-    refused = launch("deepspeed_zero2.yaml", args, env=env, launcher_args=("--num_processes", "1"), check=False)
+    refused = launch("deepspeed_zero2.yaml", args, env=env, launcher_args=(*FP32, "--num_processes", "1"), check=False)
     errors = [line for line in refused.stderr.splitlines() if line.startswith("train.py: error:")]
     assert refused.returncode != 0 and len(errors) == 1, refused.stderr[-3000:]
     assert "universal" in errors[0]
@@ -268,7 +267,32 @@ def test_deepspeed_continues_on_another_process_count_through_a_universal_checkp
     path = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # `python`: this one
     converted = subprocess.run(conversion, shell=True, env=path, capture_output=True, text=True, timeout=300)
     assert converted.returncode == 0, converted.stderr[-3000:]
-    launch("deepspeed_zero2.yaml", args, env=env, launcher_args=("--num_processes", "1"))
+    launch("deepspeed_zero2.yaml", args, env=env, launcher_args=(*FP32, "--num_processes", "1"))
     assert_really(resumed, "DEEPSPEED", 1)
     torch.testing.assert_close(train_losses(resumed), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
     assert_same_weights(resumed, ddp_run, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "fsdp.yaml"])
+def test_gpu_configs_compute_in_bf16_and_save_the_fp32_weights(config, digits, extensions_dir, tmp_path):
+    # The configs as shipped (bf16), on one process.
+    out = tmp_path / "run"
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    launch(config, tiny_args(digits, out, *ONE_PROCESS), env=env, launcher_args=("--num_processes", "1"))
+    final = results(out)
+    assert final["compute_dtype"] == "bfloat16", final  # the logits the loss saw
+
+    # The saved model holds the fp32 weights the optimizer updated, not their bf16 rounding, and says so.
+    from transformers import AutoModelForImageClassification
+
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    saved = AutoModelForImageClassification.from_pretrained(out).state_dict()
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    assert any(not torch.equal(v, v.bfloat16().float()) for v in saved.values() if v.is_floating_point())
+    if config.startswith("deepspeed"):
+        # Exactly the fp32 master weights of the last checkpoint, as DeepSpeed's own consolidation reads them.
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        masters = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoint-6"), tag="pytorch_model")
+        assert masters.keys() <= saved.keys()
+        assert all(torch.equal(saved[k], masters[k]) for k in masters)

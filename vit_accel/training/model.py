@@ -112,6 +112,35 @@ def _unsharded_class(model) -> Iterator[None]:
         model.__class__ = generated
 
 
+def full_precision_state_dict(accelerator: Accelerator, model) -> dict:
+    """The trained weights, whole (gathered under ZeRO-3 and FSDP) and in the precision they were trained in.
+
+    DeepSpeed with bf16 or fp16 trains a 16-bit copy of the module against fp32 master weights held by its
+    optimizer: the masters are the trained model, and the 16-bit module (what `get_state_dict` returns) is only their
+    rounding. Parameters without a master (frozen ones) keep the module's value, in fp32 like the rest.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED or accelerator.mixed_precision == "no":
+        return accelerator.get_state_dict(model)
+    from deepspeed import DeepSpeedEngine
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if not isinstance(model, DeepSpeedEngine):  # the EMA copy: a plain fp32 module
+        return accelerator.get_state_dict(model)
+
+    module = accelerator.unwrap_model(model)
+    parameters = dict(module.named_parameters())
+    state_dict = {}
+    for key, value in module.state_dict().items():
+        # A collective under ZeRO (the masters are sharded): each process asks for the same keys in the same order.
+        master = safe_get_full_fp32_param(parameters[key]) if key in parameters else None
+        if master is None and value.is_floating_point():
+            master = value.float()
+        state_dict[key] = (master if master is not None else value).detach().cpu()
+    return state_dict
+
+
 def save_final_model(
     accelerator: Accelerator,
     model,
@@ -126,11 +155,17 @@ def save_final_model(
     from transformers import ViTImageProcessor
 
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 and FSDP: every process must call it
+    state_dict = full_precision_state_dict(accelerator, model)  # a collective: every process must call it
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         with _unsharded_class(unwrapped):
             unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        saved = str(next(v.dtype for v in state_dict.values() if v.is_floating_point())).removeprefix("torch.")
+        if unwrapped.config.dtype != saved:
+            # save_pretrained records the module's dtype (DeepSpeed's 16-bit copy), not that of the weights it wrote;
+            # from_pretrained's default dtype="auto" would load them in it.
+            unwrapped.config.dtype = saved
+            unwrapped.config.save_pretrained(output_dir)
         size = unwrapped.config.image_size
         height, width = (size, size) if isinstance(size, int) else size
         ViTImageProcessor(
