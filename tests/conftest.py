@@ -111,9 +111,9 @@ def ddp_run(digits, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def one_process_run(digits, tmp_path_factory) -> Path:
     """The same run on one process, per-device batch 16: the same global batch as `ddp_run`."""
-    from launching import ONE_PROCESS, assert_really, launch, tiny_args
+    from launching import ONE_PROCESS, assert_really, tiny_args, train_in_this_process
 
     out = tmp_path_factory.mktemp("one") / "run"
-    launch("cpu.yaml", tiny_args(digits, out, *ONE_PROCESS))
+    assert train_in_this_process(tiny_args(digits, out, *ONE_PROCESS), threads=1) == 0
     assert_really(out, "NO", 1)
     return out

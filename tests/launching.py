@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -67,22 +68,26 @@ def launch(
 FAULTY = {"script": "tests/fault_injection.py", "check": False}
 
 
-def train_in_this_process(argv: list[str]) -> int:
+def train_in_this_process(argv: list[str], threads: int | None = None) -> int:
     """train.py's command line run in this process as a fresh one would run it (without the launcher's start-up
-    time); its exit status."""
+    time, mostly imports); its exit status. `threads`: torch's intra-op threads meanwhile (1 computes exactly as the
+    launched runs do, with `--num_cpu_threads_per_process 1`)."""
     from accelerate.state import AcceleratorState, GradientState
 
+    before = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(ROOT))
         patch.setattr(sys, "argv", ["train.py", *argv])
         import train
 
         try:
+            torch.set_num_threads(threads or before)
             train.cli()
             return 0
         except SystemExit as exit_info:
             return exit_info.code
         finally:
+            torch.set_num_threads(before)
             AcceleratorState._reset_state(True)
             GradientState._reset_state()
 
@@ -96,31 +101,35 @@ def results(output_dir: Path) -> dict:
     return json.loads((output_dir / "all_results.json").read_text())
 
 
-def saved_model_top1(out: Path, digits: Path) -> float:
-    """Top-1 of the model saved in `out` on the tiny runs' 64 eval digits, loaded from disk through the Auto class."""
-    from transformers import AutoModelForImageClassification
-
-    from vit_accel.data import (
-        DataArguments,
-        ImageClassificationDataset,
-        build_pipeline,
-        load_image_dataset,
-        make_dataloader,
+def saved_model_top1(out: Path, digits: Path, cwd: Path) -> float:
+    """Top-1 of the model saved in `out` on the tiny runs' 64 eval digits, measured in a fresh Python process."""
+    script = textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoModelForImageClassification
+        import vit_accel
+        from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset
+        from vit_accel.data import make_dataloader
+        model = AutoModelForImageClassification.from_pretrained({str(out)!r}).eval()
+        processor = json.load(open({str(out / "preprocessor_config.json")!r}))
+        args = DataArguments(dataset_name={str(digits)!r}, max_eval_samples=64, augmentation="none")
+        data = load_image_dataset(args, seed=3)
+        pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
+        loader = make_dataloader(ImageClassificationDataset(data.validation, pipeline, seed=3), 32, False, 3)
+        correct = total = 0
+        with torch.no_grad():
+            for batch in loader:
+                logits = model(pipeline.on_device(batch["pixel_values"])).logits
+                correct += (logits.argmax(-1) == batch["labels"]).sum().item()
+                total += len(batch["labels"])
+        print(json.dumps({{"top1": correct / total, "total": total}}))
+        """
     )
-
-    model = AutoModelForImageClassification.from_pretrained(out).eval()
-    processor = json.loads((out / "preprocessor_config.json").read_text())
-    data = load_image_dataset(DataArguments(dataset_name=str(digits), max_eval_samples=64, augmentation="none"), 3)
-    pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
-    loader = make_dataloader(ImageClassificationDataset(data.validation, pipeline, seed=3), 32, False, 3)
-    correct = total = 0
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(pipeline.on_device(batch["pixel_values"])).logits
-            correct += (logits.argmax(-1) == batch["labels"]).sum().item()
-            total += len(batch["labels"])
-    assert total == 64
-    return correct / total
+    reload = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert reload.returncode == 0, reload.stderr[-4000:]
+    measured = json.loads(reload.stdout.strip().splitlines()[-1])
+    assert measured["total"] == 64
+    return measured["top1"]
 
 
 # Two processes x 8 = global batch 16 over 256 images (16 steps an epoch); 6 steps, checkpoints at steps 3 and 6.

@@ -16,10 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import FAULTY, FP32, TINY, launch, results, saved_model_top1, tiny_args, train_losses
+from launching import (
+    FAULTY,
+    FP32,
+    ROOT,
+    TINY,
+    launch,
+    results,
+    saved_model_top1,
+    tiny_args,
+    train_in_this_process,
+    train_losses,
+)
 from safetensors.torch import load_file
 
-from vit_accel.cli import main as cli_main
 from vit_accel.demo import export_digits
 
 # The regularisation a modern fine-tuning recipe adds (layer decay, EMA, mixup/cutmix, label smoothing, random
@@ -51,22 +61,16 @@ def test_digits_demo_recipe_with_every_method_reaches_95_percent(digits_demo):
     assert json.loads((out / "training_args.json").read_text())["command"][0] == "train.py"
 
 
-def vit_accel_cli(capsys: pytest.CaptureFixture, *args: str) -> dict:
-    """`vit-accel` as a command would run it, in this process; the JSON it prints last."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    capsys.readouterr()
-    try:
-        code = cli_main(list(args))
-    finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-    printed = capsys.readouterr()
-    assert code == 0, printed.err[-4000:]
-    return json.loads(printed.out.strip().splitlines()[-1] if "predict" not in args else printed.out)
+def vit_accel_cli(*args: str) -> dict:
+    """`vit-accel` in a fresh process; the JSON it prints last."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "vit_accel.cli", *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1] if "predict" not in args else result.stdout)
 
 
-def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_path, capsys):
+def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_path):
     rotated = tmp_path / "digits-rot90"
     export_digits(rotated, rotate=90)
     out = tmp_path / "digits-lora"
@@ -80,9 +84,7 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
     final = results(out)
     # A task the base was not trained for: near chance before, >= 90% after, with <= 10% of the weights trained.
     evaluation = ("--dataset_name", str(rotated), "--seed", "0", "--dataloader_num_workers", "0")
-    before = vit_accel_cli(
-        capsys, "evaluate", "--model", str(digits_demo), *evaluation, "--output_dir", str(tmp_path / "e0")
-    )
+    before = vit_accel_cli("evaluate", "--model", str(digits_demo), *evaluation, "--output_dir", str(tmp_path / "e0"))
     assert before["top1"] < 0.5, before
     assert final["eval_top1"] >= 0.90, final
     assert final["trainable_parameters"] <= 0.10 * final["total_parameters"], final
@@ -118,9 +120,9 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
         if not any(t in key for t in targets):
             assert torch.equal(value, base_weights[key]), key
 
-    # Downstream: vit-accel evaluate and predict on the adapter directory, and the merged directory through plain
-    # transformers in a fresh process (no vit_accel, no peft imported) on the same images.
-    adapted = vit_accel_cli(capsys, "evaluate", "--model", str(out), *evaluation, "--output_dir", str(tmp_path / "e1"))
+    # Downstream, each in a fresh process: vit-accel evaluate and predict on the adapter directory, and the merged
+    # directory through plain transformers (no vit_accel, no peft imported) on the same images.
+    adapted = vit_accel_cli("evaluate", "--model", str(out), *evaluation, "--output_dir", str(tmp_path / "e1"))
     assert adapted["top1"] == pytest.approx(final["eval_top1"], abs=1e-6)
     from datasets import load_from_disk
 
@@ -129,7 +131,7 @@ def test_lora_demo_adapts_the_digits_model_to_rotated_digits(digits_demo, tmp_pa
 
     image = tmp_path / "digit.png"
     load_from_disk(str(rotated))["test"][0]["image"].save(image)
-    predicted = vit_accel_cli(capsys, "predict", "--model", str(out), "--json", str(image))
+    predicted = vit_accel_cli("predict", "--model", str(out), "--json", str(image))
     model = load_adapter_classifier(out)
     processor = json.loads((out / "preprocessor_config.json").read_text())
     pipeline = build_pipeline("none", 16, processor["image_mean"], processor["image_std"], train=False)
@@ -190,7 +192,7 @@ def test_deepspeed_zero3_two_processes(digits, ddp_run, extensions_dir, tmp_path
 
     # The saved directory holds full weights, gathered from the shards, and reloads with the same eval accuracy as
     # the run measured.
-    assert saved_model_top1(out, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 def test_lora_with_every_method_under_ddp_and_deepspeed_zero2(digits, tiny_base, extensions_dir, tmp_path):
@@ -301,8 +303,9 @@ def test_resume_after_sigkill_gives_the_same_weights(variant, digits, tiny_base,
         def make_args(out, *more):
             return tiny_args(digits, out, *args, *extra, *more)
 
+    # The uninterrupted reference and the last resume run in this process (killing needs a process of its own).
     reference = tmp_path / "reference"
-    launch("cpu.yaml", make_args(reference))
+    assert train_in_this_process(make_args(reference), threads=1) == 0
 
     interrupted = tmp_path / "interrupted"
     killed = launch("cpu.yaml", make_args(interrupted), env={"VIT_ACCEL_TEST_FAULT": "after_save:4"}, **FAULTY)
@@ -313,7 +316,7 @@ def test_resume_after_sigkill_gives_the_same_weights(variant, digits, tiny_base,
     killed = launch("cpu.yaml", resumed_args, env={"VIT_ACCEL_TEST_FAULT": "during_save:6"}, **FAULTY)
     assert killed.returncode != 0
     assert not (interrupted / "checkpoint-6").exists() and (interrupted / "checkpoint-6.tmp").exists()
-    launch("cpu.yaml", resumed_args)
+    assert train_in_this_process(resumed_args, threads=1) == 0
 
     assert not (interrupted / "checkpoint-6.tmp").exists()
     weights = ["adapter_model.safetensors", "merged/model.safetensors"] if "lora" in variant else ["model.safetensors"]

@@ -116,12 +116,12 @@ def zero2_two_nodes_run(digits, extensions_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_deepspeed_zero2_on_two_nodes(digits, zero2_two_nodes_run, ddp_run):
+def test_deepspeed_zero2_on_two_nodes(digits, zero2_two_nodes_run, ddp_run, tmp_path):
     out = zero2_two_nodes_run
     final = assert_really(out, "DEEPSPEED", 2)
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
     assert_same_weights(out, ddp_run, atol=1e-5)
-    assert saved_model_top1(out, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def fsdp_run(digits, tmp_path_factory) -> Path:
     return out
 
 
-def test_fsdp_two_processes_train_like_ddp_and_save_a_model_that_reloads(digits, ddp_run, fsdp_run):
+def test_fsdp_two_processes_train_like_ddp_and_save_a_model_that_reloads(digits, ddp_run, fsdp_run, tmp_path):
     final = results(fsdp_run)
     torch.testing.assert_close(train_losses(fsdp_run), train_losses(ddp_run), atol=1e-5, rtol=1e-5)
     assert_same_weights(fsdp_run, ddp_run, atol=1e-5)
@@ -145,7 +145,7 @@ def test_fsdp_two_processes_train_like_ddp_and_save_a_model_that_reloads(digits,
     assert (fsdp_run / "modeling_vit_accel.py").is_file() and not list(fsdp_run.glob("_fsdp*.py"))
     auto_map = json.loads((fsdp_run / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"] == "modeling_vit_accel.ViTAccelForImageClassification"
-    assert saved_model_top1(fsdp_run, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(fsdp_run, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 def stopped_after(run: Path, step: int, where: Path) -> Path:
@@ -187,7 +187,7 @@ def test_deepspeed_zero3_with_cpu_offload_two_processes(digits, ddp_run, extensi
     assert (extensions_dir / "cpu_adam").is_dir()
     torch.testing.assert_close(train_losses(out), train_losses(ddp_run), atol=1e-4, rtol=1e-4)
     assert_same_weights(out, ddp_run, atol=1e-4)
-    assert saved_model_top1(out, digits) == pytest.approx(final["eval_top1"], abs=1e-9)
+    assert saved_model_top1(out, digits, tmp_path) == pytest.approx(final["eval_top1"], abs=1e-9)
 
 
 # Resuming on another number of processes. The resumed runs pass the original flags: train.py keeps the global batch.
