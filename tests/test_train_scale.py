@@ -4,7 +4,7 @@ resuming a run on another number of processes.
 
 Every run is checked for the distributed type it really got (train.py writes it into all_results.json), not the one
 its config file asked for. The GPU config files default to bf16; these runs pass `--mixed_precision no`, so that
-they can be compared with the fp32 DDP reference.
+they can be compared with the fp32 DDP reference, except the last test, which runs them as shipped.
 """
 
 from __future__ import annotations
@@ -273,13 +273,19 @@ def test_deepspeed_continues_on_another_process_count_through_a_universal_checkp
     assert_same_weights(resumed, ddp_run, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "fsdp.yaml"])
-def test_gpu_configs_compute_in_bf16_and_save_the_fp32_weights(config, digits, extensions_dir, tmp_path):
-    # The configs as shipped (bf16), on one process.
+@pytest.mark.parametrize(
+    "config, layout",
+    [("deepspeed_zero2.yaml", ONE_PROCESS), ("deepspeed_zero3.yaml", TWO_PROCESSES), ("fsdp.yaml", ONE_PROCESS)],
+    ids=["zero2 one process", "zero3 two processes", "fsdp one process"],
+)
+def test_gpu_configs_compute_in_bf16_and_save_the_fp32_weights(config, layout, digits, extensions_dir, tmp_path):
+    # The configs as shipped (bf16); ZeRO-3 on two processes, so that its masters are sharded. (ZeRO-3 in fp32 against
+    # DDP: the CPU-offload test above.)
     out = tmp_path / "run"
+    processes = "2" if layout == TWO_PROCESSES else "1"
     env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
-    launch(config, tiny_args(digits, out, *ONE_PROCESS), env=env, launcher_args=("--num_processes", "1"))
-    final = results(out)
+    launch(config, tiny_args(digits, out, *layout), env=env, launcher_args=("--num_processes", processes))
+    final = assert_really(out, "FSDP" if config == "fsdp.yaml" else "DEEPSPEED", int(processes))
     assert final["compute_dtype"] == "bfloat16", final  # the logits the loss saw
 
     # The saved model holds the fp32 weights the optimizer updated, not their bf16 rounding, and says so.

@@ -113,7 +113,8 @@ def _unsharded_class(model) -> Iterator[None]:
 
 
 def full_precision_state_dict(accelerator: Accelerator, model) -> dict:
-    """The trained weights, whole (gathered under ZeRO-3 and FSDP) and in the precision they were trained in.
+    """The trained weights, whole (gathered under ZeRO-3 and FSDP) and in the precision they were trained in; on
+    the main process (the others may get an empty dict).
 
     DeepSpeed with bf16 or fp16 trains a 16-bit copy of the module against fp32 master weights held by its
     optimizer: the masters are the trained model, and the 16-bit module (what `get_state_dict` returns) is only their
@@ -135,6 +136,8 @@ def full_precision_state_dict(accelerator: Accelerator, model) -> dict:
     for key, value in module.state_dict().items():
         # A collective under ZeRO (the masters are sharded): each process asks for the same keys in the same order.
         master = safe_get_full_fp32_param(parameters[key]) if key in parameters else None
+        if not accelerator.is_main_process:  # only the main process writes: the others need no copy
+            continue
         if master is None and value.is_floating_point():
             master = value.float()
         state_dict[key] = (master if master is not None else value).detach().cpu()
