@@ -61,6 +61,41 @@ def test_merge_equals_the_adapted_model_and_the_lora_formula(use_dora):
             torch.testing.assert_close(merged.vit.layers[0].attention.q_proj.weight, expected)
 
 
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_adapted_training_step_compiles_with_activation_checkpointing(use_dora):
+    # What train.py builds for --peft lora --gradient_checkpointing --torch_compile: checkpointing switched on before
+    # peft wraps the model, then the step compiled. For LoRA with fullgraph=True, which raises on any graph break;
+    # peft's DoRA caches its weight norm in a dict, a side effect torch does not trace inside checkpointing, so it
+    # compiles with breaks. "aot_eager" traces the forward and the backward through AOTAutograd as inductor does,
+    # without its C++ code generation.
+    def adapted(checkpointing: bool):
+        model = _base()
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        torch.manual_seed(1)
+        return apply_lora(model, r=4, dropout=0.0, use_dora=use_dora).train()
+
+    reference, checkpointed = adapted(False), adapted(True)
+    with torch.no_grad():  # LoRA's B starts at zero, which would leave A without a gradient to compare
+        for name, param in reference.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    checkpointed.load_state_dict(reference.state_dict())
+    pixel_values, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    reference(pixel_values=pixel_values, labels=labels).loss.backward()
+    torch._dynamo.reset()
+    step = torch.compile(
+        lambda: checkpointed(pixel_values=pixel_values, labels=labels).loss, fullgraph=not use_dora, backend="aot_eager"
+    )
+    step().backward()
+    trained = [(name, param) for name, param in reference.named_parameters() if param.requires_grad]
+    assert any("lora_A" in name for name, _ in trained) and any(param.grad.abs().sum() > 0 for _, param in trained)
+    got = dict(checkpointed.named_parameters())
+    for name, param in trained:
+        torch.testing.assert_close(got[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_only_adapter_and_classifier_train_and_the_base_is_untouched():
     base = _base()
     before = {n: p.detach().clone() for n, p in base.state_dict().items()}

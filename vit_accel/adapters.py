@@ -91,7 +91,23 @@ def apply_lora(
         modules_to_save=["classifier"],
         base_model_name_or_path=base_model_name_or_path,
     )
-    return get_peft_model(model, config)
+    adapted = get_peft_model(model, config)
+    if getattr(model, "_require_grads_hook", None) is not None and not _reentrant_checkpointing(model):
+        # peft makes the embeddings' output require grad, which reentrant checkpointing needs to reach the adapters
+        # behind frozen layers. Non-reentrant checkpointing (train.py's, and transformers' default) does not, and
+        # the hook's requires_grad_() on an intermediate tensor breaks torch.compile's graph.
+        model.disable_input_require_grads()
+    return adapted
+
+
+def _reentrant_checkpointing(model: nn.Module) -> bool:
+    """Whether some layer of `model` checkpoints its activations with torch's reentrant variant."""
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            function = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(function, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
 
 
 def base_model_reference(source: str) -> str:
