@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .data import DataArguments, ImageClassificationDataset, build_pipeline, loa
 from .data.transforms import to_rgb
 from .errors import UserError
 from .evaluation import evaluate_classifier
+from .training.preflight import make_writable_dir
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -348,12 +348,7 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
     root = Path(output_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise UserError(f"--output_dir {output_dir} is a file, not a directory.")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise UserError(f"--output_dir {output_dir} cannot be written: {error.strerror or error}.") from error
+    make_writable_dir(root)
     return root
 
 

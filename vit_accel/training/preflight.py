@@ -114,6 +114,12 @@ def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool, inputs: 
             f"--output_dir {output_dir} already holds a run. Resume it with --resume_from_checkpoint latest, "
             "choose another directory, or pass --overwrite_output_dir."
         )
+    make_writable_dir(output_dir)
+
+
+def make_writable_dir(output_dir: Path) -> None:
+    """Create `output_dir` and write a file into it now: an unwritable directory is found before any long work,
+    not at the first save after it."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
