@@ -13,7 +13,7 @@ worker runs with one thread):
   (augmentation at 224 px).
 
 Every path includes decoding the PNG bytes and the RGB conversion. Usage:
-    python bench/data_pipeline.py [--num-images 2048] [--batch-size 64] [--repeats 3] [--size 224]
+    python bench/data_pipeline.py [--num_images 2048] [--batch_size 64] [--repeats 3] [--size 224]
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def measure(runs: dict[str, tuple[Callable, list]], batch_size: int, repeats: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-images", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num_images", "--num-images", type=int, default=2048)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--json", help="also write the results to this JSON file")

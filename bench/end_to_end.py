@@ -12,14 +12,14 @@ timers are wrapped around the loader from outside, for the training loader only 
   host-to-device copy. On CUDA that copy is a blocking one (accelerate's default `non_blocking=False`), so this also
   includes waiting for the previous step's GPU work to finish.
 
-The first `--skip-steps` steps (worker start-up, compilation, allocator warm-up) are left out; images/s is measured
+The first `--skip_steps` steps (worker start-up, compilation, allocator warm-up) are left out; images/s is measured
 from the host's step boundaries over the remaining steps (train.py's own logged figure is shown beside it). It needs
 `datasets` and `evaluate` (train.py imports them); where they are missing it prints why and writes a "skipped" table.
 
 Usage:
     python bench/end_to_end.py                      # this CPU: S/16 at 96 px, batch 16, 1 worker
     python bench/end_to_end.py --device cuda        # ViT-B/16 at 224, bf16, compiled, batch 256, 12 workers
-    python bench/end_to_end.py --dry-run            # tiny model on the CPU: checks the machinery in seconds
+    python bench/end_to_end.py --dry_run            # tiny model on the CPU: checks the machinery in seconds
 """
 
 from __future__ import annotations
@@ -209,15 +209,17 @@ def format_table(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    parser.add_argument("--dry-run", action="store_true", help="tiny model on the CPU, a few steps")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true", help="tiny model on the CPU, a few steps")
     parser.add_argument("--model", help="a named variant (trained from scratch)")
-    parser.add_argument("--config-overrides")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--config_overrides", "--config-overrides")
+    parser.add_argument("--batch_size", "--batch-size", type=int)
     parser.add_argument("--workers", type=int, help="DataLoader workers")
-    parser.add_argument("--num-images", type=int, help="training images generated (the test split: 1 in 10)")
+    parser.add_argument(
+        "--num_images", "--num-images", type=int, help="training images generated (the test split: 1 in 10)"
+    )
     parser.add_argument("--steps", type=int, help="optimizer steps of the run")
-    parser.add_argument("--skip-steps", type=int, help="first steps left out of the figures")
-    parser.add_argument("--torch-compile", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--skip_steps", "--skip-steps", type=int, help="first steps left out of the figures")
+    parser.add_argument("--torch_compile", "--torch-compile", action=argparse.BooleanOptionalAction)
     parser.add_argument("--workdir", type=Path, help="where the dataset and the run go (default: a temporary dir)")
     parser.add_argument("--out", type=Path, help="write the markdown table here")
     parser.add_argument("--json", type=Path, help="write the numbers here")

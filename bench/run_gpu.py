@@ -1,23 +1,23 @@
 """The GPU run in one command: bench/train_step.py then bench/end_to_end.py, both tables in one report.
 
-Sized for one call of a lent GPU machine (one H100 or H200 with torch 2.11, transformers 5.17 and timm, but no
-`datasets`, `evaluate` nor `deepspeed`). The train-step benchmark needs none of those; it starts no new row after
-`--train-step-budget` seconds (rows are ordered by importance) and is stopped at its share of `--total`, keeping
-what it measured. The end-to-end benchmark runs train.py, which imports `datasets` and `evaluate`: without them it
-writes a "skipped" line saying so. To include it, carry their wheels in `.whl/` (device README: `pip download
+Sized for one run of under 8 minutes on a machine with one H100 or H200 GPU, torch 2.11, transformers 5.17 and
+timm, but no `datasets`, `evaluate` nor `deepspeed`. The train-step benchmark needs none of those; it starts no new
+row after `--train_step_budget` seconds (rows are ordered by importance) and is stopped at its share of `--total`,
+keeping what it measured. The end-to-end benchmark runs train.py, which imports `datasets` and `evaluate`: without
+them it writes a "skipped" line saying so. To include it, bring their wheels in `.whl/` (`pip download
 --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl datasets==5.2.0 evaluate==0.4.6 dill==0.4.1
 multiprocess==0.70.19`, the versions tested here; the machine has pandas, pyarrow, xxhash, fsspec and requests, but
 check its fsspec against datasets' bounds) and install them first, as in the command below.
 
-On the device (one call; about 8 minutes):
+On the GPU machine (one command; about 8 minutes):
     [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \\
         .whl/*.whl && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 bench/run_gpu.py --out "$OUT"
 
 Here (the same code paths on tiny shapes, on the CPU, in seconds; the test suite runs it):
-    python bench/run_gpu.py --dry-run --out /tmp/gpu-dry-run
+    python bench/run_gpu.py --dry_run --out /tmp/gpu-dry-run
 
 Writes to --out: report.md (both tables with the card, versions, date, commands), train_step.{md,json,log},
-end_to_end.{md,json,log}: 7 files, within what the device tool brings back.
+end_to_end.{md,json,log}: 7 files.
 """
 
 from __future__ import annotations
@@ -83,9 +83,13 @@ def versions() -> str:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "outputs" / "bench_gpu"))
-    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks the whole run")
+    parser.add_argument(
+        "--dry_run", "--dry-run", action="store_true", help="tiny shapes on the CPU: checks the whole run"
+    )
     parser.add_argument("--total", type=float, default=450.0, help="seconds for both benchmarks together")
-    parser.add_argument("--train-step-budget", type=float, default=240.0, help="train_step starts no row after")
+    parser.add_argument(
+        "--train_step_budget", "--train-step-budget", type=float, default=240.0, help="train_step starts no row after"
+    )
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -93,11 +97,11 @@ def main(argv: list[str] | None = None) -> Path:
     environment = versions()
     print(f"[run_gpu] {environment}", flush=True)
 
-    device = ["--dry-run"] if args.dry_run else ["--device", "cuda"]
+    device = ["--dry_run"] if args.dry_run else ["--device", "cuda"]
     train_step = [sys.executable, str(BENCH / "train_step.py"), *device]
     train_step += ["--out", str(out / "train_step.md"), "--json", str(out / "train_step.json")]
     if not args.dry_run:
-        train_step += ["--time-budget", str(args.train_step_budget)]
+        train_step += ["--time_budget", str(args.train_step_budget)]
     step_code, step_seconds = run_stage("train_step", train_step, out, timeout=args.total * 0.75)
 
     end_to_end = [sys.executable, str(BENCH / "end_to_end.py"), *device]
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> Path:
     report = (
         f"## GPU benchmarks{' (dry run: tiny shapes on the CPU)' if args.dry_run else ''}\n\n"
         f"{environment}; Python {sys.version.split()[0]}; {datetime.date.today().isoformat()}\n\n"
-        f"Command: `python bench/run_gpu.py{' --dry-run' if args.dry_run else ''}`; "
+        f"Command: `python bench/run_gpu.py{' --dry_run' if args.dry_run else ''}`; "
         f"{time.perf_counter() - start:.0f} s in all.\n\n"
         + section(out, "train_step", step_code, step_seconds)
         + section(out, "end_to_end", e2e_code, e2e_seconds)

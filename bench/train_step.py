@@ -19,12 +19,12 @@ On CUDA it also runs `torch.compile`d models ("compiled" rows), finds the larges
 bisecting, each worker alone on the GPU) and gives MFU from the training FLOPs per image (6 x timm's forward GMACs):
 the full model's FLOPs for all three, although ours runs its last block on the CLS token only (about 1/depth less
 work), so its MFU is an effective figure by that much. Rows run in order of importance and stop starting new ones
-after `--time-budget` seconds; the table is rewritten after each row.
+after `--time_budget` seconds; the table is rewritten after each row.
 
 Usage:
     python bench/train_step.py                       # CPU: S/16 at 96 px, batch 16 (about 2 minutes here)
     python bench/train_step.py --device cuda         # ViT-B/16, B/32, L/16 at 224 and B/16 at 384, bf16
-    python bench/train_step.py --dry-run             # tiny shapes on the CPU, seconds: checks the machinery
+    python bench/train_step.py --dry_run             # tiny shapes on the CPU, seconds: checks the machinery
 """
 
 from __future__ import annotations
@@ -580,27 +580,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", nargs="+", help="e.g. B/16@224:256 (shape:batch); defaults per device")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="autocast dtype (default bf16 on CUDA)")
     parser.add_argument("--modes", nargs="+", choices=("eager", "compiled"), help="default: both on CUDA, eager here")
-    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile_backend", "--compile-backend", default="inductor")
     parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5 on CUDA, 7 on the CPU)")
     parser.add_argument("--steps", type=int, help="timed steps per round (default 10 on CUDA, 2 on the CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the first round")
-    parser.add_argument("--compile-warmup", type=int, default=2, help="extra warm-up steps for compiled models")
-    parser.add_argument("--max-batch", action=argparse.BooleanOptionalAction, help="search the largest batch (CUDA)")
-    parser.add_argument("--max-batch-cap", type=int, default=4096)
+    parser.add_argument(
+        "--compile_warmup", "--compile-warmup", type=int, default=2, help="extra warm-up steps for compiled models"
+    )
+    parser.add_argument(
+        "--max_batch", "--max-batch", action=argparse.BooleanOptionalAction, help="search the largest batch (CUDA)"
+    )
+    parser.add_argument("--max_batch_cap", "--max-batch-cap", type=int, default=4096)
     # One thread on the CPU by default: on this shared 2-core VM, 2-thread rounds varied up to 13x (OpenMP threads
     # waiting on a core a neighbour holds), 1-thread rounds by a few percent.
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: all cores on CUDA, 1 here)")
-    parser.add_argument("--time-budget", type=float, default=float("inf"), help="start no new row after this (s)")
-    parser.add_argument("--start-method", help="multiprocessing start method (default: fork on CPU, spawn on CUDA)")
+    parser.add_argument(
+        "--time_budget", "--time-budget", type=float, default=float("inf"), help="start no new row after this (s)"
+    )
+    parser.add_argument(
+        "--start_method", "--start-method", help="multiprocessing start method (default: fork on CPU, spawn on CUDA)"
+    )
     parser.add_argument("--out", type=Path, help="write the markdown table here")
     parser.add_argument("--json", type=Path, help="write every number here")
-    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU, one round: a smoke test")
+    parser.add_argument(
+        "--dry_run", "--dry-run", action="store_true", help="tiny shapes on the CPU, one round: a smoke test"
+    )
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.dry_run:
         if cuda:
-            parser.error("--dry-run runs on the CPU")
+            parser.error("--dry_run runs on the CPU")
         args.shapes = args.shapes or [f"{s}:{b}" for s, b in DRY_RUN_SHAPES]
         # Dynamo's own "eager" backend: the compiled path's tracing (and any graph break) without inductor's C++
         # code generation, which takes minutes on 2 cores.

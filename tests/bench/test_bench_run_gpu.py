@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_gpu_script_dry_run_writes_both_tables(tmp_path):
     result = subprocess.run(
-        [sys.executable, "bench/run_gpu.py", "--dry-run", "--out", str(tmp_path)],
+        [sys.executable, "bench/run_gpu.py", "--dry_run", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
