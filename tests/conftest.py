@@ -22,7 +22,7 @@ from common_tests_rule import (  # noqa: E402, F401
     pytest_runtest_logreport,
     pytest_terminal_summary,
 )
-from factories import FAKE_TOKEN, ROOT  # noqa: E402
+from factories import FAKE_TOKEN, ROOT, TINY  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -51,7 +51,7 @@ def trained_run(tmp_path_factory) -> Path:
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
         "--num_cpu_threads_per_process", "1", "train.py", "--model_name_or_path", "vit-tiny-p16-224",
         "--from_scratch", "--config_overrides",
-        "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2",
+        TINY,
         "--dataset_name", str(root / "digits"), "--max_train_samples", "256", "--max_eval_samples", "64",
         "--augmentation", "none", "--dataloader_num_workers", "0", "--per_device_train_batch_size", "32",
         "--learning_rate", "3e-3", "--max_train_steps", "8", "--logging_steps", "2", "--output_dir", str(output_dir),

@@ -22,6 +22,20 @@ def tiny_config_kwargs(**overrides) -> dict:
     return kwargs
 
 
+def tiny_overrides(**overrides) -> str:
+    """`--config_overrides` for the tiny model of train.py runs in tests: `tiny_config_kwargs` at 16 px, width 32 and
+    2 heads (the labels come from the data)."""
+    kwargs = tiny_config_kwargs(image_size=16, patch_size=4, hidden_size=32, num_attention_heads=2)
+    kwargs.pop("num_labels")
+    kwargs["intermediate_size"] = 64
+    kwargs.update(overrides)
+    return ",".join(f"{key}={value}" for key, value in kwargs.items())
+
+
+# The tiny train.py model, as a `--config_overrides` value.
+TINY = tiny_overrides()
+
+
 # --- Image datasets in the real on-disk formats. Tiny: tens of 32x32 images, built in a tmp folder. ---
 
 

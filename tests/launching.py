@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import TINY  # noqa: F401  (re-exported: the tests import it with the launch helpers)
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
 
 
 def tiny_args(digits: Path, output_dir: Path, *extra: str) -> list[str]:

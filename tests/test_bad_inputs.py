@@ -17,14 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from factories import FAKE_TOKEN, ROOT, png_bytes, random_rgb, write_hub_parquet, write_image_folder
+from factories import FAKE_TOKEN, ROOT, TINY, png_bytes, random_rgb, write_hub_parquet, write_image_folder
 from launching import train_in_this_process
 
 from vit_accel.cli import main as vit_accel
 from vit_accel.demo import export_digits
 from vit_accel.errors import UserError
-
-TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
 
 
 def tiny(data: Path | str, output_dir: Path | str, *extra: str) -> list[str]:

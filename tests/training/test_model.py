@@ -1,9 +1,8 @@
 import pytest
+from factories import TINY
 
 from vit_accel.training.arguments import ModelArguments
 from vit_accel.training.model import build_model
-
-TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
 
 
 @pytest.mark.parametrize("backend", [None, "eager", "flex_attention"])
