@@ -28,6 +28,7 @@ from torch import nn
 from .errors import UserError
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CLASSIFIER_CONFIG = "classifier_config.json"
 MERGED_DIR = "merged"
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")

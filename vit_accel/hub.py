@@ -43,10 +43,12 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def write_model_card(output_dir: str | Path) -> Path:
-    """Write `README.md` (Hub metadata + a human summary) into a finished run's `output_dir`."""
+def write_model_card(output_dir: str | Path, results: dict | None = None) -> Path:
+    """Write `README.md` (Hub metadata + a human summary) into a finished run's `output_dir`; `results`: the run's
+    final results, read from its `all_results.json` when not given (train.py writes that file after the card)."""
     root = Path(output_dir)
-    results = json.loads((root / "all_results.json").read_text())
+    if results is None:
+        results = json.loads((root / "all_results.json").read_text())
     record = json.loads((root / "training_args.json").read_text())
     config = json.loads((root / "config.json").read_text())
     model_args, data_args, train_args = (

@@ -362,7 +362,7 @@ def test_dataset_identity_follows_the_rows_not_the_path(tmp_path, monkeypatch):
     import json
 
     from vit_accel.data import dataset_identity
-    from vit_accel.data.sources import identity_changes
+    from vit_accel.training.resume import identity_changes
 
     path = str(tmp_path / "ds")
     write_hub_parquet(path, {"train": cifar10_dataset(30), "test": cifar10_dataset(10, seed=1)})

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 from factories import tiny_config_kwargs
 
@@ -7,8 +5,6 @@ from vit_accel import ViTAccelConfig
 from vit_accel.errors import UserError
 from vit_accel.training.checkpointing import (
     TrainerState,
-    changed_settings,
-    check_compatible,
     list_checkpoints,
     remove_stale_checkpoints,
     resolve_checkpoint,
@@ -80,14 +76,6 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path):
         verify_checkpoint(checkpoint)
 
 
-def test_changed_settings_name_the_flags():
-    recorded = {"seed": 3, "per_device_train_batch_size": 16, "num_processes": 1}
-    assert changed_settings(recorded, dict(recorded)) == []
-    assert changed_settings(None, {"seed": 4}) == []  # written before settings were recorded
-    changes = changed_settings(recorded, {"seed": 4, "per_device_train_batch_size": 16, "num_processes": 2})
-    assert changes == ["--seed: 3 in the checkpoint, 4 now", "number of processes: 1 in the checkpoint, 2 now"]
-
-
 def test_rotation_keeps_the_last_n_and_the_best(tmp_path):
     for step in (2, 4, 6, 8):
         make_checkpoint(tmp_path, step)
@@ -95,11 +83,3 @@ def test_rotation_keeps_the_last_n_and_the_best(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
     rotate_checkpoints(tmp_path, save_total_limit=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-8"]
-
-
-def test_a_checkpoint_of_another_shape_is_refused_naming_the_fields(tmp_path):
-    checkpoint = make_checkpoint(tmp_path, 2)
-    check_compatible(checkpoint, ViTAccelConfig(**tiny_config_kwargs(drop_path_rate=0.1)))  # not a shape field
-    with pytest.raises(UserError, match=r"hidden_size=48 vs 64; num_attention_heads=4 vs 8"):
-        check_compatible(checkpoint, ViTAccelConfig(**tiny_config_kwargs(hidden_size=64, num_attention_heads=8)))
-    assert json.loads((checkpoint / "trainer_state.json").read_text())["completed_steps"] == 2

@@ -13,7 +13,6 @@ from .sources import (
     ImageClassificationData,
     check_seed,
     dataset_identity,
-    identity_changes,
     load_image_dataset,
     stratified_split,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "collate",
     "dataset_identity",
     "example_seed",
-    "identity_changes",
     "load_image_dataset",
     "make_dataloader",
     "resize_batch",

@@ -514,13 +514,3 @@ def dataset_identity(data: ImageClassificationData) -> dict:
         identity[f"{name}_rows"] = len(split)
         identity[f"{name}_labels_sha256"] = _digest(labels.tobytes())
     return identity
-
-
-def identity_changes(recorded: dict, current: dict) -> list[str]:
-    """`dataset_identity` entries that differ, as `key: <recorded> in the checkpoint, <current> now` (empty when the
-    data is the same)."""
-    return [
-        f"{key}: {recorded.get(key)!r} in the checkpoint, {current.get(key)!r} now"
-        for key in sorted(set(recorded) | set(current))
-        if recorded.get(key) != current.get(key)
-    ]

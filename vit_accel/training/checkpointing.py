@@ -1,4 +1,4 @@
-"""Checkpoints that are complete or invisible, and the rules for resuming from one.
+"""Checkpoints that are complete or invisible (whether a run may resume from one: `resume.py`).
 
 A checkpoint is `output_dir/checkpoint-{step}/` holding accelerate's `save_state` output (ZeRO-sharded under
 DeepSpeed), `model_config.json` (the model's shape) and, written last, `trainer_state.json`: our counters as JSON
@@ -27,71 +27,6 @@ TMP_SUFFIX = ".tmp"
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "model_config.json"
 
-# Fields that decide the shape of every parameter; a checkpoint differing in one of them cannot be resumed.
-SHAPE_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "image_size",
-    "patch_size",
-    "num_channels",
-    "qkv_bias",
-    "representation_size",
-    "num_labels",
-)
-
-# The arguments that decide what a resumed run computes: its data order and augmentation (seed, batch, dataset),
-# its model and its updates. A resume with another value would silently stop being the run it continues. The run's
-# length (num_train_epochs, max_train_steps) is not among them: asking for more steps trains further.
-RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
-    "ModelArguments": ("model_name_or_path", "from_scratch", "config_overrides", "image_size"),
-    "DataArguments": (
-        "dataset_name",
-        "dataset_config_name",
-        "train_dir",
-        "validation_dir",
-        "image_column_name",
-        "label_column_name",
-        "train_val_split",
-        "max_train_samples",
-        "max_eval_samples",
-        "augmentation",
-        "random_erasing",
-        "bad_images",
-    ),
-    "TrainingArguments": (
-        "seed",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "optimizer",
-        "learning_rate",
-        "weight_decay",
-        "momentum",
-        "adam_beta1",
-        "adam_beta2",
-        "max_grad_norm",
-        "label_smoothing",
-        "lr_scheduler_type",
-        "num_warmup_steps",
-        "peft",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "lora_target_modules",
-        "use_dora",
-        "freeze",
-        "freeze_layers",
-        "layer_decay",
-        "ema_decay",
-        "ema_warmup",
-        "mixup_alpha",
-        "cutmix_alpha",
-        "mix_prob",
-        "mix_switch_prob",
-    ),
-}
-
 
 @dataclass
 class TrainerState:
@@ -106,7 +41,7 @@ class TrainerState:
     total_steps: int | None = None  # the optimizer steps the run was planned for
     last_eval: dict[str, float] | None = None  # the latest evaluation's results
     bad_rows: dict[str, list[int]] = field(default_factory=dict)  # unreadable rows found so far, per split
-    settings: dict[str, Any] | None = None  # see `resume_settings`
+    settings: dict[str, Any] | None = None  # see `resume.resume_settings`
     # Every other file of the checkpoint: [size in bytes, xxh3-64 of its content].
     files: dict[str, list] | None = None
 
@@ -239,51 +174,6 @@ def verify_checkpoint(checkpoint: Path) -> TrainerState:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{config} is not valid JSON ({error}); the checkpoint is damaged.") from error
     return state
-
-
-def check_compatible(checkpoint: Path, model_config) -> None:
-    """Refuse a checkpoint written for a model of another shape, naming the fields that differ."""
-    saved = json.loads((checkpoint / CONFIG_FILE).read_text())
-    current = model_config.to_dict()
-    diffs = [f"{k}={saved.get(k)!r} vs {current.get(k)!r}" for k in SHAPE_FIELDS if saved.get(k) != current.get(k)]
-    if diffs:
-        raise UserError(
-            f"Checkpoint {checkpoint} was written for another model shape (checkpoint vs this run: {'; '.join(diffs)})."
-        )
-
-
-def checkpoint_format(distributed_type) -> str:
-    """How accelerate lays out a checkpoint's states under `distributed_type`: DeepSpeed and FSDP keep their own
-    (sharded) formats; one process, DDP on CPUs or GPUs all write the same files."""
-    name = str(getattr(distributed_type, "value", distributed_type)).upper()
-    return {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(name, "plain")
-
-
-def resume_settings(arguments: tuple, num_processes: int) -> dict[str, Any]:
-    """The values of `RESUME_SETTINGS` in these argument dataclasses, plus the number of processes."""
-    settings: dict[str, Any] = {"num_processes": num_processes}
-    for values in arguments:
-        for name in RESUME_SETTINGS.get(type(values).__name__, ()):
-            value = getattr(values, name)
-            if name in _PATH_SETTINGS and isinstance(value, str) and Path(value).expanduser().exists():
-                value = str(Path(value).expanduser().resolve())  # `data/`, `./data` and `/abs/data` are one dataset
-            settings[name] = value
-    return settings
-
-
-_PATH_SETTINGS = ("model_name_or_path", "dataset_name", "train_dir", "validation_dir")
-
-
-def changed_settings(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """`--flag: checkpoint value -> this run's value` for every recorded setting this run changes."""
-    if recorded is None:  # a checkpoint from before settings were recorded: nothing to compare
-        return []
-    changes = []
-    for name, value in current.items():
-        if name in recorded and recorded[name] != value:
-            flag = "number of processes" if name == "num_processes" else f"--{name}"
-            changes.append(f"{flag}: {recorded[name]!r} in the checkpoint, {value!r} now")
-    return changes
 
 
 def remove_stale_checkpoints(output_dir: str | Path, step: int) -> list[str]:

@@ -10,9 +10,8 @@ preparation, sharded `save_state`/`load_state` and full-state gathering; `create
 starting the gloo process group first and presenting it to accelerate as a data-parallel group, the state from
 which accelerate applies its FSDP plugin.
 
-It also decides how a run resumes on another number of processes (`plan_new_world_size`): the same global batch
-split anew, and for DeepSpeed, whose checkpoints hold one ZeRO shard per process, through DeepSpeed's universal
-checkpoint.
+It also holds the arithmetic of a resume on another number of processes (`relayout`, `micro_batches_to_skip`): the
+same global batch split anew (`resume.py` decides when it applies).
 """
 
 from __future__ import annotations
@@ -177,28 +176,3 @@ def universal_conversion_command(checkpoint: Path) -> str:
 
 def has_universal_checkpoint(checkpoint: Path) -> bool:
     return (checkpoint / UNIVERSAL_TAG / "zero").is_dir()
-
-
-def plan_new_world_size(
-    recorded: dict | None, num_processes: int, per_device_batch: int, checkpoint: Path, deepspeed: bool
-) -> tuple[BatchLayout, BatchLayout] | None:
-    """The checkpoint's batch layout and this run's, when this run has another number of processes than the one
-    that wrote `checkpoint` (None when it has the same, or the checkpoint did not record it).
-
-    Raises:
-        UserError: the global batch does not divide over `num_processes` (see `relayout`), or a DeepSpeed checkpoint
-            that has not been converted to the universal format; the message holds the command that converts it.
-    """
-    if not recorded or recorded.get("num_processes") in (None, num_processes):
-        return None
-    saved = BatchLayout(
-        recorded["num_processes"], recorded["per_device_train_batch_size"], recorded["gradient_accumulation_steps"]
-    )
-    if deepspeed and not has_universal_checkpoint(checkpoint):
-        raise UserError(
-            f"--resume_from_checkpoint {checkpoint}: it holds DeepSpeed ZeRO states of {saved.num_processes} "
-            f"process(es), which load only on as many; this run has {num_processes}. Convert them once to DeepSpeed's "
-            f"universal checkpoint, which loads on any number, then resume again: "
-            f"`{universal_conversion_command(checkpoint)}`"
-        )
-    return saved, relayout(saved, num_processes, per_device_batch)

@@ -5,24 +5,17 @@ before any training, and raises `UserError` naming the flag.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
 from ..adapters import (
-    MERGED_DIR,
     apply_lora,
     base_model_reference,
     check_target_modules,
     count_parameters,  # noqa: F401  (re-exported for the loop)
     parse_target_modules,
-    save_adapter,
-    save_merged,
-    write_adapter_card,
 )
 from ..errors import UserError
 from .arguments import ModelArguments, TrainingArguments
@@ -162,33 +155,6 @@ def ema_checksums(accelerator: Accelerator, ema: WeightEMA | None) -> dict:
     return {"ema_replica_checksums": accelerator.gather(checksum).tolist()}
 
 
-def save_adapter_outputs(
-    accelerator: Accelerator,
-    model: nn.Module,
-    output_dir: Path,
-    args: TrainingArguments,
-    write_processor,
-    results: dict,
-    record: dict,
-) -> None:
-    """The adapter directory: adapter, `classifier_config.json`, image processor, `all_results.json`,
-    `training_args.json` (`record`), the card; `merged/` with `--merge_adapter`. `model` is the peft model as
-    trained (prepared or not) or its EMA copy."""
-    accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        save_adapter(model, output_dir)
-        write_processor(output_dir)
-        if args.merge_adapter:
-            save_merged(model, output_dir / MERGED_DIR)
-            write_processor(output_dir / MERGED_DIR)
-        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (output_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
-        trainable, total = count_parameters(model)
-        write_adapter_card(output_dir, results, trainable, total, record["command"])
-    accelerator.wait_for_everyone()
-
-
 def base_config(model: nn.Module):
     """The ViT configuration, also of a peft-wrapped model."""
     get_base_model = getattr(model, "get_base_model", None)
@@ -200,17 +166,3 @@ def state_kwargs(accelerator: Accelerator, frozen: bool, saving: bool) -> dict:
     from .freezing import state_kwargs as frozen_state_kwargs
 
     return frozen_state_kwargs(accelerator, saving) if frozen else {}
-
-
-def processor_writer(size, mean, std):
-    """A function writing the run's image processor (`size` px, `mean`/`std`) into a directory."""
-    from transformers import ViTImageProcessor
-
-    height, width = (size, size) if isinstance(size, int) else size
-
-    def write(directory: Path) -> None:
-        ViTImageProcessor(
-            size={"height": height, "width": width}, image_mean=list(mean), image_std=list(std)
-        ).save_pretrained(directory)
-
-    return write

@@ -5,14 +5,43 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CLASSIFIER_CONFIG, MERGED_DIR
 from ..errors import UserError
+from .checkpointing import remove_stale_checkpoints
 
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "training_curves.png"
 
+RESULTS_FILE = "all_results.json"
+# What the final phase of a run writes (a model directory or an adapter directory, and the run's record): the files
+# of the run a new one replaces, whatever kind of model it saved, so that the directory never holds two models.
+FINAL_OUTPUTS = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "configuration_vit_accel.py",
+    "modeling_vit_accel.py",
+    "preprocessor_config.json",
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CLASSIFIER_CONFIG,
+    MERGED_DIR,
+    "README.md",
+    "training_args.json",
+    CURVES_FILE,
+    RESULTS_FILE,
+)
+
 logger = logging.getLogger(__name__)
+run_logger = get_logger(__name__, log_level="INFO")
 
 
 class JsonlLog:
@@ -67,6 +96,7 @@ class JsonlLog:
 
 def plot_curves(records: list[dict], path: str | Path) -> Path:
     """Training loss and eval loss/top-1 against optimizer steps, as a PNG."""
+    # Deferred: matplotlib costs about half a second to import, paid only by the run that draws its curves.
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
@@ -89,3 +119,67 @@ def plot_curves(records: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def remove_final_outputs(output_dir: Path) -> list[str]:
+    """Delete what a finished run saved at its end (`FINAL_OUTPUTS`, sharded weights included); the names removed."""
+    removed = []
+    for path in [*(output_dir / name for name in FINAL_OUTPUTS), *output_dir.glob("model-*-of-*.safetensors")]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path.name)
+    return removed
+
+
+class Reporter:
+    """Where a run's numbers go: log.jsonl, the trackers, and one progress bar with messages printed above it.
+
+    Step records (loss, lr, ...) go to the log file, the trackers and the bar; on a terminal they do not also print
+    as lines, which would cut through the bar. Without a terminal (a log file) there is no bar, and they print.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: Path, total_steps: int, initial_step: int):
+        self.accelerator = accelerator
+        self.output_dir, self.initial_step, self.claimed = output_dir, initial_step, False
+        self.log = JsonlLog(output_dir, enabled=accelerator.is_main_process)
+        show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=initial_step, disable=not show_bar, unit="step", dynamic_ncols=True)
+
+    def claim(self) -> None:
+        """Before the run's first write: make the directory hold this run alone, as it stands (no half-written
+        checkpoints, no checkpoints or log lines from past the step it starts at: an overwritten run, or the abandoned
+        future of an older checkpoint resumed; no model or results saved at the end of an earlier run, which the final
+        save of this one replaces, whatever kind of model either saved). Done this late so that a run failing before
+        its first step deletes nothing."""
+        if self.claimed:
+            return
+        self.claimed = True
+        if self.accelerator.is_main_process:
+            removed = remove_stale_checkpoints(self.output_dir, self.initial_step)
+            if removed:
+                self.info(f"Removed {', '.join(removed)}: they come after the step this run started from.")
+            if replaced := remove_final_outputs(self.output_dir):
+                self.info(f"Removed {', '.join(replaced)}: the final save of the run this one replaces.")
+            self.log.truncate_after(self.initial_step)
+
+    def training(self, record: dict) -> None:
+        self.claim()
+        self.log.write(record)
+        self.accelerator.log(record, step=record["step"])
+        if self.bar.disable:
+            self.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
+        else:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+
+    def evaluation(self, record: dict) -> None:
+        self.claim()
+        self.log.write(record)
+        self.accelerator.log(record, step=record["step"])
+        self.info(f"step {record['step']}: " + " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "step"))
+
+    def info(self, message: str) -> None:
+        run_logger.info(message, main_process_only=True)

@@ -1,0 +1,145 @@
+"""The training loop's bookkeeping: how many examples each accumulation window holds, the running loss, throughput
+and data-wait meter, the checkpoint of a step, and what Ctrl-C says. The loop itself is train.py's."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from ..data import ImageClassificationDataset
+from ..hub import push_to_hub
+from . import methods
+from .checkpointing import TrainerState, list_checkpoints, rotate_checkpoints, save_checkpoint
+from .reporting import Reporter
+
+
+class AccumulationWindows:
+    """How many examples each accumulation window of an epoch holds on this process.
+
+    The loss of a micro-batch is its examples' sum divided by its window's examples, so that every optimizer step
+    averages over the examples it really saw: the last window of an epoch may hold fewer micro-batches than
+    --gradient_accumulation_steps, and its last batch fewer examples. Only an epoch's last batch can be short: with
+    several processes accelerate completes it (`even_batches`), with one it holds what is left.
+    """
+
+    def __init__(self, num_batches: int, batch_size: int, num_examples: int, steps: int, num_processes: int):
+        self.num_batches, self.batch_size, self.steps = num_batches, batch_size, steps
+        last = num_examples - (num_batches - 1) * batch_size
+        self.last_size = batch_size if num_processes > 1 or last <= 0 else min(last, batch_size)
+
+    @classmethod
+    def of(cls, loader, dataset, args, accelerator: Accelerator) -> AccumulationWindows:
+        """The windows of this process's prepared training `loader` over `dataset`."""
+        accumulation, num_processes = args.gradient_accumulation_steps, accelerator.num_processes
+        return cls(len(loader), args.per_device_train_batch_size, len(dataset), accumulation, num_processes)
+
+    def batch_size_of(self, index: int) -> int:
+        return self.last_size if index == self.num_batches - 1 else self.batch_size
+
+    def examples(self, index: int, batch_size: int) -> int:
+        """Examples in the window holding batch `index` (0-based within the epoch), whose size is `batch_size`."""
+        if batch_size != self.batch_size_of(index):  # a loader that does not batch as assumed: a bug, not bad input
+            raise RuntimeError(
+                f"Batch {index} holds {batch_size} examples, not the {self.batch_size_of(index)} expected."
+            )
+        start = (index // self.steps) * self.steps
+        end = min(start + self.steps, self.num_batches)
+        return sum(self.batch_size_of(i) for i in range(start, end))
+
+
+class LossMeter:
+    """The mean training loss, the throughput and the time spent waiting for data since the last read, over all
+    processes.
+
+    The sums stay on the device between reads: a `.item()` per step would make every step wait for the accelerator.
+    The data wait is this process's time inside `next()` of the training loader (`batches`): the workers' queue plus
+    the host-to-device copy, as the loop sees it; a large share of the step time means the loader is the bottleneck.
+    """
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.totals = torch.zeros(2, device=accelerator.device)  # loss sum, examples
+        self.start = time.perf_counter()
+        self.data_wait = 0.0
+
+    def batches(self, loader: Iterable) -> Iterator:
+        """`loader`'s batches, timing each wait for the next one."""
+        iterator = iter(loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.data_wait += time.perf_counter() - start
+            yield batch
+
+    def add(self, losses: torch.Tensor) -> None:
+        self.totals[0] += losses.detach().sum()
+        self.totals[1] += losses.numel()
+
+    def read(self) -> tuple[float, float, float]:
+        """(mean loss, images/s, seconds waited for data) since the last read."""
+        loss_sum, examples = self.accelerator.reduce(self.totals, "sum").tolist()
+        elapsed = time.perf_counter() - self.start
+        data_wait = self.data_wait
+        self.totals.zero_()
+        self.start, self.data_wait = time.perf_counter(), 0.0
+        return loss_sum / max(examples, 1), round(examples / elapsed, 2), round(data_wait, 4)
+
+
+class Interrupted(Exception):
+    """The run stopped by Ctrl-C; the message says what it reached, what is saved and how to go on."""
+
+
+def resume_advice(output_dir: Path) -> str:
+    """How to go on from what `output_dir` holds: the last complete checkpoint, or none yet."""
+    last = [p.name for p in list_checkpoints(output_dir)]
+    if last:
+        return f"the last complete checkpoint is {last[-1]}: resume with --resume_from_checkpoint latest"
+    return "no checkpoint was written yet (see --checkpointing_steps)"
+
+
+@contextlib.contextmanager
+def interruption_report(output_dir: Path, state: TrainerState) -> Iterator[None]:
+    """Ctrl-C during training ends with one line saying where the run stands and how to resume it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at step {state.completed_steps}; {resume_advice(output_dir)}.") from None
+
+
+def gather_bad_rows(accelerator: Accelerator, dataset: ImageClassificationDataset, known: list[int]) -> list[int]:
+    """Unreadable rows found by any process so far, with those recorded before a resume."""
+    return sorted(set(known) | set(gather_object(dataset.bad_rows)))
+
+
+def save_step_checkpoint(
+    accelerator: Accelerator, model, state: TrainerState, datasets: tuple, args, frozen: bool, reporter: Reporter
+) -> None:
+    """Save `checkpoint-{step}` (with the unreadable rows found so far), rotate old ones, push it if asked."""
+    output_dir = Path(args.output_dir)
+    reporter.claim()
+    if state.best_step == state.completed_steps:
+        state.best_checkpoint = f"checkpoint-{state.completed_steps}"
+    state.bad_rows = {
+        split: gather_bad_rows(accelerator, dataset, state.bad_rows.get(split, []))
+        for split, dataset in zip(("train", "validation"), datasets)
+    }
+    saved = save_checkpoint(
+        accelerator,
+        output_dir,
+        state,
+        methods.base_config(accelerator.unwrap_model(model)),
+        methods.state_kwargs(accelerator, frozen, saving=True),
+    )
+    if accelerator.is_main_process:
+        rotate_checkpoints(output_dir, args.save_total_limit, keep=state.best_checkpoint)
+        if args.push_to_hub and args.hub_strategy == "checkpoint":
+            push_to_hub(saved, args.hub_model_id, args.hub_private_repo, "last-checkpoint", args.hub_token)
