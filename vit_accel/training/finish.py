@@ -27,7 +27,7 @@ from .arguments import recorded_arguments, recorded_command
 from .checkpointing import TrainerState, list_checkpoints
 from .distributed import parameter_checksum
 from .loop import Interrupted, gather_bad_rows
-from .reporting import CURVES_FILE, RESULTS_FILE, Reporter, plot_curves
+from .reporting import CURVES_FILE, FINAL_OUTPUTS, RESULTS_FILE, Reporter, plot_curves
 
 
 def write_image_processor(directory: Path, size, mean, std) -> None:
@@ -43,12 +43,14 @@ class FinalPhase:
 
     def __init__(self, output_dir: Path, step: int):
         self.output_dir, self.step = output_dir, step
-        self.stage, self.saved, self.complete = "gathering the results", [], False
+        self.stage, self.complete = "gathering the results", False
 
-    def reached(self, stage: str, *saved: str) -> None:
-        """Entering `stage`, with `saved` written by the one before."""
+    def reached(self, stage: str) -> None:
         self.stage = stage
-        self.saved += saved
+
+    def saved(self) -> list[str]:
+        """The final outputs in the directory (those of an earlier run went when this one claimed it)."""
+        return [name for name in FINAL_OUTPUTS if (self.output_dir / name).exists()]
 
     def interrupted(self) -> Interrupted:
         if self.complete:
@@ -56,7 +58,7 @@ class FinalPhase:
                 f"interrupted at step {self.step}, while {self.stage}; the run is complete: {self.output_dir} holds "
                 f"its final model and {RESULTS_FILE}."
             )
-        saved = f"{', '.join(self.saved)} saved" if self.saved else "nothing of the final save written yet"
+        saved = f"{', '.join(self.saved())} saved" if self.saved() else "nothing of the final save written yet"
         last = list_checkpoints(self.output_dir)
         if last and last[-1].name == f"checkpoint-{self.step}":
             advice = f"resume with --resume_from_checkpoint latest ({last[-1].name}) to finish the final save"
@@ -98,15 +100,15 @@ def finish_run(
         size = methods.base_config(accelerator.unwrap_model(model)).image_size
         phase.reached("saving the final model")
         if args.peft:
-            saved = save_adapter_outputs(accelerator, saved_model, output_dir, args, size, normalisation, final, record)
+            save_adapter_outputs(accelerator, saved_model, output_dir, args, size, normalisation, final, record)
         else:
-            saved = save_final_model(accelerator, saved_model, output_dir, size, normalisation, record)
-        phase.reached("writing the curves and the model card", *saved)
+            save_final_model(accelerator, saved_model, output_dir, size, normalisation, record)
+        phase.reached("writing the curves and the model card")
         if accelerator.is_main_process:
             plot_curves(reporter.log.records(), output_dir / CURVES_FILE)
             if not args.peft:  # the adapter directory has its own card, saying how to load it
                 write_model_card(output_dir, final)
-            phase.reached(f"writing {RESULTS_FILE}", CURVES_FILE, *(() if args.peft else ("README.md",)))
+            phase.reached(f"writing {RESULTS_FILE}")
             _write_atomically(output_dir / RESULTS_FILE, json.dumps(final, indent=2) + "\n")
         accelerator.wait_for_everyone()
         phase.complete = True
@@ -214,7 +216,7 @@ def full_precision_state_dict(accelerator: Accelerator, model) -> dict:
 
 def save_final_model(
     accelerator: Accelerator, model, output_dir: Path, size, normalisation: tuple, record: dict
-) -> list[str]:
+) -> None:
     """`save_pretrained` from the full state dict (gathered under ZeRO-3 and FSDP), the image processor and
     `training_args.json` (`record`: the command and the arguments); the names written."""
     accelerator.wait_for_everyone()
@@ -232,7 +234,6 @@ def save_final_model(
         write_image_processor(output_dir, size, *normalisation)
         (output_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
-    return ["the model", "preprocessor_config.json", "training_args.json"]
 
 
 def save_adapter_outputs(
@@ -244,23 +245,19 @@ def save_adapter_outputs(
     normalisation: tuple,
     results: dict,
     record: dict,
-) -> list[str]:
+) -> None:
     """The adapter directory: adapter, `classifier_config.json`, image processor, `training_args.json` (`record`),
     the card (with `results`); `merged/` with `--merge_adapter`. `model` is the peft model as trained (prepared or
-    not) or its EMA copy. Returns the names written."""
+    not) or its EMA copy."""
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
-    written = ["the adapter", "preprocessor_config.json"]
     if accelerator.is_main_process:
         save_adapter(model, output_dir)
         write_image_processor(output_dir, size, *normalisation)
         if args.merge_adapter:
             save_merged(model, output_dir / MERGED_DIR)
             write_image_processor(output_dir / MERGED_DIR, size, *normalisation)
-            written.append(f"{MERGED_DIR}/")
         (output_dir / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
         trainable, total = count_parameters(model)
         write_adapter_card(output_dir, results, trainable, total, record["command"])
-        written += ["training_args.json", "README.md"]
     accelerator.wait_for_everyone()
-    return written
