@@ -3,18 +3,13 @@ share of the step time the training loop spends waiting for data.
 
 The run is `train.main([...])` itself, in this process, on a generated CIFAR-like dataset (32x32 PNGs cut from
 scikit-learn's sample photos, 100 classes, written with `save_to_disk`) and the `cifar` preset: crop/flip/AutoAugment
-at 32 px in the DataLoader workers, the resize to the model's size on the accelerator. train.py is not modified: two
-timers are wrapped around the loader from outside, for the training loader only (the eval loader is not counted):
+at 32 px in the DataLoader workers, the resize to the model's size on the accelerator. The figures are train.py's
+own, read from its `log.jsonl` (one record per step): images/s, and "waiting for data", its `data_wait_seconds`
+(time inside `next()` of the prepared training loader, as the loop sees it: the workers' queue plus the
+host-to-device copy) as a share of the step time. The loader is the bottleneck exactly when that share is large.
 
-- "waiting for the loader": time inside the DataLoader iterator's `__next__` (the workers' queue): the loader is
-  the bottleneck exactly when this is a large share of the step time;
-- "in next(loader)": time inside the prepared (accelerate) loader's `next`, as the loop sees it: the above plus the
-  host-to-device copy. On CUDA that copy is a blocking one (accelerate's default `non_blocking=False`), so this also
-  includes waiting for the previous step's GPU work to finish.
-
-The first `--skip_steps` steps (worker start-up, compilation, allocator warm-up) are left out; images/s is measured
-from the host's step boundaries over the remaining steps (train.py's own logged figure is shown beside it). It needs
-`datasets` and `evaluate` (train.py imports them); where they are missing it prints why and writes a "skipped" table.
+The first `--skip_steps` steps (worker start-up, compilation, allocator warm-up) are left out. It needs `datasets`
+and `evaluate` (train.py imports them); where they are missing it prints why and writes a "skipped" table.
 
 Usage:
     python bench/end_to_end.py                      # this CPU: S/16 at 96 px, batch 16, 1 worker
@@ -33,6 +28,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -94,79 +90,42 @@ def make_dataset(path: Path, num_images: int, num_eval: int, seed: int = 0) -> N
     datasets.DatasetDict(splits).save_to_disk(str(path))
 
 
-def _is_training(dataset) -> bool:
-    """train.py's training set is the one whose augmentation pipeline is in training mode."""
-    return bool(getattr(getattr(dataset, "pipeline", None), "train", False))
+def read_log(output_dir: Path) -> list[dict]:
+    """train.py's step records so far (a last line still being written is left for the next read)."""
+    path = output_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return [record for record in records if "loss" in record]
 
 
-class LoaderClock:
-    """Records (start, end) of every `next` on the training loader, at both levels (see the module docstring)."""
+def summary(records: list[dict], skip: int) -> dict:
+    """images/s and the share of the step time spent waiting for data, over the steps after `skip`."""
+    timed = [record for record in records if record["step"] > skip]
+    if not timed:
+        raise RuntimeError(f"Only {len(records)} steps were logged; need more than {skip}.")
+    # One record per step: its images/s is the step's global batch over the step's wall time.
+    seconds = sum(record["global_batch"] / record["images_per_second"] for record in timed)
+    return {
+        "steps_timed": len(timed),
+        "seconds": seconds,
+        "images_per_second": sum(record["global_batch"] for record in timed) / seconds,
+        "data_wait_fraction": sum(record["data_wait_seconds"] for record in timed) / seconds,
+    }
 
-    def __init__(self, on_eval=None) -> None:
-        self.outer: list[tuple[float, float]] = []
-        self.inner: list[tuple[float, float]] = []
-        self._restore: list = []
-        self._on_eval = on_eval  # called once, when the first eval loader starts: training is over by then
 
-    def install(self) -> None:
-        import accelerate.data_loader as accelerate_loader
-        from torch.utils.data import dataloader as torch_loader
-
-        clock = self
-        original_iter = accelerate_loader.DataLoaderShard.__iter__
-        original_next = torch_loader._BaseDataLoaderIter.__next__
-
-        def timed_iter(loader):
-            iterator, training = original_iter(loader), _is_training(loader.dataset)
-            if not training and clock._on_eval is not None:
-                callback, clock._on_eval = clock._on_eval, None
-                callback()
-            while True:
-                start = time.perf_counter()
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    return
-                if training:
-                    clock.outer.append((start, time.perf_counter()))
-                yield batch
-
-        def timed_next(iterator):
-            start = time.perf_counter()
-            batch = original_next(iterator)
-            if _is_training(iterator._dataset):
-                clock.inner.append((start, time.perf_counter()))
-            return batch
-
-        accelerate_loader.DataLoaderShard.__iter__ = timed_iter
-        torch_loader._BaseDataLoaderIter.__next__ = timed_next
-        self._restore = [
-            (accelerate_loader.DataLoaderShard, "__iter__", original_iter),
-            (torch_loader._BaseDataLoaderIter, "__next__", original_next),
-        ]
-
-    def uninstall(self) -> None:
-        for owner, name, original in self._restore:
-            setattr(owner, name, original)
-        self._restore = []
-
-    def summary(self, batch_size: int, skip: int) -> dict:
-        """images/s and waiting shares over the steps after `skip` (step i = from the i-th next to the (i+1)-th)."""
-        if len(self.outer) < skip + 2:
-            raise RuntimeError(f"Only {len(self.outer)} training batches were timed; need more than {skip + 1}.")
-        window = self.outer[skip:]
-        begin, end = window[0][0], window[-1][0]
-        steps = len(window) - 1
-        seconds = end - begin
-        outer_wait = sum(stop - start for start, stop in window[:-1])
-        inner_wait = sum(stop - start for start, stop in self.inner if begin <= start < end)
-        return {
-            "steps_timed": steps,
-            "seconds": seconds,
-            "images_per_second": batch_size * steps / seconds,
-            "loader_wait_fraction": inner_wait / seconds,
-            "next_wait_fraction": outer_wait / seconds,
-        }
+def watch(output_dir: Path, steps: int, on_trained, stop: threading.Event) -> None:
+    """Call `on_trained` once train.py has logged all `steps` (before its final evaluation), unless stopped."""
+    while not stop.wait(0.2):
+        records = read_log(output_dir)
+        if records and records[-1]["step"] >= steps:
+            on_trained(records)
+            return
 
 
 def train_argv(args, data_dir: Path, output_dir: Path) -> list[str]:
@@ -176,7 +135,7 @@ def train_argv(args, data_dir: Path, output_dir: Path) -> list[str]:
         "--dataset_name", str(data_dir), "--augmentation", "cifar",
         "--dataloader_num_workers", str(args.workers),
         "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", str(args.batch_size),
-        "--max_train_steps", str(args.steps), "--logging_steps", str(max(args.steps // 4, 1)),
+        "--max_train_steps", str(args.steps), "--logging_steps", "1",
         "--eval_steps", str(args.steps), "--learning_rate", "1e-4", "--num_warmup_steps", "0",
         "--seed", "0", "--output_dir", str(output_dir), "--overwrite_output_dir",
     ]  # fmt: skip
@@ -189,19 +148,18 @@ def train_argv(args, data_dir: Path, output_dir: Path) -> list[str]:
 
 def format_table(result: dict) -> str:
     head = (
-        "| device | model | batch | workers | compiled | steps timed | images/s | waiting for the loader "
-        "| in next(loader), incl. the copy | train.py's logged images/s |"
+        "| device | model | batch | workers | compiled | steps timed | images/s | waiting for data "
+        "| train.py's last logged images/s |"
     )
-    lines = [head, "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     if "skipped" in result:
-        lines.append(f"| {result['device']} | skipped: {result['skipped']} | | | | | | | | |")
+        lines.append(f"| {result['device']} | skipped: {result['skipped']} | | | | | | | |")
         return "\n".join(lines) + "\n"
     logged = result.get("logged_images_per_second")
     lines.append(
         f"| {result['device']} | {result['model']} | {result['batch_size']} | {result['workers']} | "
         f"{'yes' if result['compiled'] else 'no'} | {result['steps_timed']} | {result['images_per_second']:,.1f} | "
-        f"{result['loader_wait_fraction']:.1%} | {result['next_wait_fraction']:.1%} | "
-        f"{f'{logged:,.1f}' if logged else '-'} |"
+        f"{result['data_wait_fraction']:.1%} | {f'{logged:,.1f}' if logged else '-'} |"
     )
     return "\n".join(lines) + "\n"
 
@@ -269,26 +227,26 @@ def run(args) -> dict:
         result["dataset_seconds"] = time.perf_counter() - start
         train = importlib.import_module("train")
 
-        def save_early() -> None:
+        def save_early(records: list[dict]) -> None:
             # Written before train.py's final evaluation (which recompiles a compiled model for eval mode), so that a
             # run stopped at its time limit there still leaves the training figures.
-            early = {**result, **clock.summary(args.batch_size, args.skip_steps), "complete": False}
-            save(args, early | describe(args))
+            save(args, {**result, **summary(records, args.skip_steps), "complete": False} | describe(args))
 
-        clock = LoaderClock(on_eval=save_early)
-        clock.install()
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch, args=(output_dir, args.steps, save_early, stop), daemon=True)
+        watcher.start()
         try:
             final = train.main(train_argv(args, data_dir, output_dir))
         finally:
-            clock.uninstall()
-        log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
-    logged = [record["images_per_second"] for record in log if "images_per_second" in record]
+            stop.set()
+            watcher.join()
+        records = read_log(output_dir)
     result.update(
         describe(args),
         train_steps=final["train_steps"],
-        logged_images_per_second=logged[-1] if logged else None,
+        logged_images_per_second=records[-1]["images_per_second"] if records else None,
         complete=True,
-        **clock.summary(args.batch_size, args.skip_steps),
+        **summary(records, args.skip_steps),
     )
     return result
 

@@ -182,6 +182,11 @@ FLAG_CASES = {
 LORA_CASES = {
     "target matching no module": (["--lora_target_modules", "q_proj,qkv"], ["--lora_target_modules", "'qkv'"]),
     "freezing with an adapter": (["--freeze", "backbone"], ["--freeze/--freeze_layers cannot be combined"]),
+    "lora rank 0": (["--lora_r", "0"], ["--lora_r must be at least 1, got 0"]),
+    "lora alpha 0": (["--lora_alpha", "0"], ["--lora_alpha must be a positive number, got 0.0"]),
+    "lora alpha nan": (["--lora_alpha", "nan"], ["--lora_alpha must be a positive number, got nan"]),
+    "lora dropout 1": (["--lora_dropout", "1"], ["--lora_dropout must be in [0, 1), got 1.0"]),
+    "negative lora dropout": (["--lora_dropout", "-0.1"], ["--lora_dropout must be in [0, 1), got -0.1"]),
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | str) -> N
         )
 
 
+def check_lora(r: int, alpha: float, dropout: float) -> None:
+    """The ranges of the LoRA settings (train.py checks them with its other flags, before anything is loaded)."""
+    if r < 1:
+        raise UserError(f"--lora_r must be at least 1, got {r}.")
+    # `not x > 0` rather than `x <= 0`: NaN fails every comparison and must be refused too.
+    if not alpha > 0 or math.isinf(alpha):
+        raise UserError(f"--lora_alpha must be a positive number, got {alpha}.")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"--lora_dropout must be in [0, 1), got {dropout}.")
+
+
 def apply_lora(
     model: nn.Module,
     r: int = 8,
@@ -74,12 +86,7 @@ def apply_lora(
     """`model` wrapped by `peft.get_peft_model`: LoRA (or DoRA) on `target_modules`, the classifier fully trained."""
     from peft import LoraConfig, get_peft_model
 
-    if r < 1:
-        raise UserError(f"--lora_r must be at least 1, got {r}.")
-    if alpha <= 0:
-        raise UserError(f"--lora_alpha must be positive, got {alpha}.")
-    if not 0.0 <= dropout < 1.0:
-        raise UserError(f"--lora_dropout must be in [0, 1), got {dropout}.")
+    check_lora(r, alpha, dropout)
     targets = list(DEFAULT_TARGET_MODULES) if target_modules is None else target_modules
     check_target_modules(model, targets)
     config = LoraConfig(

@@ -27,3 +27,32 @@ def test_a_corrupt_line_in_the_middle_names_the_file_and_line(tmp_path):
     log.path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(UserError, match=r"log.jsonl, line 2: not a JSON record"):
         log.records()
+
+
+def test_a_claimed_directory_keeps_nothing_of_the_final_save_it_replaces(tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    from vit_accel.training.reporting import Reporter
+
+    PartialState(cpu=True)  # accelerate's logger needs it
+
+    for name in ("config.json", "model.safetensors", "adapter_config.json", "all_results.json", "README.md"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model-00001-of-00002.safetensors").write_text("")
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "model.safetensors").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")  # not a run's output: left alone
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    accelerator = SimpleNamespace(is_main_process=True, is_local_main_process=True)
+    reporter = Reporter(accelerator, tmp_path, total_steps=4, initial_step=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "adapter_config.json", "all_results.json", "README.md", "merged",
+         "model-00001-of-00002.safetensors", "notes.txt", "log.jsonl"]
+    )  # fmt: skip
+    try:
+        reporter.claim()  # the run's first write: only now does the old run go
+    finally:
+        PartialState._reset_state()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -280,13 +280,14 @@ class TrainingArguments:
     def _check_methods(self) -> None:
         """The fine-tuning method flags, alone and together (those needing the model or the accelerate config are
         checked once these exist, still before any training)."""
-        from ..adapters import PEFT_METHODS
+        from ..adapters import PEFT_METHODS, check_lora
         from .ema import check_ema
         from .layer_decay import check_layer_decay
         from .mixing import check_mixing
 
         if self.peft is not None and self.peft not in PEFT_METHODS:
             raise UserError(f"--peft must be one of {', '.join(PEFT_METHODS)}, got {self.peft!r}.")
+        check_lora(self.lora_r, self.lora_alpha, self.lora_dropout)
         for flag, value in (("--merge_adapter", self.merge_adapter), ("--use_dora", self.use_dora)):
             if value and self.peft is None:
                 raise UserError(f"{flag} needs --peft lora.")
