@@ -48,38 +48,55 @@ register_checkpoint_conversion_mapping(
 )
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_POSITIVE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels")
+_PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+
+
+def field_problem(name: str, value) -> str | None:
+    """Why the model cannot be built with `value` as its field `name`, as a phrase ("must be ..."); None when it can
+    (or when `name` is checked only against other fields, as `check_config` does)."""
+    if name in _POSITIVE_FIELDS and not _positive_int(value):
+        return "must be a positive integer"
+    if name in ("image_size", "patch_size"):
+        try:
+            pair = _pair(value)
+        except (TypeError, ValueError):
+            return "must be a positive integer or a pair of them"
+        if not all(_positive_int(v) for v in pair):
+            return "must be a positive integer or a pair of them"
+    if name in _PROBABILITY_FIELDS and (
+        not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0
+    ):
+        return "must be in [0, 1)"
+    if name in ("representation_size", "pooler_output_size") and value is not None and not _positive_int(value):
+        return "must be None or a positive integer"
+    if name in ("hidden_act", "pooler_act") and isinstance(value, str) and value not in ACT2FN:
+        return "is not an activation transformers knows (transformers.activations.ACT2FN)"
+    return None
+
+
 def _config_problems(config: ViTAccelConfig) -> list[str]:
     """What makes `config` unbuildable, one phrase per inconsistent field (empty when the model can be built)."""
     problems = []
-
-    def positive_int(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels"):
-        if not positive_int(getattr(config, name)):
-            problems.append(f"{name} must be a positive integer, got {getattr(config, name)!r}")
+    for name in (*_POSITIVE_FIELDS, *_PROBABILITY_FIELDS, "representation_size", "pooler_output_size"):
+        if (problem := field_problem(name, getattr(config, name, None))) is not None:
+            problems.append(f"{name} {problem}, got {getattr(config, name)!r}")
     heads = config.num_attention_heads
-    if positive_int(config.hidden_size) and positive_int(heads) and config.hidden_size % heads:
+    if _positive_int(config.hidden_size) and _positive_int(heads) and config.hidden_size % heads:
         problems.append(f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads ({heads})")
-    try:
-        image, patch = _pair(config.image_size), _pair(config.patch_size)
-    except (TypeError, ValueError):
-        problems.append(f"image_size {config.image_size!r} and patch_size {config.patch_size!r} must be ints or pairs")
-    else:
-        if not all(positive_int(v) for v in (*image, *patch)):
-            problems.append(
-                f"image_size {config.image_size!r} and patch_size {config.patch_size!r} must be positive integers"
-            )
-        elif image[0] % patch[0] or image[1] % patch[1]:
-            problems.append(f"image_size {config.image_size!r} must be a multiple of patch_size {config.patch_size!r}")
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
-        value = getattr(config, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-            problems.append(f"{name} must be in [0, 1), got {value!r}")
-    for name in ("representation_size", "pooler_output_size"):
-        value = getattr(config, name, None)
-        if value is not None and not positive_int(value):
-            problems.append(f"{name} must be None or a positive integer, got {value!r}")
+    image, patch = config.image_size, config.patch_size
+    if field_problem("image_size", image) is not None or field_problem("patch_size", patch) is not None:
+        try:
+            _pair(image), _pair(patch)
+            problems.append(f"image_size {image!r} and patch_size {patch!r} must be positive integers")
+        except (TypeError, ValueError):
+            problems.append(f"image_size {image!r} and patch_size {patch!r} must be ints or pairs")
+    elif _pair(image)[0] % _pair(patch)[0] or _pair(image)[1] % _pair(patch)[1]:
+        problems.append(f"image_size {image!r} must be a multiple of patch_size {patch!r}")
     representation, pooler = config.representation_size, getattr(config, "pooler_output_size", None)
     if representation is not None and pooler is not None and representation != pooler:
         problems.append(
@@ -88,7 +105,7 @@ def _config_problems(config: ViTAccelConfig) -> list[str]:
         )
     for name in ("hidden_act", "pooler_act"):
         value = getattr(config, name, None)
-        if isinstance(value, str) and value not in ACT2FN:
+        if field_problem(name, value) is not None:
             problems.append(f"{name} {value!r} is not an activation transformers knows (transformers.activations)")
     return problems
 

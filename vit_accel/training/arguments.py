@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AttentionInterface, HfArgumentParser
 
+from ..adapters import PEFT_METHODS, check_lora
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..data import DataArguments
 from ..errors import UserError, redact
+from ..modeling_vit_accel import check_config, field_problem
+from .ema import check_ema
+from .layer_decay import check_layer_decay
+from .mixing import MixingConfig, check_mixing
 
 # What --config_overrides may set: the model's own fields (not transformers' bookkeeping such as model_type).
 CONFIG_OVERRIDE_FIELDS: tuple[str, ...] = (*ViTAccelConfig.__annotations__, "problem_type")
@@ -68,15 +74,11 @@ class ModelArguments:
         overrides = self.parsed_overrides()
         _check_override_values(overrides, "--image_size" if self.image_size is not None else None)
         if self.from_scratch and self.model_name_or_path in VIT_VARIANTS:
-            from ..modeling_vit_accel import check_config
-
             try:
                 check_config(ViTAccelConfig.from_variant(self.model_name_or_path, **overrides))
             except ValueError as error:
                 raise UserError(f"--config_overrides {self.config_overrides!r}: {error}") from error
         if self.attn_implementation is not None:
-            from transformers import AttentionInterface
-
             known = ["eager", *AttentionInterface().valid_keys()]
             # "org/repo[:function]" names a kernel on the Hub, which transformers fetches when the model is built.
             if self.attn_implementation not in known and "/" not in self.attn_implementation:
@@ -262,8 +264,6 @@ class TrainingArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise UserError("--push_to_hub needs --hub_model_id user/name.")
         if self.hub_model_id is not None:
-            from huggingface_hub.utils import HFValidationError, validate_repo_id
-
             try:
                 validate_repo_id(self.hub_model_id)
             except HFValidationError as error:
@@ -280,11 +280,6 @@ class TrainingArguments:
     def _check_methods(self) -> None:
         """The fine-tuning method flags, alone and together (those needing the model or the accelerate config are
         checked once these exist, still before any training)."""
-        from ..adapters import PEFT_METHODS, check_lora
-        from .ema import check_ema
-        from .layer_decay import check_layer_decay
-        from .mixing import check_mixing
-
         if self.peft is not None and self.peft not in PEFT_METHODS:
             raise UserError(f"--peft must be one of {', '.join(PEFT_METHODS)}, got {self.peft!r}.")
         check_lora(self.lora_r, self.lora_alpha, self.lora_dropout)
@@ -301,9 +296,7 @@ class TrainingArguments:
             raise UserError(f"--final_model {self.final_model} needs --ema_decay.")
         check_mixing(self.mixing_config())
 
-    def mixing_config(self):
-        from .mixing import MixingConfig
-
+    def mixing_config(self) -> MixingConfig:
         return MixingConfig(
             mixup_alpha=self.mixup_alpha,
             cutmix_alpha=self.cutmix_alpha,
@@ -315,20 +308,10 @@ class TrainingArguments:
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
 
-_POSITIVE_INTS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "image_size",
-    "patch_size",
-)
-_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
-
 
 def _check_override_values(overrides: dict, image_size_flag: str | None) -> None:
-    """Refuse a --config_overrides value the model cannot be built with, naming it, whatever the source model."""
-    from transformers.activations import ACT2FN
+    """Refuse a --config_overrides value the model cannot be built with (the model's own `field_problem`), or that
+    train.py cannot train, naming it, whatever the source model."""
 
     def refuse(key: str, value, expected: str):
         flag = image_size_flag if key == "image_size" and image_size_flag else "--config_overrides"
@@ -336,18 +319,13 @@ def _check_override_values(overrides: dict, image_size_flag: str | None) -> None
         raise UserError(f"{flag} {shown}: {expected}.")
 
     for key, value in overrides.items():
-        is_int = isinstance(value, int) and not isinstance(value, bool)
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in _POSITIVE_INTS and not (is_int and value > 0):
-            refuse(key, value, "must be a positive integer")
-        if key in ("representation_size", "pooler_output_size") and value is not None and not (is_int and value > 0):
-            refuse(key, value, "must be a positive integer or None")
-        if key in _PROBABILITIES and not (is_number and 0 <= value < 1):
-            refuse(key, value, "must be in [0, 1)")
+        if (problem := field_problem(key, value)) is not None:
+            refuse(key, value, problem)
+        if key in ("hidden_act", "pooler_act") and not isinstance(value, str):
+            refuse(key, value, "is not an activation transformers knows (transformers.activations.ACT2FN)")
         if key in ("layer_norm_eps", "initializer_range") and not (is_number and value > 0):
             refuse(key, value, "must be a positive number")
-        if key in ("hidden_act", "pooler_act") and value not in ACT2FN:
-            refuse(key, value, "is not an activation transformers knows (transformers.activations.ACT2FN)")
         if key == "qkv_bias" and not isinstance(value, bool):
             refuse(key, value, "must be true or false")
         if key == "num_channels" and value != 3:

@@ -27,6 +27,7 @@ from .arguments import recorded_arguments, recorded_command
 from .checkpointing import TrainerState, list_checkpoints
 from .distributed import parameter_checksum
 from .loop import Interrupted, gather_bad_rows
+from .model import base_config
 from .reporting import CURVES_FILE, FINAL_OUTPUTS, RESULTS_FILE, Reporter, plot_curves
 
 
@@ -97,7 +98,7 @@ def finish_run(
         command = recorded_command([os.path.basename(sys.argv[0]), *sys.argv[1:]])
         record = {"command": command, **recorded_arguments(model_args, data_args, args)}
         saved_model = ema.module if final["final_model"] == "ema" else model
-        size = methods.base_config(accelerator.unwrap_model(model)).image_size
+        size = base_config(accelerator.unwrap_model(model)).image_size
         phase.reached("saving the final model")
         if args.peft:
             save_adapter_outputs(accelerator, saved_model, output_dir, args, size, normalisation, final, record)

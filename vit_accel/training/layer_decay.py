@@ -3,7 +3,7 @@
 With L blocks, the embeddings (patch projection, position embeddings, CLS) are layer 0, block i is layer i + 1, and
 everything after the last block (final norm, pre_logits, classifier) is layer L + 1. A parameter of layer `id` learns
 at `learning_rate * decay ** (L + 1 - id)`: the head at the full rate, the embeddings at `decay ** (L + 1)` of it.
-Weight decay is exempted exactly as in `optim.parameter_groups`.
+Weight decay is exempted as everywhere (`weight_decay.is_decayed`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from torch import nn
 
 from ..errors import UserError
-from .optim import _NO_DECAY_NAMES
+from .weight_decay import is_decayed
 
 # Names as they appear in our model, also when wrapped by peft (`base_model.model.vit.layers.3...`).
 _BLOCK_RE = re.compile(r"(?:^|\.)vit\.layers\.(\d+)\.")
@@ -34,11 +34,6 @@ def layer_id(name: str, num_layers: int) -> int:
     if match:
         return int(match[1]) + 1
     return num_layers + 1
-
-
-def is_decayed(name: str, ndim: int) -> bool:
-    """Weight decay applies to matrices and kernels, never to biases, norms, position embeddings or CLS."""
-    return not (ndim <= 1 or name.endswith(".bias") or any(key in name for key in _NO_DECAY_NAMES))
 
 
 def layer_decay_parameter_groups(

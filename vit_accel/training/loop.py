@@ -16,6 +16,7 @@ from ..data import ImageClassificationDataset
 from ..hub import push_to_hub
 from . import methods
 from .checkpointing import TrainerState, list_checkpoints, rotate_checkpoints, save_checkpoint
+from .model import base_config
 from .reporting import Reporter
 
 
@@ -136,7 +137,7 @@ def save_step_checkpoint(
         accelerator,
         output_dir,
         state,
-        methods.base_config(accelerator.unwrap_model(model)),
+        base_config(accelerator.unwrap_model(model)),
         methods.state_kwargs(accelerator, frozen, saving=True),
     )
     if accelerator.is_main_process:

@@ -14,16 +14,15 @@ from ..adapters import (
     apply_lora,
     base_model_reference,
     check_target_modules,
-    count_parameters,  # noqa: F401  (re-exported for the loop)
+    count_parameters,
     parse_target_modules,
 )
 from ..errors import UserError
 from .arguments import ModelArguments, TrainingArguments
 from .ema import WeightEMA, check_ema
-from .freezing import (  # noqa: F401  (has_frozen_parameters re-exported for the loop)
+from .freezing import (
     apply_freezing,
     check_freezing,
-    has_frozen_parameters,
     register_trainable_only_checkpointing,
 )
 from .mixing import BatchMixer, mixing_seed, soft_target_cross_entropy
@@ -153,12 +152,6 @@ def ema_checksums(accelerator: Accelerator, ema: WeightEMA | None) -> dict:
         return {}
     checksum = torch.stack([p.detach().float().sum() for p in ema.module.parameters()]).sum().reshape(1)
     return {"ema_replica_checksums": accelerator.gather(checksum).tolist()}
-
-
-def base_config(model: nn.Module):
-    """The ViT configuration, also of a peft-wrapped model."""
-    get_base_model = getattr(model, "get_base_model", None)
-    return (get_base_model() if get_base_model is not None else model).config
 
 
 def state_kwargs(accelerator: Accelerator, frozen: bool, saving: bool) -> dict:

@@ -6,6 +6,8 @@ import difflib
 import json
 from pathlib import Path
 
+from torch import nn
+
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForImageClassification
@@ -85,3 +87,9 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
         )
     mean, std = _normalisation(source)
     return model, mean, std
+
+
+def base_config(model: nn.Module):
+    """The ViT configuration of `model`, also when peft wraps it."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return (get_base_model() if get_base_model is not None else model).config

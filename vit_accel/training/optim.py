@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers import get_scheduler
 
-from .arguments import TrainingArguments
+from .layer_decay import layer_decay_parameter_groups
+from .model import base_config
+from .weight_decay import is_decayed
 
-# Parameters that are not weights of a linear map: decaying them hurts (Google, timm and transformers all exempt them).
-_NO_DECAY_NAMES = ("position_embeddings", "cls_token")
+if TYPE_CHECKING:  # annotations only: arguments.py checks --layer_decay with layer_decay.py, which this imports
+    from .arguments import TrainingArguments
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -18,10 +22,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or any(key in name for key in _NO_DECAY_NAMES):
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        (decay if is_decayed(name, param.ndim) else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -32,9 +33,7 @@ def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Op
     """AdamW (fused) or SGD with momentum, as chosen by `--optimizer`, over the trainable parameters; with
     `--layer_decay`, one group per layer and decay class, each at its scaled rate."""
     if args.layer_decay is not None:
-        from .layer_decay import layer_decay_parameter_groups
-
-        num_layers = _unwrapped_config(model).num_hidden_layers
+        num_layers = base_config(model).num_hidden_layers
         groups = layer_decay_parameter_groups(
             model, args.learning_rate, args.weight_decay, args.layer_decay, num_layers
         )
@@ -47,12 +46,6 @@ def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Op
     return torch.optim.AdamW(
         groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), fused=fused or None
     )
-
-
-def _unwrapped_config(model: nn.Module):
-    """The ViT configuration of the model, also when peft wraps it."""
-    get_base_model = getattr(model, "get_base_model", None)
-    return (get_base_model() if get_base_model is not None else model).config
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):

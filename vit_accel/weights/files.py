@@ -75,10 +75,32 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
+# timm's own training checkpoints wrap the weights; DDP adds "module.".
+_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def unwrap(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The flat tensor dict inside a torch checkpoint: timm's training checkpoints wrap it (`{"state_dict": ...}`,
+    `{"model": ...}`), DDP prefixes `module.`."""
+    if isinstance(obj, Mapping):
+        for key in _WRAPPERS:
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict (a dict of tensors).")
+    others = [key for key, value in obj.items() if not isinstance(value, torch.Tensor)]
+    if others:
+        kinds = ", ".join(f"{key!r}: {type(obj[key]).__name__}" for key in others[:3])
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        if len(others) == len(obj):
+            raise CheckpointError(f"{source}: not a state dict: a dict of {kinds}{more}, without any tensor.")
+        raise CheckpointError(f"{source}: not a plain state dict: besides tensors it holds {kinds}{more}.")
+    return {(key[7:] if key.startswith("module.") else key): value for key, value in obj.items()}
+
+
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file (memory-mapped) or a torch file read with `weights_only=True`."""
-    from .timm_state_dict import unwrap
-
     path = Path(path)
     kind = sniff(path)
     if kind == "safetensors":

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError
+from .files import read_json, read_tensors, save_safetensors
 
 _FIXED = {
     "cls_token": "vit.embeddings.cls_token",
@@ -53,27 +54,6 @@ _BLOCK = {
     "mlp.fc2": "mlp.fc2",
 }
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
-# timm's own training checkpoints wrap the weights; DDP adds "module.".
-_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")
-
-
-def unwrap(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The flat tensor dict inside a timm checkpoint (`{"state_dict": ...}`, `{"model": ...}`, `module.` prefix)."""
-    if isinstance(obj, Mapping):
-        for key in _WRAPPERS:
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict (a dict of tensors).")
-    others = [key for key, value in obj.items() if not isinstance(value, torch.Tensor)]
-    if others:
-        kinds = ", ".join(f"{key!r}: {type(obj[key]).__name__}" for key in others[:3])
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-        if len(others) == len(obj):
-            raise CheckpointError(f"{source}: not a state dict: a dict of {kinds}{more}, without any tensor.")
-        raise CheckpointError(f"{source}: not a plain state dict: besides tensors it holds {kinds}{more}.")
-    return {(key[7:] if key.startswith("module.") else key): value for key, value in obj.items()}
 
 
 def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
@@ -86,8 +66,6 @@ def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> b
 def read(path: str | os.PathLike, progress: Any = None, lazy: bool = False) -> Checkpoint:
     """A timm state dict file, or a directory in timm's Hub layout (`config.json` with `architecture`, and
     `model.safetensors` or `pytorch_model.bin`); the directory's `label_names`, when given, name the head's classes."""
-    from .files import read_json, read_tensors
-
     path = Path(path)
     if not path.is_dir():
         return to_checkpoint(read_tensors(path), str(path))
@@ -109,8 +87,6 @@ def read(path: str | os.PathLike, progress: Any = None, lazy: bool = False) -> C
 def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write a `ViTAccelForImageClassification` in timm's Hub layout: `model.safetensors` under timm's names and a
     `config.json` with the `VisionTransformer` arguments (`model_args`) and `label_names`."""
-    from .files import save_safetensors
-
     config = model.config
     if config.representation_size is not None:
         raise CheckpointError("timm's VisionTransformer has no pre_logits layer; export without representation_size.")
