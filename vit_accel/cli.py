@@ -112,7 +112,8 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `vit-accel` parser; `command`: the one being run, whose flags alone need declaring in full."""
     parser = _Parser(prog="vit-accel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     variants = commands.add_parser("variants", help="list the named ViT variants and their sizes")
@@ -175,21 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate ...",
     )
     evaluate.add_argument("--model", required=True, help="a saved model directory or Hub id")
-    evaluate.add_argument("--dataset_name", help="Hub id or local dataset path (its validation/test split)")
-    evaluate.add_argument("--dataset_config_name")
-    evaluate.add_argument("--validation_dir", help="an ImageFolder directory to evaluate on")
-    evaluate.add_argument("--image_column_name")
-    evaluate.add_argument("--label_column_name")
-    evaluate.add_argument("--max_eval_samples", type=int)
-    evaluate.add_argument("--bad_images", choices=("error", "skip"), default="error")
-    evaluate.add_argument("--dataloader_num_workers", type=int, default=2)
-    evaluate.add_argument("--batch_size", type=int, default=64)
-    evaluate.add_argument(
-        "--train_val_split",
-        type=float,
-        help="for a dataset without a validation/test split: the fraction the training run held out (default: the "
-        "model's training_args.json)",
-    )
+    if command == "evaluate":
+        _add_evaluate_data_flags(evaluate)
+    evaluate.add_argument("--per_device_eval_batch_size", "--batch_size", type=_positive_int, default=64)
     evaluate.add_argument(
         "--seed",
         type=int,
@@ -199,6 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output_dir", default="outputs/eval", help="where eval_results.json and the PNG go")
     evaluate.set_defaults(func=_evaluate)
     return parser
+
+
+def _add_evaluate_data_flags(evaluate: argparse.ArgumentParser) -> None:
+    """The data flags of `evaluate`: train.py's own (DataArguments), with the same checks and messages."""
+    # Deferred: the data package imports datasets and pyarrow (seconds), which only `evaluate` needs.
+    from .data import EVALUATION_FIELDS, add_data_arguments
+
+    add_data_arguments(
+        evaluate,
+        EVALUATION_FIELDS,
+        {
+            "dataset_name": {"help": "Hub id or local dataset path (its validation/test split)"},
+            "validation_dir": {"help": "an ImageFolder directory to evaluate on"},
+            "train_val_split": {
+                "default": None,
+                "help": "for a dataset without a validation/test split: the fraction the training run held out "
+                "(default: the model's training_args.json)",
+            },
+        },
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -223,13 +232,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from accelerate import Accelerator
 
-    from .data import DataArguments
+    from .data import EVALUATION_FIELDS, DataArguments, check_seed
     from .inference import evaluate, evaluation_split, prepare_output_dir, recorded_split_settings, write_evaluation
 
     if args.dataset_name is None and args.validation_dir is None:
         raise UserError("Give the data to evaluate on: --dataset_name or --validation_dir.")
-    if args.seed is not None and not 0 <= args.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32 - 1], got {args.seed}.")
+    if args.seed is not None:
+        check_seed(args.seed)
     # An ImageFolder given alone is the evaluation set itself (as train_dir and validation_dir both).
     folder = args.validation_dir
     if folder is not None and not Path(folder).is_dir():
@@ -240,18 +249,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     recorded, record_file = recorded_split_settings(args.model)
     given = {"seed": args.seed, "train_val_split": args.train_val_split}
     settings = {key: given[key] if given[key] is not None else recorded.get(key) for key in given}
+    passed = {
+        name: getattr(args, name) for name in EVALUATION_FIELDS if name not in ("validation_dir", "train_val_split")
+    }
     data_args = DataArguments(
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
+        **passed,
         train_dir=folder,
         validation_dir=folder,
-        image_column_name=args.image_column_name,
-        label_column_name=args.label_column_name,
-        max_eval_samples=args.max_eval_samples,
         train_val_split=settings["train_val_split"] if settings["train_val_split"] is not None else 0.15,
         augmentation="none",
-        bad_images=args.bad_images,
-        dataloader_num_workers=args.dataloader_num_workers,
     )
     accelerator = Accelerator()
     with accelerator.main_process_first():
@@ -280,7 +286,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             line += f", at most {args.max_eval_samples} examples drawn with --seed {seed} ({seed_origin})"
     if accelerator.is_main_process:
         print(f"vit-accel evaluate: {line}", file=sys.stderr)
-    result = evaluate(args.model, data_args, batch_size=args.batch_size, seed=seed, accelerator=accelerator)
+    batch_size = args.per_device_eval_batch_size
+    result = evaluate(args.model, data_args, batch_size=batch_size, seed=seed, accelerator=accelerator)
     if accelerator.is_main_process:
         summary = write_evaluation(result, output_dir)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_class_accuracy"}))
@@ -295,7 +302,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((word for word in given if not word.startswith("-")), None)).parse_args(argv)
     try:
         return args.func(args)
     except UserError as error:

@@ -1,6 +1,6 @@
 """The data layer: any image-classification dataset through 🤗 datasets, augmented cheaply and reproducibly."""
 
-from .arguments import AUGMENTATIONS, BAD_IMAGE_POLICIES, DataArguments
+from .arguments import AUGMENTATIONS, BAD_IMAGE_POLICIES, EVALUATION_FIELDS, DataArguments, add_data_arguments
 from .loading import (
     BadImageError,
     EpochShuffleSampler,
@@ -23,10 +23,12 @@ __all__ = [
     "BAD_IMAGE_POLICIES",
     "BadImageError",
     "DataArguments",
+    "EVALUATION_FIELDS",
     "EpochShuffleSampler",
     "ImageClassificationData",
     "ImageClassificationDataset",
     "Pipeline",
+    "add_data_arguments",
     "build_pipeline",
     "check_seed",
     "collate",

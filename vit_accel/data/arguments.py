@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import UserError
 
@@ -110,3 +113,39 @@ class DataArguments:
             raise UserError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
         if self.dataloader_num_workers < 0:
             raise UserError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
+
+
+# The data flags of `vit-accel evaluate`: those that choose and read an evaluation split.
+EVALUATION_FIELDS: tuple[str, ...] = (
+    "dataset_name",
+    "dataset_config_name",
+    "validation_dir",
+    "image_column_name",
+    "label_column_name",
+    "train_val_split",
+    "max_eval_samples",
+    "bad_images",
+    "dataloader_num_workers",
+)
+# The annotation of each kind of field, as written above, and the type its command-line text converts to.
+_FIELD_TYPES = {"str | None": str, "str": str, "int | None": int, "int": int, "float | None": float, "float": float}
+
+
+def add_data_arguments(
+    parser: argparse.ArgumentParser, names: tuple[str, ...], overrides: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Declare `DataArguments`' fields `names` on an argparse `parser` under the same flags, types, choices,
+    defaults and help as train.py's (transformers' HfArgumentParser); `overrides`: per field, argparse settings that
+    replace them (another default or help). The values are then checked by `DataArguments` itself."""
+    fields = {f.name: f for f in dataclasses.fields(DataArguments)}
+    for name in names:
+        spec = fields[name]
+        settings: dict[str, Any] = {
+            "type": _FIELD_TYPES[str(spec.type)],
+            "default": spec.default,
+            "help": spec.metadata.get("help"),
+        }
+        if "choices" in spec.metadata:
+            settings["choices"] = spec.metadata["choices"]
+        settings.update((overrides or {}).get(name, {}))
+        parser.add_argument(f"--{name}", **settings)

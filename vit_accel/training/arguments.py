@@ -20,7 +20,7 @@ from transformers import AttentionInterface, HfArgumentParser
 
 from ..adapters import PEFT_METHODS, check_lora
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
-from ..data import DataArguments
+from ..data import DataArguments, check_seed
 from ..errors import UserError, redact
 from ..modeling_vit_accel import check_config, field_problem
 from .ema import check_ema
@@ -251,9 +251,7 @@ class TrainingArguments:
                 raise UserError(f"--{name} must be in [{low:g}, {high:g}), got {value}.")
         if self.num_warmup_steps < 0:
             raise UserError(f"--num_warmup_steps must be >= 0, got {self.num_warmup_steps}.")
-        # numpy, torch and Python's random are all seeded from it; numpy takes 0 .. 2**32 - 1.
-        if not 0 <= self.seed < 2**32:
-            raise UserError(f"--seed must be in [0, 2**32), got {self.seed}.")
+        check_seed(self.seed)  # numpy, torch and Python's random are all seeded from it
         steps = self.checkpointing_steps
         if steps not in (None, "epoch") and not (str(steps).isdigit() and int(steps) >= 1):
             raise UserError(f"--checkpointing_steps must be a number of steps (at least 1) or 'epoch', got {steps!r}.")
