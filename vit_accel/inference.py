@@ -7,7 +7,6 @@ together with its saved image processor, so predictions see exactly the preproce
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +20,9 @@ from .data import DataArguments, ImageClassificationDataset, build_pipeline, loa
 from .data.transforms import to_rgb
 from .errors import UserError
 from .evaluation import evaluate_classifier
+from .paths import looks_local
 from .training.preflight import make_writable_dir
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def _looks_local(name: str) -> bool:
-    # A Hub id is `name` or `owner/name`; anything absolute, relative-dotted, home-based or deeper is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+from .weights.transformers_vit import WEIGHT_FILES
 
 
 def load_classifier(model: str) -> tuple[torch.nn.Module, dict]:
@@ -69,9 +63,9 @@ def load_classifier(model: str) -> tuple[torch.nn.Module, dict]:
             if not isinstance(files[name], dict):
                 raise UserError(f"{path / name}: expected a JSON object, found {type(files[name]).__name__}.")
         _check_model_type(model, path / "config.json", files["config.json"])
-        if not any((path / name).is_file() for name in _WEIGHT_FILES):
-            raise UserError(f"--model {model}: no weights ({' or '.join(_WEIGHT_FILES)}).")
-    elif _looks_local(model):
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise UserError(f"--model {model}: no weights ({' or '.join(WEIGHT_FILES)}).")
+    elif looks_local(model):
         raise UserError(f"--model {model}: no such directory.")
     try:
         config = AutoConfig.from_pretrained(model)
@@ -316,7 +310,7 @@ def recorded_split_settings(model: str) -> tuple[dict, str | None]:
         record_file = path / "training_args.json"
         if not record_file.is_file():
             return {}, None
-    elif _looks_local(model):
+    elif looks_local(model):
         return {}, None
     else:
         from huggingface_hub import hf_hub_download

@@ -7,6 +7,7 @@ registered below reads the older on-disk ViT names through transformers' standar
 """
 
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -32,14 +33,22 @@ from .configuration_vit_accel import ViTAccelConfig, _pair
 # hold) and renames them in memory; ours are the in-memory names. Registered for our model type, these renamings let
 # `from_pretrained` read the on-disk names and `save_pretrained` write them, as transformers does for its ViT. Remote
 # code registers them too, since this file travels with saved models.
+# The on-disk name of each renamed part of a block, and ours (the one table; the weights package reads it too).
+LEGACY_VIT_BLOCK_NAMES = {
+    "attention.attention.query": "attention.q_proj",
+    "attention.attention.key": "attention.k_proj",
+    "attention.attention.value": "attention.v_proj",
+    "attention.output.dense": "attention.o_proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
 _ON_DISK_VIT_NAMES = (
     (r"encoder\.layer\.", "layers."),
-    (r"attention\.attention\.query\.", "attention.q_proj."),
-    (r"attention\.attention\.key\.", "attention.k_proj."),
-    (r"attention\.attention\.value\.", "attention.v_proj."),
-    (r"attention\.output\.dense\.", "attention.o_proj."),
-    (r"intermediate\.dense\.", "mlp.fc1."),
-    (r"(?<!attention\.)output\.dense\.", "mlp.fc2."),
+    *(
+        # `output.dense` is also the end of `attention.output.dense`: only the MLP's stands alone.
+        (("(?<!attention\\.)" if old == "output.dense" else "") + re.escape(old) + r"\.", f"{new}.")
+        for old, new in LEGACY_VIT_BLOCK_NAMES.items()
+    ),
 )
 register_checkpoint_conversion_mapping(
     ViTAccelConfig.model_type,

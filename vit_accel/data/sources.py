@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 
 from ..errors import UserError
+from ..paths import looks_local
 from .arguments import DataArguments
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ class ImageClassificationData:
     @property
     def label2id(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.labels)}
-
-
-def _looks_local(name: str) -> bool:
-    # A Hub id is `name` or `owner/name`; anything absolute, relative-dotted, home-based or deeper is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
 def _load_local(path: Path, config_name: str | None) -> DatasetDict:
@@ -106,7 +102,7 @@ def _load_raw(args: DataArguments) -> DatasetDict:
         return datasets.load_dataset("imagefolder", data_files=data_files)
     name = args.dataset_name
     assert name is not None  # DataArguments.__post_init__ guarantees one source
-    if _looks_local(name) or Path(name).exists():
+    if looks_local(name) or Path(name).exists():
         return _load_local(Path(name).expanduser(), args.dataset_config_name)
     return datasets.load_dataset(name, args.dataset_config_name)
 

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from ..errors import UserError
+from ..weights.conversion import GOOGLE_MEAN_STD
 from .arguments import AUGMENTATIONS
 
 CIFAR_SIZE = 32
 # Google's fine-tuning recipe scales pixels to [-1, 1]; the inception preset always uses it.
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
+INCEPTION_MEAN = INCEPTION_STD = GOOGLE_MEAN_STD
 # Google's inception crop (vit_jax `inception_crop`) samples 5%-100% of the image area.
 INCEPTION_CROP_SCALE = (0.05, 1.0)
 # Evaluation crop ratio for the presets that centre-crop (timm's and torchvision's usual 0.875).

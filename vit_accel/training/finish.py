@@ -18,10 +18,10 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch.distributed.fsdp import FSDPModule
-from transformers import ViTImageProcessor
 
 from ..adapters import MERGED_DIR, count_parameters, save_adapter, save_merged, write_adapter_card
 from ..hub import push_to_hub, write_model_card
+from ..weights.conversion import write_processor
 from . import methods
 from .arguments import recorded_arguments, recorded_command
 from .checkpointing import TrainerState, list_checkpoints
@@ -33,10 +33,7 @@ from .reporting import CURVES_FILE, FINAL_OUTPUTS, RESULTS_FILE, Reporter, plot_
 
 def write_image_processor(directory: Path, size, mean, std) -> None:
     """The run's image processor (`size` px, `mean`/`std`) in `directory`, as transformers' pipeline reads it."""
-    height, width = (size, size) if isinstance(size, int) else size
-    ViTImageProcessor(
-        size={"height": height, "width": width}, image_mean=list(mean), image_std=list(std)
-    ).save_pretrained(directory)
+    write_processor({"image_mean": list(mean), "image_std": list(std)}, size, directory)
 
 
 class FinalPhase:

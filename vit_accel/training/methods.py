@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 from ..adapters import (
@@ -17,14 +18,17 @@ from ..adapters import (
     count_parameters,
     parse_target_modules,
 )
+from ..configuration_vit_accel import ViTAccelConfig
 from ..errors import UserError
+from ..modeling_vit_accel import ViTAccelForImageClassification
 from .arguments import ModelArguments, TrainingArguments
-from .ema import WeightEMA, check_ema
+from .ema import WeightEMA
 from .freezing import (
     apply_freezing,
     check_freezing,
     register_trainable_only_checkpointing,
 )
+from .freezing import state_kwargs as frozen_state_kwargs
 from .mixing import BatchMixer, mixing_seed, soft_target_cross_entropy
 
 
@@ -38,9 +42,6 @@ def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
         raise UserError(f"--peft {args.peft} adapts pretrained weights; it cannot be combined with --from_scratch.")
     check_freezing(args.freeze, args.freeze_layers, None, args.peft)
     if args.peft is not None:
-        from ..configuration_vit_accel import ViTAccelConfig
-        from ..modeling_vit_accel import ViTAccelForImageClassification
-
         with torch.device("meta"):
             shape = ViTAccelForImageClassification(ViTAccelConfig(num_hidden_layers=1, representation_size=8))
         check_target_modules(shape, parse_target_modules(args.lora_target_modules))
@@ -49,8 +50,6 @@ def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
 def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None:
     """Combinations with the accelerate config: ZeRO-3 and FSDP shard every weight, which the EMA and the adapter and
     frozen-weight checkpoints need whole; all such flags are named in one line."""
-    from accelerate.utils import DistributedType
-
     plugin = accelerator.state.deepspeed_plugin
     mode = "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -63,7 +62,6 @@ def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None
                 f"{', '.join(given)}: not supported under {mode}, where each process holds a shard of every "
                 "weight. Use DeepSpeed ZeRO-2 (optimizer state and gradients sharded), DDP or one process."
             )
-    check_ema(args.ema_decay, accelerator)
 
 
 def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArguments) -> nn.Module:
@@ -156,6 +154,4 @@ def ema_checksums(accelerator: Accelerator, ema: WeightEMA | None) -> dict:
 
 def state_kwargs(accelerator: Accelerator, frozen: bool, saving: bool) -> dict:
     """Extra `save_state`/`load_state` arguments for runs with frozen weights (DeepSpeed only; hooks do the rest)."""
-    from .freezing import state_kwargs as frozen_state_kwargs
-
     return frozen_state_kwargs(accelerator, saving) if frozen else {}

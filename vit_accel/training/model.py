@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
@@ -11,11 +10,11 @@ from torch import nn
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForImageClassification
+from ..weights.conversion import GOOGLE_MEAN_STD
 from .arguments import ModelArguments
 
-# Google's checkpoints were trained on pixels scaled to [-1, 1]: mean 0.5, std 0.5 per channel.
-DEFAULT_MEAN = (0.5, 0.5, 0.5)
-DEFAULT_STD = (0.5, 0.5, 0.5)
+# Without an image processor of its own, a source is taken to expect Google's pixels in [-1, 1].
+DEFAULT_MEAN = DEFAULT_STD = GOOGLE_MEAN_STD
 
 
 def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -42,17 +41,11 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
     source = args.model_name_or_path
     if args.from_scratch:
         try:
+            # A variant name or a directory with config.json (preflight.check_model_source refused anything else).
             if source in VIT_VARIANTS:
                 config = ViTAccelConfig.from_variant(source, **overrides, **label_fields)
-            elif (Path(source) / "config.json").is_file():
-                config = ViTAccelConfig.from_pretrained(source, **overrides, **label_fields)
             else:
-                close = difflib.get_close_matches(source, VIT_VARIANTS, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"variants: {', '.join(VIT_VARIANTS)}."
-                raise UserError(
-                    f"--model_name_or_path {source!r}: --from_scratch needs a variant name or a directory with "
-                    f"config.json; {hint}"
-                )
+                config = ViTAccelConfig.from_pretrained(source, **overrides, **label_fields)
             # The plain constructor, not `_from_config`: under ZeRO-3 the latter creates the weights inside zero.Init,
             # drawing them in another order, so the same seed would not give the same model as in a DDP run.
             model = ViTAccelForImageClassification(config)

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from ..errors import UserError
+from ..paths import looks_local
 from .checkpointing import list_checkpoints
 
 T = TypeVar("T")
@@ -169,8 +170,7 @@ def check_model_source(source: str, from_scratch: bool, attn_implementation: str
     from ..configuration_vit_accel import VIT_VARIANTS
 
     path = Path(source).expanduser()
-    looks_local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
-    if source not in VIT_VARIANTS and looks_local and not path.exists():
+    if source not in VIT_VARIANTS and looks_local(source) and not path.exists():
         raise UserError(f"--model_name_or_path {source}: no such file or directory.")
     if from_scratch and source not in VIT_VARIANTS and not (path / "config.json").is_file():
         close = difflib.get_close_matches(source, VIT_VARIANTS, n=1)

@@ -25,18 +25,10 @@ from typing import Any
 
 import torch
 
+from ..modeling_vit_accel import LEGACY_VIT_BLOCK_NAMES
 from .checkpoint import Checkpoint, CheckpointError
 
-_LEGACY_BLOCK = {
-    "attention.attention.query": "attention.q_proj",
-    "attention.attention.key": "attention.k_proj",
-    "attention.attention.value": "attention.v_proj",
-    "attention.output.dense": "attention.o_proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "layernorm_before": "layernorm_before",
-    "layernorm_after": "layernorm_after",
-}
+_LEGACY_BLOCK = {**LEGACY_VIT_BLOCK_NAMES, "layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after"}
 _V5_BLOCK = {value: value for value in _LEGACY_BLOCK.values()}
 _LEGACY_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
 _V5_RE = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
