@@ -5,6 +5,10 @@ load time). A download goes to `<HF hub cache>/vit_accel/<file>.incomplete`, res
 an interruption, is verified (length, zip CRCs, the keys of a ViT) and only then renamed into place; it is converted
 once to safetensors next to it, so later loads are a memory-mapped read. Set `VIT_ACCEL_WEIGHTS_URL` to fetch from a
 mirror (the tests point it at a local server).
+
+The transfer is our own (urllib with a Range header) rather than huggingface_hub's: Google's files live in its storage
+bucket, not in a Hub repo, and `hf_hub_download` fetches Hub repos only; resuming a multi-gigabyte file after a cut
+connection, instead of starting over, is the point of the `.incomplete` file.
 """
 
 from __future__ import annotations

@@ -212,8 +212,9 @@ def save_safetensors(
 ) -> None:
     """Write a safetensors file tensor by tensor (no second in-memory copy of the whole dict), atomically.
 
-    `safetensors.torch.save_file` first serialises every tensor to bytes, which doubles the peak memory of converting
-    a 1.2 GB checkpoint; the format is simple (8-byte header length, JSON header, raw little-endian data) to stream.
+    Our own writer rather than the safetensors library's: `safetensors.torch.save_file` first serialises every tensor
+    to bytes, which doubles the peak memory of converting a 1.2 GB checkpoint, and it has no streaming API; the format
+    is simple (8-byte header length, JSON header, raw little-endian data) to stream, and safetensors reads it back.
     Meta tensors are placeholders: `materialize(key)` supplies their data when their turn comes; what it returns must
     stay valid until the call after next (it may reuse two buffers in turn).
     """
