@@ -429,8 +429,10 @@ def test_legacy_vit_names_load_through_the_standard_path(tmp_path, monkeypatch):
     with safe_open(str(directory / "model.safetensors"), "pt") as handle:
         on_disk = set(handle.keys())
     assert "vit.encoder.layer.0.attention.attention.query.weight" in on_disk
-    # transformers' own from_pretrained alone: vit_accel's converting hook is switched off.
-    monkeypatch.setattr(ViTAccelPreTrainedModel, "_checkpoint_resolver", None)
+    # transformers' own from_pretrained alone: vit_accel's converting loader is switched off.
+    import vit_accel.modeling_vit_accel as modeling
+
+    monkeypatch.setattr(modeling, "_converted", lambda *args, **kwargs: None)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = reference.eval()(pixels).logits
@@ -478,3 +480,55 @@ def test_image_feature_extraction_pipeline_pools(tmp_path):
         expected = model(processor(image, return_tensors="pt").pixel_values).pooler_output
     assert pooled.shape == (1, 48)
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)
+
+
+REMOTE_COPY = """
+import importlib.util, sys, types
+from pathlib import Path
+
+import torch
+
+if {block}:
+    sys.modules["vit_accel"] = None  # not installed: as on a machine that loads the model as remote code
+package = types.ModuleType("remote_copy")
+package.__path__ = []
+sys.modules["remote_copy"] = package
+for name in ("configuration_vit_accel", "modeling_vit_accel"):
+    path = Path({root!r}) / "vit_accel" / f"{{name}}.py"
+    spec = importlib.util.spec_from_file_location(f"remote_copy.{{name}}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+from remote_copy.modeling_vit_accel import ViTAccelForImageClassification
+
+model = ViTAccelForImageClassification.from_pretrained({saved!r})
+assert type(model).__module__ == "remote_copy.modeling_vit_accel"
+assert torch.equal(model.classifier.weight, torch.load({weights!r}))
+try:
+    ViTAccelForImageClassification.from_pretrained("vit-tiny-p16-224")  # converted only by vit_accel's own class
+except OSError as error:
+    print("transformers' path:", type(error).__name__)
+"""
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_the_remote_code_copy_takes_transformers_path_with_or_without_vit_accel(installed, tmp_path):
+    """One behaviour, whatever was imported: the copy of the model file that travels with a saved model reads a
+    directory of ours through transformers alone; vit_accel's converting loader serves vit_accel's own classes."""
+    from factories import ROOT
+
+    import vit_accel.modeling_vit_accel as modeling
+
+    assert "_checkpoint_resolver" not in vars(ViTAccelPreTrainedModel)  # importing vit_accel set nothing up
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs()))
+    model.save_pretrained(tmp_path / "saved")
+    torch.save(model.classifier.weight.detach(), tmp_path / "head.pt")
+    script = REMOTE_COPY.format(
+        block=not installed, root=str(ROOT), saved=str(tmp_path / "saved"), weights=str(tmp_path / "head.pt")
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers' path: OSError" in result.stdout, result.stdout + result.stderr[-2000:]
+    # vit_accel's own class finds the converting loader by itself, which leaves a directory of ours to transformers.
+    assert modeling._converted(ViTAccelForImageClassification, str(tmp_path / "saved")) is None

@@ -23,7 +23,8 @@ ViTAccelConfig.register_for_auto_class()
 ViTAccelModel.register_for_auto_class("AutoModel")
 ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
-# Installs the from_pretrained hook for named variants and Google/timm/transformers checkpoints.
+# The converters of named variants and Google/timm/transformers checkpoints, as `vit_accel.weights`
+# (`from_pretrained` finds them by itself; importing them sets nothing up).
 from . import weights  # noqa: E402, F401
 
 __all__ = [

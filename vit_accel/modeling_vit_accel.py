@@ -6,6 +6,7 @@ Hub as remote code. Parameter names are those of `transformers`' own ViT (v5 in-
 registered below reads the older on-disk ViT names through transformers' standard loading path.
 """
 
+import importlib
 import math
 import re
 from collections.abc import Callable
@@ -127,6 +128,17 @@ def check_config(config: ViTAccelConfig) -> None:
     problems = _config_problems(config)
     if problems:
         raise ValueError(f"Cannot build a ViTAccel model from this {type(config).__name__}: {'; '.join(problems)}.")
+
+
+def _converted(cls, source, *model_args, **kwargs):
+    """The model vit_accel's converting loader builds from `source`, or None (vit_accel not installed, or a source
+    that transformers' own `from_pretrained` reads)."""
+    try:
+        # Found when called, never imported with this file: it ships to the Hub as remote code, without vit_accel.
+        loading = importlib.import_module("vit_accel.weights.loading")
+    except ModuleNotFoundError:
+        return None
+    return loading.from_pretrained(cls, source, *model_args, **kwargs)
 
 
 def pooler_width(config: ViTAccelConfig) -> int:
@@ -411,10 +423,6 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     # `output_hidden_states` / `output_attentions` are recorded by hooks on these modules (`capture_outputs`).
     _can_record_outputs = {"hidden_states": ViTAccelLayer, "attentions": ViTAccelAttention}
-    # Set by `vit_accel.weights` (a function `(cls, source, *args, **kwargs) -> model | None`) so that
-    # `from_pretrained` also takes named variants, Google npz, timm and transformers checkpoints. Remote code on the
-    # Hub has no vit_accel package: there the hook stays None and only the standard transformers path runs.
-    _checkpoint_resolver = None
 
     def __init__(self, config: ViTAccelConfig, *inputs, **kwargs):
         check_config(config)
@@ -422,12 +430,16 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Standard `PreTrainedModel.from_pretrained`, extended by `vit_accel.weights` when it is imported."""
-        resolver = ViTAccelPreTrainedModel.__dict__.get("_checkpoint_resolver")
-        if resolver is not None:
-            model = resolver(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-            if model is not None:
-                return model
+        """transformers' `from_pretrained`, which reads a directory or Hub repo of ours.
+
+        With the vit_accel package installed, vit_accel's own classes also take named variants, Google npz, timm and
+        transformers checkpoints: `vit_accel.weights.loading.from_pretrained` converts them (and returns None for a
+        source transformers reads itself). The copy of this file that travels with a saved model as remote code
+        always takes transformers' path, vit_accel installed or not.
+        """
+        model = _converted(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        if model is not None:
+            return model
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -2,10 +2,10 @@
 
     ViTAccelForImageClassification.from_pretrained("vit-base-p16-384", num_labels=100)
 
-Importing this package (vit_accel does) installs `loading.from_pretrained` as
-`ViTAccelPreTrainedModel._checkpoint_resolver`, so the usual `from_pretrained` also accepts a named variant, a Google
-`.npz`, a timm state dict, a transformers ViT directory or Hub id, and a safetensors file of ours. A directory (or Hub
-repo) of ours goes down transformers' standard path.
+`ViTAccelPreTrainedModel.from_pretrained` calls `loading.from_pretrained` whenever vit_accel is installed (nothing is
+set up at import), so the usual `from_pretrained` also accepts a named variant, a Google `.npz`, a timm state dict, a
+transformers ViT directory or Hub id, and a safetensors file of ours. A directory (or Hub repo) of ours goes down
+transformers' standard path.
 
 One module per format, each with the same surface (`detect`, `read` into our names, `write` from our names):
 `google_npz`, `timm_state_dict`, `transformers_vit`, `native` (ours). Around them: `files` (containers: sniffing,
@@ -16,7 +16,6 @@ point and its keywords), `conversion` (`convert`, `export`), `graph_export` (ONN
 
 from __future__ import annotations
 
-from ..modeling_vit_accel import ViTAccelPreTrainedModel
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .conversion import EXPORT_TARGETS, convert, export
 from .download import WeightsDownloadError
@@ -24,8 +23,6 @@ from .files import save_safetensors, sniff
 from .loading import from_pretrained
 from .policy import HEAD_INITS
 from .sources import ACCEPTED, read_checkpoint
-
-ViTAccelPreTrainedModel._checkpoint_resolver = from_pretrained
 
 __all__ = [
     "ACCEPTED",

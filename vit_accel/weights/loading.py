@@ -28,6 +28,7 @@ import torch
 
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
+from ..modeling_vit_accel import ViTAccelPreTrainedModel
 from . import policy
 from .checkpoint import Checkpoint
 from .sources import HubOptions, locate, standard_path, unknown_variant
@@ -62,7 +63,10 @@ ALWAYS_SO = ("low_cpu_mem_usage", "weights_only", "trust_remote_code")
 def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> torch.nn.Module | None:
     """Build `cls` from a named variant, Google npz, timm or transformers checkpoint; None for a directory or Hub
     repo of ours (transformers' standard path reads those), unless it is asked for another `image_size`: then its
-    position embeddings are resampled here, as for any other source."""
+    position embeddings are resampled here, as for any other source. Only for vit_accel's own classes: the
+    remote-code copy of the model file (another class) takes transformers' path alone, as without vit_accel."""
+    if not issubclass(cls, ViTAccelPreTrainedModel):
+        return None
     if source is None and kwargs.get("state_dict") is None and not model_args:
         # transformers would look for a Hub repo named "None" (and retry while the network is down).
         raise UserError("from_pretrained(None): give a named variant, a local file or directory, or a Hub repo id.")
@@ -162,7 +166,8 @@ def build(
     planned, state_dict, report = policy.plan(cls, checkpoint, **options)
     placement = dict(placement or {})
     want_info = placement.pop("output_loading_info", False)
-    model, info = cls.from_pretrained(
+    # transformers' own from_pretrained (ours would send a state dict back here), placing the converted weights.
+    model, info = super(ViTAccelPreTrainedModel, cls).from_pretrained(
         None, config=planned.config, state_dict=policy.for_model(cls, state_dict), output_loading_info=True, **placement
     )
     model.config._name_or_path = checkpoint.source  # transformers records None for a state dict
