@@ -24,9 +24,12 @@ import os
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
+from .configuration_vit_accel import ViTAccelConfig
 from .errors import UserError
+from .modeling_vit_accel import ViTAccelForImageClassification
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -84,6 +87,7 @@ def apply_lora(
     base_model_name_or_path: str | None = None,
 ) -> nn.Module:
     """`model` wrapped by `peft.get_peft_model`: LoRA (or DoRA) on `target_modules`, the classifier fully trained."""
+    # Deferred: peft (about a second to import) is loaded only by runs and loads with an adapter.
     from peft import LoraConfig, get_peft_model
 
     check_lora(r, alpha, dropout)
@@ -178,10 +182,8 @@ def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True) -> nn.M
 
     With `merge` the adapter is folded in (faster inference, a plain model); otherwise a `PeftModel` is returned.
     """
+    # Deferred: peft (about a second to import) is loaded only by runs and loads with an adapter.
     from peft import PeftModel
-
-    from .configuration_vit_accel import ViTAccelConfig
-    from .modeling_vit_accel import ViTAccelForImageClassification
 
     adapter_dir = Path(adapter_dir)
     base = adapter_base(adapter_dir)
@@ -204,7 +206,6 @@ def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True) -> nn.M
 
 def write_adapter_card(output_dir: str | Path, results: dict, trainable: int, total: int, command: list[str]) -> Path:
     """`README.md` of an adapter directory: what it is, its results, and how to load it (peft's card replaced)."""
-    from huggingface_hub import ModelCard, ModelCardData
 
     root = Path(output_dir)
     config = json.loads((root / ADAPTER_CONFIG).read_text())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError, report
@@ -22,6 +24,7 @@ def _positive_int(text: str) -> int:
 
 def _variants(args: argparse.Namespace) -> int:
     """Print the table of named variants with their parameter counts (built on the meta device: no memory used)."""
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
     import torch
 
     from .configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
@@ -46,7 +49,6 @@ class _Progress:
         self.stage, self.quiet, self.bytes, self.last = stage, quiet, 0, 0.0
 
     def __call__(self, index: int, total: int, key: str, nbytes: int) -> None:
-        import time
 
         self.bytes += nbytes
         now = time.monotonic()
@@ -58,7 +60,7 @@ class _Progress:
 
 def _convert(args: argparse.Namespace) -> int:
     """Any supported checkpoint -> a ViTAccel directory (config.json + model.safetensors)."""
-    import time
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
 
     from .weights import convert
 
@@ -105,6 +107,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """A ViTAccel directory -> transformers, timm, ONNX or a torch.export ExportedProgram."""
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
     from .weights import export
 
     out = export(args.source, args.output, to=args.to)
@@ -147,6 +150,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress output")
     convert.set_defaults(func=_convert)
 
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
     from .weights.conversion import EXPORT_TARGETS
 
     export = commands.add_parser(
@@ -212,7 +216,7 @@ def _add_evaluate_data_flags(evaluate: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     """Top-k labels of each image, as text or JSON."""
-    import json
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
 
     from .inference import predict
 
@@ -228,7 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """`eval_results.json` and `confusion_matrix.png` for a model over a dataset's evaluation split."""
-    import json
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
 
     from accelerate import Accelerator
 

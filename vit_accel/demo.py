@@ -22,6 +22,7 @@ def export_digits(path: str | Path, test_fraction: float = 0.2, seed: int = 0, r
     if rotate % 90:
         raise ValueError(f"rotate must be a multiple of 90 degrees, got {rotate}.")
     try:
+        # Deferred: scikit-learn is the demo's (the `demo` extra), not a dependency of the package.
         from sklearn.datasets import load_digits
     except ImportError as error:  # scikit-learn is in the `demo` and `dev` extras only
         raise ImportError("The digits demo needs scikit-learn: pip install 'vit_accel[demo]'.") from error

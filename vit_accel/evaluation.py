@@ -21,6 +21,7 @@ METRIC_SCRIPT = str(Path(__file__).parent / "metrics" / "top_k_accuracy.py")
 
 @functools.cache
 def _metric():
+    # Deferred: the evaluate library takes about a second to import; `vit-accel predict` needs none.
     import evaluate
 
     return evaluate.load(METRIC_SCRIPT, keep_in_memory=True)

@@ -10,13 +10,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import torch
+from datasets import DatasetDict
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers.utils import logging as hf_logging
 
 from .adapters import is_adapter_dir, load_adapter_classifier
 from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
+from .data.sources import EVAL_SPLITS, _load
 from .data.transforms import to_rgb
 from .errors import UserError
 from .evaluation import evaluate_classifier
@@ -103,7 +107,6 @@ def _load_weights(model: str, config) -> torch.nn.Module:
 
     transformers initialises missing or differently shaped weights at random and only logs a table about it; a model
     that predicts from random weights is refused here instead, naming the directory and the keys."""
-    from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report's table; its facts are in the error below
@@ -238,6 +241,7 @@ def evaluate(
 
     With an `accelerate.Accelerator` the split is sharded over its processes and gathered (each example once).
     """
+    # Deferred: accelerate (slow to import) serves `evaluate` only, not `predict`.
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
@@ -288,9 +292,6 @@ def evaluation_split(data_args: DataArguments) -> str | None:
     or None when it has none, so that a hold-out of its training split is drawn (`train_val_split`, seed)."""
     if data_args.validation_dir is not None:
         return "validation"
-    from datasets import DatasetDict
-
-    from .data.sources import EVAL_SPLITS, _load
 
     raw = _load(data_args)  # what load_image_dataset reads next (from 🤗 datasets' cache)
     if not isinstance(raw, DatasetDict):
@@ -313,10 +314,8 @@ def recorded_split_settings(model: str) -> tuple[dict, str | None]:
     elif looks_local(model):
         return {}, None
     else:
-        from huggingface_hub import hf_hub_download
-
         try:
-            record_file = Path(hf_hub_download(model, "training_args.json"))
+            record_file = Path(huggingface_hub.hf_hub_download(model, "training_args.json"))
         except Exception:  # not on the Hub, no such file, or offline: no record either way
             return {}, None
     try:
@@ -348,10 +347,11 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
 
 def plot_confusion(result: EvaluationResult, path: str | Path) -> Path:
     """The confusion matrix (row-normalised) as a PNG."""
+    # Deferred: matplotlib costs about half a second to import, paid only when the matrix is drawn.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the backend (no display), which pyplot fixes on import
 
     counts = result.confusion.astype(float)
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)

@@ -10,6 +10,7 @@ the recorded sizes catch a file truncated or lost afterwards (a full disk, a par
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import xxhash
 from accelerate import Accelerator
 
 from ..errors import UserError
@@ -132,7 +134,6 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
 
 def file_digest(path: Path) -> str:
     """xxh3-64 of a file's content, read in 16 MiB chunks (about memory speed; a checkpoint is hashed in seconds)."""
-    import xxhash
 
     digest = xxhash.xxh3_64()
     with open(path, "rb") as handle:
@@ -245,7 +246,6 @@ def save_checkpoint(
 def _out_of_space(error: BaseException, directory: Path) -> bool:
     """A write that failed for want of space: ENOSPC/EDQUOT, or torch's serializer failing on a full disk (it reports
     an 'unexpected pos' instead of the OS error)."""
-    import errno
 
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return True

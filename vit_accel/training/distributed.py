@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from accelerate.utils.constants import MODEL_NAME
+from torch.distributed.fsdp import CPUOffloadPolicy
 
 from ..errors import UserError
 
@@ -70,8 +71,6 @@ def create_accelerator(**kwargs) -> Accelerator:
     if cpu_fsdp and accelerator.distributed_type == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if getattr(plugin.cpu_offload, "pin_memory", False):
-            from torch.distributed.fsdp import CPUOffloadPolicy
-
             plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)
     return accelerator
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UserError
+from ..weights import CheckpointError
 
 FREEZE_CHOICES = ("backbone",)
 
@@ -57,9 +59,6 @@ def register_trainable_only_checkpointing(accelerator) -> None:
     linear-probe checkpoint is the size of what trains. Under DeepSpeed the engine does the same given
     `state_kwargs` (`exclude_frozen_parameters` when saving, non-strict module loading).
     """
-    from safetensors.torch import load_file
-
-    from ..weights import CheckpointError
 
     def trainable_names(model: nn.Module) -> set[str]:
         return {name for name, param in model.named_parameters() if param.requires_grad}

@@ -5,15 +5,22 @@ A mistake found here costs seconds; found after loading or after training, it co
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import huggingface_hub
+import torch.distributed
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+from accelerate.utils import DistributedType, broadcast_object_list
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
+from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
 from ..paths import looks_local
 from .checkpointing import list_checkpoints
@@ -24,7 +31,6 @@ T = TypeVar("T")
 def on_main_process(accelerator: Accelerator, check: Callable[[], None]) -> None:
     """Run `check` on the main process alone and raise its UserError on every process, so that no process is left
     waiting at the next barrier for one that stopped (the others raise it quietly: the main process shows it)."""
-    from accelerate.utils import broadcast_object_list
 
     message = [None]
     if accelerator.is_main_process:
@@ -54,7 +60,6 @@ def check_process_group(accelerator: Accelerator) -> None:
     unsynchronised replicas writing one output directory. And a config that asked for FSDP or DeepSpeed may silently
     run as plain data parallelism on a machine that cannot honour it.
     """
-    import torch.distributed
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     grouped = accelerator.distributed_type != DistributedType.NO and torch.distributed.is_initialized()
@@ -137,6 +142,7 @@ def lock_output_dir(output_dir: Path) -> None:
 
     An advisory `flock` on a file in the directory; the system releases it when the process ends, however it ends.
     """
+    # Deferred: fcntl exists on POSIX systems only, and only the lock needs it.
     import fcntl
 
     handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the life of the process)
@@ -165,9 +171,6 @@ def release_output_dir_locks() -> None:
 
 def check_model_source(source: str, from_scratch: bool, attn_implementation: str | None) -> None:
     """What can be told about --model_name_or_path and --attn_implementation without loading anything."""
-    import difflib
-
-    from ..configuration_vit_accel import VIT_VARIANTS
 
     path = Path(source).expanduser()
     if source not in VIT_VARIANTS and looks_local(source) and not path.exists():
@@ -185,8 +188,6 @@ def check_model_source(source: str, from_scratch: bool, attn_implementation: str
             f"--resume_from_checkpoint {source}, or fine-tune from the run's own directory ({path.parent})."
         )
     if attn_implementation in ("flash_attention_2", "flash_attention_3"):
-        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
-
         available = is_flash_attn_2_available if attn_implementation.endswith("2") else is_flash_attn_3_available
         if not available():
             raise UserError(
@@ -212,7 +213,6 @@ def check_precision_and_accumulation(accelerator: Accelerator, gradient_accumula
 
 def check_trackers(report_to: str) -> list[str]:
     """The trackers `--report_to` names (comma-separated, or `all`), each known to accelerate and installed."""
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     available = [str(tracker) for tracker in get_available_trackers()]
     names = [name.strip() for name in report_to.split(",") if name.strip()]
@@ -233,13 +233,9 @@ def check_trackers(report_to: str) -> list[str]:
 
 def check_hub_repo(repo_id: str, token: str | None) -> None:
     """Make sure the upload at the end can happen: the Hub answers, the token is valid and may write to `repo_id`."""
-    from huggingface_hub import HfApi
-
     try:
-        identity = HfApi(token=token).whoami()
+        identity = huggingface_hub.HfApi(token=token).whoami()
     except Exception as error:  # offline mode, no token, an invalid token or no network: each says what to do
-        from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if isinstance(error, LocalTokenNotFoundError):
             advice = "no token: set HF_TOKEN or run `hf auth login`"

@@ -100,7 +100,7 @@ def plot_curves(records: list[dict], path: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the backend, which pyplot fixes on import
 
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_top1" in r]

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import ViTImageProcessor
 
 from ..errors import UserError
+from ..modeling_vit_accel import ViTAccelForImageClassification
 from . import graph_export, native, policy, timm_state_dict, transformers_vit
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json
@@ -68,7 +70,6 @@ def convert(
     fields, `variant`, `head_init`, `resample_mode`, `weights`, `dtype`, and where to fetch from. Large npz arrays are
     read one at a time while the output is written (peak memory about one array above the small ones).
     """
-    from ..modeling_vit_accel import ViTAccelForImageClassification
 
     out_dir = check_output(out_dir, source, ("config.json", "model.safetensors"))
     hub, placement, ours, fields = split_keywords(str(source), kwargs)
@@ -121,8 +122,6 @@ def write_processor(settings: dict[str, Any], image_size: Any, out_dir: Path) ->
     transformers `ViTImageProcessor` (resize to the model's size, rescale to [0, 1], normalise)."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if "image_processor_type" not in settings:
-        from transformers import ViTImageProcessor
-
         ViTImageProcessor(
             size={"height": height, "width": width},
             image_mean=settings["image_mean"],
@@ -154,7 +153,6 @@ def export(
     The source directory's image processor (`preprocessor_config.json`) goes along, and for the graph formats our
     `config.json` too (labels, image size), so that each output is usable on its own.
     """
-    from ..modeling_vit_accel import ViTAccelForImageClassification
 
     if to not in EXPORT_TARGETS:
         raise UserError(f"export to must be one of {', '.join(EXPORT_TARGETS)}, got {to!r}.")

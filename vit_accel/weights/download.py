@@ -21,6 +21,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from huggingface_hub import constants
+
 from ..errors import UserError
 from .checkpoint import CheckpointError
 
@@ -74,8 +76,6 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
     elif os.environ.get("HF_HOME"):
         hub = Path(os.environ["HF_HOME"]) / "hub"
     else:
-        from huggingface_hub import constants
-
         hub = Path(constants.HF_HUB_CACHE)
     return hub / "vit_accel"
 

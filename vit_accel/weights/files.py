@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import re
 import struct
 import zipfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from .checkpoint import CheckpointError, ProgressFn
 
@@ -104,8 +106,6 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     kind = sniff(path)
     if kind == "safetensors":
-        from safetensors.torch import load_file
-
         safetensors_header(path)  # a truncated file says so, instead of safetensors' "file not fully covered"
         return load_file(str(path))
     if kind in ("torch", "pickle"):
@@ -159,7 +159,6 @@ def _refusal(error: BaseException, pickle_file: Path | None = None) -> str:
 def _scan_pickle(path: Path) -> tuple[list[str], str | None]:
     """The classes and functions a pickle file names, and the fault that stops its parsing (None for a well-formed
     pickle). `pickletools` only reads the opcodes: nothing is imported or run."""
-    import pickletools
 
     objects: list[str] = []
     strings: list[str] = []

@@ -14,6 +14,7 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors
+from .transformers_vit import rename_state_dict
 
 # Fields of our config.json that the tensors' shapes cannot tell.
 _CONFIG_FIELDS = ("layer_norm_eps", "hidden_act", "initializer_range", "pooler_act", "id2label")
@@ -53,7 +54,6 @@ def _classifier_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str
     """Our names with the `vit.` prefix, whichever names the file holds: `save_pretrained` writes transformers' ViT
     on-disk names (as transformers' own ViT does), our streaming writer the in-memory ones, and a bare
     `ViTAccelModel`'s keys carry no prefix."""
-    from .transformers_vit import rename_state_dict
 
     return rename_state_dict(tensors, source)
 

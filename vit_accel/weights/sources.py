@@ -15,6 +15,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import huggingface_hub
+from huggingface_hub import constants, errors
+from huggingface_hub.utils import validate_repo_id
+
 from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
 from . import download, google_npz, native, timm_state_dict, transformers_vit
@@ -175,7 +179,6 @@ def named_checkpoint(
 
 
 def _hub_cache(options: HubOptions, repo_id: str) -> Path:
-    from huggingface_hub import constants
 
     root = Path(options.cache_dir) if options.cache_dir is not None else Path(constants.HF_HUB_CACHE)
     return root / ("models--" + repo_id.replace("/", "--"))
@@ -184,11 +187,10 @@ def _hub_cache(options: HubOptions, repo_id: str) -> Path:
 def _hub_download(repo_id: str, filename: str, options: HubOptions, missing_ok: bool = False) -> str | None:
     """`hf_hub_download` with the caller's options; its failures as one line naming the repo (and, for a path that
     does not exist locally, saying so)."""
-    from huggingface_hub import errors, hf_hub_download
 
     nowhere = f"{repo_id}: no such local file or directory, and"
     try:
-        return hf_hub_download(
+        return huggingface_hub.hf_hub_download(
             repo_id,
             filename,
             subfolder=options.subfolder or None,
@@ -335,7 +337,6 @@ def _hub_or_raise(repo_id: str, options: HubOptions) -> Checkpoint:
 
 
 def _is_repo_id(text: str) -> bool:
-    from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(text)

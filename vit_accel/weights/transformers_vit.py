@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import ViTConfig, ViTForImageClassification
 
 from ..modeling_vit_accel import LEGACY_VIT_BLOCK_NAMES
 from .checkpoint import Checkpoint, CheckpointError
+from .files import read_json, read_tensors
 
 _LEGACY_BLOCK = {**LEGACY_VIT_BLOCK_NAMES, "layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after"}
 _V5_BLOCK = {value: value for value in _LEGACY_BLOCK.values()}
@@ -125,7 +127,6 @@ def read(
     """A transformers ViT directory (`config.json` + safetensors, sharded or not, or a weights-only `.bin`), or a
     bare state dict file under its names. In a directory, `use_safetensors` chooses the weights as transformers does
     (True: safetensors only; False: `pytorch_model.bin`), and `weights_name` names the file outright."""
-    from .files import read_json, read_tensors
 
     path = Path(path)
     if not path.is_dir():
@@ -150,7 +151,6 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
 
     transformers' own `save_pretrained` writes it, so the files are exactly what `ViTForImageClassification` expects.
     """
-    from transformers import ViTConfig, ViTForImageClassification
 
     config = model.config
     if config.representation_size is not None:
