@@ -29,7 +29,7 @@ from vit_accel.data import (
     make_dataloader,
 )
 from vit_accel.errors import UserError, report
-from vit_accel.evaluation import evaluate_classifier
+from vit_accel.eval_loop import evaluate_classifier
 from vit_accel.training import methods, resume
 from vit_accel.training.arguments import parse_args, recorded_arguments
 from vit_accel.training.distributed import create_accelerator

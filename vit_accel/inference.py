@@ -23,7 +23,7 @@ from .data import DataArguments, ImageClassificationDataset, build_pipeline, loa
 from .data.sources import EVAL_SPLITS, _load
 from .data.transforms import to_rgb
 from .errors import UserError
-from .evaluation import evaluate_classifier
+from .eval_loop import evaluate_classifier
 from .paths import looks_local
 from .training.preflight import make_writable_dir
 from .weights.transformers_vit import WEIGHT_FILES

@@ -16,12 +16,12 @@ point and its keywords), `conversion` (`convert`, `export`), `graph_export` (ONN
 
 from __future__ import annotations
 
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .conversion import EXPORT_TARGETS, convert, export
 from .download import WeightsDownloadError
 from .files import save_safetensors, sniff
 from .loading import from_pretrained
 from .policy import HEAD_INITS
+from .source_weights import Checkpoint, CheckpointError, ProgressFn
 from .sources import ACCEPTED, read_checkpoint
 
 __all__ = [

@@ -20,9 +20,9 @@ from transformers import ViTImageProcessor
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForImageClassification
 from . import graph_export, native, policy, timm_state_dict, transformers_vit
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json
 from .loading import split_keywords
+from .source_weights import Checkpoint, CheckpointError, ProgressFn
 from .sources import HubOptions, _hub_download, locate
 
 EXPORT_TARGETS = ("transformers", "timm", "onnx", "exported-program")

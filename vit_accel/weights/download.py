@@ -24,7 +24,7 @@ from pathlib import Path
 from huggingface_hub import constants
 
 from ..errors import UserError
-from .checkpoint import CheckpointError
+from .source_weights import CheckpointError
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/vit_models/"
 

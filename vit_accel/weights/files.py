@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, ProgressFn
+from .source_weights import CheckpointError, ProgressFn
 
 _ZIP = b"PK\x03\x04"
 # A safetensors header is JSON behind its 8-byte little-endian length; safetensors itself refuses headers over 100 MB.

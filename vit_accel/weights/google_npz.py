@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
+from .source_weights import Checkpoint, CheckpointError, ProgressFn
 
 PREFIXES = ("opt/target/", "params/img/", "params/", "")
 

@@ -30,7 +30,7 @@ from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelPreTrainedModel
 from . import policy
-from .checkpoint import Checkpoint
+from .source_weights import Checkpoint
 from .sources import HubOptions, locate, standard_path, unknown_variant
 
 HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder", "use_safetensors")

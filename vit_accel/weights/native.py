@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors
+from .source_weights import Checkpoint, CheckpointError, ProgressFn
 from .transformers_vit import rename_state_dict
 
 # Fields of our config.json that the tensors' shapes cannot tell.

@@ -33,7 +33,7 @@ import torch
 from ..configuration_vit_accel import VIT_SIZES, ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelModel, resample_position_embeddings
-from .checkpoint import HEAD_KEYS, PATCH_KEY, POOLER_KEYS, POS_KEY, Checkpoint, CheckpointError
+from .source_weights import HEAD_KEYS, PATCH_KEY, POOLER_KEYS, POS_KEY, Checkpoint, CheckpointError
 
 logger = logging.getLogger(__name__)
 

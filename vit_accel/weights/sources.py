@@ -22,8 +22,8 @@ from huggingface_hub.utils import validate_repo_id
 from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
 from . import download, google_npz, native, timm_state_dict, transformers_vit
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
+from .source_weights import Checkpoint, CheckpointError, ProgressFn
 
 ACCEPTED = (
     "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError
 from .files import read_json, read_tensors, save_safetensors
+from .source_weights import Checkpoint, CheckpointError
 
 _FIXED = {
     "cls_token": "vit.embeddings.cls_token",

@@ -27,8 +27,8 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from ..modeling_vit_accel import LEGACY_VIT_BLOCK_NAMES
-from .checkpoint import Checkpoint, CheckpointError
 from .files import read_json, read_tensors
+from .source_weights import Checkpoint, CheckpointError
 
 _LEGACY_BLOCK = {**LEGACY_VIT_BLOCK_NAMES, "layernorm_before": "layernorm_before", "layernorm_after": "layernorm_after"}
 _V5_BLOCK = {value: value for value in _LEGACY_BLOCK.values()}
