@@ -108,6 +108,8 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if kind == "safetensors":
         safetensors_header(path)  # a truncated file says so, instead of safetensors' "file not fully covered"
         return load_file(str(path))
+    if kind == "torch" and (unsafe := _unsafe_globals(path)):
+        raise CheckpointError(f"{path}: {_OBJECTS.format(', '.join(unsafe[:3]))}")
     if kind in ("torch", "pickle"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "torch")
@@ -117,7 +119,20 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: an {kind} file, not a tensor file.")
 
 
-# torch's "Unsupported global: GLOBAL module.Name was not an allowed global": the one fact worth repeating.
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects beyond tensors and plain containers that a torch (zip) checkpoint holds, which its
+    `weights_only=True` load would refuse: torch's own list, read without unpickling (empty when the file cannot be
+    read so: `torch.load` then says why)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a truncated or corrupt zip: the load that follows names the fault
+        return []
+
+
+_KEEP = "Save the weights as safetensors or a plain state dict (torch.save(model.state_dict())) where they were made"
+_OBJECTS = "refusing to unpickle: it holds Python objects ({}) beyond tensors and plain containers. " + _KEEP + "."
+# torch's "Unsupported global: GLOBAL module.Name was not an allowed global": the one fact worth repeating (a plain
+# pickle file, which torch's own list of a checkpoint's globals does not read).
 _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -133,8 +148,7 @@ def _refusal(error: BaseException, pickle_file: Path | None = None) -> str:
     """
     text = _ANSI_RE.sub("", str(error))
     found = _GLOBAL_RE.search(text)
-    keep = "Save the weights as safetensors or a plain state dict (torch.save(model.state_dict())) where they were made"
-    objects = "refusing to unpickle: it holds Python objects ({}) beyond tensors and plain containers. " + keep + "."
+    keep, objects = _KEEP, _OBJECTS
     if found:
         return objects.format(found[1])
     if isinstance(error, EOFError) or "truncated" in text or "Ran out of input" in text:
