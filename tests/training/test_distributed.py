@@ -65,3 +65,56 @@ def test_parameter_checksum_sums_every_parameter():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     expected = sum(p.detach().sum() for p in model.parameters())
     torch.testing.assert_close(parameter_checksum(model), expected.reshape(1))
+
+
+# The two places train.py relies on library internals, each checked here in a fresh process with one FSDP process
+# over gloo, so that a torch or accelerate release that changes them fails this test by name (no public API does
+# either job: accelerate applies its FSDP plugin to accelerator devices only, and fully_shard exposes no way back
+# to the module's own class, which save_pretrained needs to copy the right remote code).
+FSDP_INTERNALS = """
+import torch
+from accelerate.utils import DistributedType
+from torch.distributed.fsdp import FSDPModule, fully_shard
+
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
+from vit_accel.training.distributed import create_accelerator
+from vit_accel.training.finish import _unsharded_class
+
+accelerator = create_accelerator()
+# 1. PartialState presented as MULTI_GPU before the Accelerator is built: accelerate then applies its FSDP plugin.
+assert accelerator.distributed_type == DistributedType.FSDP, accelerator.distributed_type
+assert accelerator.state.fsdp_plugin is not None and accelerator.state.fsdp_plugin.fsdp_version == 2
+# 2. fully_shard replaces the class by a generated subclass of FSDPModule and of the model's own class.
+model = ViTAccelForImageClassification(ViTAccelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    intermediate_size=64, image_size=16, patch_size=8, num_labels=3))
+fully_shard(model)
+generated = type(model)
+assert issubclass(generated, FSDPModule) and issubclass(generated, ViTAccelForImageClassification), generated.__mro__
+assert generated.__module__ != "vit_accel.modeling_vit_accel", generated.__module__
+with _unsharded_class(model):
+    assert type(model) is ViTAccelForImageClassification
+assert type(model) is generated
+print("internals as relied on")
+"""
+
+
+def test_the_fsdp_internals_train_py_relies_on_still_hold(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from factories import ROOT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "LOCAL_RANK": "0", "RANK": "0",
+        "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        "ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+    }  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", FSDP_INTERNALS], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0 and "internals as relied on" in result.stdout, result.stderr[-4000:]
