@@ -93,10 +93,8 @@ def train(argv: list[str] | None) -> dict:
     plan = resume.plan_resume(accelerator, args, settings, output_dir)
     if plan.finished is not None:
         return plan.finished
-    if args.push_to_hub:
-        on_main_process(accelerator, lambda: check_hub_repo(args.hub_model_id, args.hub_token))
     # The main process alone: another's write probe would look like a foreign file to this one's check.
-    on_main_process(accelerator, lambda: take_output_dir(plan, model_args, data_args, args))
+    on_main_process(accelerator, lambda: check_destinations(plan, model_args, data_args, args))
     set_seed(args.seed)
 
     # Only the main process downloads/prepares the dataset; the others then read the cache.
@@ -127,9 +125,7 @@ def train(argv: list[str] | None) -> dict:
         return done
     state = resume.restore(plan, accelerator, model, scheduler, frozen, ema, total_steps, settings)
     reporter = Reporter(accelerator, output_dir, total_steps, state.completed_steps)
-    if args.with_tracking:
-        accelerator.init_trackers("vit_accel", config=tracker_config(model_args, data_args, args))
-    announce(reporter, accelerator, plan, state, data, args, model)
+    announce(reporter, accelerator, plan, state, data, (model_args, data_args, args), model)
 
     results, meter, compute_dtype = dict(state.last_eval or {}), LossMeter(accelerator), None
     model.train()
@@ -192,10 +188,8 @@ def train(argv: list[str] | None) -> dict:
 
                 if state.completed_steps % eval_every == 0 or last_step:
                     results = evaluate(accelerator, model, ema, eval_loader, eval_pipeline, len(data.labels))
-                    state.last_eval = results
+                    state.record_evaluation(results)
                     reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
-                    if state.best_metric is None or results["eval_top1"] > state.best_metric:
-                        state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
 
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                     save_step_checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen, reporter)
@@ -269,8 +263,12 @@ def evaluate(accelerator: Accelerator, model, ema, eval_loader, eval_pipeline, n
     return results
 
 
-def announce(reporter: Reporter, accelerator: Accelerator, plan, state, data, args, model) -> None:
-    """What the run is about to do: where it resumed, the data, the processes, the batch, the steps, the parameters."""
+def announce(reporter: Reporter, accelerator: Accelerator, plan, state, data, arguments: tuple, model) -> None:
+    """Start the trackers (--with_tracking) and say what the run is about to do: where it resumed, the data, the
+    processes, the batch, the steps, the parameters."""
+    args = arguments[-1]
+    if args.with_tracking:
+        accelerator.init_trackers("vit_accel", config=tracker_config(*arguments))
     if plan.checkpoint is not None:
         reporter.info(f"Resumed from {plan.checkpoint} at step {state.completed_steps}")
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -282,8 +280,11 @@ def announce(reporter: Reporter, accelerator: Accelerator, plan, state, data, ar
     reporter.info(methods.parameter_summary(accelerator.unwrap_model(model)))
 
 
-def take_output_dir(plan: resume.ResumePlan, model_args, data_args, args) -> None:
-    """Check that the run may write into --output_dir (see `check_output_dir`) and lock it for this run alone."""
+def check_destinations(plan: resume.ResumePlan, model_args, data_args, args) -> None:
+    """Check that the Hub takes the upload (--push_to_hub) and that the run may write into --output_dir (see
+    `check_output_dir`); lock the directory for this run alone."""
+    if args.push_to_hub:
+        check_hub_repo(args.hub_model_id, args.hub_token)
     inputs = {
         "--model_name_or_path": model_args.model_name_or_path,
         "--dataset_name": data_args.dataset_name,

@@ -50,6 +50,12 @@ class TrainerState:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def record_evaluation(self, results: dict[str, float]) -> None:
+        """The latest evaluation's results, and the best top-1 so far with its step."""
+        self.last_eval = results
+        if self.best_metric is None or results["eval_top1"] > self.best_metric:
+            self.best_metric, self.best_step = results["eval_top1"], self.completed_steps
+
     @classmethod
     def from_file(cls, path: Path) -> TrainerState:
         """Read a `trainer_state.json`; a damaged or foreign one is a UserError naming the file."""
