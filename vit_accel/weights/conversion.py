@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from . import graph_export, native, policy, timm_state_dict, transformers_vit
+from . import graph_export, native, policy, timm_families, timm_state_dict, transformers_vit
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json
 from .loading import split_keywords
@@ -172,7 +172,7 @@ def export(
     if to == "transformers":
         transformers_vit.write(model, out_dir)
     elif to == "timm":
-        timm_state_dict.write(model, out_dir)
+        (timm_families if timm_families.is_family(model.config) else timm_state_dict).write(model, out_dir)
     elif to == "onnx":
         graph_export.write_onnx(model, out_dir)
         model.config.save_pretrained(out_dir)
