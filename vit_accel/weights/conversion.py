@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from . import graph_export, native, policy, timm_families, timm_state_dict, transformers_vit
+from . import graph_export, native, policy, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json
 from .loading import split_keywords
@@ -104,6 +104,8 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
             cfg = read_json(folder / "config.json").get("pretrained_cfg") or {}
             if cfg.get("mean") and cfg.get("std"):
                 return {"image_mean": list(cfg["mean"]), "image_std": list(cfg["std"])}
+        if checkpoint.format == "transformers":  # a family saved without its processor: the family's own
+            return transformers_families.default_processor(folder)
         return None
     if checkpoint.format == "transformers" and not folder.exists():  # a Hub repo id
         try:
