@@ -172,6 +172,12 @@ def export(
         graph_export.require_onnx_exporter()  # before loading anything
     model = model_or_dir if source is None else ViTAccelForImageClassification.from_pretrained(source)
     if to == "transformers":
+        if timm_families.is_family(model.config):
+            raise UserError(
+                f"export --to transformers writes transformers' ViT, which has none of this model's family options "
+                f"({', '.join(timm_families.family_options(model.config))}); export --to timm, onnx or "
+                "exported-program instead."
+            )
         transformers_vit.write(model, out_dir)
     elif to == "timm":
         (timm_families if timm_families.is_family(model.config) else timm_state_dict).write(model, out_dir)
