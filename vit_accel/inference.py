@@ -18,7 +18,6 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 from .adapters import is_adapter_dir, load_adapter_classifier
 from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
-from .data.transforms import to_rgb
 from .errors import UserError
 from .evaluation import evaluate_classifier
 from .training.preflight import make_writable_dir
@@ -173,7 +172,8 @@ def _preprocessing(model: str, where: Path | str) -> dict:
 def _open_image(path: str) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as image:
-            return to_rgb(image.copy())
+            image.load()
+            return image.copy()  # still with its EXIF orientation, which the pipeline applies (prepare_image)
     except PIL.Image.DecompressionBombError as error:
         # PIL refuses images over twice MAX_IMAGE_PIXELS, which could exhaust memory while decoding.
         raise UserError(f"Cannot read image {path}: {error} Downscale it first.") from error
