@@ -18,7 +18,7 @@ from pathlib import Path
 from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
 from . import download, google_npz, native, timm_state_dict, transformers_vit
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
+from .checkpoint import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
 
 ACCEPTED = (
@@ -109,11 +109,34 @@ def read_checkpoint(
         names = list(read_tensors(path))
     for fmt in TENSOR_FORMATS:
         if fmt.detect(names):
-            return fmt.read(path, progress, lazy)
+            return _with_config_beside(fmt.read(path, progress, lazy), path)
     raise CheckpointError(
         f"{path}: tensors with unrecognised names (e.g. {sorted(names)[:4]}): not a ViT from timm, transformers or "
         f"ViTAccel. Accepted: {ACCEPTED}."
     )
+
+
+def _with_config_beside(checkpoint: Checkpoint, path: Path) -> Checkpoint:
+    """A bare tensor file records only shapes; the `config.json` of the directory it sits in (timm's, ours or
+    transformers') says the rest: attention heads, LayerNorm epsilon, activation, labels. A file that records them
+    itself (one of our cached conversions) keeps its own."""
+    config_file = path.parent / "config.json"
+    if checkpoint.num_attention_heads is not None or not config_file.is_file():
+        return checkpoint
+    config = read_json(config_file)
+    if timm_state_dict.detect((), config):
+        timm_state_dict.apply_config(checkpoint, config, config_file)
+    elif native.detect((), config) or transformers_vit.detect((), config):
+        width = int(checkpoint.state_dict[PATCH_KEY].shape[0]) if PATCH_KEY in checkpoint.state_dict else None
+        if config.get("hidden_size") not in (None, width):
+            raise CheckpointError(
+                f"{config_file}: hidden_size is {config['hidden_size']}, but the weights of {path} are {width} wide: "
+                "this config.json describes another model."
+            )
+        fields = transformers_vit.config_fields(config)
+        checkpoint.num_attention_heads = fields.pop("num_attention_heads", None)
+        checkpoint.config.update({key: value for key, value in fields.items() if key != "label2id"})
+    return checkpoint
 
 
 def _check_container(path: Path, use_safetensors: bool | None, kind: str | None = None) -> None:
