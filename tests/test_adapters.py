@@ -251,3 +251,19 @@ def test_an_adapter_whose_base_was_retrained_in_place_is_refused_naming_both(
     assert vit_accel(["predict", "--model", str(adapter), "--json", "--allow_changed_base", image]) == 0
     after = json.loads(capsys.readouterr().out)
     assert after[0]["predictions"] != before[0]["predictions"]  # the changed base does change the scores
+
+
+def test_the_classifier_as_a_lora_target_is_refused_naming_the_layers_that_can_be(run_train, tmp_path):
+    from launching import tiny_args
+
+    for targets in ("classifier", "q_proj,classifier"):
+        with pytest.raises(UserError, match=r"the classifier always trains in full .* targets are fc1, fc2, k_proj"):
+            apply_lora(_base(), r=4, target_modules=parse_target_modules(targets))
+    # train.py says so before reading the data (the dataset named here does not exist).
+    argv = tiny_args(tmp_path / "no_such_dataset", tmp_path / "out", "--peft", "lora", "--lora_target_modules",
+                     "classifier")  # fmt: skip
+    argv.remove("--from_scratch")
+    code, err = run_train(argv)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "--lora_target_modules classifier: the classifier always trains in full" in line, err
+    assert "o_proj" in line and "q_proj" in line and not (tmp_path / "out").exists()

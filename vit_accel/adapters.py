@@ -58,6 +58,13 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | str) -> N
         return
     linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     available = sorted({name.rsplit(".", 1)[-1] for name in linear if name != "classifier"})
+    # The classifier is peft's `modules_to_save` (trained in full); peft finds no layer left to adapt under that name.
+    head = [t for t in target_modules if t == "classifier" or t.endswith(".classifier")]
+    if head:
+        raise UserError(
+            f"--lora_target_modules {head[0]}: the classifier always trains in full with --peft lora, so it takes no "
+            f"LoRA update; the linear layers that can be targets are {', '.join(available)} (or all-linear)."
+        )
     unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
     if unmatched:
         raise UserError(
