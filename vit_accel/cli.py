@@ -236,6 +236,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .data import DataArguments
     from .inference import evaluate, evaluation_split, prepare_output_dir, recorded_split_settings, write_evaluation
+    from .training.preflight import check_metric_cache
 
     if args.dataset_name is None and args.validation_dir is None:
         raise UserError("Give the data to evaluate on: --dataset_name or --validation_dir.")
@@ -246,6 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if folder is not None and not Path(folder).is_dir():
         raise UserError(f"--validation_dir {folder}: no such directory.")
     output_dir = prepare_output_dir(args.output_dir)
+    check_metric_cache()
     # A dataset without an evaluation split is evaluated on a hold-out of its training split: only the training run's
     # own fraction and seed give back its held-out images (others mix training images in).
     recorded, record_file = recorded_split_settings(args.model)
