@@ -67,3 +67,43 @@ def test_a_config_json_beside_the_file_that_describes_another_model_is_refused(t
     (tmp_path / "timm" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"model_args.embed_dim is 64, but the weights beside it are 32 wide"):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "timm" / "model.safetensors")
+
+
+# --- The Python API on a directory of ours: each keyword's mistake is one line; what is documented works. ---
+
+
+@pytest.fixture
+def ours(two_heads, tmp_path):
+    two_heads.save_pretrained(tmp_path / "ours")  # a trained 5-class head
+    return tmp_path / "ours"
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"num_labels": 3}, r"num_labels=3\): it holds a trained 5-class head; ignore_mismatched_sizes=True replaces"),
+        ({"id2label": {0: "a", 1: "b"}}, r"id2label=<2 labels>\): it holds a trained 5-class head; ignore_mismatched"),
+        ({"label2id": {"a": 0}}, r"label2id=<1 labels>\): it holds a trained 5-class head"),
+        ({"revision": "v2"}, r"revision='v2': .* is a local path, which has no revisions"),
+    ],
+)
+def test_keywords_that_do_not_fit_a_directory_of_ours_are_one_line(ours, keywords, message):
+    with pytest.raises(UserError, match=message) as caught:
+        ViTAccelForImageClassification.from_pretrained(ours, **keywords)
+    assert "\n" not in str(caught.value)
+
+
+def test_head_init_with_ignore_mismatched_sizes_builds_that_head_on_a_directory_of_ours(ours, two_heads):
+    pixels = torch.randn(2, 3, 32, 32)
+    for head_init in ("zeros", "normal"):
+        model = ViTAccelForImageClassification.from_pretrained(
+            ours, num_labels=3, ignore_mismatched_sizes=True, head_init=head_init
+        )
+        assert model.classifier.weight.shape == (3, 32) and not model.classifier.bias.any()
+        assert bool(model.classifier.weight.any()) == (head_init == "normal")
+        torch.testing.assert_close(model.vit.layers[1].mlp.fc2.weight, two_heads.vit.layers[1].mlp.fc2.weight)
+    kept = ViTAccelForImageClassification.from_pretrained(ours, head_init="normal")  # the trained head fits: kept
+    with torch.no_grad():
+        torch.testing.assert_close(kept(pixels).logits, two_heads(pixels).logits, atol=0, rtol=0)
+    again = ViTAccelForImageClassification.from_pretrained(ours, num_labels=3, ignore_mismatched_sizes=True)
+    assert again.config.num_labels == 3  # transformers' own path, as before

@@ -321,6 +321,12 @@ def _check_remote_name(text: str) -> None:
         raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
 
 
+def check_local_revision(source: str | os.PathLike, revision: str | None) -> None:
+    """A `revision` other than the default for a local path, refused: a directory has no revisions to choose from."""
+    if revision not in (None, "main") and Path(str(source)).expanduser().exists():
+        raise UserError(f"revision={revision!r}: {source} is a local path, which has no revisions.")
+
+
 def locate(
     source: str | os.PathLike | Checkpoint,
     options: HubOptions | None = None,
@@ -339,10 +345,9 @@ def locate(
         return named_checkpoint(text, weights, progress, quiet, options)
     path = Path(text).expanduser()
     if path.exists():
+        check_local_revision(path, options.revision)
         if options.subfolder:
             path = path / options.subfolder
-        if options.revision not in (None, "main"):
-            raise UserError(f"revision={options.revision!r}: {path} is a local path, which has no revisions.")
         return read_checkpoint(path, progress, lazy, options.use_safetensors)
     _check_remote_name(text)
     return _hub_or_raise(text, options)
@@ -370,6 +375,7 @@ def _is_repo_id(text: str) -> bool:
 __all__ = [
     "ACCEPTED",
     "HubOptions",
+    "check_local_revision",
     "closest_variant",
     "hub_checkpoint",
     "locate",
