@@ -21,6 +21,7 @@ from .data import DataArguments, ImageClassificationDataset, build_pipeline, loa
 from .errors import UserError
 from .evaluation import evaluate_classifier
 from .training.preflight import make_writable_dir
+from .weights.kinds import other_kind
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -51,6 +52,9 @@ def load_classifier(model: str, allow_changed_base: bool = False) -> tuple[torch
         preprocessing = _preprocessing(str(path), path / "preprocessor_config.json")
         return load_adapter_classifier(path, allow_changed_base=allow_changed_base).eval(), preprocessing
     if path.exists():
+        kind = other_kind(path)
+        if kind is not None:
+            raise UserError(f"--model {model}: {kind}.")
         if not path.is_dir():
             raise UserError(f"--model {model}: a file, not a saved model directory.")
         files = {}

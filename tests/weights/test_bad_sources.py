@@ -1,6 +1,7 @@
 """Sources whose architecture the weights do not fully say, and directories that are something else."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -107,3 +108,63 @@ def test_head_init_with_ignore_mismatched_sizes_builds_that_head_on_a_directory_
         torch.testing.assert_close(kept(pixels).logits, two_heads(pixels).logits, atol=0, rtol=0)
     again = ViTAccelForImageClassification.from_pretrained(ours, num_labels=3, ignore_mismatched_sizes=True)
     assert again.config.num_labels == 3  # transformers' own path, as before
+
+
+# --- Outputs of this project that hold no model to load, given where a model is expected. ---
+
+
+@pytest.fixture(scope="module")
+def other_kinds(trained_run, tmp_path_factory):
+    """An adapter directory (with and without merged/), a training checkpoint and both graph exports."""
+    import shutil
+
+    from vit_accel.adapters import apply_lora, merged_copy, save_adapter
+
+    root = tmp_path_factory.mktemp("kinds")
+    adapted = apply_lora(ViTAccelForImageClassification.from_pretrained(trained_run), r=2)
+    save_adapter(adapted, root / "adapter")
+    shutil.copytree(root / "adapter", root / "adapter_merged")
+    merged_copy(adapted).save_pretrained(root / "adapter_merged" / "merged")
+    for to in ("onnx", "exported-program"):
+        assert vit_accel(["export", str(trained_run), str(root / to), "--to", to]) == 0
+    from launching import tiny_args, train_in_this_process
+
+    run = root / "run"  # a real checkpoint: a 2-step run that saves one after its first step
+    argv = tiny_args(trained_run.parent / "digits", run, "--max_train_steps", "2", "--checkpointing_steps", "1")
+    assert train_in_this_process(argv, threads=1) == 0
+    checkpoint = run / "checkpoint-1"
+    return {
+        "adapter": (root / "adapter", "a LoRA adapter directory (adapter_config.json), not a model: load it with "
+                    "vit_accel.adapters.load_adapter_classifier("),
+        "adapter with merged/": (root / "adapter_merged",
+                                 f"or use its merged copy {root / 'adapter_merged' / 'merged'}"),
+        "checkpoint": (checkpoint, f"a training checkpoint (trainer_state.json) of the run in {run}, not a model: use "
+                       f"the run directory {run}"),
+        "onnx": (root / "onnx", "an ONNX export (model.onnx), a graph for ONNX runtimes, not a model to load: run it "
+                 "with onnxruntime"),
+        "onnx file": (root / "onnx" / "model.onnx", "an ONNX export (model.onnx)"),
+        "exported-program": (root / "exported-program", "a torch.export ExportedProgram (model.pt2), not a model to "
+                             "load: run it with torch.export.load("),
+        "exported-program file": (root / "exported-program" / "model.pt2", "a torch.export ExportedProgram"),
+    }  # fmt: skip
+
+
+KINDS = ["adapter", "adapter with merged/", "checkpoint", "onnx", "onnx file", "exported-program",
+         "exported-program file"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_is_not_a_model_is_named_with_what_to_use_instead(kind, other_kinds, digit_images, tmp_path, capsys):
+    source, message = other_kinds[kind]
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        ViTAccelForImageClassification.from_pretrained(source)
+    assert str(caught.value).startswith(f"{source}: a") and "\n" not in str(caught.value)
+    commands = [["export", str(source), str(tmp_path / "e")], ["convert", str(source), str(tmp_path / "c")]]
+    if not kind.startswith("adapter"):  # predict reads an adapter directory (merged into its base)
+        commands.append(["predict", "--model", str(source), str(digit_images[0])])
+    for command in commands:
+        capsys.readouterr()
+        assert vit_accel(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (command, err)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "c").exists()

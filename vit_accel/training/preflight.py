@@ -179,11 +179,11 @@ def check_model_source(source: str, from_scratch: bool, attn_implementation: str
             f"--model_name_or_path {source!r}: --from_scratch needs a variant name or a directory with config.json; "
             f"{hint}"
         )
-    if path.is_dir() and (path / "trainer_state.json").is_file() and not (path / "config.json").is_file():
-        raise UserError(
-            f"--model_name_or_path {source} is a training checkpoint, not a model: continue that run with "
-            f"--resume_from_checkpoint {source}, or fine-tune from the run's own directory ({path.parent})."
-        )
+    from ..weights.kinds import other_kind
+
+    kind = other_kind(path) if path.exists() else None
+    if kind is not None:
+        raise UserError(f"--model_name_or_path {source} is {kind}.")
     if attn_implementation in ("flash_attention_2", "flash_attention_3"):
         from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 

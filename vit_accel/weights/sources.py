@@ -20,6 +20,7 @@ from ..errors import UserError
 from . import download, google_npz, native, timm_state_dict, transformers_vit
 from .checkpoint import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
+from .kinds import other_kind
 
 ACCEPTED = (
     "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"
@@ -303,6 +304,7 @@ def standard_path(source: str | os.PathLike, options: HubOptions | None = None) 
     path = Path(text).expanduser()
     if path.exists():
         path = path / options.subfolder if options.subfolder else path
+        check_kind(path)
         config_file = path / "config.json"
         if not (path.is_dir() and config_file.is_file() and native.detect((), read_json(config_file))):
             return False
@@ -319,6 +321,13 @@ def _check_remote_name(text: str) -> None:
         raise unknown_variant(text)
     if not _is_repo_id(text):
         raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
+
+
+def check_kind(path: Path) -> None:
+    """An adapter, training checkpoint or graph export given as a model, refused saying what it is (`other_kind`)."""
+    kind = other_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}.")
 
 
 def check_local_revision(source: str | os.PathLike, revision: str | None) -> None:
@@ -348,6 +357,7 @@ def locate(
         check_local_revision(path, options.revision)
         if options.subfolder:
             path = path / options.subfolder
+        check_kind(path)
         return read_checkpoint(path, progress, lazy, options.use_safetensors)
     _check_remote_name(text)
     return _hub_or_raise(text, options)
