@@ -267,3 +267,16 @@ def test_the_classifier_as_a_lora_target_is_refused_naming_the_layers_that_can_b
     line = err.strip().splitlines()[-1]
     assert code == 2 and "--lora_target_modules classifier: the classifier always trains in full" in line, err
     assert "o_proj" in line and "q_proj" in line and not (tmp_path / "out").exists()
+
+
+def test_an_adapter_whose_base_is_gone_says_so(tmp_path):
+    from vit_accel.adapters import base_identity
+
+    _base().save_pretrained(tmp_path / "base")
+    model = apply_lora(ViTAccelForImageClassification.from_pretrained(tmp_path / "base"), r=2,
+                       base_model_name_or_path=base_model_reference(str(tmp_path / "base")))  # fmt: skip
+    save_adapter(model, tmp_path / "adapter", base=base_identity(str(tmp_path / "base")))
+    load_adapter_classifier(tmp_path / "adapter")  # the base as trained on: loads
+    (tmp_path / "base").rename(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"adapter: its base .*/base \(named in adapter_config.json\) no longer exists"):
+        load_adapter_classifier(tmp_path / "adapter")

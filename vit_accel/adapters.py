@@ -169,11 +169,17 @@ def check_base(adapter_dir: str | Path, base: str, allow_changed_base: bool = Fa
     now = base_identity(base)
     if now is not None and now["weights_xxh3_64"] == recorded["weights_xxh3_64"]:
         return
-    found = f"now {now['weights_xxh3_64']}" if now is not None else "now missing"
-    message = (
-        f"{adapter_dir}: its base {base} has other weights than the ones the adapter was trained on (xxh3-64 "
-        f"{recorded['weights_xxh3_64']} in {record_file}, {found}): retrained or replaced since"
-    )
+    if now is None:
+        message = (
+            f"{adapter_dir}: its base {base} (named in {ADAPTER_CONFIG}) no longer exists; the adapter was trained on "
+            f"weights of xxh3-64 {recorded['weights_xxh3_64']} ({record_file})"
+        )
+    else:
+        message = (
+            f"{adapter_dir}: its base {base} has other weights than the ones the adapter was trained on (xxh3-64 "
+            f"{recorded['weights_xxh3_64']} in {record_file}, now {now['weights_xxh3_64']}): retrained or replaced "
+            "since"
+        )
     if not allow_changed_base:
         raise UserError(f"{message}. Restore that base, or pass --allow_changed_base (allow_changed_base=True).")
     import warnings

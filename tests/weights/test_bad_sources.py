@@ -86,6 +86,7 @@ def ours(two_heads, tmp_path):
         ({"id2label": {0: "a", 1: "b"}}, r"id2label=<2 labels>\): it holds a trained 5-class head; ignore_mismatched"),
         ({"label2id": {"a": 0}}, r"label2id=<1 labels>\): it holds a trained 5-class head"),
         ({"revision": "v2"}, r"revision='v2': .* is a local path, which has no revisions"),
+        ({"num_labels": 0}, r"num_labels must be a positive integer \(the classes of the head\), got 0"),
     ],
 )
 def test_keywords_that_do_not_fit_a_directory_of_ours_are_one_line(ours, keywords, message):
@@ -168,3 +169,13 @@ def test_what_is_not_a_model_is_named_with_what_to_use_instead(kind, other_kinds
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (command, err)
     assert not (tmp_path / "e").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_checkpoint_copied_away_from_its_run_is_named_without_a_run_to_point_to(other_kinds, tmp_path):
+    import shutil
+
+    copied = tmp_path / "saved_checkpoint"
+    shutil.copytree(other_kinds["checkpoint"][0], copied)
+    message = f"{copied}: a training checkpoint (trainer_state.json), not a model: continue the run with "
+    with pytest.raises(UserError, match=re.escape(message + f"--resume_from_checkpoint {copied}")):
+        ViTAccelForImageClassification.from_pretrained(copied)

@@ -44,9 +44,12 @@ def other_kind(source: str | os.PathLike) -> str | None:
             f"or use {copy}"
         )
     if (path / STATE_FILE).is_file() and not (path / "config.json").is_file():
+        resume = f"continue the run with --resume_from_checkpoint {path}"
+        if not (path.parent / "config.json").is_file():  # a checkpoint copied away from its run, or a run unfinished
+            return f"a training checkpoint ({STATE_FILE}), not a model: {resume} (its run saves the final model)"
         return (
             f"a training checkpoint ({STATE_FILE}) of the run in {path.parent}, not a model: use the run "
-            f"directory {path.parent} (its final model), or continue the run with --resume_from_checkpoint {path}"
+            f"directory {path.parent} (its final model), or {resume}"
         )
     if not any((path / name).is_file() for name in _WEIGHTS):
         if (path / ONNX_FILE).is_file():

@@ -107,6 +107,11 @@ def _other_resolution(source: Any, kwargs: dict[str, Any], where: dict[str, Any]
     return None if pair(asked) == pair(config.image_size) else config
 
 
+def check_num_labels(num_labels: Any) -> None:
+    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
+        raise UserError(f"num_labels must be a positive integer (the classes of the head), got {num_labels!r}.")
+
+
 def _other_head(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> ViTAccelConfig | None:
     """The saved config of a directory or Hub repo of ours when the keywords ask for a head other than its trained
     one (another label count, or `head_init`), else None. Another label count without `ignore_mismatched_sizes=True`
@@ -114,6 +119,7 @@ def _other_head(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> V
     asked = {key: kwargs[key] for key in policy.LABEL_FIELDS if kwargs.get(key) is not None}
     if not asked and kwargs.get("head_init") is None:
         return None
+    check_num_labels(asked.get("num_labels"))
     config = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
     count = asked.get("num_labels", len(asked.get("id2label") or asked.get("label2id") or {}))
     if asked and count != config.num_labels and kwargs.get("ignore_mismatched_sizes") is not True:
@@ -161,9 +167,7 @@ def split_keywords(
                 f"takes ViTAccelConfig fields and {', '.join(public + list(ALWAYS_SO))}."
             )
     hub = {key: value for key, value in hub.items() if value is not None}
-    num_labels = fields.get("num_labels")
-    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
-        raise UserError(f"num_labels must be a positive integer (the classes of the head), got {num_labels!r}.")
+    check_num_labels(fields.get("num_labels"))
     variant = ours.get("variant")
     if variant is not None and variant not in VIT_VARIANTS:
         raise unknown_variant(variant, "named variant (the variant= keyword)")
