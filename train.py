@@ -46,6 +46,7 @@ from vit_accel.training.model import build_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
     check_hub_repo,
+    check_metric_cache,
     check_model_source,
     check_output_dir,
     check_precision_and_accumulation,
@@ -217,6 +218,7 @@ def checked_accelerator(model_args, args) -> Accelerator:
         # DeepSpeed clips inside its own step, with the value from its config (read at `prepare`): hand it ours.
         plugin.deepspeed_config["gradient_clipping"] = args.max_grad_norm
     check_model_source(model_args.model_name_or_path, model_args.from_scratch, model_args.attn_implementation)
+    check_metric_cache()
     if args.hub_token:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     return accelerator

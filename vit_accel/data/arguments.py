@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,8 +128,6 @@ EVALUATION_FIELDS: tuple[str, ...] = (
     "bad_images",
     "dataloader_num_workers",
 )
-# The annotation of each kind of field, as written above, and the type its command-line text converts to.
-_FIELD_TYPES = {"str | None": str, "str": str, "int | None": int, "int": int, "float | None": float, "float": float}
 
 
 def add_data_arguments(
@@ -138,10 +137,13 @@ def add_data_arguments(
     defaults and help as train.py's (transformers' HfArgumentParser); `overrides`: per field, argparse settings that
     replace them (another default or help). The values are then checked by `DataArguments` itself."""
     fields = {f.name: f for f in dataclasses.fields(DataArguments)}
+    # The annotations resolved (HfArgumentParser resolves them in place too): `str | None` converts with `str`.
+    hints = typing.get_type_hints(DataArguments)
     for name in names:
         spec = fields[name]
+        kinds = [kind for kind in typing.get_args(hints[name]) if kind is not type(None)] or [hints[name]]
         settings: dict[str, Any] = {
-            "type": _FIELD_TYPES[str(spec.type)],
+            "type": kinds[0],
             "default": spec.default,
             "help": spec.metadata.get("help"),
         }

@@ -250,7 +250,7 @@ def save_adapter_outputs(
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        save_adapter(model, output_dir)
+        save_adapter(model, output_dir, base=getattr(model, "vit_accel_base_identity", None))
         write_image_processor(output_dir, size, *normalisation)
         if args.merge_adapter:
             save_merged(model, output_dir / MERGED_DIR)

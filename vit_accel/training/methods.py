@@ -13,6 +13,7 @@ from torch import nn
 
 from ..adapters import (
     apply_lora,
+    base_identity,
     base_model_reference,
     check_target_modules,
     count_parameters,
@@ -67,7 +68,7 @@ def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None
 def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArguments) -> nn.Module:
     """The model to train: wrapped by peft for `--peft lora`, partly frozen for `--freeze*`, else as it is."""
     if args.peft == "lora":
-        return apply_lora(
+        adapted = apply_lora(
             model,
             r=args.lora_r,
             alpha=args.lora_alpha,
@@ -76,6 +77,9 @@ def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArgu
             use_dora=args.use_dora,
             base_model_name_or_path=base_model_reference(model_args.model_name_or_path),
         )
+        # Taken now, from the files the base was just read from: save_adapter_outputs records it with the adapter.
+        adapted.vit_accel_base_identity = base_identity(model_args.model_name_or_path)
+        return adapted
     check_freezing(args.freeze, args.freeze_layers, model.config.num_hidden_layers)
     apply_freezing(model, args.freeze, args.freeze_layers)
     return model

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CLASSIFIER_CONFIG, MERGED_DIR
+from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD, CLASSIFIER_CONFIG, MERGED_DIR
 from ..errors import UserError
 from .checkpointing import remove_stale_checkpoints
 
@@ -33,6 +33,7 @@ FINAL_OUTPUTS = (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     CLASSIFIER_CONFIG,
+    BASE_RECORD,
     MERGED_DIR,
     "README.md",
     "training_args.json",
