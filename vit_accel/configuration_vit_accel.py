@@ -51,7 +51,8 @@ class ViTAccelConfig(PreTrainedConfig):
     Field names follow `transformers.ViTConfig` where it has them. The later ViTs (DeiT III, DINOv2, CLIP, SigLIP,
     MAE's fine-tuning) differ from Google's by a few options, each a field below with Google's setting as default:
     `use_cls_token`, `num_register_tokens`, `prefix_position_embeddings`, `patch_embedding_bias`, `pre_norm`,
-    `layer_scale_init_value`, `mlp_type` (and `hidden_act`) and `pooling`.
+    `layer_scale_init_value`, `mlp_type` (and `hidden_act`), `pooling` and `position_embedding_type` (with
+    `rope_theta`).
 
     Args:
         hidden_size (`int`, defaults to 768): width of the encoder.
@@ -97,6 +98,14 @@ class ViTAccelConfig(PreTrainedConfig):
             token concatenated with the mean of the patch tokens, both after the final LayerNorm (DINOv2's linear
             head). `"map"`: multi-head attention pooling of all tokens by a learned query, followed by a LayerNorm
             and MLP (SigLIP's head).
+        position_embedding_type (`str`, defaults to `"learned"`): how the patches know where they are. `"learned"`:
+            a table of position embeddings added to the tokens (Google and the families above). `"rope"`: no table;
+            2-D rotary embeddings on the patch tokens' queries and keys in every block, as DINOv3 does them (patch
+            centres at `(i + 0.5) / rows` and `(j + 0.5) / columns` mapped to [-1, 1], a quarter of each head's
+            channels per axis, half-split rotation; prefix tokens not rotated). The grid follows the input size, so
+            any multiple of the patch size is taken.
+        rope_theta (`float`, defaults to 100.0): RoPE's base period (DINOv3's `rope_theta`, timm's
+            `rope_temperature`): the frequencies are `rope_theta ** (-4 k / head_dim)` for `k < head_dim / 4`.
 
     The configuration constructs whatever its values; the model checks them when it is built and raises a
     `ValueError` naming every inconsistent field (as transformers' models do).
@@ -138,6 +147,8 @@ class ViTAccelConfig(PreTrainedConfig):
     layer_scale_init_value: float | None = None
     mlp_type: str = "mlp"
     pooling: str = "cls"
+    position_embedding_type: str = "learned"
+    rope_theta: float = 100.0
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -180,5 +191,6 @@ class ViTAccelConfig(PreTrainedConfig):
 
 POOLINGS: tuple[str, ...] = ("cls", "mean", "cls_mean", "map")
 MLP_TYPES: tuple[str, ...] = ("mlp", "swiglu")
+POSITION_EMBEDDING_TYPES: tuple[str, ...] = ("learned", "rope")
 
-__all__ = ["MLP_TYPES", "POOLINGS", "VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]
+__all__ = ["MLP_TYPES", "POOLINGS", "POSITION_EMBEDDING_TYPES", "VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]

@@ -52,11 +52,12 @@ def _layer_count(state_dict: Mapping[str, torch.Tensor]) -> int:
 def infer_config_fields(checkpoint: Checkpoint) -> dict[str, Any]:
     """ViTAccelConfig fields implied by the checkpoint's shapes (and the facts its converter recorded), labels aside."""
     sd = checkpoint.state_dict
-    for key in (PATCH_KEY, POS_KEY, "vit.layers.0.mlp.fc1.weight"):
+    rope = checkpoint.config.get("position_embedding_type") == "rope"  # no table: its converter gives image_size
+    for key in (PATCH_KEY, *(() if rope else (POS_KEY,)), "vit.layers.0.mlp.fc1.weight"):
         if key not in sd:
             raise CheckpointError(f"{checkpoint.source}: no {key!r} after conversion; is this a plain ViT checkpoint?")
     hidden, channels, patch_h, patch_w = sd[PATCH_KEY].shape
-    side = source_grid(checkpoint)[0]
+    side = 224 // patch_h if rope else source_grid(checkpoint)[0]
     heads = checkpoint.num_attention_heads
     if heads is None:  # timm and raw state dicts do not say: every ViT in VIT_SIZES but huge uses 64-wide heads
         heads = next((h for w, _, h, _ in VIT_SIZES.values() if w == hidden), max(hidden // 64, 1))
