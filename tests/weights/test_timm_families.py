@@ -264,3 +264,22 @@ def test_bare_dinov3_state_dict_is_refused_naming_the_layout_that_loads(tmp_path
     save_file(timm_dinov3("vit_small_patch16_dinov3").state_dict(), tmp_path / "dinov3.safetensors")
     with pytest.raises(CheckpointError, match=r"dinov3\.safetensors: .*Eva class .*save DINOv3 with .*save_for_hf"):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3.safetensors")
+
+
+def test_mae_encoder_fine_tunes_with_average_pooling_and_a_new_fc_norm(tmp_path):
+    """MAE's fine-tuning: the pre-trained encoder (final norm, no fc_norm) read with pooling='mean' drops the final
+    norm and starts fc_norm at unit scale, as MAE's main_finetune does when it loads its checkpoint."""
+    encoder = timm_family("vit_base_patch16_224.mae", {}, 8, 32, num_classes=0)
+    save_for_hf(encoder, tmp_path / "mae", safe_serialization=True)
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "mae", pooling="mean", num_labels=3)
+    assert ours.vit.layernorm is None
+    assert torch.equal(ours.vit.fc_norm.weight, torch.ones(64)) and torch.equal(ours.vit.fc_norm.bias, torch.zeros(64))
+    reference = timm_family("vit_base_patch16_224.mae", {"global_pool": "avg", "fc_norm": True}, 8, 32, num_classes=0)
+    missing = reference.load_state_dict(
+        {k: v for k, v in encoder.state_dict().items() if not k.startswith("norm.")}, strict=False
+    ).missing_keys
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight"]
+    with torch.no_grad():
+        reference.fc_norm.reset_parameters()
+        pixels = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(ours.vit(pixels).pooler_output, reference(pixels), atol=ATOL, rtol=0)

@@ -246,6 +246,17 @@ def adapt_state_dict(
     else:
         report["dropped"] += sorted(head)
 
+    norm, fc_norm = "vit.layernorm.", "vit.fc_norm."
+    if f"{fc_norm}weight" in expected and f"{fc_norm}weight" not in sd and f"{norm}weight" in sd:
+        # Average pooling asked of a checkpoint with a final norm and none of its own (MAE's pre-trained encoder):
+        # MAE's fine-tuning drops the final norm and starts `fc_norm` afresh (unit scale, zero shift).
+        for kind in ("weight", "bias"):
+            report["dropped"].append(f"{norm}{kind}")
+            sd.pop(f"{norm}{kind}", None)
+            sd[f"{fc_norm}{kind}"] = (torch.ones if kind == "weight" else torch.zeros)(expected[f"{fc_norm}{kind}"])
+            report["new"].append(f"{fc_norm}{kind}")
+        logger.info("%s: pooling='mean' with a new fc_norm in place of the final LayerNorm.", checkpoint.source)
+
     if POS_KEY in sd:
         pos = sd[POS_KEY]
         new_grid = config.grid_size
