@@ -68,3 +68,30 @@ def test_digits_lora_on_a_family_model(run_train, digits, tmp_path):
     assert code == 0, err[-3000:]
     adapter = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and set(adapter["target_modules"]) >= {"q_proj", "v_proj"}
+
+
+def test_dinov3_on_two_ddp_processes_trains_like_one_process(digits, tmp_path):
+    """Two DDP processes over gloo (per-device batch 8) and one process (batch 16) on a DINOv3 model: the same losses
+    and weights, and the DDP replicas identical."""
+    from launching import (
+        ONE_PROCESS,
+        TWO_PROCESSES,
+        assert_really,
+        assert_same_weights,
+        launch,
+        tiny_args,
+        train_in_this_process,
+        train_losses,
+    )
+
+    def family_args(out, *extra):
+        args = tiny_args(digits, out, *extra)
+        args[args.index("--config_overrides") + 1] += "," + FAMILIES["dinov3"]
+        return args
+
+    launch("multi_cpu.yaml", family_args(tmp_path / "ddp", *TWO_PROCESSES))
+    assert_really(tmp_path / "ddp", "MULTI_CPU", 2)
+    assert train_in_this_process(family_args(tmp_path / "one", *ONE_PROCESS), threads=1) == 0
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["position_embedding_type"] == "rope"
+    torch.testing.assert_close(train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one"), atol=1e-5, rtol=1e-5)
+    assert_same_weights(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
