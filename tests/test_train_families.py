@@ -1,5 +1,5 @@
 """train.py from a tiny model of each ViT family on the digits (in this process, a few steps): it trains, saves a
-model of that family, and the saved model reloads to the same predictions; LoRA on one family."""
+model of that family, and the saved model reloads to finite logits; LoRA and two DDP processes on DINOv3."""
 
 import json
 
