@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +69,8 @@ class ModelArguments:
         # A typo in a field name or a value the model cannot take stops the run here, before anything is loaded.
         overrides = self.parsed_overrides()
         _check_override_values(overrides, "--image_size" if self.image_size is not None else None)
+        if (conflict := self.image_size_conflict()) is not None:
+            logging.getLogger(__name__).warning(conflict)
         if self.from_scratch and self.model_name_or_path in VIT_VARIANTS:
             from ..modeling_vit_accel import check_config
 
@@ -86,7 +90,14 @@ class ModelArguments:
                 )
 
     def parsed_overrides(self) -> dict:
-        """`config_overrides` as a dict with int/float/bool/None values where they parse as such."""
+        """`config_overrides` as a dict with int/float/bool/None values where they parse as such, with
+        `--image_size` (which wins over an `image_size` among them; see `image_size_conflict`)."""
+        overrides = self._given_overrides()
+        if self.image_size is not None:
+            overrides["image_size"] = self.image_size
+        return overrides
+
+    def _given_overrides(self) -> dict:
         overrides: dict = {}
         if self.config_overrides:
             for item in self.config_overrides.split(","):
@@ -100,10 +111,24 @@ class ModelArguments:
                     close = difflib.get_close_matches(key, CONFIG_OVERRIDE_FIELDS, n=1)
                     hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(CONFIG_OVERRIDE_FIELDS)}."
                     raise UserError(f"--config_overrides: {key!r} is not a ViTAccelConfig field; {hint}")
+                if key in overrides:
+                    raise UserError(
+                        f"--config_overrides: {key!r} is given twice ({key}={overrides[key]} and {item.strip()}); "
+                        "give it once."
+                    )
                 overrides[key] = _parse_scalar(value.strip())
-        if self.image_size is not None:
-            overrides["image_size"] = self.image_size
         return overrides
+
+    def image_size_conflict(self) -> str | None:
+        """The warning when --image_size and image_size in --config_overrides disagree: the flag wins, as a flag
+        typed after a recipe wins over the recipe's value."""
+        given = self._given_overrides().get("image_size")
+        if self.image_size is None or given is None or given == self.image_size:
+            return None
+        return (
+            f"--image_size {self.image_size} replaces image_size={given} of --config_overrides: the model is built "
+            f"for {self.image_size}."
+        )
 
 
 @dataclass
@@ -282,22 +307,19 @@ class TrainingArguments:
         checked once these exist, still before any training)."""
         from ..adapters import PEFT_METHODS
         from .ema import check_ema
+        from .freezing import check_freezing
         from .layer_decay import check_layer_decay
         from .mixing import check_mixing
 
         if self.peft is not None and self.peft not in PEFT_METHODS:
             raise UserError(f"--peft must be one of {', '.join(PEFT_METHODS)}, got {self.peft!r}.")
-        for flag, value in (("--merge_adapter", self.merge_adapter), ("--use_dora", self.use_dora)):
-            if value and self.peft is None:
-                raise UserError(f"{flag} needs --peft lora.")
+        check_freezing(self.freeze, self.freeze_layers, None, self.peft)
         if self.freeze_layers is not None and self.freeze_layers < 0:
             raise UserError(f"--freeze_layers must be >= 0, got {self.freeze_layers}.")
         check_layer_decay(self.layer_decay)
         check_ema(self.ema_decay)
         if self.final_model not in FINAL_MODELS:
             raise UserError(f"--final_model must be one of {', '.join(FINAL_MODELS)}, got {self.final_model!r}.")
-        if self.final_model != "raw" and self.ema_decay is None:
-            raise UserError(f"--final_model {self.final_model} needs --ema_decay.")
         check_mixing(self.mixing_config())
 
     def mixing_config(self):
@@ -429,7 +451,54 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     )
     if remaining:
         raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
+    check_flags_without_effect(model_args, training_args)
     return model_args, data_args, training_args
+
+
+def _mixing(args: TrainingArguments) -> bool:
+    return args.mixup_alpha > 0 or args.cutmix_alpha > 0
+
+
+# A flag that only acts together with another: (flag, what it needs, whether that is given). The flag is refused when
+# it differs from its default while what it needs is not given, since it would then change nothing.
+_NEEDS: tuple[tuple[str, str, Callable[[ModelArguments, TrainingArguments], bool]], ...] = (
+    *(
+        (name, "--peft lora", lambda m, t: t.peft is not None)
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_dora", "merge_adapter")
+    ),
+    ("ema_warmup", "--ema_decay", lambda m, t: t.ema_decay is not None),
+    ("final_model", "--ema_decay", lambda m, t: t.ema_decay is not None),
+    ("mix_prob", "--mixup_alpha or --cutmix_alpha", lambda m, t: _mixing(t)),
+    # With one of them only, every mixed batch uses it: the choice between the two never arises.
+    ("mix_switch_prob", "both --mixup_alpha and --cutmix_alpha", lambda m, t: t.mixup_alpha > 0 and t.cutmix_alpha > 0),
+    ("momentum", "--optimizer sgd", lambda m, t: t.optimizer == "sgd"),
+    *((name, "--optimizer adamw", lambda m, t: t.optimizer == "adamw") for name in ("adam_beta1", "adam_beta2")),
+    # transformers' constant schedule has no warm-up (constant_with_warmup has).
+    (
+        "num_warmup_steps",
+        "a schedule with warm-up (not --lr_scheduler_type constant)",
+        lambda m, t: t.lr_scheduler_type != "constant",
+    ),  # fmt: skip
+    *((name, "--push_to_hub", lambda m, t: t.push_to_hub) for name in ("hub_private_repo", "hub_strategy")),
+    ("accept_changed_settings", "--resume_from_checkpoint", lambda m, t: t.resume_from_checkpoint is not None),
+    # From scratch, the backbone is random: training the head alone on it is a linear probe of random features.
+    *(
+        (name, "pretrained weights (not --from_scratch)", lambda m, t: not m.from_scratch)
+        for name in ("freeze", "freeze_layers", "ignore_mismatched_sizes")
+    ),
+)
+
+
+def check_flags_without_effect(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """Refuse a flag set (away from its default) while the flag it works with is not: it would change nothing, and a
+    run that silently ignores a setting is not the run its command describes."""
+    for name, needs, given in _NEEDS:
+        arguments = model_args if hasattr(model_args, name) else training_args
+        value = getattr(arguments, name)
+        default = next(f.default for f in dataclasses.fields(arguments) if f.name == name)
+        if value != default and not given(model_args, training_args):
+            shown = "" if isinstance(value, bool) else f" {value}"
+            raise UserError(f"--{name}{shown} needs {needs}; without it the flag changes nothing.")
 
 
 def recorded_arguments(*arguments) -> dict:
