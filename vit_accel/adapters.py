@@ -38,8 +38,11 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def parse_target_modules(value: str | None) -> list[str] | str:
-    """`--lora_target_modules`: comma-separated module names, `all-linear`, or None for query and value."""
+def parse_target_modules(value: str | list[str] | tuple[str, ...] | None) -> list[str] | str:
+    """`--lora_target_modules`: comma-separated module names (or a list of them), `all-linear`, or None for query
+    and value."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
     if value is None or not value.strip():
         return list(DEFAULT_TARGET_MODULES)
     if value.strip() == "all-linear":

@@ -163,3 +163,62 @@ def test_image_size_flag_over_the_override_is_named(tmp_path, run_train, caplog)
     assert "--image_size 32 replaces image_size=16 of --config_overrides" in caplog.text
     model_args, _, _ = parse_args(["--dataset_name", "x", "--config_overrides", "image_size=16", "--image_size", "16"])
     assert model_args.image_size_conflict() is None and model_args.parsed_overrides() == {"image_size": 16}
+
+
+RECIPES_GIVEN_TWICE = {
+    "a key": ("seed: 1\nlearning_rate: 0.1\nseed: 2\n", "key 'seed' is given twice (lines 1 and 3)"),
+    "a config field": (
+        "config_overrides:\n  image_size: 32\n  image_size: 16\n",
+        "key 'image_size' is given twice (lines 2 and 3)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES_GIVEN_TWICE))
+def test_a_recipe_giving_a_key_twice_is_refused(name, tmp_path, run_train):
+    text, expected = RECIPES_GIVEN_TWICE[name]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    code, stderr = run_train([str(recipe), *tiny(tmp_path / "no-data", tmp_path / "out")])
+    assert code == 2
+    assert_one_line(stderr, "train.py", str(recipe), expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_lists_are_the_comma_separated_flags(pretrained, tmp_path):
+    from vit_accel.training import methods
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {pretrained}\npeft: lora\nlora_r: 4\nlora_target_modules: [q_proj, fc1]\n"
+        "config_overrides: [hidden_dropout_prob=0.1, image_size=32]\nreport_to: [tensorboard, wandb]\n"
+    )
+    model_args, _, args = parse_args([str(recipe), "--dataset_name", "x"])
+    assert args.report_to == "tensorboard,wandb" and args.with_tracking
+    assert model_args.parsed_overrides() == {"hidden_dropout_prob": 0.1, "image_size": 32}
+    methods.check_run(model_args, args)
+    adapted = methods.setup_model(ViTAccelForImageClassification.from_pretrained(pretrained), model_args, args)
+    assert set(adapted.peft_config["default"].target_modules) == {"q_proj", "fc1"}
+    lora = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in adapted.named_parameters() if ".lora_A" in name}
+    assert lora == {"q_proj", "fc1"}
+
+
+def test_the_python_api_takes_lists_and_mappings_too():
+    from vit_accel.adapters import parse_target_modules
+    from vit_accel.training.arguments import ModelArguments
+    from vit_accel.training.preflight import check_trackers
+
+    assert parse_target_modules(["q_proj", "fc1"]) == ["q_proj", "fc1"]
+    assert ModelArguments(config_overrides={"image_size": 32}).parsed_overrides() == {"image_size": 32}
+    with pytest.raises(UserError, match="--report_to wandb: its package is not installed"):
+        check_trackers(["wandb"])
+
+
+def test_a_list_for_a_single_value_is_refused(tmp_path, run_train):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: [0.1, 0.01]\n")
+    code, stderr = run_train([str(recipe), *tiny(tmp_path / "no-data", tmp_path / "out")])
+    assert code == 2
+    assert_one_line(
+        stderr, "train.py", "key 'learning_rate': a list where one value is expected", "lora_target_modules"
+    )

@@ -44,7 +44,10 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Config fields to override, 'key=value,key=value' (e.g. 'image_size=32,patch_size=4')."},
+        metadata={
+            "help": "Config fields to override, 'key=value,key=value' (e.g. 'image_size=32,patch_size=4'); in a "
+            "recipe also a mapping or a list."
+        },
     )
     image_size: int | None = field(
         default=None,
@@ -99,8 +102,11 @@ class ModelArguments:
 
     def _given_overrides(self) -> dict:
         overrides: dict = {}
-        if self.config_overrides:
-            for item in self.config_overrides.split(","):
+        given = self.config_overrides
+        if isinstance(given, dict):  # from Python: the mapping itself
+            given = [f"{key}={value}" for key, value in given.items()]
+        if given:
+            for item in given.split(",") if isinstance(given, str) else map(str, given):
                 key, sep, value = item.partition("=")
                 key = key.strip()
                 if not sep or not key:
@@ -185,7 +191,8 @@ class TrainingArguments:
     report_to: str | None = field(
         default=None,
         metadata={
-            "help": "Trackers, comma-separated: tensorboard, wandb, ... or 'all' (the default of --with_tracking). "
+            "help": "Trackers, comma-separated (in a recipe also a list): tensorboard, wandb, ... or 'all' (the "
+            "default of --with_tracking). "
             "Naming one turns tracking on."
         },
     )
@@ -213,7 +220,10 @@ class TrainingArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch's input."})
     lora_target_modules: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated linear layer names to adapt, or 'all-linear' (default: q_proj,v_proj)."},
+        metadata={
+            "help": "Comma-separated linear layer names to adapt (in a recipe also a list), or 'all-linear' "
+            "(default: q_proj,v_proj)."
+        },
     )
     use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)."})
     merge_adapter: bool = field(
@@ -392,12 +402,32 @@ def _parse_scalar(value: str):
     return value
 
 
+# Flags whose value is a comma-separated list, which a recipe may also give as a YAML list.
+LIST_FLAGS: tuple[str, ...] = ("config_overrides", "lora_target_modules", "report_to")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML itself keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
     """A recipe's values as command-line arguments, each checked by the same parser as a typed flag."""
     if not recipe.is_file():
         raise UserError(f"Recipe file not found: {recipe}")
     try:
-        values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        values = yaml.load(recipe.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as error:
         raise UserError(f"Recipe {recipe} is not UTF-8 text (byte {error.start}: {error.reason}).") from error
     except yaml.YAMLError as error:
@@ -418,6 +448,14 @@ def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
             continue
         if key == "config_overrides" and isinstance(value, dict):  # the natural YAML form of 'k=v,k=v'
             value = ",".join(f"{name}={item}" for name, item in value.items())
+        if isinstance(value, list) and key in LIST_FLAGS:  # YAML's list, for a flag that takes 'a,b,c'
+            value = ",".join(str(item).lower() if isinstance(item, bool) else str(item) for item in value)
+        if isinstance(value, (list, dict)):
+            what = "a list" if isinstance(value, list) else "a mapping"
+            raise UserError(
+                f"Recipe {recipe}, key {key!r}: {what} where one value is expected (the keys that take lists: "
+                f"{', '.join(LIST_FLAGS)}; a mapping: config_overrides)."
+            )
         pair = [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
         try:
             parser.parse_known_args(pair)
