@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 
 from ..errors import UserError
+from . import folders
 from .arguments import DataArguments
 
 logger = logging.getLogger(__name__)
@@ -94,14 +95,21 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
 
 def _load_raw(args: DataArguments) -> DatasetDict:
     if args.train_dir is not None:
-        data_files: dict[str, str] = {}
+        data_files: dict[str, str | list[str]] = {}
+        layouts = {}
         for split, folder in (("train", args.train_dir), ("validation", args.validation_dir)):
             if folder is None:
                 continue
             if not Path(folder).is_dir():
                 raise UserError(f"--{split}_dir {folder!r}: no such directory.")
-            # Escaped: 🤗 datasets reads data files as glob patterns, and `data[1]` is a folder name, not a pattern.
-            data_files[split] = os.path.join(glob.escape(folder), "**")
+            # The same folder as both: `vit-accel evaluate --validation_dir` (training refuses it before this).
+            evaluating = args.train_dir == args.validation_dir
+            flag = "--validation_dir" if evaluating else f"--{split}_dir"
+            layouts[split] = folders.scan(Path(folder))
+            folders.check_layout(layouts[split], flag, training=split == "train" and not evaluating)
+            data_files[split] = folders.data_files(layouts[split])
+        if len(layouts) == 2 and args.train_dir != args.validation_dir:
+            folders.compare_classes(layouts["train"], layouts["validation"])
         # As transformers' run_image_classification: ImageFolder, class names from the sub-folder names.
         return datasets.load_dataset("imagefolder", data_files=data_files)
     name = args.dataset_name

@@ -1,0 +1,179 @@
+"""What an image folder (`--train_dir`, `--validation_dir`) holds, read before 🤗 datasets' ImageFolder loads it.
+
+ImageFolder takes each image's class from the name of the folder holding it, and only when every image lies at the
+same depth below the folder given and there are at least two such folders; otherwise it silently drops the labels
+(then "could not find the label column"). It lists files without entering linked folders (a class folder that is a
+symbolic link holds "no data"), skips hidden files and folders (`.name`, `__name`), and takes labels from a
+`metadata.csv`/`.jsonl`/`.parquet` instead when there is one. This module tells the layout found from the expected
+`root/<class>/<image>` in one line, and lists the files itself where linked folders must be entered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+logger = logging.getLogger(__name__)
+
+EXPECTED = "expected <folder>/<class>/<image>, one folder per class"
+
+
+def _image_extensions() -> frozenset[str]:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    return frozenset(extension.lower() for extension in ImageFolder.EXTENSIONS)
+
+
+def _metadata_names() -> frozenset[str]:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    return frozenset(ImageFolder.METADATA_FILENAMES)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "__"))  # what 🤗 datasets skips when it lists a folder
+
+
+@dataclass
+class FolderLayout:
+    """The images below a folder, by their path relative to it (linked folders entered), and what else is there."""
+
+    root: Path
+    images: list[tuple[str, ...]] = field(default_factory=list)
+    other_files: Counter = field(default_factory=Counter)  # extension -> count
+    folders: list[tuple[str, ...]] = field(default_factory=list)  # every (non-hidden) folder, relative
+    linked: bool = False  # a folder below root is a symbolic link (which ImageFolder does not enter)
+    metadata: bool = False
+
+    @property
+    def depths(self) -> set[int]:
+        return {len(parts) - 1 for parts in self.images}
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({parts[-2] for parts in self.images if len(parts) > 1})
+
+    def files(self) -> list[str]:
+        """Every image's path (through the links), for ImageFolder to read as a list of files."""
+        return [str(self.root.joinpath(*parts)) for parts in self.images]
+
+
+def scan(root: Path) -> FolderLayout:
+    """Walk `root` as ImageFolder would see it, but entering linked folders (each real folder once)."""
+    layout = FolderLayout(root)
+    extensions, metadata = _image_extensions(), _metadata_names()
+    seen: set[str] = set()
+    for current, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:  # a link back up the tree: walked already
+            dirs[:] = []
+            continue
+        seen.add(real)
+        relative = Path(current).relative_to(root).parts
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        for name in dirs:
+            layout.folders.append((*relative, name))
+            layout.linked |= os.path.islink(os.path.join(current, name))
+        for name in sorted(files):
+            if _hidden(name):
+                continue
+            if name in metadata:
+                layout.metadata = True
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in extensions:
+                layout.images.append((*relative, name))
+            else:
+                layout.other_files[suffix or "(no extension)"] += 1
+    return layout
+
+
+def _show(parts: tuple[str, ...]) -> str:
+    return "/".join(parts)
+
+
+def check_layout(layout: FolderLayout, flag: str, training: bool) -> None:
+    """Refuse, in one line naming the folder and what was found there, a layout ImageFolder would load without the
+    classes the user meant (or not at all); warn where it loads but takes the classes from deeper folders."""
+    root = layout.root
+    where = f"{flag} {root}"
+    if layout.metadata:
+        return  # labels and columns come from the metadata file: any layout of the images is then valid
+    if not layout.images:
+        if layout.other_files:
+            found = ", ".join(f"{count} {suffix}" for suffix, count in layout.other_files.most_common(4))
+            raise UserError(
+                f"{where} holds no image files (found {found}; images are .png, .jpg, .webp, ..., the formats PIL "
+                f"reads); {EXPECTED}."
+            )
+        raise UserError(f"{where} holds no images (no files at all below it); {EXPECTED}.")
+    depths = layout.depths
+    if depths == {0}:
+        raise UserError(
+            f"{where} holds its {len(layout.images)} images directly, without class folders (e.g. "
+            f"{_show(layout.images[0])}); {EXPECTED}, or a metadata.csv with a file_name and a label column."
+        )
+    if len(depths) > 1:
+        by_depth = {len(parts) - 1: parts for parts in layout.images}
+        examples = " and ".join(_show(by_depth[d]) for d in sorted(by_depth)[:2])
+        if 0 in depths:
+            raise UserError(
+                f"{where} holds images both directly in it and in class folders (e.g. {examples}): ImageFolder then "
+                f"finds no classes; move each into its class's folder ({EXPECTED})."
+            )
+        raise UserError(
+            f"{where} holds images at different depths (e.g. {examples}): ImageFolder takes the class from the "
+            f"folder holding each image only when all lie equally deep, so it would find none; {EXPECTED}."
+        )
+    (depth,) = depths
+    holders = {parts[:-1] for parts in layout.images}
+    empty = sorted(folder for folder in layout.folders if len(folder) == depth and folder not in holders)
+    if empty:
+        raise UserError(
+            f"{where}: the class folder {_show(empty[0])!r} holds no images"
+            + (f" ({len(empty)} such folders)" if len(empty) > 1 else "")
+            + ": that class would silently not exist; add its images or remove the folder."
+        )
+    classes = layout.classes
+    if training and len(classes) < 2:
+        raise UserError(
+            f"{where} has a single class folder ({classes[0]!r}): a classifier needs at least two ({EXPECTED})."
+        )
+    if depth > 1:
+        above = sorted({_show(parts[:-1]) for parts in holders})
+        merged = [name for name, count in Counter(parts[-1] for parts in holders).items() if count > 1]
+        logger.warning(
+            f"{where}: the images lie {depth} folders deep, and ImageFolder names each class after the folder "
+            f"holding the image: {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}"
+            f"), from {', '.join(above[:3])}{', ...' if len(above) > 3 else ''}"
+            + (f"; folders of the same name are one class ({', '.join(merged[:3])})" if merged else "")
+            + "."
+        )
+
+
+def compare_classes(train: FolderLayout, validation: FolderLayout) -> None:
+    """Warn when the validation folder lacks classes of the training folder: trained, never evaluated. (The reverse,
+    a class only in validation, is refused once the labels are read.)"""
+    if train.metadata or validation.metadata:
+        return
+    missing = sorted(set(train.classes) - set(validation.classes))
+    if missing:
+        logger.warning(
+            f"--validation_dir {validation.root} has no images of {len(missing)} class(es) of --train_dir "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): they are trained but never evaluated."
+        )
+
+
+def data_files(layout: FolderLayout) -> str | list[str]:
+    """What to give ImageFolder for the folder: the recursive pattern of its folder (its own listing), or the list
+    of image files where a linked folder must be entered."""
+    import glob
+
+    if layout.linked and not layout.metadata:
+        return [glob.escape(path) for path in layout.files()]
+    # Escaped: 🤗 datasets reads data files as glob patterns, and `data[1]` is a folder name, not a pattern.
+    return os.path.join(glob.escape(str(layout.root)), "**")
