@@ -30,6 +30,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".
 # Column types `_normalise` turns into images: file paths, or encoded bytes.
 PATH_OR_BYTES_DTYPES: tuple[str, ...] = ("string", "large_string", "binary", "large_binary")
 STRING_DTYPES: tuple[str, ...] = ("string", "large_string")
+# A path with a scheme (https://, hf://, s3://, ...) names a remote file, which fsspec would fetch when it is decoded.
+URL_PATTERN: str = r"^[A-Za-z][A-Za-z0-9+.-]*://"
 # 🤗 datasets resolves local data files as fsspec glob patterns, in which these characters are special.
 GLOB_CHARACTERS: str = "*?[]"
 # numpy's legacy seeding (behind `accelerate.utils.set_seed`) takes 32-bit seeds only; one range for every seed use.
@@ -341,11 +343,37 @@ def _check_subsample(
         )
 
 
+def _refuse_urls(dataset: Dataset, column: str, split: str) -> None:
+    """Refuse images given as URLs (file paths, or Image entries with a path and no bytes), naming the first row.
+
+    They are not fetched: every epoch would download every image again, in every data loader worker, and a run could
+    neither work offline nor be repeated on the same images. Vectorised over the column; no image is read.
+    """
+    feature = dataset.features[column]
+    table = dataset.with_format("arrow")[column]
+    if isinstance(feature, Value) and feature.dtype in STRING_DTYPES:
+        paths = table
+    elif isinstance(feature, Image) or _is_encoded_struct(feature):
+        paths = pc.if_else(pc.is_null(pc.struct_field(table, "bytes")), pc.struct_field(table, "path"), None)
+    else:
+        return
+    remote = pc.match_substring_regex(paths, URL_PATTERN)
+    rows = np.flatnonzero(pc.fill_null(remote, False).to_numpy(zero_copy_only=False))
+    if len(rows):
+        row = int(rows[0])
+        raise UserError(
+            f"Split {split!r}, row {row}: column {column!r} holds the URL {paths[row].as_py()!r} "
+            f"({len(rows)} such row(s)); images are not fetched from the network: download them and give their "
+            "local paths or bytes."
+        )
+
+
 def _normalise(dataset: Dataset, image_column: str, label_column: str, split: str) -> Dataset:
     for column in (image_column, label_column):
         if column not in dataset.features:
             raise UserError(f"Split {split!r} has no column {column!r}; available: {_describe_columns(dataset)}.")
     dataset = dataset.select_columns([image_column, label_column])
+    _refuse_urls(dataset, image_column, split)
     feature = dataset.features[image_column]
     if _is_encoded_struct(feature) or (isinstance(feature, Value) and feature.dtype in PATH_OR_BYTES_DTYPES):
         dataset = dataset.cast_column(image_column, Image())  # encoded bytes (+ path), or file paths
