@@ -13,6 +13,7 @@ from factories import write_image_folder
 from test_bad_inputs import assert_one_line, snapshot, tiny
 
 from vit_accel.data import DataArguments, load_image_dataset
+from vit_accel.errors import UserError
 
 
 def flat(root: Path) -> None:
@@ -117,3 +118,21 @@ def test_a_validation_folder_without_some_classes_is_named(tmp_path, caplog):
         data = load(tmp_path / "train", tmp_path / "val")
     assert data.labels == ["cat", "dog", "fox"] and len(data.validation) == 4
     assert "has no images of 1 class(es) of --train_dir (fox): they are trained but never evaluated" in caplog.text
+
+
+def test_a_dataset_name_folder_of_images_is_checked_and_linked_folders_followed(tmp_path, run_train):
+    flat(tmp_path / "flat")
+    code, stderr = run_train(tiny(tmp_path / "flat", tmp_path / "out"))
+    assert code == 2
+    assert_one_line(stderr, "train.py", f"--dataset_name {tmp_path / 'flat'} holds its 6 images directly")
+    root = tmp_path / "splits"
+    write_image_folder(tmp_path / "store", {"n01": 4, "n02": 4})
+    (root / "train").mkdir(parents=True)
+    os.symlink(tmp_path / "store" / "n01", root / "train" / "cat")
+    os.symlink(tmp_path / "store" / "n02", root / "train" / "dog")
+    write_image_folder(root / "test", {"cat": 2, "dog": 2}, seed=1)
+    data = load_image_dataset(DataArguments(dataset_name=str(root), dataloader_num_workers=0), seed=0)
+    assert data.labels == ["cat", "dog"] and (len(data.train), len(data.validation)) == (8, 4)
+    (root / "test" / "fox").mkdir()
+    with pytest.raises(UserError, match=r"splits \(its test/ folder\): the class folder 'fox' holds no images"):
+        load_image_dataset(DataArguments(dataset_name=str(root), dataloader_num_workers=0), seed=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,11 +97,10 @@ def _show(parts: tuple[str, ...]) -> str:
     return "/".join(parts)
 
 
-def check_layout(layout: FolderLayout, flag: str, training: bool) -> None:
-    """Refuse, in one line naming the folder and what was found there, a layout ImageFolder would load without the
-    classes the user meant (or not at all); warn where it loads but takes the classes from deeper folders."""
-    root = layout.root
-    where = f"{flag} {root}"
+def check_layout(layout: FolderLayout, where: str, training: bool) -> None:
+    """Refuse, in one line naming the folder (`where`: the flag and path) and what was found there, a layout
+    ImageFolder would load without the classes the user meant (or not at all); warn where it loads but takes the
+    classes from deeper folders."""
     if layout.metadata:
         return  # labels and columns come from the metadata file: any layout of the images is then valid
     if not layout.images:
@@ -177,3 +177,46 @@ def data_files(layout: FolderLayout) -> str | list[str]:
         return [glob.escape(path) for path in layout.files()]
     # Escaped: 🤗 datasets reads data files as glob patterns, and `data[1]` is a folder name, not a pattern.
     return os.path.join(glob.escape(str(layout.root)), "**")
+
+
+def _split_of(name: str) -> str | None:
+    """The split 🤗 datasets names after a folder called `name` (train, training -> train; ...), else None."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    return next((str(split) for split, words in SPLIT_KEYWORDS.items() if name.lower() in words), None)
+
+
+def _split_like(name: str) -> bool:
+    """Whether 🤗 datasets would read a folder of this name as (part of) a split: a split keyword alone, or joined to
+    other words by - _ . or a space."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    words = {word for group in SPLIT_KEYWORDS.values() for word in group}
+    return any(part in words for part in re.split(r"[-_. ]", name.lower()))
+
+
+# Files that make 🤗 datasets read a folder as a table (or an archive) rather than as an image folder.
+DATA_FILE_EXTENSIONS = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl", ".zip", ".tar", ".gz", ".tgz")
+
+
+def image_folder_splits(root: Path, flag: str) -> dict[str, FolderLayout] | None:
+    """For a `--dataset_name` folder of images (no metadata file): its splits as 🤗 datasets infers them, each
+    checked as a class-folder layout. `{"train": <root>}` when no folder is named after a split; one entry per
+    top-level split folder (train/, test/, validation/, ...) when the images lie in those; None when datasets' own
+    split inference should decide (split names deeper down or joined to other words)."""
+    layout = scan(root)
+    if layout.metadata or not layout.images or any(suffix in DATA_FILE_EXTENSIONS for suffix in layout.other_files):
+        return None
+    top = {parts[0] for parts in layout.folders if len(parts) == 1}
+    splits = {name: _split_of(name) for name in top if _split_of(name) is not None}
+    if not splits and not any(_split_like(name) for parts in layout.folders for name in parts):
+        check_layout(layout, flag, training=True)
+        return {"train": layout}
+    images_in_splits = all(len(parts) > 1 and parts[0] in splits for parts in layout.images)
+    if not splits or not images_in_splits or len(set(splits.values())) < len(splits):
+        return None
+    found = {}
+    for name, split in splits.items():
+        found[split] = scan(root / name)
+        check_layout(found[split], f"{flag} (its {name}/ folder)", training=split == "train")
+    return found

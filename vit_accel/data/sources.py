@@ -92,6 +92,11 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
             f"{', '.join(repr(c) for c in special)}, which 🤗 datasets reads as a pattern when it lists a folder's "
             "files; rename the folder (or point a link without them at it)."
         )
+    if config_name is None and (splits := folders.image_folder_splits(path, f"--dataset_name {path}")) is not None:
+        # A folder of images in class folders: checked, and loaded as datasets would (linked folders entered).
+        return datasets.load_dataset(
+            "imagefolder", data_files={split: folders.data_files(layout) for split, layout in splits.items()}
+        )
     return datasets.load_dataset(str(path), name=config_name)
 
 
@@ -108,7 +113,7 @@ def _load_raw(args: DataArguments) -> DatasetDict:
             evaluating = args.train_dir == args.validation_dir
             flag = "--validation_dir" if evaluating else f"--{split}_dir"
             layouts[split] = folders.scan(Path(folder))
-            folders.check_layout(layouts[split], flag, training=split == "train" and not evaluating)
+            folders.check_layout(layouts[split], f"{flag} {folder}", training=split == "train" and not evaluating)
             data_files[split] = folders.data_files(layouts[split])
         if len(layouts) == 2 and args.train_dir != args.validation_dir:
             folders.compare_classes(layouts["train"], layouts["validation"])
