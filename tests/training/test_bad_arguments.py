@@ -48,13 +48,18 @@ WITHOUT_EFFECT = {
     "linear probe of random features": (["--freeze", "backbone"], ["--freeze backbone needs pretrained weights"]),
     "frozen random blocks": (["--freeze_layers", "1"], ["--freeze_layers 1 needs pretrained weights"]),
     "mismatched sizes from scratch": (["--ignore_mismatched_sizes"], ["--ignore_mismatched_sizes needs pretrained"]),
+    "mixing that never mixes": (["--cutmix_alpha", "1", "--mix_prob", "0"], ["--cutmix_alpha 1.0 needs --mix_prob"]),
+    "a checkpoint limit without checkpoints": (["--save_total_limit", "1"], ["--save_total_limit 1 needs --checkpo"]),
 }
 
 
 @pytest.mark.parametrize("name", list(WITHOUT_EFFECT))
 def test_a_flag_that_would_change_nothing_is_refused(name, tmp_path, run_train):
     extra, expected = WITHOUT_EFFECT[name]
-    code, stderr = run_train(tiny(tmp_path / "no-data", tmp_path / "out", *extra))
+    argv = tiny(tmp_path / "no-data", tmp_path / "out", *extra)
+    argv[argv.index("--save_total_limit") : argv.index("--save_total_limit") + 2] = []  # tiny's own checkpoints
+    argv[argv.index("--checkpointing_steps") : argv.index("--checkpointing_steps") + 2] = []
+    code, stderr = run_train(argv)
     assert code == 2
     assert_one_line(stderr, "train.py", *expected, "changes nothing")
     assert not (tmp_path / "out").exists()
@@ -222,3 +227,33 @@ def test_a_list_for_a_single_value_is_refused(tmp_path, run_train):
     assert_one_line(
         stderr, "train.py", "key 'learning_rate': a list where one value is expected", "lora_target_modules"
     )
+
+
+def test_layer_decay_on_a_frozen_backbone_is_refused(pretrained, tmp_path, run_train):
+    argv = pretrained_args(pretrained, tmp_path, "--freeze", "backbone", "--layer_decay", "0.75")
+    code, stderr = run_train(argv)
+    assert code == 2
+    assert_one_line(stderr, "train.py", "--layer_decay 0.75 needs blocks that train (not --freeze backbone)")
+
+
+def test_a_diverging_run_stops_without_saving_a_model(digits, tmp_path, run_train):
+    from launching import tiny_args
+
+    out = tmp_path / "out"
+    argv = tiny_args(digits, out, "--learning_rate", "1e10", "--max_train_steps", "4", "--checkpointing_steps", "1")
+    code, stderr = run_train(argv)  # step 1 takes a step of 1e10: the loss of step 2 is NaN
+    assert code == 2
+    assert_one_line(stderr, "train.py", "Step 2: the training loss is nan", "diverged", "checkpoint-1")
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
+def test_a_warm_up_longer_than_the_run_is_named(tmp_path, caplog):
+    import torch
+
+    from vit_accel.training.arguments import TrainingArguments
+    from vit_accel.training.optim import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with caplog.at_level(logging.WARNING):
+        build_scheduler(optimizer, TrainingArguments(num_warmup_steps=100), total_steps=10)
+    assert "--num_warmup_steps 100 is longer than the run's 10 optimizer steps" in caplog.text

@@ -507,6 +507,10 @@ _NEEDS: tuple[tuple[str, str, Callable[[ModelArguments, TrainingArguments], bool
     ("ema_warmup", "--ema_decay", lambda m, t: t.ema_decay is not None),
     ("final_model", "--ema_decay", lambda m, t: t.ema_decay is not None),
     ("mix_prob", "--mixup_alpha or --cutmix_alpha", lambda m, t: _mixing(t)),
+    *(
+        (name, "--mix_prob above 0 (0 mixes no batch)", lambda m, t: t.mix_prob > 0)
+        for name in ("mixup_alpha", "cutmix_alpha")
+    ),
     # With one of them only, every mixed batch uses it: the choice between the two never arises.
     ("mix_switch_prob", "both --mixup_alpha and --cutmix_alpha", lambda m, t: t.mixup_alpha > 0 and t.cutmix_alpha > 0),
     ("momentum", "--optimizer sgd", lambda m, t: t.optimizer == "sgd"),
@@ -519,6 +523,9 @@ _NEEDS: tuple[tuple[str, str, Callable[[ModelArguments, TrainingArguments], bool
     ),  # fmt: skip
     *((name, "--push_to_hub", lambda m, t: t.push_to_hub) for name in ("hub_private_repo", "hub_strategy")),
     ("accept_changed_settings", "--resume_from_checkpoint", lambda m, t: t.resume_from_checkpoint is not None),
+    ("save_total_limit", "--checkpointing_steps", lambda m, t: t.checkpointing_steps is not None),
+    # With the backbone frozen only the classifier trains, at the peak rate whatever the decay.
+    ("layer_decay", "blocks that train (not --freeze backbone)", lambda m, t: t.freeze is None),
     # From scratch, the backbone is random: training the head alone on it is a linear probe of random features.
     *(
         (name, "pretrained weights (not --from_scratch)", lambda m, t: not m.from_scratch)
