@@ -68,3 +68,16 @@ def test_bytes_beside_a_url_path_are_read_as_they_are(tmp_path, no_network):
     write_hub_parquet(tmp_path / "data", {"train": data, "test": data})
     loaded = load_image_dataset(DataArguments(dataset_name=str(tmp_path / "data")), seed=0)
     assert loaded.train[0]["image"].size == (32, 32)
+
+
+def test_a_missing_image_is_a_bad_image(tmp_path, run_train):
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    column = [{"bytes": png_bytes(random_rgb(i)), "path": None} for i in range(16)]
+    column[3] = None
+    data = Dataset.from_dict({"image": column, "label": [0, 1] * 8}, features=features)
+    write_hub_parquet(tmp_path / "data", {"train": data, "test": data})
+    code, stderr = run_train(tiny(tmp_path / "data", tmp_path / "out"))
+    assert code == 2
+    assert_one_line(stderr, "train.py", "Cannot decode the image at row", "missing (null)", "--bad_images skip")
+    code, stderr = run_train(tiny(tmp_path / "data", tmp_path / "skipped", "--bad_images", "skip"))
+    assert code == 0, stderr[-2000:]
