@@ -257,3 +257,21 @@ def test_a_warm_up_longer_than_the_run_is_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         build_scheduler(optimizer, TrainingArguments(num_warmup_steps=100), total_steps=10)
     assert "--num_warmup_steps 100 is longer than the run's 10 optimizer steps" in caplog.text
+
+
+def test_a_list_in_config_overrides_and_a_misplaced_recipe_are_named(tmp_path, run_train):
+    out = tmp_path / "out"
+    code, stderr = run_train(tiny(tmp_path / "no-data", out, "--config_overrides", "image_size=[16,32]"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "--config_overrides image_size=[16", "a list is not")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("seed: 1\n")
+    code, stderr = run_train([*tiny(tmp_path / "no-data", out), str(recipe)])
+    assert code == 2 and assert_one_line(stderr, "train.py", str(recipe), "only as the first argument")
+    (tmp_path / "folder.yaml").mkdir()
+    code, stderr = run_train([str(tmp_path / "folder.yaml"), *tiny(tmp_path / "no-data", out)])
+    assert code == 2 and assert_one_line(stderr, "train.py", "folder.yaml is a directory, not a YAML file")
+    code, stderr = run_train(tiny(tmp_path / "no-data", out, "--image_size", "17"))
+    assert code == 2 and assert_one_line(
+        stderr, "train.py", "with --image_size 17:", "must be a multiple of patch_size"
+    )
+    assert not out.exists()

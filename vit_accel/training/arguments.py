@@ -80,7 +80,9 @@ class ModelArguments:
             try:
                 check_config(ViTAccelConfig.from_variant(self.model_name_or_path, **overrides))
             except ValueError as error:
-                raise UserError(f"--config_overrides {self.config_overrides!r}: {error}") from error
+                given = [f"--config_overrides {self.config_overrides!r}"] if self.config_overrides else []
+                given += [f"--image_size {self.image_size}"] if self.image_size is not None else []
+                raise UserError(f"{' with '.join(given) or self.model_name_or_path}: {error}") from error
         if self.attn_implementation is not None:
             from transformers import AttentionInterface
 
@@ -121,6 +123,11 @@ class ModelArguments:
                     raise UserError(
                         f"--config_overrides: {key!r} is given twice ({key}={overrides[key]} and {item.strip()}); "
                         "give it once."
+                    )
+                if value.strip().startswith(("[", "(")):
+                    raise UserError(
+                        f"--config_overrides {key}={value.strip()}...: a list is not a value here (the items are "
+                        "separated by commas); give one number (image_size and patch_size: square)."
                     )
                 overrides[key] = _parse_scalar(value.strip())
         return overrides
@@ -424,6 +431,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
     """A recipe's values as command-line arguments, each checked by the same parser as a typed flag."""
+    if recipe.is_dir():
+        raise UserError(f"Recipe {recipe} is a directory, not a YAML file.")
     if not recipe.is_file():
         raise UserError(f"Recipe file not found: {recipe}")
     try:
@@ -487,6 +496,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
+    if recipes := [item for item in remaining if item.lower().endswith((".yaml", ".yml"))]:
+        raise UserError(f"{recipes[0]}: a recipe is read only as the first argument, and only one (flags follow it).")
     if remaining:
         raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
     check_flags_without_effect(model_args, training_args)
