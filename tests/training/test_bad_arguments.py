@@ -270,6 +270,8 @@ def test_a_list_in_config_overrides_and_a_misplaced_recipe_are_named(tmp_path, r
     (tmp_path / "folder.yaml").mkdir()
     code, stderr = run_train([str(tmp_path / "folder.yaml"), *tiny(tmp_path / "no-data", out)])
     assert code == 2 and assert_one_line(stderr, "train.py", "folder.yaml is a directory, not a YAML file")
+    code, stderr = run_train(tiny(tmp_path / "no-data", out, "--config_overrides", TINY + ",pooler_output_size=8"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "pooler_output_size=8: sets the bare model's pooler")
     code, stderr = run_train(tiny(tmp_path / "no-data", out, "--image_size", "17"))
     assert code == 2 and assert_one_line(
         stderr, "train.py", "with --image_size 17:", "must be a multiple of patch_size"

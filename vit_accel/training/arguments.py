@@ -391,6 +391,10 @@ def _check_override_values(overrides: dict, image_size_flag: str | None) -> None
         if key == "num_channels" and value != 3:
             # Every image is converted to RGB on the way in (grayscale, palette, CMYK, alpha), so the model sees 3.
             refuse(key, value, "train.py feeds RGB images, so the model takes 3 channels")
+        if key == "pooler_output_size":
+            # The width of the bare model's pooler: a classifier has a pooler only as representation_size's pre_logits.
+            refuse(key, value, "sets the bare model's pooler, which the classifier train.py trains does not have "
+                   "(representation_size adds a pre_logits layer before the head)")  # fmt: skip
         if key == "problem_type" and value != "single_label_classification":
             refuse(key, value, "train.py trains single-label classification (one class per image) only")
 
