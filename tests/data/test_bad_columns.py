@@ -81,3 +81,11 @@ def test_a_missing_image_is_a_bad_image(tmp_path, run_train):
     assert_one_line(stderr, "train.py", "Cannot decode the image at row", "missing (null)", "--bad_images skip")
     code, stderr = run_train(tiny(tmp_path / "data", tmp_path / "skipped", "--bad_images", "skip"))
     assert code == 0, stderr[-2000:]
+
+
+def test_predict_refuses_an_image_url_without_fetching(tmp_path, capsys, no_network):
+    from vit_accel.cli import main
+
+    code = main(["predict", "--model", str(tmp_path / "never-loaded"), "https://example.com/cat.png"])
+    assert code == 2
+    assert_one_line(capsys.readouterr().err, "vit-accel predict", "https://example.com/cat.png: a URL", "not fetched")

@@ -136,3 +136,12 @@ def test_a_dataset_name_folder_of_images_is_checked_and_linked_folders_followed(
     (root / "test" / "fox").mkdir()
     with pytest.raises(UserError, match=r"splits \(its test/ folder\): the class folder 'fox' holds no images"):
         load_image_dataset(DataArguments(dataset_name=str(root), dataloader_num_workers=0), seed=0)
+
+
+def test_a_single_class_folder_keeps_its_label_for_evaluation(tmp_path):
+    # ImageFolder drops the labels of a lone class folder; an evaluation set may well be one class.
+    single_class(tmp_path / "cats")
+    folder = str(tmp_path / "cats")
+    args = DataArguments(train_dir=folder, validation_dir=folder, dataloader_num_workers=0)
+    data = load_image_dataset(args, seed=0, for_training=False)
+    assert data.labels == ["cat"] and len(data.validation) == 4

@@ -168,6 +168,12 @@ def compare_classes(train: FolderLayout, validation: FolderLayout) -> None:
         )
 
 
+def label_options(layouts) -> dict:
+    """ImageFolder's options for these folders: labels kept even for a single class folder (ImageFolder drops them
+    then, although a single class is what an evaluation folder may hold), unless a metadata file gives them."""
+    return {} if any(layout.metadata for layout in layouts) else {"drop_labels": False}
+
+
 def data_files(layout: FolderLayout) -> str | list[str]:
     """What to give ImageFolder for the folder: the recursive pattern of its folder (its own listing), or the list
     of image files where a linked folder must be entered."""

@@ -7,6 +7,7 @@ import glob
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     if config_name is None and (splits := folders.image_folder_splits(path, f"--dataset_name {path}")) is not None:
         # A folder of images in class folders: checked, and loaded as datasets would (linked folders entered).
         return datasets.load_dataset(
-            "imagefolder", data_files={split: folders.data_files(layout) for split, layout in splits.items()}
+            "imagefolder",
+            data_files={split: folders.data_files(layout) for split, layout in splits.items()},
+            **folders.label_options(splits.values()),
         )
     return datasets.load_dataset(str(path), name=config_name)
 
@@ -118,7 +121,7 @@ def _load_raw(args: DataArguments) -> DatasetDict:
         if len(layouts) == 2 and args.train_dir != args.validation_dir:
             folders.compare_classes(layouts["train"], layouts["validation"])
         # As transformers' run_image_classification: ImageFolder, class names from the sub-folder names.
-        return datasets.load_dataset("imagefolder", data_files=data_files)
+        return datasets.load_dataset("imagefolder", data_files=data_files, **folders.label_options(layouts.values()))
     name = args.dataset_name
     assert name is not None  # DataArguments.__post_init__ guarantees one source
     if _looks_local(name) or Path(name).exists():
@@ -346,6 +349,11 @@ def _check_subsample(
             f"training example ({evaluated} of them in the evaluation set): the model cannot learn them, so its "
             "accuracy measures the sample, not the dataset."
         )
+
+
+def is_url(text: str) -> bool:
+    """Whether a path names a remote file (a scheme such as https://, hf://, s3://)."""
+    return re.match(URL_PATTERN, text) is not None
 
 
 def _refuse_urls(dataset: Dataset, column: str, split: str) -> None:
