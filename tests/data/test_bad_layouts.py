@@ -145,3 +145,13 @@ def test_a_single_class_folder_keeps_its_label_for_evaluation(tmp_path):
     args = DataArguments(train_dir=folder, validation_dir=folder, dataloader_num_workers=0)
     data = load_image_dataset(args, seed=0, for_training=False)
     assert data.labels == ["cat"] and len(data.validation) == 4
+
+
+def test_linked_class_folders_under_a_glob_character_are_named(tmp_path):
+    write_image_folder(tmp_path / "store", {"n01": 3, "n02": 3})
+    root = tmp_path / "set[1]" / "train"
+    root.mkdir(parents=True)
+    os.symlink(tmp_path / "store" / "n01", root / "cat")
+    os.symlink(tmp_path / "store" / "n02", root / "dog")
+    with pytest.raises(UserError, match=r"glob character\(s\) '\[', '\]' and it has class folders that are links"):
+        load(root)

@@ -21,6 +21,8 @@ from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
+# 🤗 datasets resolves local data files as fsspec glob patterns, in which these characters are special.
+GLOB_CHARACTERS: str = "*?[]"
 EXPECTED = "expected <folder>/<class>/<image>, one folder per class"
 
 
@@ -180,6 +182,15 @@ def data_files(layout: FolderLayout) -> str | list[str]:
     import glob
 
     if layout.linked and not layout.metadata:
+        special = sorted({c for c in str(layout.root.resolve()) if c in GLOB_CHARACTERS})
+        if special:
+            # 🤗 datasets reads a file name holding them as a pattern, and patterns are matched by walking the
+            # folder, which does not enter links: the linked class folders would hold "no data".
+            raise UserError(
+                f"{layout.root}: its path holds the glob character(s) {', '.join(map(repr, special))} and it has "
+                "class folders that are links, which 🤗 datasets cannot read together; rename the folder (or point a "
+                "link without them at it)."
+            )
         return [glob.escape(path) for path in layout.files()]
     # Escaped: 🤗 datasets reads data files as glob patterns, and `data[1]` is a folder name, not a pattern.
     return os.path.join(glob.escape(str(layout.root)), "**")

@@ -20,6 +20,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 from ..errors import UserError
 from . import folders
 from .arguments import DataArguments
+from .folders import GLOB_CHARACTERS
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ PATH_OR_BYTES_DTYPES: tuple[str, ...] = ("string", "large_string", "binary", "la
 STRING_DTYPES: tuple[str, ...] = ("string", "large_string")
 # A path with a scheme (https://, hf://, s3://, ...) names a remote file, which fsspec would fetch when it is decoded.
 URL_PATTERN: str = r"^[A-Za-z][A-Za-z0-9+.-]*://"
-# 🤗 datasets resolves local data files as fsspec glob patterns, in which these characters are special.
-GLOB_CHARACTERS: str = "*?[]"
 # numpy's legacy seeding (behind `accelerate.utils.set_seed`) takes 32-bit seeds only; one range for every seed use.
 MAX_SEED: int = 2**32 - 1
 
