@@ -277,3 +277,13 @@ def test_a_list_in_config_overrides_and_a_misplaced_recipe_are_named(tmp_path, r
         stderr, "train.py", "with --image_size 17:", "must be a multiple of patch_size"
     )
     assert not out.exists()
+
+
+def test_another_activation_for_pretrained_weights_is_named(pretrained, tmp_path, run_train, caplog):
+    with caplog.at_level(logging.WARNING):
+        code, stderr = run_train(pretrained_args(pretrained, tmp_path, "--config_overrides", "hidden_act=relu"))
+        model = ViTAccelForImageClassification.from_pretrained(pretrained, layer_norm_eps=1e-3)
+    assert code == 2 and assert_one_line(stderr, "train.py", "no-data")  # allowed: the run goes on to the data
+    assert f"--config_overrides hidden_act=relu: {pretrained} was trained with hidden_act=gelu" in caplog.text
+    assert "layer_norm_eps=0.001): " in caplog.text and "was trained with layer_norm_eps=1e-06" in caplog.text
+    assert model.config.layer_norm_eps == 1e-3

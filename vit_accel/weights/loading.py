@@ -32,6 +32,7 @@ from . import policy
 from .checkpoint import Checkpoint
 from .sources import (
     ARCHITECTURE_FIELDS,
+    FUNCTION_FIELDS,
     HubOptions,
     check_architecture_overrides,
     locate,
@@ -80,7 +81,7 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
         raise UserError(f"from_pretrained({str(source)!r}): an empty name; pass '.' for the current directory.")
     where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
     if standard_path(source, HubOptions(**where)):
-        if asked := {key: kwargs[key] for key in ARCHITECTURE_FIELDS if key in kwargs}:
+        if asked := {key: kwargs[key] for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS if key in kwargs}:
             # transformers' path would draw the weights that do not fit at random, and say so in a table only.
             saved = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
             check_architecture_overrides(
@@ -88,7 +89,7 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
                 asked,
                 lambda key, value: f"from_pretrained({str(source)!r}, {key}={value!r})",
                 "build ViTAccelForImageClassification(ViTAccelConfig(...)) for a new model of that shape",
-                saved={key: getattr(saved, key) for key in ARCHITECTURE_FIELDS},
+                saved={key: getattr(saved, key) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS},
             )
         config = _other_resolution(source, kwargs, where)
         if config is None:

@@ -9,6 +9,7 @@ looked in, and how to fill it), a variant name with a typo (with the closest val
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import zipfile
@@ -374,6 +375,11 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = (
 )
 
 
+# Config fields that do not change a weight's shape but what the weights compute: another value than the one they
+# were trained with is allowed (it may be meant), and said.
+FUNCTION_FIELDS: tuple[str, ...] = ("hidden_act", "layer_norm_eps", "pooler_act")
+
+
 def saved_architecture(source: str | os.PathLike) -> dict | None:
     """The `ARCHITECTURE_FIELDS` of a named variant, or of a local directory's `config.json` (ours or transformers'
     ViT, which name them alike), without reading any weights; None where only the weights would tell (a weights
@@ -390,7 +396,7 @@ def saved_architecture(source: str | os.PathLike) -> dict | None:
     if not (native.detect((), saved) or transformers_vit.detect((), saved)):
         return None
     defaults = ViTAccelConfig()
-    return {key: saved.get(key, getattr(defaults, key)) for key in ARCHITECTURE_FIELDS}
+    return {key: saved.get(key, getattr(defaults, key)) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS}
 
 
 def architecture_conflicts(saved: dict, asked: dict) -> list[tuple[str, object, object]]:
@@ -419,6 +425,12 @@ def check_architecture_overrides(
     """
     saved = saved if saved is not None else saved_architecture(source)
     conflicts = architecture_conflicts(saved, asked) if saved is not None else []
+    for key in FUNCTION_FIELDS:
+        if saved is not None and key in asked and key in saved and asked[key] != saved[key]:
+            logging.getLogger(__name__).warning(
+                f"{named(key, asked[key])}: {source} was trained with {key}={saved[key]}; its weights now compute "
+                "another function than the one they learnt."
+            )
     if not conflicts:
         return
     key, value, pretrained = conflicts[0]
