@@ -44,31 +44,39 @@ def _hidden(name: str) -> bool:
 
 @dataclass
 class FolderLayout:
-    """The images below a folder, by their path relative to it (linked folders entered), and what else is there."""
+    """What lies below a folder (linked folders entered), by folder relative to it: the number of images each holds
+    directly, one example image per depth, and what else is there. Counts, not file lists, so that a folder of a
+    million images costs a walk and little memory."""
 
     root: Path
-    images: list[tuple[str, ...]] = field(default_factory=list)
+    image_counts: dict[tuple[str, ...], int] = field(default_factory=dict)  # folder -> images directly in it
+    examples: dict[int, tuple[str, ...]] = field(default_factory=dict)  # depth -> the first image found there
     other_files: Counter = field(default_factory=Counter)  # extension -> count
     folders: list[tuple[str, ...]] = field(default_factory=list)  # every (non-hidden) folder, relative
     linked: bool = False  # a folder below root is a symbolic link (which ImageFolder does not enter)
     metadata: bool = False
 
     @property
+    def num_images(self) -> int:
+        return sum(self.image_counts.values())
+
+    @property
     def depths(self) -> set[int]:
-        return {len(parts) - 1 for parts in self.images}
+        """How many folders lie between the root and each image."""
+        return {len(folder) for folder in self.image_counts}
 
     @property
     def classes(self) -> list[str]:
-        return sorted({parts[-2] for parts in self.images if len(parts) > 1})
+        return sorted({folder[-1] for folder in self.image_counts if folder})
 
     def files(self) -> list[str]:
         """Every image's path (through the links), for ImageFolder to read as a list of files."""
-        return [str(self.root.joinpath(*parts)) for parts in self.images]
+        return [str(self.root.joinpath(*parts)) for parts in _walk(self.root, FolderLayout(self.root))]
 
 
-def scan(root: Path) -> FolderLayout:
-    """Walk `root` as ImageFolder would see it, but entering linked folders (each real folder once)."""
-    layout = FolderLayout(root)
+def _walk(root: Path, layout: FolderLayout):
+    """Fill `layout` walking `root` as ImageFolder would see it, but entering linked folders (each real folder
+    once); yields each image's path relative to `root`."""
     extensions, metadata = _image_extensions(), _metadata_names()
     seen: set[str] = set()
     for current, dirs, files in os.walk(root, followlinks=True):
@@ -89,9 +97,18 @@ def scan(root: Path) -> FolderLayout:
                 layout.metadata = True
             suffix = os.path.splitext(name)[1].lower()
             if suffix in extensions:
-                layout.images.append((*relative, name))
+                layout.image_counts[relative] = layout.image_counts.get(relative, 0) + 1
+                layout.examples.setdefault(len(relative), (*relative, name))
+                yield (*relative, name)
             else:
                 layout.other_files[suffix or "(no extension)"] += 1
+
+
+def scan(root: Path) -> FolderLayout:
+    """What lies below `root`, as `FolderLayout` counts it."""
+    layout = FolderLayout(root)
+    for _ in _walk(root, layout):
+        pass
     return layout
 
 
@@ -105,7 +122,7 @@ def check_layout(layout: FolderLayout, where: str, training: bool) -> None:
     classes from deeper folders."""
     if layout.metadata:
         return  # labels and columns come from the metadata file: any layout of the images is then valid
-    if not layout.images:
+    if not layout.image_counts:
         if layout.other_files:
             found = ", ".join(f"{count} {suffix}" for suffix, count in layout.other_files.most_common(4))
             raise UserError(
@@ -116,12 +133,11 @@ def check_layout(layout: FolderLayout, where: str, training: bool) -> None:
     depths = layout.depths
     if depths == {0}:
         raise UserError(
-            f"{where} holds its {len(layout.images)} images directly, without class folders (e.g. "
-            f"{_show(layout.images[0])}); {EXPECTED}, or a metadata.csv with a file_name and a label column."
+            f"{where} holds its {layout.num_images} images directly, without class folders (e.g. "
+            f"{_show(layout.examples[0])}); {EXPECTED}, or a metadata.csv with a file_name and a label column."
         )
     if len(depths) > 1:
-        by_depth = {len(parts) - 1: parts for parts in layout.images}
-        examples = " and ".join(_show(by_depth[d]) for d in sorted(by_depth)[:2])
+        examples = " and ".join(_show(layout.examples[d]) for d in sorted(layout.examples)[:2])
         if 0 in depths:
             raise UserError(
                 f"{where} holds images both directly in it and in class folders (e.g. {examples}): ImageFolder then "
@@ -132,7 +148,7 @@ def check_layout(layout: FolderLayout, where: str, training: bool) -> None:
             f"folder holding each image only when all lie equally deep, so it would find none; {EXPECTED}."
         )
     (depth,) = depths
-    holders = {parts[:-1] for parts in layout.images}
+    holders = set(layout.image_counts)
     empty = sorted(folder for folder in layout.folders if len(folder) == depth and folder not in holders)
     if empty:
         raise UserError(
@@ -222,14 +238,18 @@ def image_folder_splits(root: Path, flag: str) -> dict[str, FolderLayout] | None
     top-level split folder (train/, test/, validation/, ...) when the images lie in those; None when datasets' own
     split inference should decide (split names deeper down or joined to other words)."""
     layout = scan(root)
-    if layout.metadata or not layout.images or any(suffix in DATA_FILE_EXTENSIONS for suffix in layout.other_files):
+    if (
+        layout.metadata
+        or not layout.image_counts
+        or any(suffix in DATA_FILE_EXTENSIONS for suffix in layout.other_files)
+    ):
         return None
     top = {parts[0] for parts in layout.folders if len(parts) == 1}
     splits = {name: _split_of(name) for name in top if _split_of(name) is not None}
     if not splits and not any(_split_like(name) for parts in layout.folders for name in parts):
         check_layout(layout, flag, training=True)
         return {"train": layout}
-    images_in_splits = all(len(parts) > 1 and parts[0] in splits for parts in layout.images)
+    images_in_splits = all(folder and folder[0] in splits for folder in layout.image_counts)
     if not splits or not images_in_splits or len(set(splits.values())) < len(splits):
         return None
     found = {}
