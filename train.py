@@ -65,6 +65,7 @@ from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
     check_hub_repo,
+    check_metric_cache,
     check_model_source,
     check_output_dir,
     check_precision_and_accumulation,
@@ -75,7 +76,7 @@ from vit_accel.training.preflight import (
     on_main_process,
     release_output_dir_locks,
 )
-from vit_accel.training.reporting import CURVES_FILE, JsonlLog, plot_curves
+from vit_accel.training.reporting import CURVES_FILE, JsonlLog, check_finite_loss, plot_curves
 
 logger = get_logger(__name__, log_level="INFO")
 # The run's length may change on resume (asking for more steps trains further); every other setting may not.
@@ -294,6 +295,7 @@ class Reporter:
         self.claim()
         self.log.write(record)
         self.accelerator.log(record, step=record["step"])
+        check_finite_loss(record, self.output_dir)
         if self.bar.disable:
             self.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
         else:
@@ -359,6 +361,7 @@ def train(argv: list[str] | None) -> dict:
     check_precision_and_accumulation(accelerator, args.gradient_accumulation_steps)
     methods.check_accelerator(accelerator, args)
     check_model_source(model_args.model_name_or_path, model_args.from_scratch, model_args.attn_implementation)
+    check_metric_cache()
     if args.hub_token:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     settings = resume_settings((model_args, data_args, args), accelerator.num_processes)

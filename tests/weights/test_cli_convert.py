@@ -193,7 +193,8 @@ def test_convert_writes_the_source_preprocessing_so_predict_can_use_it(tmp_path,
     torch.save(VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=4).state_dict(),
                tmp_path / "timm.pth")  # fmt: skip
     capsys.readouterr()
-    assert main(["convert", str(tmp_path / "timm.pth"), str(tmp_path / "from_timm"), "--quiet"]) == 0
+    argv = ["convert", str(tmp_path / "timm.pth"), str(tmp_path / "from_timm"), "--num_heads", "4", "--quiet"]
+    assert main(argv) == 0
     assert "so " + str(tmp_path / "from_timm") + " has no preprocessor_config.json" in capsys.readouterr().err
     assert not (tmp_path / "from_timm" / "preprocessor_config.json").exists()
     assert main(["predict", "--model", str(tmp_path / "from_timm"), str(tmp_path / "image.png")]) == 2
@@ -220,3 +221,12 @@ def test_convert_and_export_write_only_into_a_new_or_empty_directory(ours, tmp_p
     (target / "README.md").unlink()
     assert main(["convert", str(npz), str(target), "--quiet"]) == 0  # an empty directory is a new one
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in target.iterdir()}
+
+
+def test_a_one_class_head_is_refused(tmp_path, capsys):
+    from vit_accel.cli import main
+
+    assert main(["convert", "vit-tiny-p16-224", str(tmp_path / "out"), "--num_labels", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "vit-accel convert: error: --num_labels 1: a classifier needs at least two classes." in err
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ looked in, and how to fill it), a variant name with a typo (with the closest val
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import zipfile
@@ -18,8 +19,9 @@ from pathlib import Path
 from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS
 from ..errors import UserError
 from . import download, google_npz, native, timm_families, timm_state_dict, transformers_families, transformers_vit
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
+from .checkpoint import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
+from .kinds import other_kind
 
 ACCEPTED = (
     "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"
@@ -110,11 +112,34 @@ def read_checkpoint(
         names = list(read_tensors(path))
     for fmt in TENSOR_FORMATS:
         if fmt.detect(names):
-            return fmt.read(path, progress, lazy)
+            return _with_config_beside(fmt.read(path, progress, lazy), path)
     raise CheckpointError(
         f"{path}: tensors with unrecognised names (e.g. {sorted(names)[:4]}): not a ViT from timm, transformers or "
         f"ViTAccel. Accepted: {ACCEPTED}."
     )
+
+
+def _with_config_beside(checkpoint: Checkpoint, path: Path) -> Checkpoint:
+    """A bare tensor file records only shapes; the `config.json` of the directory it sits in (timm's, ours or
+    transformers') says the rest: attention heads, LayerNorm epsilon, activation, labels. A file that records them
+    itself (one of our cached conversions) keeps its own."""
+    config_file = path.parent / "config.json"
+    if checkpoint.num_attention_heads is not None or not config_file.is_file():
+        return checkpoint
+    config = read_json(config_file)
+    if timm_state_dict.detect((), config):
+        timm_state_dict.apply_config(checkpoint, config, config_file)
+    elif native.detect((), config) or transformers_vit.detect((), config):
+        width = int(checkpoint.state_dict[PATCH_KEY].shape[0]) if PATCH_KEY in checkpoint.state_dict else None
+        if config.get("hidden_size") not in (None, width):
+            raise CheckpointError(
+                f"{config_file}: hidden_size is {config['hidden_size']}, but the weights of {path} are {width} wide: "
+                "this config.json describes another model."
+            )
+        fields = transformers_vit.config_fields(config)
+        checkpoint.num_attention_heads = fields.pop("num_attention_heads", None)
+        checkpoint.config.update({key: value for key, value in fields.items() if key != "label2id"})
+    return checkpoint
 
 
 def _check_container(path: Path, use_safetensors: bool | None, kind: str | None = None) -> None:
@@ -326,6 +351,7 @@ def standard_path(source: str | os.PathLike, options: HubOptions | None = None) 
     path = Path(text).expanduser()
     if path.exists():
         path = path / options.subfolder if options.subfolder else path
+        check_kind(path)
         config_file = path / "config.json"
         if not (path.is_dir() and config_file.is_file() and native.detect((), read_json(config_file))):
             return False
@@ -342,6 +368,19 @@ def _check_remote_name(text: str) -> None:
         raise unknown_variant(text)
     if not _is_repo_id(text):
         raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
+
+
+def check_kind(path: Path) -> None:
+    """An adapter, training checkpoint or graph export given as a model, refused saying what it is (`other_kind`)."""
+    kind = other_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}.")
+
+
+def check_local_revision(source: str | os.PathLike, revision: str | None) -> None:
+    """A `revision` other than the default for a local path, refused: a directory has no revisions to choose from."""
+    if revision not in (None, "main") and Path(str(source)).expanduser().exists():
+        raise UserError(f"revision={revision!r}: {source} is a local path, which has no revisions.")
 
 
 def locate(
@@ -362,10 +401,10 @@ def locate(
         return named_checkpoint(text, weights, progress, quiet, options)
     path = Path(text).expanduser()
     if path.exists():
+        check_local_revision(path, options.revision)
         if options.subfolder:
             path = path / options.subfolder
-        if options.revision not in (None, "main"):
-            raise UserError(f"revision={options.revision!r}: {path} is a local path, which has no revisions.")
+        check_kind(path)
         return read_checkpoint(path, progress, lazy, options.use_safetensors)
     _check_remote_name(text)
     return _hub_or_raise(text, options)
@@ -393,6 +432,7 @@ def _is_repo_id(text: str) -> bool:
 __all__ = [
     "ACCEPTED",
     "HubOptions",
+    "check_local_revision",
     "closest_variant",
     "family_checkpoint",
     "hub_checkpoint",
@@ -402,3 +442,93 @@ __all__ = [
     "standard_path",
     "unknown_variant",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the architecture a source was pretrained with
+
+# Config fields that set the shapes of pretrained weights, or how they are read (heads split the same projections):
+# another value than the checkpoint's leaves weights unused, drawn at random, or read in a way they were not trained
+# for. The resolution is not among them: position embeddings are resampled to any image_size.
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "qkv_bias",
+    "num_channels",
+)
+
+
+# Config fields that do not change a weight's shape but what the weights compute: another value than the one they
+# were trained with is allowed (it may be meant), and said.
+FUNCTION_FIELDS: tuple[str, ...] = ("hidden_act", "layer_norm_eps", "pooler_act")
+
+
+def saved_architecture(source: str | os.PathLike) -> dict | None:
+    """The `ARCHITECTURE_FIELDS` of a named variant, or of a local directory's `config.json` (ours or transformers'
+    ViT, which name them alike), without reading any weights; None where only the weights would tell (a weights
+    file, a Hub repo, a directory without config.json)."""
+    from ..configuration_vit_accel import ViTAccelConfig
+
+    text = str(source)
+    if text in VIT_VARIANTS:
+        return {key: getattr(ViTAccelConfig.from_variant(text), key) for key in ARCHITECTURE_FIELDS}
+    config_file = Path(text).expanduser() / "config.json"
+    if not config_file.is_file():
+        return None
+    saved = read_json(config_file)
+    if not (native.detect((), saved) or transformers_vit.detect((), saved)):
+        return None
+    defaults = ViTAccelConfig()
+    return {key: saved.get(key, getattr(defaults, key)) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS}
+
+
+def architecture_conflicts(saved: dict, asked: dict) -> list[tuple[str, object, object]]:
+    """(field, asked value, pretrained value) for each architecture field `asked` sets to another value than `saved`
+    (an int and the same int twice as a (height, width) pair are the same size)."""
+
+    def size(value: object) -> object:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, value) if isinstance(value, int) else value
+
+    return [
+        (key, asked[key], saved[key])
+        for key in ARCHITECTURE_FIELDS
+        if key in asked and key in saved and size(asked[key]) != size(saved[key])
+    ]
+
+
+def check_architecture_overrides(
+    source: str | os.PathLike, asked: dict, named, instead: str, saved: dict | None = None
+) -> None:
+    """Refuse, naming the first, an architecture field asked of a pretrained `source` that its weights cannot take.
+
+    `named(key, value)` shows the request as the caller's user typed it (a flag, a keyword); `instead` says how to get
+    a model of the asked shape; `saved` the source's fields where the caller has read them (else
+    `saved_architecture`). Sources whose architecture is known only from their weights are checked there
+    (`policy.check_fit`), where no such field can be taken either.
+    """
+    saved = saved if saved is not None else saved_architecture(source)
+    conflicts = architecture_conflicts(saved, asked) if saved is not None else []
+    for key in FUNCTION_FIELDS:
+        if saved is not None and key in asked and key in saved and asked[key] != saved[key]:
+            logging.getLogger(__name__).warning(
+                f"{named(key, asked[key])}: {source} was trained with {key}={saved[key]}; its weights now compute "
+                "another function than the one they learnt."
+            )
+    if not conflicts:
+        return
+    key, value, pretrained = conflicts[0]
+    if key == "num_hidden_layers" and value > pretrained:
+        why = f"blocks {pretrained}..{value - 1} would start from random weights"
+    elif key == "num_hidden_layers":
+        why = f"its blocks {value}..{pretrained - 1} would be dropped"
+    elif key == "num_attention_heads":
+        why = "its attention weights were trained split into that many heads"
+    else:
+        why = "its weights have the shapes of that value"
+    raise UserError(
+        f"{named(key, value)}: {source} was pretrained with {key}={pretrained}, and {why}; drop the override, or "
+        f"{instead}."
+    )
