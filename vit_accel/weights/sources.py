@@ -62,8 +62,13 @@ def unknown_variant(name: str, what: str = "named variant") -> UserError:
 
 
 def _looks_like_variant(text: str) -> bool:
-    prefixes = "|".join(sorted({name.split("-")[0] for name in VIT_VARIANTS}))
-    return "/" not in text and os.sep not in text and re.match(rf"^({prefixes})[-_]", text, re.IGNORECASE) is not None
+    if "/" in text or os.sep in text:
+        return False
+    if re.match(r"^vit[-_]", text, re.IGNORECASE):
+        return True
+    # A family's name ("clip-...", "mae-...") is a variant only with a patch size in it: other names are paths.
+    families = "|".join(sorted({name.split("-")[0] for name in FAMILY_VARIANTS}))
+    return re.match(rf"^({families})[-_].*[-_]p\d+", text, re.IGNORECASE) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
