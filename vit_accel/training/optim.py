@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +51,11 @@ def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Op
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
     """A transformers schedule counted in optimizer steps (the loop steps it once per optimizer step)."""
+    if args.num_warmup_steps > total_steps:
+        logging.getLogger(__name__).warning(
+            f"--num_warmup_steps {args.num_warmup_steps} is longer than the run's {total_steps} optimizer steps: the "
+            "learning rate rises over the whole run and reaches --learning_rate only at its last step."
+        )
     return get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,

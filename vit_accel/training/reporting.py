@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD, CLASSIFIER_CONFIG, MERGED_DIR
 from ..errors import UserError
-from .checkpointing import remove_stale_checkpoints
+from .checkpointing import list_checkpoints, remove_stale_checkpoints
 
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "training_curves.png"
@@ -171,6 +172,7 @@ class Reporter:
         self.claim()
         self.log.write(record)
         self.accelerator.log(record, step=record["step"])
+        check_finite_loss(record, self.output_dir)
         if self.bar.disable:
             self.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
         else:
@@ -184,3 +186,18 @@ class Reporter:
 
     def info(self, message: str) -> None:
         run_logger.info(message, main_process_only=True)
+
+
+def check_finite_loss(record: dict, output_dir: Path) -> None:
+    """Stop a run whose training loss became NaN or infinite: every weight is then NaN or soon will be, and training
+    on would save that model as if it had trained (its top-1 that of ties broken at random)."""
+    loss = record["loss"]
+    if math.isfinite(loss):
+        return
+    checkpoints = [path.name for path in list_checkpoints(output_dir)]
+    last = f"the last checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
+    raise UserError(
+        f"Step {record['step']}: the training loss is {loss} (learning rate {record['lr']:.3g}, gradient norm "
+        f"{record.get('grad_norm', 'not measured')}): training diverged, so no model is saved ({last}). Lower "
+        "--learning_rate, or keep --max_grad_norm above 0."
+    )

@@ -26,12 +26,21 @@ from typing import Any
 
 import torch
 
-from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelPreTrainedModel
 from . import policy
 from .source_weights import Checkpoint
-from .sources import HubOptions, check_local_revision, locate, standard_path, unknown_variant
+from .sources import (
+    ARCHITECTURE_FIELDS,
+    FUNCTION_FIELDS,
+    HubOptions,
+    check_architecture_overrides,
+    check_local_revision,
+    locate,
+    standard_path,
+    unknown_variant,
+)
 
 HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder", "use_safetensors")
 TRANSFORMERS_KEYWORDS = (
@@ -78,6 +87,16 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
     where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
     check_local_revision(source, where.get("revision"))
     if standard_path(source, HubOptions(**where)):
+        if asked := {key: kwargs[key] for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS if key in kwargs}:
+            # transformers' path would draw the weights that do not fit at random, and say so in a table only.
+            saved = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
+            check_architecture_overrides(
+                source,
+                asked,
+                lambda key, value: f"from_pretrained({str(source)!r}, {key}={value!r})",
+                "build ViTAccelForImageClassification(ViTAccelConfig(...)) for a new model of that shape",
+                saved={key: getattr(saved, key) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS},
+            )
         config = _other_resolution(source, kwargs, where) or _other_head(source, kwargs, where)
         if config is None:
             return None  # ours: every keyword is transformers' to take or refuse
@@ -177,8 +196,9 @@ def split_keywords(
         raise unknown_variant(variant, "named variant (the variant= keyword)")
     if variant is not None and source in VIT_VARIANTS and variant != source:
         raise UserError(f"variant={variant!r} contradicts the named source {source!r}.")
-    if source in VIT_VARIANTS:
+    if source in VIT_VARIANTS and source not in FAMILY_VARIANTS:
         ours["variant"] = source  # the variant's shape and resolution, whatever the 21k file it starts from
+    # A family's variant is its Hub repo's own model: the checkpoint's shapes are the configuration.
     config = ours.get("config")
     if isinstance(config, (str, os.PathLike)):
         ours["config"] = ViTAccelConfig.from_pretrained(config)

@@ -9,6 +9,7 @@ looked in, and how to fill it), a variant name with a typo (with the closest val
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import zipfile
@@ -19,7 +20,7 @@ import huggingface_hub
 from huggingface_hub import constants, errors
 from huggingface_hub.utils import validate_repo_id
 
-from ..configuration_vit_accel import VIT_VARIANTS
+from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from . import download, google_npz, native, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
@@ -65,7 +66,13 @@ def unknown_variant(name: str, what: str = "named variant") -> UserError:
 
 
 def _looks_like_variant(text: str) -> bool:
-    return "/" not in text and os.sep not in text and re.match(r"^vit[-_]", text, re.IGNORECASE) is not None
+    if "/" in text or os.sep in text:
+        return False
+    if re.match(r"^vit[-_]", text, re.IGNORECASE):
+        return True
+    # A family's name ("clip-...", "mae-...") is a variant only with a patch size in it: other names are paths.
+    families = "|".join(sorted({name.split("-")[0] for name in FAMILY_VARIANTS}))
+    return re.match(rf"^({families})[-_].*[-_]p\d+", text, re.IGNORECASE) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,8 +174,10 @@ def named_checkpoint(
     options: HubOptions | None = None,
 ) -> Checkpoint:
     """The 21k checkpoint a named variant starts from: downloaded and converted once, then read from the cache
-    (`<cache_dir or HF hub cache>/vit_accel/`)."""
+    (`<cache_dir or HF hub cache>/vit_accel/`). A family's variant is its timm Hub repo (`family_checkpoint`)."""
     options = options or HubOptions()
+    if variant in FAMILY_VARIANTS:
+        return family_checkpoint(variant, options)
     relative = download.weight_file(variant, weights)
     if options.revision not in (None, "main"):
         raise UserError(
@@ -196,6 +205,47 @@ def named_checkpoint(
         checkpoint.source = download.base_url() + relative
         save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata(), progress, checkpoint.materialize)
     return native.read(cached)
+
+
+def family_checkpoint(variant: str, options: HubOptions | None = None) -> Checkpoint:
+    """A family's named variant: its timm Hub repo (`config.json` and `model.safetensors`), downloaded once into the
+    HF cache by huggingface_hub and read from there as timm's layout. Not in the cache and offline: one line naming
+    the variant, the repo, the cache path and how to fill it."""
+    options = options or HubOptions()
+    repo_id, _, fields = FAMILY_VARIANTS[variant]
+    if options.use_safetensors is False:
+        raise UserError(f"use_safetensors=False: {variant} is {repo_id}'s model.safetensors; there is no other file.")
+    paths = []
+    for filename in ("config.json", "model.safetensors"):
+        try:
+            paths.append(
+                huggingface_hub.hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=options.revision,
+                    cache_dir=options.cache_dir,
+                    force_download=options.force_download,
+                    local_files_only=options.offline,
+                    token=options.token,
+                )
+            )
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as error:
+            why = "local_files_only=True" if options.local_files_only else "HF_HUB_OFFLINE is set"
+            why = why if options.offline else str(error).splitlines()[0]
+            raise CheckpointError(
+                f"{variant}: the Hub repo {repo_id} is not in the cache at {_hub_cache(options, repo_id)} ({why}); "
+                f"fill it where the Hub is reachable with `hf download {repo_id} config.json model.safetensors` "
+                "(and copy that cache here), or pass a local path."
+            ) from None
+        except (errors.HfHubHTTPError, OSError) as error:
+            raise CheckpointError(
+                f"{variant}: could not download {repo_id}/{filename}: {error}".splitlines()[0]
+            ) from None
+    checkpoint = read_checkpoint(Path(paths[0]).parent)
+    # What the architecture fixes and the repo's config.json may name otherwise (OpenAI CLIP's QuickGELU).
+    checkpoint.config.update({key: fields[key] for key in ("hidden_act", "layer_norm_eps") if key in fields})
+    checkpoint.source = repo_id
+    return checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -388,6 +438,7 @@ __all__ = [
     "HubOptions",
     "check_local_revision",
     "closest_variant",
+    "family_checkpoint",
     "hub_checkpoint",
     "locate",
     "named_checkpoint",
@@ -395,3 +446,92 @@ __all__ = [
     "standard_path",
     "unknown_variant",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the architecture a source was pretrained with
+
+# Config fields that set the shapes of pretrained weights, or how they are read (heads split the same projections):
+# another value than the checkpoint's leaves weights unused, drawn at random, or read in a way they were not trained
+# for. The resolution is not among them: position embeddings are resampled to any image_size.
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "qkv_bias",
+    "num_channels",
+)
+
+
+# Config fields that do not change a weight's shape but what the weights compute: another value than the one they
+# were trained with is allowed (it may be meant), and said.
+FUNCTION_FIELDS: tuple[str, ...] = ("hidden_act", "layer_norm_eps", "pooler_act")
+
+
+def saved_architecture(source: str | os.PathLike) -> dict | None:
+    """The `ARCHITECTURE_FIELDS` of a named variant, or of a local directory's `config.json` (ours or transformers'
+    ViT, which name them alike), without reading any weights; None where only the weights would tell (a weights
+    file, a Hub repo, a directory without config.json)."""
+
+    text = str(source)
+    if text in VIT_VARIANTS:
+        return {key: getattr(ViTAccelConfig.from_variant(text), key) for key in ARCHITECTURE_FIELDS}
+    config_file = Path(text).expanduser() / "config.json"
+    if not config_file.is_file():
+        return None
+    saved = read_json(config_file)
+    if not (native.detect((), saved) or transformers_vit.detect((), saved)):
+        return None
+    defaults = ViTAccelConfig()
+    return {key: saved.get(key, getattr(defaults, key)) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS}
+
+
+def architecture_conflicts(saved: dict, asked: dict) -> list[tuple[str, object, object]]:
+    """(field, asked value, pretrained value) for each architecture field `asked` sets to another value than `saved`
+    (an int and the same int twice as a (height, width) pair are the same size)."""
+
+    def size(value: object) -> object:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, value) if isinstance(value, int) else value
+
+    return [
+        (key, asked[key], saved[key])
+        for key in ARCHITECTURE_FIELDS
+        if key in asked and key in saved and size(asked[key]) != size(saved[key])
+    ]
+
+
+def check_architecture_overrides(
+    source: str | os.PathLike, asked: dict, named, instead: str, saved: dict | None = None
+) -> None:
+    """Refuse, naming the first, an architecture field asked of a pretrained `source` that its weights cannot take.
+
+    `named(key, value)` shows the request as the caller's user typed it (a flag, a keyword); `instead` says how to get
+    a model of the asked shape; `saved` the source's fields where the caller has read them (else
+    `saved_architecture`). Sources whose architecture is known only from their weights are checked there
+    (`policy.check_fit`), where no such field can be taken either.
+    """
+    saved = saved if saved is not None else saved_architecture(source)
+    conflicts = architecture_conflicts(saved, asked) if saved is not None else []
+    for key in FUNCTION_FIELDS:
+        if saved is not None and key in asked and key in saved and asked[key] != saved[key]:
+            logging.getLogger(__name__).warning(
+                f"{named(key, asked[key])}: {source} was trained with {key}={saved[key]}; its weights now compute "
+                "another function than the one they learnt."
+            )
+    if not conflicts:
+        return
+    key, value, pretrained = conflicts[0]
+    if key == "num_hidden_layers" and value > pretrained:
+        why = f"blocks {pretrained}..{value - 1} would start from random weights"
+    elif key == "num_hidden_layers":
+        why = f"its blocks {value}..{pretrained - 1} would be dropped"
+    elif key == "num_attention_heads":
+        why = "its attention weights were trained split into that many heads"
+    else:
+        why = "its weights have the shapes of that value"
+    raise UserError(
+        f"{named(key, value)}: {source} was pretrained with {key}={pretrained}, and {why}; drop the override, or "
+        f"{instead}."
+    )
