@@ -89,8 +89,12 @@ def apply_lora(
         use_dora=use_dora,
         bias="none",
         modules_to_save=["classifier"],
-        base_model_name_or_path=base_model_name_or_path,
     )
+    if base_model_name_or_path is not None:
+        # get_peft_model names the base after `model.name_or_path` (the path as it was given to from_pretrained,
+        # often relative), replacing any name in the LoRA config: the saved adapter must name the base so that it
+        # loads from any working directory.
+        model.name_or_path = base_model_name_or_path
     adapted = get_peft_model(model, config)
     if getattr(model, "_require_grads_hook", None) is not None and not _reentrant_checkpointing(model):
         # peft makes the embeddings' output require grad, which reentrant checkpointing needs to reach the adapters
