@@ -97,8 +97,8 @@ def _check_model_type(model: str, config_file: Path, config: dict) -> None:
     if "architecture" in config:  # timm's Hub layout (`vit-accel export --to timm` writes it)
         raise UserError(
             f"--model {model} is a timm export ({config_file} names timm architecture {config['architecture']!r}), "
-            "which transformers cannot load: load it with timm (VisionTransformer(**model_args of its config.json), "
-            f"then its model.safetensors), or make it a directory of ours again with `vit-accel convert {model} "
+            f"which transformers cannot load: load it with timm (timm.create_model('local-dir:{model}', "
+            f"pretrained=True)), or make it a directory of ours again with `vit-accel convert {model} "
             "<new directory>`."
         )
     raise UserError(f"{config_file}: no model_type, so transformers cannot tell which model it describes.")

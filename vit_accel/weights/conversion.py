@@ -147,7 +147,9 @@ def export(
     """Write a ViTAccel classifier for another ecosystem, into the directory `out_dir`:
 
     - `"transformers"`: a transformers `ViT` directory (`model_type: vit`), written by transformers itself;
-    - `"timm"`: timm's layout (`model.safetensors` under timm's names, `config.json` with `model_args`, `label_names`);
+    - `"timm"`: timm's Hub layout (`model.safetensors` under timm's names, `config.json` with the registered
+      `architecture`, `num_classes`, `model_args`, `label_names` and `pretrained_cfg`), which
+      `timm.create_model("local-dir:" + out_dir, pretrained=True)` opens;
     - `"onnx"`: `model.onnx` (+ `model.onnx.data`) from torch's ONNX exporter, dynamic batch;
     - `"exported-program"`: `model.pt2`, a `torch.export` ExportedProgram, dynamic batch.
 
@@ -172,7 +174,9 @@ def export(
     if to == "transformers":
         transformers_vit.write(model, out_dir)
     elif to == "timm":
-        timm_state_dict.write(model, out_dir)
+        processor = Path(source) / PROCESSOR_FILE if source is not None else None
+        settings = read_json(processor) if processor is not None and processor.is_file() else None
+        timm_state_dict.write(model, out_dir, settings)
     elif to == "onnx":
         graph_export.write_onnx(model, out_dir)
         model.config.save_pretrained(out_dir)
