@@ -19,6 +19,11 @@ import time
 import warnings
 from pathlib import Path
 
+from vit_accel.training.arguments import exit_if_help
+
+if __name__ == "__main__":
+    exit_if_help()  # answered before torch and accelerate load, which takes seconds
+
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError, report
+from .formats import EXPORT_TARGETS
 
 
 def _positive_int(text: str) -> int:
@@ -145,8 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--weights", choices=("orig", "augreg"), help="for a named variant: which 21k file")
     convert.add_argument("--quiet", action="store_true", help="no progress output")
     convert.set_defaults(func=_convert)
-
-    from .weights.conversion import EXPORT_TARGETS
 
     export = commands.add_parser(
         "export",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from .adapters import is_adapter_dir, load_adapter_classifier
-from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
-from .data.transforms import to_rgb
+from .data.arguments import DataArguments
+from .data.transforms import build_pipeline, to_rgb
 from .errors import UserError
 from .evaluation import evaluate_classifier
 from .training.preflight import make_writable_dir
@@ -225,6 +226,7 @@ class EvaluationResult:
     confusion: np.ndarray  # rows: true class, columns: predicted class
     labels: list[str]
     unreadable_images: int = 0
+    images_per_second: float = 0.0  # over the evaluation loop (reading, preparing and classifying), not loading
 
     def summary(self) -> dict:
         return {
@@ -232,6 +234,7 @@ class EvaluationResult:
             "top5": self.top5,
             "loss": self.loss,
             "num_examples": self.num_examples,
+            "images_per_second": self.images_per_second,
             "unreadable_images": self.unreadable_images,
             "per_class_accuracy": self.per_class_accuracy,
         }
@@ -246,6 +249,10 @@ def evaluate(
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object
+
+    # 🤗 datasets only here: `predict` does not wait for it.
+    from .data.loading import ImageClassificationDataset, make_dataloader
+    from .data.sources import load_image_dataset
 
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}.")
@@ -271,7 +278,9 @@ def evaluate(
     num_classes = accelerator.unwrap_model(classifier).config.num_labels
     # The dataset numbers its classes its own way; map them to the model's ids.
     to_model = torch.tensor([label2id[name] for name in data.labels])
+    start = time.perf_counter()
     result = evaluate_classifier(accelerator, classifier, loader, pipeline.on_device, num_classes, to_model)
+    seconds = time.perf_counter() - start
     id2label = {int(i): str(name) for i, name in accelerator.unwrap_model(classifier).config.id2label.items()}
     confusion = result.confusion
     per_class = {
@@ -286,6 +295,7 @@ def evaluate(
         confusion=confusion,
         labels=[id2label[c] for c in range(num_classes)],
         unreadable_images=len(set(gather_object(dataset.bad_rows))),
+        images_per_second=result.num_examples / seconds if seconds > 0 else 0.0,
     )
 
 

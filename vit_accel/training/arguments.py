@@ -17,12 +17,18 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..data import DataArguments
 from ..errors import UserError, redact
 
-# What --config_overrides may set: the model's own fields (not transformers' bookkeeping such as model_type).
-CONFIG_OVERRIDE_FIELDS: tuple[str, ...] = (*ViTAccelConfig.__annotations__, "problem_type")
+
+def config_override_fields() -> tuple[str, ...]:
+    """What --config_overrides may set: the model's own fields (not transformers' bookkeeping such as model_type).
+    Read when needed: the configuration module imports torch, which `train.py --help` should not wait for."""
+    from ..configuration_vit_accel import ViTAccelConfig
+
+    return (*ViTAccelConfig.__annotations__, "problem_type")
+
+
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "sgd")
 FINAL_MODELS = ("raw", "ema", "best")
@@ -67,6 +73,8 @@ class ModelArguments:
         # A typo in a field name or a value the model cannot take stops the run here, before anything is loaded.
         overrides = self.parsed_overrides()
         _check_override_values(overrides, "--image_size" if self.image_size is not None else None)
+        from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+
         if self.from_scratch and self.model_name_or_path in VIT_VARIANTS:
             from ..modeling_vit_accel import check_config
 
@@ -96,9 +104,10 @@ class ModelArguments:
                     raise UserError(f"--config_overrides: expected 'key=value', got {item!r}.")
                 if key in ("num_labels", "id2label", "label2id"):
                     raise UserError(f"--config_overrides: {key} comes from the dataset's labels; it cannot be set.")
-                if key not in CONFIG_OVERRIDE_FIELDS:
-                    close = difflib.get_close_matches(key, CONFIG_OVERRIDE_FIELDS, n=1)
-                    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(CONFIG_OVERRIDE_FIELDS)}."
+                fields = config_override_fields()
+                if key not in fields:
+                    close = difflib.get_close_matches(key, fields, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(fields)}."
                     raise UserError(f"--config_overrides: {key!r} is not a ViTAccelConfig field; {hint}")
                 overrides[key] = _parse_scalar(value.strip())
         if self.image_size is not None:
@@ -410,6 +419,21 @@ def _raise_user_error(message: str) -> None:
     raise UserError(redact(message) + " (see `python train.py --help`)")
 
 
+def _parser() -> HfArgumentParser:
+    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
+    parser.error = _raise_user_error
+    return parser
+
+
+def exit_if_help(argv: list[str] | None = None) -> None:
+    """`train.py --help` (or `-h`): print every argument and exit, before train.py imports torch and accelerate."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _parser().print_help()
+        sys.exit(0)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse `[recipe.yaml] [--flag value ...]`: the recipe's values come first, so that flags override them.
 
@@ -418,9 +442,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             the message names it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
-    parser.error = _raise_user_error
+    parser = _parser()
     if argv and argv[0].lower().endswith((".yaml", ".yml")):
         recipe = Path(argv.pop(0))
         argv = _recipe_argv(recipe, parser) + argv

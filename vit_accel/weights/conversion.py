@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..formats import EXPORT_TARGETS
 from . import graph_export, native, policy, timm_state_dict, transformers_vit
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json
 from .loading import split_keywords
 from .sources import HubOptions, _hub_download, locate
 
-EXPORT_TARGETS = ("transformers", "timm", "onnx", "exported-program")
 PROCESSOR_FILE = "preprocessor_config.json"
 GOOGLE_MEAN_STD = (0.5, 0.5, 0.5)
 
