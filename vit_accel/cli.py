@@ -294,7 +294,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, remaining = parser.parse_known_args(argv)
+    if remaining:
+        # A typo names the closest flag of its command; values are never echoed (one may be a token).
+        from .training.habits import unknown_arguments_message
+
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        program = f"vit-accel {args.command}"
+        if any(item.startswith("-") for item in remaining):
+            message = unknown_arguments_message(remaining, command._option_string_actions, program, habits=False)
+        else:
+            message = f"unexpected values: {' '.join(remaining)} (see `{program} --help`)."
+        sys.exit(report(program, UserError(message)))
     try:
         return args.func(args)
     except UserError as error:

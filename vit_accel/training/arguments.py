@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 
 from ..data import DataArguments
 from ..errors import UserError, redact
+from . import habits
 
 
 def config_override_fields() -> tuple[str, ...]:
@@ -447,8 +448,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         recipe = Path(argv.pop(0))
         argv = _recipe_argv(recipe, parser) + argv
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
+        args=habits.apply_aliases(argv), return_remaining_strings=True
     )
+    if any(item.startswith("-") for item in remaining):
+        raise UserError(habits.unknown_arguments_message(remaining, parser._option_string_actions))
     if remaining:
         raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
     return model_args, data_args, training_args
