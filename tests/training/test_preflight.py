@@ -1,7 +1,6 @@
 """Preflight checks of train.py that concern how it was launched."""
 
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest

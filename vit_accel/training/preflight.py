@@ -48,7 +48,9 @@ def main_process_first(accelerator: Accelerator, load: Callable[[], T]) -> T:
 # What the real multi-process launches set: torchrun/accelerate's multi-process launcher, and the MPI launchers
 # (accelerate reads their sizes for multi-CPU runs started through mpirun).
 _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-MULTI_CPU_COMMAND = "ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/multi_cpu.yaml train.py ..."
+MULTI_CPU_COMMAND = (
+    "ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/multi_cpu.yaml train.py ..."
+)
 
 
 def check_launcher_processes(accelerator: Accelerator, environ: dict[str, str] | None = None) -> None:
@@ -60,13 +62,13 @@ def check_launcher_processes(accelerator: Accelerator, environ: dict[str, str] |
     env = os.environ if environ is None else environ
     launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in env
     asked_for_more = "MASTER_ADDR" in env and "MASTER_PORT" in env
-    if launched_by_accelerate and asked_for_more and accelerator.num_processes == 1:
-        if not any(name in env for name in _WORLD_SIZE_VARIABLES):
-            raise UserError(
-                "accelerate launch was asked for more than one process (MASTER_ADDR is set) but started only this "
-                "one: `--cpu --num_processes N` and `distributed_type: MULTI_CPU` run a single process. On the CPU, "
-                f"launch `{MULTI_CPU_COMMAND}` (two processes); for one process, unset MASTER_ADDR."
-            )
+    got_one = accelerator.num_processes == 1 and not any(name in env for name in _WORLD_SIZE_VARIABLES)
+    if launched_by_accelerate and asked_for_more and got_one:
+        raise UserError(
+            "accelerate launch was asked for more than one process (MASTER_ADDR is set) but started only this "
+            "one: `--cpu --num_processes N` and `distributed_type: MULTI_CPU` run a single process. On the CPU, "
+            f"launch `{MULTI_CPU_COMMAND}` (two processes); for one process, unset MASTER_ADDR."
+        )
 
 
 def check_process_group(accelerator: Accelerator) -> None:
