@@ -580,6 +580,8 @@ def train(argv: list[str] | None) -> dict:
         "compute_dtype": str(compute_dtype).removeprefix("torch.") if compute_dtype is not None else None,
         "train_unreadable_images": len(bad_train),
         "eval_unreadable_images": len(bad_eval),
+        "eval_split": data.eval_split,
+        "eval_num_examples": len(data.validation),
     }
     if data_args.bad_images == "skip":
         reporter.log.write({"step": state.completed_steps, **{k: final[k] for k in final if "unreadable" in k}})

@@ -42,6 +42,8 @@ class ImageClassificationData:
     train: Dataset
     validation: Dataset
     labels: list[str]
+    # The dataset's split that `validation` is, or a description of the hold-out drawn from the training split.
+    eval_split: str = "validation"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -486,7 +488,8 @@ def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True
         validation = validation.shuffle(seed=seed).select(range(args.max_eval_samples))
     if for_training and classes is not None:
         _check_subsample(train, validation, classes, labels, args.max_train_samples, label_column)
-    return ImageClassificationData(train=train, validation=validation, labels=labels)
+    held_out = f"{train_split} (hold-out of {args.train_val_split})"
+    return ImageClassificationData(train, validation, labels, eval_split if eval_split is not None else held_out)
 
 
 def _digest(*parts: bytes) -> str:
