@@ -48,3 +48,22 @@ def test_accelerate_launch_cpu_num_processes_2_stops_before_training(digits, tmp
     lines = [line for line in result.stderr.splitlines() if line.startswith("train.py: error:")]
     assert len(lines) == 1 and MULTI_CPU_COMMAND in lines[0], result.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "launcher_args", "hidden"),
+    [
+        ("cpu.yaml", ("-q",), True),  # accelerate's single-process launcher: -q hides its traceback
+        # DeepSpeed on one machine goes through torch.distributed.run, which -q does not reach.
+        ("deepspeed_zero2.yaml", ("-q", "--num_processes", "1", "--mixed_precision", "no"), False),
+    ],
+)
+def test_accelerate_launch_quiet_hides_the_launcher_traceback_where_the_readme_says(
+    digits, tmp_path, config, launcher_args, hidden
+):
+    args = tiny_args(digits, tmp_path / "out", "--learning_rate", "-1")
+    command, env = launch_command(config, args, launcher_args=launcher_args)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert any(line.startswith("train.py: error: --learning_rate") for line in result.stderr.splitlines())
+    assert ("Traceback" not in result.stderr) == hidden, result.stderr[-3000:]
