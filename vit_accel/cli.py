@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             message = f"unexpected values: {' '.join(remaining)} (see `{program} --help`)."
         sys.exit(report(program, UserError(message)))
+    from .training.distributed import name_deepspeed_accelerator
+
+    name_deepspeed_accelerator()  # every command but --help loads torch and, through accelerate, DeepSpeed
     try:
         return args.func(args)
     except UserError as error:
