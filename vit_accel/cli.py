@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="top-1/top-5, loss, per-class accuracy and a confusion matrix over a dataset",
+        help="top-1/top-5/top-k, loss, per-class precision/recall/F1, a confusion matrix and the worst "
+        "misclassified images over a dataset (report.html)",
         description="Runs under any accelerate config: accelerate launch --config_file <mode>.yaml -m vit_accel.cli "
         "evaluate ...",
     )
@@ -195,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the seed the training run used (its hold-out, and --max_eval_samples' sample); default: the model's "
         "training_args.json, else 42",
     )
-    evaluate.add_argument("--output_dir", default="outputs/eval", help="where eval_results.json and the PNG go")
+    evaluate.add_argument("--top_k", type=_positive_int, default=5, help="also report top-k accuracy for this k")
+    evaluate.add_argument(
+        "--output_dir",
+        default="outputs/eval",
+        help="where eval_results.json, confusion_matrix.png, worst_misclassified.png and report.html go",
+    )
     evaluate.set_defaults(func=_evaluate)
     return parser
 
@@ -279,10 +285,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             line += f", at most {args.max_eval_samples} examples drawn with --seed {seed} ({seed_origin})"
     if accelerator.is_main_process:
         print(f"vit-accel evaluate: {line}", file=sys.stderr)
-    result = evaluate(args.model, data_args, batch_size=args.batch_size, seed=seed, accelerator=accelerator)
+    result = evaluate(
+        args.model, data_args, batch_size=args.batch_size, seed=seed, accelerator=accelerator, top_k=args.top_k
+    )
     if accelerator.is_main_process:
         summary = write_evaluation(result, output_dir)
-        print(json.dumps({k: v for k, v in summary.items() if k != "per_class_accuracy"}))
+        per_example = ("per_class_accuracy", "per_class", "largest_confusions", "worst_misclassified")
+        print(json.dumps({k: v for k, v in summary.items() if k not in per_example}))
     return 0
 
 
