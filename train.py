@@ -42,7 +42,7 @@ from vit_accel.data import (
 from vit_accel.errors import UserError, report
 from vit_accel.evaluation import evaluate_classifier
 from vit_accel.hub import push_to_hub, write_model_card
-from vit_accel.training import methods
+from vit_accel.training import best, methods
 from vit_accel.training.arguments import parse_args, recorded_arguments, recorded_command
 from vit_accel.training.checkpointing import (
     TrainerState,
@@ -205,7 +205,8 @@ def finished_results(output_dir: Path, state: TrainerState, settings: dict | Non
     steps; None: whatever it asks)."""
     results_file = output_dir / "all_results.json"
     same_length = settings is None or all((state.settings or {}).get(k) == settings[k] for k in LENGTH_SETTINGS)
-    if state.total_steps is None or state.completed_steps < state.total_steps or not same_length:
+    ended = state.completed_steps >= (state.total_steps or 0) or state.early_stopped_at is not None
+    if state.total_steps is None or not ended or not same_length:
         return None
     if not results_file.is_file():
         return None  # stopped between its last checkpoint and its final save: resuming completes that save
@@ -483,7 +484,7 @@ def train(argv: list[str] | None) -> dict:
     compute_dtype = None
     model.train()
     with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
-        while state.completed_steps < total_steps and state.epoch < num_epochs:
+        while state.completed_steps < total_steps and state.epoch < num_epochs and state.early_stopped_at is None:
             loader = train_loader
             if state.batches_in_epoch:
                 # Resumed mid-epoch: the shuffle order is a function of (seed, epoch), so skipping the batches already
@@ -550,13 +551,12 @@ def train(argv: list[str] | None) -> dict:
                         results |= ema_evaluation.metrics(prefix="ema_eval_")
                     state.last_eval = results
                     reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
-                    if state.best_metric is None or results["eval_top1"] > state.best_metric:
-                        state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
+                    best.record_evaluation(state, results, args.metric_for_best_model, args.early_stopping_patience)
 
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                     checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen, reporter)
 
-                if state.completed_steps >= total_steps:
+                if state.completed_steps >= total_steps or state.early_stopped_at is not None:
                     break
     reporter.bar.close()
     reporter.claim()  # a resumed run may have had no step left to train
@@ -580,6 +580,7 @@ def train(argv: list[str] | None) -> dict:
         "compute_dtype": str(compute_dtype).removeprefix("torch.") if compute_dtype is not None else None,
         "train_unreadable_images": len(bad_train),
         "eval_unreadable_images": len(bad_eval),
+        **best.results(state, args),
         "eval_split": data.eval_split,
         "eval_num_examples": len(data.validation),
     }

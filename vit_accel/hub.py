@@ -31,6 +31,8 @@ _HYPERPARAMETERS = (
     "gradient_accumulation_steps",
     "max_grad_norm",
     "label_smoothing",
+    "metric_for_best_model",
+    "early_stopping_patience",
     "seed",
 )
 
@@ -114,6 +116,13 @@ def write_model_card(output_dir: str | Path) -> Path:
         if any(skipped)
         else ""
     )
+    stopped = results.get("early_stopped_at")
+    if stopped is not None:
+        unreadable += (
+            f" The run stopped early at step {stopped}: {train_args.get('early_stopping_patience')} evaluations in a "
+            f"row without improvement of {results.get('metric_for_best_model')} (best {results.get('best_metric')} "
+            f"at step {results.get('best_step')})."
+        )
     versions = ", ".join(f"{lib} {version}" for lib, version in _versions().items())
     curves = "![Training curves](training_curves.png)\n" if (root / "training_curves.png").is_file() else ""
     command = " ".join(record.get("command", []))

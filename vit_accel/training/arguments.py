@@ -149,7 +149,19 @@ class TrainingArguments:
         metadata={"help": "Save the training state every N optimizer steps, or 'epoch' at each epoch's end."},
     )
     save_total_limit: int | None = field(
-        default=2, metadata={"help": "Keep the last N checkpoints (plus the best by top-1); None keeps all."}
+        default=2,
+        metadata={"help": "Keep the last N checkpoints (plus the best by --metric_for_best_model); None keeps all."},
+    )
+    metric_for_best_model: str = field(
+        default="eval_top1",
+        metadata={
+            "help": "The evaluation result that picks the best checkpoint: eval_top1, eval_top5, eval_loss (or "
+            "ema_eval_* with --ema_decay); greater is better unless it ends in 'loss'."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "End the run after N evaluations in a row without improvement of the metric."},
     )
     resume_from_checkpoint: str | None = field(
         default=None,
@@ -233,7 +245,11 @@ class TrainingArguments:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("logging_steps", "eval_steps", "max_train_steps", "save_total_limit", "num_train_epochs"):
+        from .best import check_metric
+
+        check_metric(self.metric_for_best_model, ema=self.ema_decay is not None)
+        names = ("logging_steps", "eval_steps", "max_train_steps", "save_total_limit", "num_train_epochs")
+        for name in (*names, "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name} must be at least 1, got {value}.")
