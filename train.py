@@ -66,6 +66,7 @@ from vit_accel.training.distributed import (
     parameter_checksum,
     plan_new_world_size,
 )
+from vit_accel.training.eval_only import evaluate_only
 from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
@@ -373,7 +374,7 @@ def train(argv: list[str] | None) -> dict:
     resume_dir, resumed, layouts = plan_resume(accelerator, args, settings, output_dir)
     if layouts is not None:
         continue_on_new_world_size(accelerator, resumed, resume_dir, layouts)
-    if resumed is not None and (done := finished_results(output_dir, resumed, settings)) is not None:
+    if not args.eval_only and resumed is not None and (done := finished_results(output_dir, resumed, settings)):
         logger.warning(
             f"The run in {output_dir} already finished at step {resumed.completed_steps} of "
             f"{resumed.total_steps}: nothing to do (ask for more with --max_train_steps).",
@@ -455,6 +456,11 @@ def train(argv: list[str] | None) -> dict:
         len(train_loader), args.per_device_train_batch_size, len(train_set), accumulation, accelerator.num_processes
     )
 
+    if args.eval_only:  # the model as given, or the checkpoint's weights (a finished run's too): no training
+        if resume_dir is not None:
+            load_resumed_state(accelerator, model, scheduler, resume_dir, resumed, layouts, frozen, ema)
+        step = resumed.completed_steps if resumed is not None else None
+        return evaluate_only(accelerator, model, ema, eval_loader, eval_pipeline.on_device, data, output_dir, step)
     state = TrainerState(total_steps=total_steps, settings=settings)
     if resume_dir is not None:
         if resumed.completed_steps > total_steps:

@@ -159,6 +159,13 @@ class TrainingArguments:
             "ema_eval_* with --ema_decay); greater is better unless it ends in 'loss'."
         },
     )
+    eval_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate --model_name_or_path (or the --resume_from_checkpoint checkpoint) with these settings, "
+            "writing eval_results.json into --output_dir, without training."
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None,
         metadata={"help": "End the run after N evaluations in a row without improvement of the metric."},
