@@ -13,8 +13,11 @@ from collections.abc import Iterable
 # flag (underscores; hyphens are matched too) -> (our flag, if the meaning is exactly ours | None, what to use).
 HABIT_FLAGS: dict[str, tuple[str | None, str]] = {
     # transformers' Trainer (run_image_classification.py and TrainingArguments)
-    "--do_train": (None, "train.py always trains; drop --do_train"),
-    "--do_eval": (None, "train.py evaluates every --eval_steps and at the end; drop --do_eval"),
+    "--do_train": (None, "train.py trains unless --eval_only is given; drop --do_train"),
+    "--do_eval": (
+        None,
+        "train.py evaluates every --eval_steps and at the end; --eval_only evaluates without training",
+    ),
     "--eval_strategy": (None, "use --eval_steps N (every N optimizer steps; default: each epoch's end)"),
     "--evaluation_strategy": (None, "use --eval_steps N (every N optimizer steps; default: each epoch's end)"),
     "--save_strategy": (None, "use --checkpointing_steps N or --checkpointing_steps epoch"),
