@@ -19,6 +19,11 @@ import time
 import warnings
 from pathlib import Path
 
+from vit_accel.training.arguments import exit_if_help
+
+if __name__ == "__main__":
+    exit_if_help()  # answered before torch and accelerate load, which takes seconds
+
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -37,7 +42,7 @@ from vit_accel.data import (
 from vit_accel.errors import UserError, report
 from vit_accel.evaluation import evaluate_classifier
 from vit_accel.hub import push_to_hub, write_model_card
-from vit_accel.training import methods
+from vit_accel.training import best, methods
 from vit_accel.training.arguments import parse_args, recorded_arguments, recorded_command
 from vit_accel.training.checkpointing import (
     TrainerState,
@@ -61,6 +66,7 @@ from vit_accel.training.distributed import (
     parameter_checksum,
     plan_new_world_size,
 )
+from vit_accel.training.eval_only import evaluate_only
 from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
@@ -201,7 +207,8 @@ def finished_results(output_dir: Path, state: TrainerState, settings: dict | Non
     steps; None: whatever it asks)."""
     results_file = output_dir / "all_results.json"
     same_length = settings is None or all((state.settings or {}).get(k) == settings[k] for k in LENGTH_SETTINGS)
-    if state.total_steps is None or state.completed_steps < state.total_steps or not same_length:
+    ended = state.completed_steps >= (state.total_steps or 0) or state.early_stopped_at is not None
+    if state.total_steps is None or not ended or not same_length:
         return None
     if not results_file.is_file():
         return None  # stopped between its last checkpoint and its final save: resuming completes that save
@@ -370,7 +377,7 @@ def train(argv: list[str] | None) -> dict:
     resume_dir, resumed, layouts = plan_resume(accelerator, args, settings, output_dir)
     if layouts is not None:
         continue_on_new_world_size(accelerator, resumed, resume_dir, layouts)
-    if resumed is not None and (done := finished_results(output_dir, resumed, settings)) is not None:
+    if not args.eval_only and resumed is not None and (done := finished_results(output_dir, resumed, settings)):
         logger.warning(
             f"The run in {output_dir} already finished at step {resumed.completed_steps} of "
             f"{resumed.total_steps}: nothing to do (ask for more with --max_train_steps).",
@@ -452,6 +459,11 @@ def train(argv: list[str] | None) -> dict:
         len(train_loader), args.per_device_train_batch_size, len(train_set), accumulation, accelerator.num_processes
     )
 
+    if args.eval_only:  # the model as given, or the checkpoint's weights (a finished run's too): no training
+        if resume_dir is not None:
+            load_resumed_state(accelerator, model, scheduler, resume_dir, resumed, layouts, frozen, ema)
+        step = resumed.completed_steps if resumed is not None else None
+        return evaluate_only(accelerator, model, ema, eval_loader, eval_pipeline.on_device, data, output_dir, step)
     state = TrainerState(total_steps=total_steps, settings=settings)
     if resume_dir is not None:
         if resumed.completed_steps > total_steps:
@@ -481,7 +493,7 @@ def train(argv: list[str] | None) -> dict:
     compute_dtype = None
     model.train()
     with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
-        while state.completed_steps < total_steps and state.epoch < num_epochs:
+        while state.completed_steps < total_steps and state.epoch < num_epochs and state.early_stopped_at is None:
             loader = train_loader
             if state.batches_in_epoch:
                 # Resumed mid-epoch: the shuffle order is a function of (seed, epoch), so skipping the batches already
@@ -548,13 +560,12 @@ def train(argv: list[str] | None) -> dict:
                         results |= ema_evaluation.metrics(prefix="ema_eval_")
                     state.last_eval = results
                     reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
-                    if state.best_metric is None or results["eval_top1"] > state.best_metric:
-                        state.best_metric, state.best_step = results["eval_top1"], state.completed_steps
+                    best.record_evaluation(state, results, args.metric_for_best_model, args.early_stopping_patience)
 
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                     checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen, reporter)
 
-                if state.completed_steps >= total_steps:
+                if state.completed_steps >= total_steps or state.early_stopped_at is not None:
                     break
     reporter.bar.close()
     reporter.claim()  # a resumed run may have had no step left to train
@@ -578,6 +589,9 @@ def train(argv: list[str] | None) -> dict:
         "compute_dtype": str(compute_dtype).removeprefix("torch.") if compute_dtype is not None else None,
         "train_unreadable_images": len(bad_train),
         "eval_unreadable_images": len(bad_eval),
+        **best.results(state, args),
+        "eval_split": data.eval_split,
+        "eval_num_examples": len(data.validation),
     }
     if data_args.bad_images == "skip":
         reporter.log.write({"step": state.completed_steps, **{k: final[k] for k in final if "unreadable" in k}})

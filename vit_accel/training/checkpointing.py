@@ -100,8 +100,10 @@ class TrainerState:
     completed_steps: int = 0  # optimizer steps
     epoch: int = 0  # the epoch in progress
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed (per process)
-    best_metric: float | None = None  # best eval top-1 so far
+    best_metric: float | None = None  # best value so far of --metric_for_best_model (eval top-1 by default)
     best_step: int | None = None  # the step it was measured at
+    evaluations_without_improvement: int = 0  # in a row, for --early_stopping_patience
+    early_stopped_at: int | None = None  # the step --early_stopping_patience ended the run at
     best_checkpoint: str | None = None  # the checkpoint saved at that step, kept by rotation
     total_steps: int | None = None  # the optimizer steps the run was planned for
     last_eval: dict[str, float] | None = None  # the latest evaluation's results
@@ -137,6 +139,8 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "batches_in_epoch": (int,),
     "best_metric": (float, int),
     "best_step": (int,),
+    "evaluations_without_improvement": (int,),
+    "early_stopped_at": (int,),
     "best_checkpoint": (str,),
     "total_steps": (int,),
     "last_eval": (dict,),
