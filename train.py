@@ -16,6 +16,11 @@ import os
 import sys
 from pathlib import Path
 
+from vit_accel.training.arguments import exit_if_help
+
+if __name__ == "__main__":
+    exit_if_help()  # answered before torch and accelerate load, which takes seconds
+
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
@@ -30,9 +35,10 @@ from vit_accel.data import (
 )
 from vit_accel.errors import UserError, report
 from vit_accel.eval_loop import evaluate_classifier
-from vit_accel.training import methods, resume
+from vit_accel.training import best, methods, resume
 from vit_accel.training.arguments import parse_args, recorded_arguments
 from vit_accel.training.distributed import create_accelerator
+from vit_accel.training.eval_only import evaluate_only
 from vit_accel.training.finish import finish_run
 from vit_accel.training.freezing import has_frozen_parameters
 from vit_accel.training.loop import (
@@ -92,7 +98,7 @@ def train(argv: list[str] | None) -> dict:
     accelerator = checked_accelerator(model_args, args)
     settings = resume.run_settings((model_args, data_args, args), accelerator)
     plan = resume.plan_resume(accelerator, args, settings, output_dir)
-    if plan.finished is not None:
+    if plan.finished is not None and not args.eval_only:
         return plan.finished
     # The main process alone: another's write probe would look like a foreign file to this one's check.
     on_main_process(accelerator, lambda: check_destinations(plan, model_args, data_args, args))
@@ -122,6 +128,10 @@ def train(argv: list[str] | None) -> dict:
     total_steps, num_epochs, eval_every, checkpoint_every = run_length(len(train_loader), args)
     scheduler = accelerator.prepare(build_scheduler(optimizer, args, total_steps))
     windows = AccumulationWindows.of(train_loader, train_set, args, accelerator)
+    if args.eval_only:  # the model as given, or the checkpoint's weights (a finished run's too): no training
+        step = resume.restore(plan, accelerator, model, scheduler, frozen, ema, total_steps, settings).completed_steps
+        step = step if plan.checkpoint is not None else None
+        return evaluate_only(accelerator, model, ema, eval_loader, eval_pipeline.on_device, data, output_dir, step)
     if (done := plan.past_the_end(total_steps, output_dir)) is not None:
         return done
     state = resume.restore(plan, accelerator, model, scheduler, frozen, ema, total_steps, settings)
@@ -131,7 +141,7 @@ def train(argv: list[str] | None) -> dict:
     results, meter, compute_dtype = dict(state.last_eval or {}), LossMeter(accelerator), None
     model.train()
     with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
-        while state.completed_steps < total_steps and state.epoch < num_epochs:
+        while state.completed_steps < total_steps and state.epoch < num_epochs and state.early_stopped_at is None:
             loader = train_loader
             if state.batches_in_epoch:
                 # Resumed mid-epoch: the shuffle order is a function of (seed, epoch), so skipping the batches already
@@ -189,20 +199,22 @@ def train(argv: list[str] | None) -> dict:
 
                 if state.completed_steps % eval_every == 0 or last_step:
                     results = evaluate(accelerator, model, ema, eval_loader, eval_pipeline, len(data.labels))
-                    state.record_evaluation(results)
+                    state.last_eval = results
+                    best.record_evaluation(state, results, args.metric_for_best_model, args.early_stopping_patience)
                     reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
 
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                     save_step_checkpoint(accelerator, model, state, (train_set, eval_set), args, frozen, reporter)
 
-                if state.completed_steps >= total_steps:
+                if state.completed_steps >= total_steps or state.early_stopped_at is not None:
                     break
         reporter.bar.close()
         reporter.claim()  # a resumed run may have had no step left to train
 
+    evaluated = {**best.results(state, args), "eval_split": data.eval_split, "eval_num_examples": len(data.validation)}
     return finish_run(
         accelerator, model, ema, state, results, compute_dtype, (train_set, eval_set), reporter,
-        (model_args, data_args, args), (mean, std),
+        (model_args, data_args, args), (mean, std), evaluated,
     )  # fmt: skip
 
 

@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from factories import ROOT, tiny_config_kwargs
@@ -280,3 +282,54 @@ def test_an_adapter_whose_base_is_gone_says_so(tmp_path):
     (tmp_path / "base").rename(tmp_path / "elsewhere")
     with pytest.raises(UserError, match=r"adapter: its base .*/base \(named in adapter_config.json\) no longer exists"):
         load_adapter_classifier(tmp_path / "adapter")
+
+
+def test_adapter_of_a_base_given_by_relative_path_loads_from_another_directory(tmp_path, monkeypatch):
+    # train.py loads the base by the path as given (often relative); peft names the base after the model's
+    # name_or_path, so the adapter must still record the absolute path to load from anywhere.
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _base(num_labels=5).save_pretrained("base")
+    model = ViTAccelForImageClassification.from_pretrained("base")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _train_a_little(apply_lora(model, r=4, base_model_name_or_path=base_model_reference("base")))
+    assert not [w for w in caught if "renamed" in str(w.message)]  # peft's warning when it replaces the name
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]  # peft reading a deprecated alias
+    save_adapter(model, "adapter")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained("adapter")
+    config = json.loads((work / "adapter" / ADAPTER_CONFIG).read_text())
+    assert config["base_model_name_or_path"] == str((work / "base").resolve())
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(work / "x.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    adapter = str(work / "adapter")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({adapter!r}, trust_remote_code=True).eval()
+        x = torch.load({str(work / "x.pt")!r}, weights_only=True)
+        with torch.no_grad():
+            print(model(pixel_values=x).logits.tolist())
+        """
+    )
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.save(x, work / "x.pt")
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    got = torch.tensor(json.loads(loaded.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+    command = [sys.executable, "-m", "vit_accel.cli", "predict", "--model", adapter, "--json", str(work / "x.png")]
+    predicted = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len(json.loads(predicted.stdout)[0]["predictions"]) == 5

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from factories import FAKE_TOKEN
 
@@ -75,3 +76,49 @@ def test_an_adapter_push_leaves_the_merged_copy_and_checkpoints_out(tmp_path, mo
     ]  # fmt: skip
     kept = list(filter_repo_objects(files, ignore_patterns=uploads[0]["ignore_patterns"]))
     assert kept == files[:5]
+
+
+def test_model_card_metadata_is_what_the_hub_parses(trained_run):
+    from huggingface_hub import ModelCard
+
+    results = json.loads((trained_run / "all_results.json").read_text())
+    card = ModelCard.load(trained_run / "README.md")
+    parsed = {result.metric_type: result for result in card.data.eval_results}
+    assert parsed["accuracy"].metric_value == results["eval_top1"]
+    assert parsed["top_5_accuracy"].metric_value == results["eval_top5"]
+    assert parsed["loss"].metric_value == results["eval_loss"]
+    record = json.loads((trained_run / "training_args.json").read_text())
+    dataset = record["DataArguments"]["dataset_name"]
+    for result in parsed.values():
+        assert result.task_type == "image-classification" and result.dataset_split == results["eval_split"]
+        assert result.dataset_name == Path(dataset).name  # a local dataset: named, not claimed as a Hub id
+    assert card.data.library_name == "transformers" and card.data.base_model is None  # trained from scratch
+    # The images the results are on, a usage snippet with the model's real path, the resolved settings.
+    text = card.text
+    assert f"`{results['eval_split']}` split of `{dataset}` ({results['eval_num_examples']} images)" in text
+    assert f'model="{trained_run.resolve()}"' in text
+    assert '"learning_rate": 0.003' in text and '"per_device_train_batch_size"' in text
+
+
+def test_model_card_names_a_hub_base_model_and_dataset(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from vit_accel.hub import write_model_card
+
+    results = {"eval_top1": 0.91, "eval_top5": 0.99, "eval_loss": 0.3, "train_steps": 10, "eval_split": "test"}
+    results["eval_num_examples"] = 10000
+    record = {
+        "command": ["train.py", "recipes/cifar100_google.yaml"],
+        "ModelArguments": {"model_name_or_path": "google/vit-base-patch16-224-in21k", "from_scratch": False},
+        "DataArguments": {"dataset_name": "uoft-cs/cifar100", "dataset_config_name": None},
+        "TrainingArguments": {"learning_rate": 0.03, "optimizer": "sgd", "hub_model_id": "someone/vit-cifar100"},
+    }
+    (tmp_path / "all_results.json").write_text(json.dumps(results))
+    (tmp_path / "training_args.json").write_text(json.dumps(record))
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {"0": "apple"}, "hidden_size": 768}))
+    card = ModelCard.load(write_model_card(tmp_path))
+    assert card.data.base_model == "google/vit-base-patch16-224-in21k"
+    assert card.data.datasets == ["uoft-cs/cifar100"]
+    (top1,) = [result for result in card.data.eval_results if result.metric_type == "accuracy"]
+    assert (top1.dataset_type, top1.dataset_split, top1.metric_value) == ("uoft-cs/cifar100", "test", 0.91)
+    assert 'model="someone/vit-cifar100"' in card.text

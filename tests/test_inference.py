@@ -91,6 +91,28 @@ def test_evaluate_reproduces_the_training_run_and_writes_the_confusion_matrix(tr
     assert summary["loss"] == pytest.approx(results["eval_loss"], abs=1e-4)
     assert set(summary["per_class_accuracy"]) <= {str(i) for i in range(10)}
     assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert summary["images_per_second"] > 0
+
+    # The report: top-k for the k asked, per-class and macro scores, the worst misclassified as PNG and HTML.
+    out3 = tmp_path / "eval_top3"
+    assert cli([*argv, "--dataloader_num_workers", "0", "--output_dir", str(out3), "--top_k", "3"]) == 0
+    report = json.loads((out3 / "eval_results.json").read_text())
+    assert report["top1"] <= report["top3"] <= report["top5"]
+    per_class = report["per_class"]
+    assert sum(v["support"] for v in per_class.values()) == 64
+    present = [v for v in per_class.values() if v["support"]]
+    assert report["macro_f1"] == pytest.approx(sum(v["f1"] for v in present) / len(present))
+    wrong = round(64 * (1 - report["top1"]))
+    assert len(report["worst_misclassified"]) == min(16, wrong)
+    losses = [w["loss"] for w in report["worst_misclassified"]]
+    assert losses == sorted(losses, reverse=True)
+    assert all(w["true"] != w["predicted"] for w in report["worst_misclassified"])
+    page = (out3 / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(losses)
+    for worst in report["worst_misclassified"]:
+        assert f"<td>{worst['true']}</td><td>{worst['predicted']}</td><td>{worst['row']}</td>" in page
+    if losses:
+        assert (out3 / "worst_misclassified.png").stat().st_size > 1000
 
 
 def test_evaluate_with_two_processes_counts_each_example_once(trained_run, tmp_path):
@@ -108,6 +130,10 @@ def test_evaluate_with_two_processes_counts_each_example_once(trained_run, tmp_p
     summary = json.loads((out / "eval_results.json").read_text())
     assert summary["num_examples"] == 64
     assert summary["top1"] == pytest.approx(results["eval_top1"], abs=1e-9)
+    # Gathering restores the split's order: the same worst rows as one process finds.
+    one = tmp_path / "eval1"
+    assert cli([*command[command.index("evaluate") :][:-1], str(one)]) == 0
+    assert summary["worst_misclassified"] == json.loads((one / "eval_results.json").read_text())["worst_misclassified"]
 
 
 def test_bad_input_names_the_file(trained_run, digit_images, tmp_path, capsys):
@@ -158,7 +184,9 @@ def test_evaluate_draws_the_training_runs_own_hold_out_of_a_dataset_without_an_e
         out = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}"
         argv = ["evaluate", "--model", str(run), "--dataset_name", split_less, "--dataloader_num_workers", "0"]
         assert cli([*argv, "--output_dir", str(out), *flags]) == 0
-        return json.loads((out / "eval_results.json").read_text()), capsys.readouterr().err
+        results = json.loads((out / "eval_results.json").read_text())
+        assert results.pop("images_per_second") > 0  # a measurement: differs from run to run
+        return results, capsys.readouterr().err
 
     recorded, err = evaluate()
     source = f"(from {run / 'training_args.json'})"
@@ -196,3 +224,48 @@ def test_a_photo_with_exif_orientation_is_seen_upright_by_predict_evaluate_and_t
         assert cli([*argv, "--output_dir", str(out), "--dataloader_num_workers", "0"]) == 0, capsys.readouterr().err
         losses.append(json.loads((out / "eval_results.json").read_text())["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_evaluation_report_scores_match_scikit_learn_and_render(tmp_path, num_classes):
+    import numpy as np
+    from PIL import Image
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from vit_accel.inference import EvaluationResult, write_evaluation
+
+    rng = np.random.default_rng(num_classes)
+    labels = rng.integers(0, num_classes, 2000)
+    predicted = np.where(rng.random(2000) < 0.7, labels, rng.integers(0, num_classes, 2000))
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    names = [f"class_{i}" for i in range(num_classes)]
+    worst = [
+        {"row": int(i), "true": names[labels[i]], "predicted": names[predicted[i]], "loss": 3.0 - i / 100,
+         "image": Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))}
+        for i in np.flatnonzero(labels != predicted)[:5]
+    ]  # fmt: skip
+    result = EvaluationResult(
+        top1=float((labels == predicted).mean()), top5=1.0, loss=1.0, num_examples=2000, per_class_accuracy={},
+        confusion=confusion, labels=names, images_per_second=100.0, k=5, top_k=1.0, worst=worst,
+    )  # fmt: skip
+    scores = result.per_class_scores()
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(num_classes), zero_division=0
+    )
+    for i, name in enumerate(names):
+        assert scores[name]["precision"] == pytest.approx(precision[i])
+        assert scores[name]["recall"] == pytest.approx(recall[i]) and scores[name]["f1"] == pytest.approx(f1[i])
+        assert scores[name]["support"] == support[i]
+    macro = precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)
+    assert [scores["macro"][k] for k in ("precision", "recall", "f1")] == pytest.approx(list(macro[:3]))
+    off = confusion - np.diag(np.diag(confusion))
+    largest = result.largest_confusions(3)
+    assert [c["count"] for c in largest] == sorted(off.ravel().tolist(), reverse=True)[:3]
+
+    summary = write_evaluation(result, tmp_path)
+    assert summary["macro_f1"] == pytest.approx(macro[2])
+    for name in ("confusion_matrix.png", "worst_misclassified.png", "report.html"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    with Image.open(tmp_path / "confusion_matrix.png") as png:
+        assert max(png.size) <= 2000  # bounded at 100 classes too

@@ -1,38 +1,39 @@
-"""vit_accel: fine-tune Vision Transformers the way the Hugging Face ecosystem expects."""
+"""vit_accel: fine-tune Vision Transformers the way the Hugging Face ecosystem expects.
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+The model classes load on first use (`vit_accel.ViTAccelForImageClassification`), so that importing the package, or
+its command line, does not pay for torch and transformers' modeling code. Importing it registers the `vit_accel`
+model type with transformers' Auto classes (see `vit_accel.auto`).
+"""
 
-from .configuration_vit_accel import VIT_SIZES, VIT_VARIANTS, ViTAccelConfig
-from .modeling_vit_accel import (
-    ViTAccelForImageClassification,
-    ViTAccelModel,
-    ViTAccelPreTrainedModel,
-    resample_position_embeddings,
-)
+from __future__ import annotations
+
+import importlib
+
+from . import auto
 
 __version__ = "0.1.0"
 
-# Importing vit_accel makes the Auto classes know our model type; `register_for_auto_class` makes `save_pretrained`
-# copy the two model files and write `auto_map`, so a saved directory loads without vit_accel (trust_remote_code).
-AutoConfig.register(ViTAccelConfig.model_type, ViTAccelConfig, exist_ok=True)
-AutoModel.register(ViTAccelConfig, ViTAccelModel, exist_ok=True)
-AutoModelForImageClassification.register(ViTAccelConfig, ViTAccelForImageClassification, exist_ok=True)
-# (Importing modeling_vit_accel above also registers, for model_type vit_accel, the renamings between transformers'
-# on-disk ViT parameter names and ours, which its from_pretrained/save_pretrained apply.)
-ViTAccelConfig.register_for_auto_class()
-ViTAccelModel.register_for_auto_class("AutoModel")
-ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+_LAZY = {
+    "VIT_SIZES": "configuration_vit_accel",
+    "VIT_VARIANTS": "configuration_vit_accel",
+    "ViTAccelConfig": "configuration_vit_accel",
+    "ViTAccelForImageClassification": "modeling_vit_accel",
+    "ViTAccelModel": "modeling_vit_accel",
+    "ViTAccelPreTrainedModel": "modeling_vit_accel",
+    "resample_position_embeddings": "modeling_vit_accel",
+}
+__all__ = sorted(_LAZY)
 
-# The converters of named variants and Google/timm/transformers checkpoints, as `vit_accel.weights`
-# (`from_pretrained` finds them by itself; importing them sets nothing up).
-from . import weights  # noqa: E402, F401
+auto.install()
 
-__all__ = [
-    "VIT_SIZES",
-    "VIT_VARIANTS",
-    "ViTAccelConfig",
-    "ViTAccelForImageClassification",
-    "ViTAccelModel",
-    "ViTAccelPreTrainedModel",
-    "resample_position_embeddings",
-]
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -19,6 +19,7 @@ model with an embedded adapter, and would look for the base weights there.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -44,6 +45,15 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
 MERGED_DIR = "merged"
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 PEFT_METHODS = ("lora",)
+
+
+@contextlib.contextmanager
+def _peft_quietly():
+    """peft's PeftModel reads transformers' `is_gradient_checkpointing`, a deprecated alias that warns (FutureWarning)
+    on every adapter built or loaded; the warning is about peft's code, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:
@@ -141,9 +151,14 @@ def apply_lora(
         use_dora=use_dora,
         bias="none",
         modules_to_save=["classifier"],
-        base_model_name_or_path=base_model_name_or_path,
     )
-    adapted = get_peft_model(model, config)
+    if base_model_name_or_path is not None:
+        # get_peft_model names the base after `model.name_or_path` (the path as it was given to from_pretrained,
+        # often relative), replacing any name in the LoRA config: the saved adapter must name the base so that it
+        # loads from any working directory.
+        model.name_or_path = base_model_name_or_path
+    with _peft_quietly():
+        adapted = get_peft_model(model, config)
     if getattr(model, "_require_grads_hook", None) is not None and not _reentrant_checkpointing(model):
         # peft makes the embeddings' output require grad, which reentrant checkpointing needs to reach the adapters
         # behind frozen layers. Non-reentrant checkpointing (train.py's, and transformers' default) does not, and
@@ -306,7 +321,8 @@ def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True, allow_c
             f"{adapter_dir}: cannot load its base model {base!r} (named in {ADAPTER_CONFIG}): "
             f"{str(error).splitlines()[0]}"
         ) from error
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    with _peft_quietly():
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model.merge_and_unload() if merge else model
 

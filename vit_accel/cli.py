@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError, report
+from .formats import EXPORT_TARGETS
 
 
 def _positive_int(text: str) -> int:
@@ -158,9 +159,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress output")
     convert.set_defaults(func=_convert)
 
-    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
-    from .weights.conversion import EXPORT_TARGETS
-
     export = commands.add_parser(
         "export",
         help="export a ViTAccel directory to transformers (model_type vit), timm, ONNX or a torch.export program",
@@ -184,7 +182,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="top-1/top-5, loss, per-class accuracy and a confusion matrix over a dataset",
+        help="top-1/top-5/top-k, loss, per-class precision/recall/F1, a confusion matrix and the worst "
+        "misclassified images over a dataset (report.html)",
         description="Runs under any accelerate config: accelerate launch --config_file <mode>.yaml -m vit_accel.cli "
         "evaluate ...",
     )
@@ -198,7 +197,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="the seed the training run used (its hold-out, and --max_eval_samples' sample); default: the model's "
         "training_args.json, else 42",
     )
-    evaluate.add_argument("--output_dir", default="outputs/eval", help="where eval_results.json and the PNG go")
+    evaluate.add_argument("--top_k", type=_positive_int, default=5, help="also report top-k accuracy for this k")
+    evaluate.add_argument(
+        "--output_dir",
+        default="outputs/eval",
+        help="where eval_results.json, confusion_matrix.png, worst_misclassified.png and report.html go",
+    )
     evaluate.add_argument("--allow_changed_base", action="store_true", help=_ALLOW_CHANGED_BASE)
     evaluate.set_defaults(func=_evaluate)
     return parser
@@ -313,11 +317,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"vit-accel evaluate: {line}", file=sys.stderr)
     result = evaluate(
         args.model, data_args, batch_size=args.per_device_eval_batch_size, seed=seed, accelerator=accelerator,
-        allow_changed_base=args.allow_changed_base,
+        allow_changed_base=args.allow_changed_base, top_k=args.top_k,
     )  # fmt: skip
     if accelerator.is_main_process:
         summary = write_evaluation(result, output_dir)
-        print(json.dumps({k: v for k, v in summary.items() if k != "per_class_accuracy"}))
+        per_example = ("per_class_accuracy", "per_class", "largest_confusions", "worst_misclassified")
+        print(json.dumps({k: v for k, v in summary.items() if k not in per_example}))
     return 0
 
 
@@ -330,7 +335,23 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
-    args = build_parser(next((word for word in given if not word.startswith("-")), None)).parse_args(argv)
+    parser = build_parser(next((word for word in given if not word.startswith("-")), None))
+    args, remaining = parser.parse_known_args(argv)
+    if remaining:
+        # A typo names the closest flag of its command; values are never echoed (one may be a token).
+        from .training.habits import unknown_arguments_message
+
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        program = f"vit-accel {args.command}"
+        if any(item.startswith("-") for item in remaining):
+            message = unknown_arguments_message(remaining, command._option_string_actions, program, habits=False)
+        else:
+            message = f"unexpected values: {' '.join(remaining)} (see `{program} --help`)."
+        sys.exit(report(program, UserError(message)))
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
+    from .training.distributed import name_deepspeed_accelerator
+
+    name_deepspeed_accelerator()  # every command but --help loads torch and, through accelerate, DeepSpeed
     try:
         return args.func(args)
     except UserError as error:

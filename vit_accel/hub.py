@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 CARD_FILE = "README.md"
 _LIBRARIES = ("vit_accel", "torch", "transformers", "accelerate", "datasets", "deepspeed", "safetensors")
@@ -31,6 +31,8 @@ _HYPERPARAMETERS = (
     "gradient_accumulation_steps",
     "max_grad_norm",
     "label_smoothing",
+    "metric_for_best_model",
+    "early_stopping_patience",
     "seed",
 )
 
@@ -61,8 +63,36 @@ def write_model_card(output_dir: str | Path, results: dict | None = None) -> Pat
     base = model_args["model_name_or_path"]
     weights = "random initialisation (--from_scratch)" if model_args.get("from_scratch") else f"`{base}`"
     name = train_args.get("hub_model_id") or root.name
+    # Where the model is loaded from: its Hub repo, else the directory itself (by absolute path).
+    location = train_args.get("hub_model_id") or str(root.resolve())
 
     metrics = {k: results[k] for k in ("eval_top1", "eval_top5", "eval_loss") if k in results}
+    split = results.get("eval_split") or "validation"
+    num_eval = results.get("eval_num_examples")
+    # model-index: the Hub's results widget and leaderboards read these (task, dataset, split, metric values).
+    dataset_id = dataset if is_hub_dataset else Path(str(dataset or "local")).name
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_id,
+            dataset_name=dataset_id,
+            dataset_config=data_args.get("dataset_config_name"),
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=float(results[key]),
+        )
+        for key, metric_type, metric_name in (
+            ("eval_top1", "accuracy", "top-1 accuracy"),
+            ("eval_top5", "top_5_accuracy", "top-5 accuracy"),
+            ("eval_loss", "loss", "cross-entropy loss"),
+        )
+        if key in results
+    ]
+    # base_model must be a Hub id: a Hub checkpoint the run started from (not a local path, a named variant whose
+    # weights are Google's .npz files, or a model trained from scratch).
+    on_hub = not model_args.get("from_scratch") and not Path(base).expanduser().exists() and "/" in base
     data = ModelCardData(
         license="apache-2.0",
         library_name="transformers",
@@ -70,6 +100,9 @@ def write_model_card(output_dir: str | Path, results: dict | None = None) -> Pat
         tags=["vit_accel", "vision-transformer", "image-classification"],
         datasets=[dataset] if is_hub_dataset else None,
         metrics=["accuracy"],
+        base_model=base if on_hub else None,
+        model_name=name,
+        eval_results=eval_results or None,
     )
     sgd = train_args.get("optimizer") == "sgd"
     shown = [k for k in _HYPERPARAMETERS if train_args.get(k) is not None and (k != "momentum" or sgd)]
@@ -85,9 +118,17 @@ def write_model_card(output_dir: str | Path, results: dict | None = None) -> Pat
         if any(skipped)
         else ""
     )
+    stopped = results.get("early_stopped_at")
+    if stopped is not None:
+        unreadable += (
+            f" The run stopped early at step {stopped}: {train_args.get('early_stopping_patience')} evaluations in a "
+            f"row without improvement of {results.get('metric_for_best_model')} (best {results.get('best_metric')} "
+            f"at step {results.get('best_step')})."
+        )
     versions = ", ".join(f"{lib} {version}" for lib, version in _versions().items())
     curves = "![Training curves](training_curves.png)\n" if (root / "training_curves.png").is_file() else ""
     command = " ".join(record.get("command", []))
+    settings = json.dumps({key: value for key, value in record.items() if key != "command"}, indent=2)
     shape = (
         f"{config.get('num_hidden_layers')} layers, width {config.get('hidden_size')}, "
         f"{config.get('num_attention_heads')} heads, patch {config.get('patch_size')}, {config.get('image_size')} px"
@@ -107,14 +148,16 @@ starting from {weights}.
 |---|---|
 {metric_rows}
 
-Measured on the evaluation split after {results.get("train_steps")} optimizer steps.{unreadable}
+Measured on the `{split}` split of {f"`{dataset}`" if dataset else "the dataset"}{
+        f" ({num_eval} images)" if num_eval is not None else ""
+    } after {results.get("train_steps")} optimizer steps.{unreadable}
 
 {curves}
 ## Use
 
 ```python
 from transformers import pipeline
-classifier = pipeline("image-classification", model="{name}", trust_remote_code=True)
+classifier = pipeline("image-classification", model="{location}", trust_remote_code=True)
 classifier("{example}")  # an image of one of the labels below
 ```
 
@@ -133,6 +176,14 @@ The exact arguments (run under `accelerate launch --config_file <mode>.yaml`):
 ```bash
 {command}
 ```
+
+<details><summary>Every setting of the run, as resolved from the recipe and flags</summary>
+
+```json
+{settings}
+```
+
+</details>
 
 Library versions: {versions}.
 """

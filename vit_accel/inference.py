@@ -6,8 +6,12 @@ together with its saved image processor, so predictions see exactly the preproce
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import huggingface_hub
@@ -19,8 +23,11 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from transformers.utils import logging as hf_logging
 
 from .adapters import is_adapter_dir, load_adapter_classifier
-from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
-from .data.sources import EVAL_SPLITS, _load, is_url
+from .data.arguments import DataArguments
+from .data.folders import is_url
+from .data.loading import ImageClassificationDataset, make_dataloader
+from .data.sources import EVAL_SPLITS, _load, load_image_dataset
+from .data.transforms import build_pipeline, to_rgb
 from .errors import UserError
 from .eval_loop import evaluate_classifier
 from .paths import looks_local
@@ -101,8 +108,8 @@ def _check_model_type(model: str, config_file: Path, config: dict) -> None:
     if "architecture" in config:  # timm's Hub layout (`vit-accel export --to timm` writes it)
         raise UserError(
             f"--model {model} is a timm export ({config_file} names timm architecture {config['architecture']!r}), "
-            "which transformers cannot load: load it with timm (VisionTransformer(**model_args of its config.json), "
-            f"then its model.safetensors), or make it a directory of ours again with `vit-accel convert {model} "
+            f"which transformers cannot load: load it with timm (timm.create_model('local-dir:{model}', "
+            f"pretrained=True)), or make it a directory of ours again with `vit-accel convert {model} "
             "<new directory>`."
         )
     raise UserError(f"{config_file}: no model_type, so transformers cannot tell which model it describes.")
@@ -233,15 +240,68 @@ class EvaluationResult:
     confusion: np.ndarray  # rows: true class, columns: predicted class
     labels: list[str]
     unreadable_images: int = 0
+    images_per_second: float = 0.0  # over the evaluation loop (reading, preparing and classifying), not loading
+    k: int = 5
+    top_k: float | None = None
+    # The misclassified examples of highest loss: row, true and predicted label, loss, and the image itself.
+    worst: list[dict] = field(default_factory=list)
+
+    def per_class_scores(self) -> dict[str, dict[str, float]]:
+        """Precision, recall and F1 of each class, from the confusion matrix (0 where undefined, as scikit-learn's
+        `zero_division=0`), and their macro averages over the classes the evaluation set holds."""
+        counts = self.confusion.astype(float)
+        hits, predicted, actual = np.diag(counts), counts.sum(axis=0), counts.sum(axis=1)
+        precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+        recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+        total = precision + recall
+        f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
+        scores = {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for label, p, r, f, n in zip(self.labels, precision, recall, f1, actual)
+        }
+        present = actual > 0
+        scores["macro"] = {
+            "precision": float(precision[present].mean()),
+            "recall": float(recall[present].mean()),
+            "f1": float(f1[present].mean()),
+            "support": int(actual.sum()),
+        }
+        return scores
+
+    def largest_confusions(self, n: int = 10) -> list[dict]:
+        """The `n` (true, predicted) pairs of other classes with the most examples, largest first."""
+        off = self.confusion.copy()
+        np.fill_diagonal(off, 0)
+        order = np.argsort(off, axis=None)[::-1][:n]
+        pairs = [np.unravel_index(i, off.shape) for i in order]
+        return [
+            {
+                "true": self.labels[t],
+                "predicted": self.labels[p],
+                "count": int(off[t, p]),
+                "of": int(self.confusion[t].sum()),
+            }
+            for t, p in pairs
+            if off[t, p] > 0
+        ]
 
     def summary(self) -> dict:
+        scores = self.per_class_scores()
         return {
             "top1": self.top1,
             "top5": self.top5,
+            f"top{self.k}": self.top_k if self.top_k is not None else None,
             "loss": self.loss,
             "num_examples": self.num_examples,
+            "images_per_second": self.images_per_second,
             "unreadable_images": self.unreadable_images,
+            "macro_precision": scores["macro"]["precision"],
+            "macro_recall": scores["macro"]["recall"],
+            "macro_f1": scores["macro"]["f1"],
             "per_class_accuracy": self.per_class_accuracy,
+            "per_class": {label: value for label, value in scores.items() if label != "macro"},
+            "largest_confusions": self.largest_confusions(),
+            "worst_misclassified": [{k: v for k, v in w.items() if k != "image"} for w in self.worst],
         }
 
 
@@ -252,6 +312,8 @@ def evaluate(
     seed: int = 0,
     accelerator=None,
     allow_changed_base: bool = False,
+    top_k: int = 5,
+    num_worst: int = 16,
 ) -> EvaluationResult:
     """Top-1/top-5, loss, per-class accuracy and the confusion matrix over the dataset's evaluation split.
 
@@ -261,8 +323,12 @@ def evaluate(
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
+    # 🤗 datasets only here: `predict` does not wait for it.
+
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}.")
+    if top_k < 1:
+        raise UserError(f"--top_k must be at least 1, got {top_k}.")
     accelerator = accelerator or Accelerator()
     classifier, preprocessing = load_classifier(model, allow_changed_base)
     with accelerator.main_process_first():
@@ -285,7 +351,10 @@ def evaluate(
     num_classes = accelerator.unwrap_model(classifier).config.num_labels
     # The dataset numbers its classes its own way; map them to the model's ids.
     to_model = torch.tensor([label2id[name] for name in data.labels])
-    result = evaluate_classifier(accelerator, classifier, loader, pipeline.on_device, num_classes, to_model)
+    start = time.perf_counter()
+    k = min(top_k, len(label2id))
+    result = evaluate_classifier(accelerator, classifier, loader, pipeline.on_device, num_classes, to_model, k=k)
+    seconds = time.perf_counter() - start
     id2label = {int(i): str(name) for i, name in accelerator.unwrap_model(classifier).config.id2label.items()}
     confusion = result.confusion
     per_class = {
@@ -300,7 +369,35 @@ def evaluate(
         confusion=confusion,
         labels=[id2label[c] for c in range(num_classes)],
         unreadable_images=len(set(gather_object(dataset.bad_rows))),
+        images_per_second=result.num_examples / seconds if seconds > 0 else 0.0,
+        k=k,
+        top_k=result.top_k,
+        worst=_worst_misclassified(result, data.validation, id2label, num_worst) if accelerator.is_main_process else [],
     )
+
+
+def _worst_misclassified(result, rows, id2label: dict[int, str], n: int) -> list[dict]:
+    """The `n` misclassified examples of highest loss, with their images (the loader keeps the split's order, and
+    gathering across processes restores it)."""
+    wrong = np.flatnonzero(result.ranked[:, 0] != result.labels)
+    worst = wrong[np.argsort(result.losses[wrong])[::-1][:n]]
+    return [
+        {
+            "row": int(i),
+            "true": id2label[int(result.labels[i])],
+            "predicted": id2label[int(result.ranked[i, 0])],
+            "loss": float(result.losses[i]),
+            "image": _image_of(rows, int(i)),
+        }
+        for i in worst
+    ]
+
+
+def _image_of(rows, index: int) -> PIL.Image.Image | None:
+    try:
+        return to_rgb(rows[index]["image"])
+    except (OSError, ValueError, PIL.UnidentifiedImageError):  # an unreadable row (--bad_images skip)
+        return None
 
 
 def evaluation_split(data_args: DataArguments) -> str | None:
@@ -362,32 +459,142 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
 
 
 def plot_confusion(result: EvaluationResult, path: str | Path) -> Path:
-    """The confusion matrix (row-normalised) as a PNG."""
+    """The confusion matrix as a PNG: colour is the row-normalised fraction (colour bar beside it), each cell
+    carries its count up to 20 classes; beyond 40 classes tick labels are dropped and the largest confusions are
+    listed under the matrix instead."""
     # Deferred: matplotlib costs about half a second to import, paid only when the matrix is drawn.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the backend (no display), which pyplot fixes on import
 
-    counts = result.confusion.astype(float)
+    counts = result.confusion
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(result.labels)
-    fig, ax = plt.subplots(figsize=(max(4, n * 0.35 + 2), max(4, n * 0.35 + 1.5)))
-    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    if n <= 40:  # beyond that, tick labels are unreadable anyway
-        ax.set_xticks(range(n), result.labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), result.labels, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (top-1 {100 * result.top1:.2f}%)")
-    fig.tight_layout()
+    side = min(max(5.0, n * 0.45 + 2.5), 16.0)
+    confusions = result.largest_confusions(10)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side + (0.25 * len(confusions) + 0.6 if confusions else 0)))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= 20:
+        for t in range(n):
+            for p in range(n):
+                if counts[t, p]:
+                    colour = "white" if normalised[t, p] > 0.5 else "black"
+                    ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=8, color=colour)
+    if n <= 40:
+        ax.set_xticks(range(n), result.labels, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), result.labels, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_title(f"Confusion matrix: {result.num_examples} images, top-1 {100 * result.top1:.2f}%")
+    if confusions:
+        lines = [f"{c['true']} -> {c['predicted']}: {c['count']} of {c['of']}" for c in confusions]
+        fig.text(0.02, 0.01, "Largest confusions (true -> predicted):\n" + "\n".join(lines), fontsize=9, va="bottom")
+        fig.tight_layout(rect=(0, (0.25 * len(lines) + 0.6) / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
 
 
+def plot_worst(result: EvaluationResult, path: str | Path, columns: int = 4) -> Path | None:
+    """A grid of the misclassified images of highest loss, each titled with its true and predicted label."""
+    if not result.worst:
+        return None
+    # Deferred: matplotlib costs about half a second to import, paid only when a figure is drawn.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after choosing the backend, which pyplot fixes on import
+
+    rows = -(-len(result.worst) // columns)
+    height = 3.7 * rows + 0.6
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, result.worst):
+        if item["image"] is not None:
+            ax.imshow(item["image"])
+        ax.set_title(
+            f"true: {item['true']}\npredicted: {item['predicted']}\nrow {item['row']}, loss {item['loss']:.2f}",
+            fontsize=9,
+        )
+    fig.suptitle(f"The {len(result.worst)} misclassified images of highest loss")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report_html(result: EvaluationResult, root: Path, files: dict[str, str]) -> Path:
+    """`report.html`: the numbers, the confusion matrix, per-class scores and the worst misclassified images (each
+    embedded, with its true and predicted label), readable without anything but a browser."""
+
+    summary = result.summary()
+    scores = result.per_class_scores()
+
+    def thumbnail(image: PIL.Image.Image | None) -> str:
+        if image is None:
+            return "(unreadable)"
+        copy = image.copy()
+        copy.thumbnail((160, 160))
+        buffer = io.BytesIO()
+        copy.save(buffer, format="PNG")
+        return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+    e = html.escape
+    headline = (
+        f"top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}%, top-{result.k} "
+        f"{100 * (result.top_k or 0):.2f}%, loss {result.loss:.4f}, macro F1 {scores['macro']['f1']:.4f}; "
+        f"{result.num_examples} images at {result.images_per_second:.1f} images/s"
+    )
+    class_rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{v['precision']:.4f}</td><td>{v['recall']:.4f}</td><td>{v['f1']:.4f}</td>"
+        f"<td>{v['support']}</td></tr>"
+        for name, v in scores.items()
+    )
+    confusion_rows = "".join(
+        f"<tr><td>{e(c['true'])}</td><td>{e(c['predicted'])}</td><td>{c['count']} of {c['of']}</td></tr>"
+        for c in summary["largest_confusions"]
+    )
+    worst_rows = "".join(
+        f"<tr><td>{thumbnail(w['image'])}</td><td>{e(w['true'])}</td><td>{e(w['predicted'])}</td>"
+        f"<td>{w['row']}</td><td>{w['loss']:.3f}</td></tr>"
+        for w in result.worst
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px;text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>Evaluation report</h1>
+<p id="headline">{e(headline)}</p>
+<h2>Confusion matrix</h2>
+<img id="confusion" src="{e(files["confusion"])}" alt="confusion matrix">
+<h2>Largest confusions</h2>
+<table id="confusions"><tr><th>true</th><th>predicted</th><th>images</th></tr>{confusion_rows}</table>
+<h2>Precision, recall and F1 per class</h2>
+<table id="per-class"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>
+{class_rows}</table>
+<h2>Worst misclassified images</h2>
+{f'<img id="worst-grid" src="{e(files["worst"])}" alt="worst misclassified">' if files.get("worst") else ""}
+<table id="worst"><tr><th>image</th><th>true</th><th>predicted</th><th>row</th><th>loss</th></tr>{worst_rows}</table>
+</body></html>
+"""
+    path = root / "report.html"
+    path.write_text(page)
+    return path
+
+
 def write_evaluation(result: EvaluationResult, output_dir: str | Path) -> dict:
-    """`eval_results.json` and `confusion_matrix.png` in `output_dir`."""
+    """`eval_results.json`, `confusion_matrix.png`, `worst_misclassified.png` and `report.html` in `output_dir`."""
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "eval_results.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
-    plot_confusion(result, root / "confusion_matrix.png")
-    return result.summary()
+    summary = result.summary()
+    (root / "eval_results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files = {"confusion": plot_confusion(result, root / "confusion_matrix.png").name}
+    worst = plot_worst(result, root / "worst_misclassified.png")
+    if worst is not None:
+        files["worst"] = worst.name
+    write_report_html(result, root, files)
+    return summary

@@ -56,3 +56,18 @@ def test_a_claimed_directory_keeps_nothing_of_the_final_save_it_replaces(tmp_pat
     finally:
         PartialState._reset_state()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_training_curves_show_the_learning_rate(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from vit_accel.training.reporting import curves_figure, plot_curves
+
+    records = [{"step": s, "loss": 2.0 / s, "lr": 1e-3 * min(1.0, s / 3)} for s in range(1, 7)]
+    records.append({"step": 6, "eval_loss": 0.5, "eval_top1": 0.8, "eval_top5": 0.95})
+    fig = curves_figure(records)
+    (panel,) = [ax for ax in fig.axes if ax.get_title().startswith("Learning rate")]
+    (line,) = panel.get_lines()
+    assert list(line.get_xdata()) == list(range(1, 7)) and list(line.get_ydata()) == [r["lr"] for r in records[:6]]
+    plt.close(fig)
+    assert plot_curves(records, tmp_path / "curves.png").stat().st_size > 0

@@ -136,10 +136,15 @@ def test_export_to_exported_program_reloads_with_any_batch(ours, tmp_path):
     model, source = ours
     assert main(["export", str(source), str(tmp_path / "ep"), "--to", "exported-program"]) == 0
     program = torch.export.load(str(tmp_path / "ep" / "model.pt2"))
+    # As the README says to call it: one positional input (named pixel_values in the graph), the logits tensor out.
+    assert [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"] == [
+        "pixel_values"
+    ]
     for batch in (1, 3):
         pixels = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():
-            torch.testing.assert_close(program.module()(pixels), model(pixels).logits, atol=ATOL, rtol=0)
+            expected = model(pixels).logits
+            torch.testing.assert_close(program.module()(pixels), expected, atol=ATOL, rtol=0)
 
 
 def test_export_refusals_are_one_line_and_write_nothing(ours, tmp_path, capsys, monkeypatch):

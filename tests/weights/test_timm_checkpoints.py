@@ -4,10 +4,11 @@ import pickle
 
 import pytest
 import torch
+from factories import tiny_config_kwargs
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from vit_accel import ViTAccelForImageClassification
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
 from vit_accel.weights import CheckpointError, export, read_checkpoint
 
 ATOL = 1e-4
@@ -131,3 +132,83 @@ def test_unknown_format_names_file_and_accepted_formats(tmp_path):
     save_file(avg.state_dict(), tmp_path / "avg.safetensors")
     with pytest.raises(CheckpointError, match=r"fc_norm"):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "avg.safetensors")
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_pytorch_tanh"])
+def test_timm_export_opens_the_timm_way_with_timm_data_config(tmp_path, hidden_act):
+    # `timm.create_model("local-dir:...", pretrained=True)` and timm's own data config (resolve_data_config +
+    # create_transform) on the export must give what `vit-accel predict` gives on the source directory.
+    import json
+
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm.models._hub import load_model_config_from_path, save_for_hf
+    from transformers import ViTImageProcessor
+
+    from vit_accel.cli import main
+    from vit_accel.inference import predict
+    from vit_accel.weights.timm_state_dict import TIMM_VIT_NAMES
+
+    torch.manual_seed(0)
+    labels = {i: f"class_{i}" for i in range(5)}
+    config = ViTAccelConfig(**tiny_config_kwargs(id2label=labels, label2id={v: k for k, v in labels.items()}))
+    config.hidden_act = hidden_act
+    ours = ViTAccelForImageClassification(config).eval()
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.normal_(0, 0.1)
+    source, out = tmp_path / "ours", tmp_path / "timm"
+    ours.save_pretrained(source)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=mean, image_std=std).save_pretrained(source)
+    assert main(["export", str(source), str(out), "--to", "timm"]) == 0
+
+    written = json.loads((out / "config.json").read_text())
+    assert written["architecture"] in TIMM_VIT_NAMES and timm.is_model(written["architecture"])
+    assert written["num_classes"] == 5 and written["label_names"] == [labels[i] for i in range(5)]
+    timm_model = timm.create_model("local-dir:" + str(out), pretrained=True).eval()
+    assert timm_model.num_classes == 5
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(timm_model(pixels), ours(pixels).logits, atol=ATOL, rtol=0)
+
+    # timm's own writer, given the model timm built, writes the same description of it.
+    save_for_hf(timm_model, tmp_path / "timm_again", safe_serialization=True)
+    again = json.loads((tmp_path / "timm_again" / "config.json").read_text())
+    for key in ("architecture", "num_classes", "num_features", "global_pool"):
+        assert written[key] == again[key], key
+    for key, value in again["model_args"].items():
+        assert written["model_args"][key] == value, key
+    for key in ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation", "num_classes", "first_conv"):
+        assert written["pretrained_cfg"][key] == again["pretrained_cfg"][key], key
+    pretrained_cfg, name, _ = load_model_config_from_path(out)
+    assert name == written["architecture"] and tuple(pretrained_cfg["mean"]) == tuple(mean)
+
+    # timm's data config on a non-square image: the predictions of vit-accel predict.
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    generator = torch.Generator().manual_seed(3)
+    Image.fromarray(torch.randint(0, 256, (40, 56, 3), generator=generator, dtype=torch.uint8).numpy()).save(image)
+    data_config = resolve_data_config(model=timm_model)
+    assert tuple(data_config["input_size"]) == (3, 32, 32) and tuple(data_config["mean"]) == tuple(mean)
+    transform = create_transform(**data_config)
+    with torch.no_grad():
+        probabilities = timm_model(transform(Image.open(image).convert("RGB"))[None]).softmax(-1)[0]
+    (ours_predicted,) = predict(str(source), [str(image)], top_k=5)
+    scores = {p["label"]: p["score"] for p in ours_predicted["predictions"]}
+    assert ours_predicted["predictions"][0]["label"] == labels[int(probabilities.argmax())]
+    for index, label in labels.items():
+        assert scores[label] == pytest.approx(float(probabilities[index]), abs=2e-3), label
+
+
+def test_timm_architecture_is_the_registered_name_of_the_size():
+    import timm
+
+    from vit_accel import ViTAccelConfig as Config
+    from vit_accel.weights.timm_state_dict import TIMM_VIT_NAMES, timm_architecture
+
+    assert all(timm.is_model(name) for name in TIMM_VIT_NAMES)
+    assert timm_architecture(Config.from_variant("vit-base-p16-384")) == "vit_base_patch16_384"
+    assert timm_architecture(Config.from_variant("vit-small-p32-224")) == "vit_small_patch32_224"
+    assert timm_architecture(Config.from_variant("vit-huge-p14-224")) == "vit_huge_patch14_224"

@@ -1,43 +1,46 @@
-"""The data layer: any image-classification dataset through 🤗 datasets, augmented cheaply and reproducibly."""
+"""The data layer: any image-classification dataset through 🤗 datasets, augmented cheaply and reproducibly.
 
-from .arguments import AUGMENTATIONS, BAD_IMAGE_POLICIES, EVALUATION_FIELDS, DataArguments, add_data_arguments
-from .loading import (
-    BadImageError,
-    EpochShuffleSampler,
-    ImageClassificationDataset,
-    collate,
-    example_seed,
-    make_dataloader,
-)
-from .sources import (
-    ImageClassificationData,
-    check_seed,
-    dataset_identity,
-    load_image_dataset,
-    stratified_split,
-)
-from .transforms import Pipeline, build_pipeline, prepare_image, resize_batch, to_rgb
+Names load from their module on first use, so that `train.py --help` (which needs only `DataArguments`) does not
+import torch and datasets.
+"""
 
-__all__ = [
-    "AUGMENTATIONS",
-    "BAD_IMAGE_POLICIES",
-    "BadImageError",
-    "DataArguments",
-    "EVALUATION_FIELDS",
-    "EpochShuffleSampler",
-    "ImageClassificationData",
-    "ImageClassificationDataset",
-    "Pipeline",
-    "add_data_arguments",
-    "build_pipeline",
-    "check_seed",
-    "collate",
-    "dataset_identity",
-    "example_seed",
-    "load_image_dataset",
-    "make_dataloader",
-    "prepare_image",
-    "resize_batch",
-    "stratified_split",
-    "to_rgb",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "AUGMENTATIONS": "arguments",
+    "BAD_IMAGE_POLICIES": "arguments",
+    "DataArguments": "arguments",
+    "EVALUATION_FIELDS": "arguments",
+    "add_data_arguments": "arguments",
+    "BadImageError": "loading",
+    "EpochShuffleSampler": "loading",
+    "ImageClassificationDataset": "loading",
+    "collate": "loading",
+    "example_seed": "loading",
+    "make_dataloader": "loading",
+    "ImageClassificationData": "sources",
+    "check_seed": "sources",
+    "dataset_identity": "sources",
+    "load_image_dataset": "sources",
+    "stratified_split": "sources",
+    "Pipeline": "transforms",
+    "build_pipeline": "transforms",
+    "resize_batch": "transforms",
+    "prepare_image": "transforms",
+    "to_rgb": "transforms",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

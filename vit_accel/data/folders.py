@@ -23,6 +23,15 @@ from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 from ..errors import UserError
 
+# A path with a scheme (https://, hf://, s3://, ...) names a remote file, which fsspec would fetch when it is decoded.
+URL_PATTERN: str = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+
+
+def is_url(text: str) -> bool:
+    """Whether a path names a remote file (a scheme such as https://, hf://, s3://)."""
+    return re.match(URL_PATTERN, text) is not None
+
+
 logger = logging.getLogger(__name__)
 
 # 🤗 datasets resolves local data files as fsspec glob patterns, in which these characters are special.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..errors import UserError
 from ..paths import looks_local
 from . import folders
 from .arguments import DataArguments
-from .folders import GLOB_CHARACTERS
+from .folders import GLOB_CHARACTERS, URL_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".
 # Column types `_normalise` turns into images: file paths, or encoded bytes.
 PATH_OR_BYTES_DTYPES: tuple[str, ...] = ("string", "large_string", "binary", "large_binary")
 STRING_DTYPES: tuple[str, ...] = ("string", "large_string")
-# A path with a scheme (https://, hf://, s3://, ...) names a remote file, which fsspec would fetch when it is decoded.
-URL_PATTERN: str = r"^[A-Za-z][A-Za-z0-9+.-]*://"
 # numpy's legacy seeding (behind `accelerate.utils.set_seed`) takes 32-bit seeds only; one range for every seed use.
 MAX_SEED: int = 2**32 - 1
 
@@ -45,6 +42,8 @@ class ImageClassificationData:
     train: Dataset
     validation: Dataset
     labels: list[str]
+    # The dataset's split that `validation` is, or a description of the hold-out drawn from the training split.
+    eval_split: str = "validation"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -345,11 +344,6 @@ def _check_subsample(
         )
 
 
-def is_url(text: str) -> bool:
-    """Whether a path names a remote file (a scheme such as https://, hf://, s3://)."""
-    return re.match(URL_PATTERN, text) is not None
-
-
 def _refuse_urls(dataset: Dataset, column: str, split: str) -> None:
     """Refuse images given as URLs (file paths, or Image entries with a path and no bytes), naming the first row.
 
@@ -529,7 +523,8 @@ def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True
         validation = validation.shuffle(seed=seed).select(range(args.max_eval_samples))
     if for_training and classes is not None:
         _check_subsample(train, validation, classes, labels, args.max_train_samples, label_column)
-    return ImageClassificationData(train=train, validation=validation, labels=labels)
+    held_out = f"{train_split} (hold-out of {args.train_val_split})"
+    return ImageClassificationData(train, validation, labels, eval_split if eval_split is not None else held_out)
 
 
 def _digest(*parts: bytes) -> str:

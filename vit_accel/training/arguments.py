@@ -15,23 +15,29 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AttentionInterface, HfArgumentParser
 
-from ..adapters import PEFT_METHODS, check_lora
-from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
-from ..data import DataArguments, check_seed
+from ..data import DataArguments
 from ..errors import UserError, redact
-from ..modeling_vit_accel import check_config, field_problem
-from .ema import check_ema
-from .freezing import check_freezing
-from .layer_decay import check_layer_decay
-from .mixing import MixingConfig, check_mixing
+from . import habits
 
-# What --config_overrides may set: the model's own fields (not transformers' bookkeeping such as model_type).
-CONFIG_OVERRIDE_FIELDS: tuple[str, ...] = (*ViTAccelConfig.__annotations__, "problem_type")
+if TYPE_CHECKING:  # annotations only: the module imports torch
+    from .mixing import MixingConfig
+
+
+def config_override_fields() -> tuple[str, ...]:
+    """What --config_overrides may set: the model's own fields (not transformers' bookkeeping such as model_type).
+    Read when needed: the configuration module imports torch, which `train.py --help` should not wait for."""
+    # Deferred: it imports torch, which `train.py --help` answers without.
+    from ..configuration_vit_accel import ViTAccelConfig
+
+    return (*ViTAccelConfig.__annotations__, "problem_type")
+
+
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "sgd")
 FINAL_MODELS = ("raw", "ema", "best")
@@ -81,7 +87,13 @@ class ModelArguments:
         _check_override_values(overrides, "--image_size" if self.image_size is not None else None)
         if (conflict := self.image_size_conflict()) is not None:
             logging.getLogger(__name__).warning(conflict)
+        # Deferred: it imports torch, which `train.py --help` answers without.
+        from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+
         if self.from_scratch and self.model_name_or_path in VIT_VARIANTS:
+            # Deferred: the model file imports torch, which `train.py --help` answers without.
+            from ..modeling_vit_accel import check_config
+
             try:
                 check_config(ViTAccelConfig.from_variant(self.model_name_or_path, **overrides))
             except ValueError as error:
@@ -118,9 +130,10 @@ class ModelArguments:
                     raise UserError(f"--config_overrides: expected 'key=value', got {item!r}.")
                 if key in ("num_labels", "id2label", "label2id"):
                     raise UserError(f"--config_overrides: {key} comes from the dataset's labels; it cannot be set.")
-                if key not in CONFIG_OVERRIDE_FIELDS:
-                    close = difflib.get_close_matches(key, CONFIG_OVERRIDE_FIELDS, n=1)
-                    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(CONFIG_OVERRIDE_FIELDS)}."
+                fields = config_override_fields()
+                if key not in fields:
+                    close = difflib.get_close_matches(key, fields, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(fields)}."
                     raise UserError(f"--config_overrides: {key!r} is not a ViTAccelConfig field; {hint}")
                 if key in overrides:
                     raise UserError(
@@ -180,7 +193,26 @@ class TrainingArguments:
         metadata={"help": "Save the training state every N optimizer steps, or 'epoch' at each epoch's end."},
     )
     save_total_limit: int | None = field(
-        default=2, metadata={"help": "Keep the last N checkpoints (plus the best by top-1); None keeps all."}
+        default=2,
+        metadata={"help": "Keep the last N checkpoints (plus the best by --metric_for_best_model); None keeps all."},
+    )
+    metric_for_best_model: str = field(
+        default="eval_top1",
+        metadata={
+            "help": "The evaluation result that picks the best checkpoint: eval_top1, eval_top5, eval_loss (or "
+            "ema_eval_* with --ema_decay); greater is better unless it ends in 'loss'."
+        },
+    )
+    eval_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate --model_name_or_path (or the --resume_from_checkpoint checkpoint) with these settings, "
+            "writing eval_results.json into --output_dir, without training."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "End the run after N evaluations in a row without improvement of the metric."},
     )
     resume_from_checkpoint: str | None = field(
         default=None,
@@ -268,7 +300,12 @@ class TrainingArguments:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("logging_steps", "eval_steps", "max_train_steps", "save_total_limit", "num_train_epochs"):
+        # Deferred: it imports torch, which `train.py --help` answers without.
+        from .best import check_metric
+
+        check_metric(self.metric_for_best_model, ema=self.ema_decay is not None)
+        names = ("logging_steps", "eval_steps", "max_train_steps", "save_total_limit", "num_train_epochs")
+        for name in (*names, "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name} must be at least 1, got {value}.")
@@ -294,6 +331,9 @@ class TrainingArguments:
                 raise UserError(f"--{name} must be in [{low:g}, {high:g}), got {value}.")
         if self.num_warmup_steps < 0:
             raise UserError(f"--num_warmup_steps must be >= 0, got {self.num_warmup_steps}.")
+        # Deferred: the data sources import datasets and torch, which `train.py --help` answers without.
+        from ..data.sources import check_seed
+
         check_seed(self.seed)  # numpy, torch and Python's random are all seeded from it
         steps = self.checkpointing_steps
         if steps not in (None, "epoch") and not (str(steps).isdigit() and int(steps) >= 1):
@@ -321,6 +361,13 @@ class TrainingArguments:
     def _check_methods(self) -> None:
         """The fine-tuning method flags, alone and together (those needing the model or the accelerate config are
         checked once these exist, still before any training)."""
+        # Deferred: these import torch, which `train.py --help` answers without.
+        from ..adapters import PEFT_METHODS, check_lora
+        from .ema import check_ema
+        from .freezing import check_freezing
+        from .layer_decay import check_layer_decay
+        from .mixing import check_mixing
+
         if self.peft is not None and self.peft not in PEFT_METHODS:
             raise UserError(f"--peft must be one of {', '.join(PEFT_METHODS)}, got {self.peft!r}.")
         check_lora(self.lora_r, self.lora_alpha, self.lora_dropout)
@@ -334,6 +381,9 @@ class TrainingArguments:
         check_mixing(self.mixing_config())
 
     def mixing_config(self) -> MixingConfig:
+        # Deferred: these import torch, which `train.py --help` answers without.
+        from .mixing import MixingConfig
+
         return MixingConfig(
             mixup_alpha=self.mixup_alpha,
             cutmix_alpha=self.cutmix_alpha,
@@ -354,6 +404,9 @@ def _check_override_values(overrides: dict, image_size_flag: str | None) -> None
         flag = image_size_flag if key == "image_size" and image_size_flag else "--config_overrides"
         shown = f"{key}={value}" if flag == "--config_overrides" else str(value)
         raise UserError(f"{flag} {shown}: {expected}.")
+
+    # Deferred: the model file imports torch, which `train.py --help` answers without.
+    from ..modeling_vit_accel import field_problem
 
     for key, value in overrides.items():
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -460,6 +513,21 @@ def _raise_user_error(message: str) -> None:
     raise UserError(redact(message) + " (see `python train.py --help`)")
 
 
+def _parser() -> HfArgumentParser:
+    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
+    parser.error = _raise_user_error
+    return parser
+
+
+def exit_if_help(argv: list[str] | None = None) -> None:
+    """`train.py --help` (or `-h`): print every argument and exit, before train.py imports torch and accelerate."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _parser().print_help()
+        sys.exit(0)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse `[recipe.yaml] [--flag value ...]`: the recipe's values come first, so that flags override them.
 
@@ -468,17 +536,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             the message names it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
-    parser.error = _raise_user_error
+    parser = _parser()
     if argv and argv[0].lower().endswith((".yaml", ".yml")):
         recipe = Path(argv.pop(0))
         argv = _recipe_argv(recipe, parser) + argv
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
+        args=habits.apply_aliases(argv), return_remaining_strings=True
     )
     if recipes := [item for item in remaining if item.lower().endswith((".yaml", ".yml"))]:
         raise UserError(f"{recipes[0]}: a recipe is read only as the first argument, and only one (flags follow it).")
+    if any(item.startswith("-") for item in remaining):
+        raise UserError(habits.unknown_arguments_message(remaining, parser._option_string_actions))
     if remaining:
         raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
     check_flags_without_effect(model_args, training_args)

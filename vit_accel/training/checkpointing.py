@@ -37,8 +37,10 @@ class TrainerState:
     completed_steps: int = 0  # optimizer steps
     epoch: int = 0  # the epoch in progress
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed (per process)
-    best_metric: float | None = None  # best eval top-1 so far
+    best_metric: float | None = None  # best value so far of --metric_for_best_model (eval top-1 by default)
     best_step: int | None = None  # the step it was measured at
+    evaluations_without_improvement: int = 0  # in a row, for --early_stopping_patience
+    early_stopped_at: int | None = None  # the step --early_stopping_patience ended the run at
     best_checkpoint: str | None = None  # the checkpoint saved at that step, kept by rotation
     total_steps: int | None = None  # the optimizer steps the run was planned for
     last_eval: dict[str, float] | None = None  # the latest evaluation's results
@@ -49,12 +51,6 @@ class TrainerState:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
-
-    def record_evaluation(self, results: dict[str, float]) -> None:
-        """The latest evaluation's results, and the best top-1 so far with its step."""
-        self.last_eval = results
-        if self.best_metric is None or results["eval_top1"] > self.best_metric:
-            self.best_metric, self.best_step = results["eval_top1"], self.completed_steps
 
     @classmethod
     def from_file(cls, path: Path) -> TrainerState:
@@ -80,6 +76,8 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "batches_in_epoch": (int,),
     "best_metric": (float, int),
     "best_step": (int,),
+    "evaluations_without_improvement": (int,),
+    "early_stopped_at": (int,),
     "best_checkpoint": (str,),
     "total_steps": (int,),
     "last_eval": (dict,),

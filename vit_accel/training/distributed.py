@@ -50,6 +50,16 @@ def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
+def name_deepspeed_accelerator() -> None:
+    """Tell DeepSpeed it runs on the CPU where there is no CUDA (`DS_ACCELERATOR=cpu`, what it picks anyway).
+
+    accelerate's `unwrap_model`/`prepare` and transformers' `save_pretrained` import DeepSpeed whenever it is
+    installed, and DeepSpeed, finding no GPU, warns "Setting accelerator to CPU" on every command, also those that
+    never use it (evaluate, export)."""
+    if "DS_ACCELERATOR" not in os.environ and _cpu_only():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def create_accelerator(**kwargs) -> Accelerator:
     """`Accelerator(**kwargs)`, with gloo where there is no CUDA, and FSDP2 on the CPU when the config asks for it.
 
@@ -69,6 +79,7 @@ def create_accelerator(**kwargs) -> Accelerator:
             f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set, but not {', '.join(missing)}: this process was not "
             "started by a launcher. Start the run with `accelerate launch` (or torchrun), or unset WORLD_SIZE."
         )
+    name_deepspeed_accelerator()
     handlers = list(kwargs.pop("kwargs_handlers", None) or [])
     cpu_fsdp = _cpu_only() and fsdp_requested() and "LOCAL_RANK" in os.environ
     if cpu_fsdp:

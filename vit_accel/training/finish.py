@@ -81,15 +81,18 @@ def finish_run(
     reporter: Reporter,
     arguments: tuple,
     normalisation: tuple,
+    evaluated: dict | None = None,
 ) -> dict:
     """Gather the final results, save the final model (or adapter) with its image processor, `training_args.json`,
     the curves and the card, then `all_results.json`, then push; returns the results. `datasets`: (train, eval)
-    sets, for their unreadable rows; `normalisation`: (mean, std) of the model's inputs."""
+    sets, for their unreadable rows; `normalisation`: (mean, std) of the model's inputs; `evaluated`: what the
+    results add about the evaluations (the best one, the split evaluated)."""
     model_args, data_args, args = arguments
     output_dir = Path(args.output_dir)
     phase = FinalPhase(output_dir, state.completed_steps)
     try:
         final = _final_results(accelerator, model, ema, state, results, compute_dtype, datasets, reporter, args)
+        final.update(evaluated or {})
         if data_args.bad_images == "skip":
             reporter.log.write({"step": state.completed_steps, **{k: final[k] for k in final if "unreadable" in k}})
         command = recorded_command([os.path.basename(sys.argv[0]), *sys.argv[1:]])

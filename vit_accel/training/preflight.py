@@ -54,6 +54,32 @@ def main_process_first(accelerator: Accelerator, load: Callable[[], T]) -> T:
     return loaded[0] if loaded else load()
 
 
+# What the real multi-process launches set: torchrun/accelerate's multi-process launcher, and the MPI launchers
+# (accelerate reads their sizes for multi-CPU runs started through mpirun).
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+MULTI_CPU_COMMAND = (
+    "ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/multi_cpu.yaml train.py ..."
+)
+
+
+def check_launcher_processes(accelerator: Accelerator, environ: dict[str, str] | None = None) -> None:
+    """Refuse a single process that `accelerate launch` started in place of the several it was asked for.
+
+    `accelerate launch --cpu --num_processes 2` (like `distributed_type: MULTI_CPU` in a config) runs accelerate's
+    single-process launcher: one process, with MASTER_ADDR/MASTER_PORT set because more than one was asked for, and
+    no WORLD_SIZE. It would train alone and exit 0, as if the run were what was asked."""
+    env = os.environ if environ is None else environ
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in env
+    asked_for_more = "MASTER_ADDR" in env and "MASTER_PORT" in env
+    got_one = accelerator.num_processes == 1 and not any(name in env for name in _WORLD_SIZE_VARIABLES)
+    if launched_by_accelerate and asked_for_more and got_one:
+        raise UserError(
+            "accelerate launch was asked for more than one process (MASTER_ADDR is set) but started only this "
+            "one: `--cpu --num_processes N` and `distributed_type: MULTI_CPU` run a single process. On the CPU, "
+            f"launch `{MULTI_CPU_COMMAND}` (two processes); for one process, unset MASTER_ADDR."
+        )
+
+
 def check_process_group(accelerator: Accelerator) -> None:
     """Refuse processes that the launcher started as one job but that do not train as one.
 
@@ -63,6 +89,7 @@ def check_process_group(accelerator: Accelerator) -> None:
     run as plain data parallelism on a machine that cannot honour it.
     """
 
+    check_launcher_processes(accelerator)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     grouped = accelerator.distributed_type != DistributedType.NO and torch.distributed.is_initialized()
     if world_size != accelerator.num_processes or (world_size > 1 and not grouped):

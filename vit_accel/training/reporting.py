@@ -97,7 +97,17 @@ class JsonlLog:
 
 
 def plot_curves(records: list[dict], path: str | Path) -> Path:
-    """Training loss and eval loss/top-1 against optimizer steps, as a PNG."""
+    """Training loss, eval loss/top-1/top-5 and the learning rate against optimizer steps, as a PNG."""
+    import matplotlib.pyplot as plt  # deferred, as in curves_figure (which chose the backend first)
+
+    fig = curves_figure(records)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def curves_figure(records: list[dict]):
+    """The figure `plot_curves` saves: loss, evaluation accuracy and learning rate, one panel each."""
     # Deferred: matplotlib costs about half a second to import, paid only by the run that draws its curves.
     import matplotlib
 
@@ -106,21 +116,23 @@ def plot_curves(records: list[dict], path: str | Path) -> Path:
 
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_top1" in r]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if evals:
         ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
         ax_acc.plot([r["step"] for r in evals], [100 * r["eval_top1"] for r in evals], "o-", label="top-1")
         ax_acc.plot([r["step"] for r in evals], [100 * r["eval_top5"] for r in evals], "o-", label="top-5")
+    with_lr = [r for r in train if "lr" in r]
+    ax_lr.plot([r["step"] for r in with_lr], [r["lr"] for r in with_lr], label="learning rate")
     ax_loss.set(xlabel="optimizer step", ylabel="loss", title="Loss")
     ax_acc.set(xlabel="optimizer step", ylabel="accuracy (%)", title="Evaluation accuracy")
-    for ax in (ax_loss, ax_acc):
+    ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate (base group)")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def remove_final_outputs(output_dir: Path) -> list[str]:

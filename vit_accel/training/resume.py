@@ -347,7 +347,8 @@ def finished_results(output_dir: Path, state: TrainerState, settings: dict | Non
     steps; None: whatever it asks)."""
     results_file = output_dir / RESULTS_FILE
     same_length = settings is None or all((state.settings or {}).get(k) == settings[k] for k in LENGTH_SETTINGS)
-    if state.total_steps is None or state.completed_steps < state.total_steps or not same_length:
+    ended = state.completed_steps >= (state.total_steps or 0) or state.early_stopped_at is not None
+    if state.total_steps is None or not ended or not same_length:
         return None
     if not results_file.is_file():
         return None  # stopped between its last checkpoint and its final save: resuming completes that save

@@ -18,6 +18,7 @@ import torch
 from transformers import ViTImageProcessor
 
 from ..errors import UserError
+from ..formats import EXPORT_TARGETS
 from ..modeling_vit_accel import ViTAccelForImageClassification
 from . import graph_export, native, policy, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .files import read_json
@@ -25,7 +26,6 @@ from .loading import split_keywords
 from .source_weights import Checkpoint, CheckpointError, ProgressFn
 from .sources import HubOptions, _hub_download, locate
 
-EXPORT_TARGETS = ("transformers", "timm", "onnx", "exported-program")
 PROCESSOR_FILE = "preprocessor_config.json"
 GOOGLE_MEAN_STD = (0.5, 0.5, 0.5)
 
@@ -148,7 +148,9 @@ def export(
     """Write a ViTAccel classifier for another ecosystem, into the directory `out_dir`:
 
     - `"transformers"`: a transformers `ViT` directory (`model_type: vit`), written by transformers itself;
-    - `"timm"`: timm's layout (`model.safetensors` under timm's names, `config.json` with `model_args`, `label_names`);
+    - `"timm"`: timm's Hub layout (`model.safetensors` under timm's names, `config.json` with the registered
+      `architecture`, `num_classes`, `model_args`, `label_names` and `pretrained_cfg`), which
+      `timm.create_model("local-dir:" + out_dir, pretrained=True)` opens;
     - `"onnx"`: `model.onnx` (+ `model.onnx.data`) from torch's ONNX exporter, dynamic batch;
     - `"exported-program"`: `model.pt2`, a `torch.export` ExportedProgram, dynamic batch.
 
@@ -178,7 +180,12 @@ def export(
             )
         transformers_vit.write(model, out_dir)
     elif to == "timm":
-        (timm_families if timm_families.is_family(model.config) else timm_state_dict).write(model, out_dir)
+        if timm_families.is_family(model.config):
+            timm_families.write(model, out_dir)
+        else:
+            processor = Path(source) / PROCESSOR_FILE if source is not None else None
+            settings = read_json(processor) if processor is not None and processor.is_file() else None
+            timm_state_dict.write(model, out_dir, settings)
     elif to == "onnx":
         graph_export.write_onnx(model, out_dir)
         model.config.save_pretrained(out_dir)

@@ -114,17 +114,62 @@ def apply_config(checkpoint: Checkpoint, config: Mapping[str, Any], config_file:
         checkpoint.num_attention_heads = int(heads)
 
 
-def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
-    """Write a `ViTAccelForImageClassification` in timm's Hub layout: `model.safetensors` under timm's names and a
-    `config.json` with the `VisionTransformer` arguments (`model_args`) and `label_names`."""
+# timm's registered plain ViTs (`timm.list_models("vit_*")`), by our size names: `config.json`'s `architecture` names
+# the one of the model's size, patch and resolution, so that `timm.create_model("local-dir:...")` finds a model
+# function; `model_args` carry the real shape, which overrides that function's defaults.
+TIMM_VIT_NAMES: tuple[str, ...] = (
+    "vit_tiny_patch16_224", "vit_tiny_patch16_384",
+    "vit_small_patch8_224", "vit_small_patch16_224", "vit_small_patch16_384", "vit_small_patch32_224",
+    "vit_small_patch32_384",
+    "vit_base_patch8_224", "vit_base_patch16_224", "vit_base_patch16_384", "vit_base_patch32_224",
+    "vit_base_patch32_384",
+    "vit_large_patch14_224", "vit_large_patch16_224", "vit_large_patch16_384", "vit_large_patch32_224",
+    "vit_large_patch32_384",
+    "vit_huge_patch14_224",
+)  # fmt: skip
+_TIMM_FALLBACK = "vit_base_patch16_224"
+# timm's names for the activations our config takes.
+_TIMM_ACTIVATIONS = {"gelu": None, "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def timm_architecture(config: Any) -> str:
+    """The registered timm ViT that matches the model's size, patch and resolution (the nearest for other shapes)."""
+    # Deferred: the configuration module imports torch; a timm export alone needs its sizes.
+    from ..configuration_vit_accel import VIT_SIZES
+
+    shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size)
+    size = next((name for name, dims in VIT_SIZES.items() if dims == shape), None)
+    image = config.image_size if isinstance(config.image_size, int) else max(config.image_size)
+    patch = config.patch_size if isinstance(config.patch_size, int) else max(config.patch_size)
+    candidates = [n for n in TIMM_VIT_NAMES if size is None or n.startswith(f"vit_{size}_")]
+    exact = f"vit_{size}_patch{patch}_{image}"
+    if exact in candidates:
+        return exact
+    same_patch = [n for n in candidates if f"_patch{patch}_" in n]
+    return (same_patch or candidates or [_TIMM_FALLBACK])[0] if size is not None else _TIMM_FALLBACK
+
+
+def write(model: torch.nn.Module, out_dir: str | os.PathLike, preprocessing: Mapping[str, Any] | None = None) -> Path:
+    """Write a `ViTAccelForImageClassification` in timm's Hub layout, as timm's `save_for_hf` does: `model.safetensors`
+    under timm's names and a `config.json` with the registered `architecture`, `num_classes`, `label_names`,
+    `model_args` and a `pretrained_cfg` that timm's data config reads (input size, mean/std, interpolation, crop).
+
+    `preprocessing` is the source's `preprocessor_config.json`: its mean/std go into `pretrained_cfg`, with the
+    resize-to-square that `vit-accel predict` does (timm's `crop_mode="squash"` at `crop_pct=1.0`, bilinear)."""
+
     config = model.config
     if config.representation_size is not None:
         raise CheckpointError("timm's VisionTransformer has no pre_logits layer; export without representation_size.")
+    if config.hidden_act not in _TIMM_ACTIVATIONS:
+        raise CheckpointError(f"timm export: hidden_act {config.hidden_act!r} has no timm equivalent.")
+    if abs(config.layer_norm_eps - 1e-6) > 1e-12:
+        raise CheckpointError(f"timm export: timm's ViT uses LayerNorm eps 1e-6, this model {config.layer_norm_eps}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_safetensors(from_ours(model.state_dict()), out_dir / "model.safetensors", {"format": "pt"})
+    height, width = (config.image_size,) * 2 if isinstance(config.image_size, int) else config.image_size
     model_args = {
-        "img_size": config.image_size,
+        "img_size": [height, width],
         "patch_size": config.patch_size,
         "in_chans": config.num_channels,
         "embed_dim": config.hidden_size,
@@ -133,11 +178,32 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
         "mlp_ratio": config.intermediate_size / config.hidden_size,
         "qkv_bias": config.qkv_bias,
         "num_classes": config.num_labels,
+        "global_pool": "token",
     }
+    if _TIMM_ACTIVATIONS[config.hidden_act] is not None:
+        model_args["act_layer"] = _TIMM_ACTIVATIONS[config.hidden_act]
+    pretrained_cfg: dict[str, Any] = {
+        "custom_load": False,
+        "input_size": [config.num_channels, height, width],
+        "fixed_input_size": True,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
+    if preprocessing and preprocessing.get("image_mean") and preprocessing.get("image_std"):
+        pretrained_cfg["mean"] = list(preprocessing["image_mean"])
+        pretrained_cfg["std"] = list(preprocessing["image_std"])
+    pretrained_cfg.update(
+        {"num_classes": config.num_labels, "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head"}
+    )
     meta = {
-        "architecture": "vit",
-        "model_args": model_args,
+        "architecture": timm_architecture(config),
+        "num_classes": config.num_labels,
+        "num_features": config.hidden_size,
+        "global_pool": "token",
         "label_names": [config.id2label[i] for i in range(config.num_labels)],
+        "model_args": model_args,
+        "pretrained_cfg": pretrained_cfg,
     }
     (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
