@@ -1,10 +1,11 @@
 """vit_accel: fine-tune Vision Transformers the way the Hugging Face ecosystem expects."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from .configuration_vit_accel import VIT_SIZES, VIT_VARIANTS, ViTAccelConfig
 from .modeling_vit_accel import (
     ViTAccelForImageClassification,
+    ViTAccelForPreTraining,
     ViTAccelModel,
     ViTAccelPreTrainedModel,
     resample_position_embeddings,
@@ -17,11 +18,13 @@ __version__ = "0.1.0"
 AutoConfig.register(ViTAccelConfig.model_type, ViTAccelConfig, exist_ok=True)
 AutoModel.register(ViTAccelConfig, ViTAccelModel, exist_ok=True)
 AutoModelForImageClassification.register(ViTAccelConfig, ViTAccelForImageClassification, exist_ok=True)
+AutoModelForPreTraining.register(ViTAccelConfig, ViTAccelForPreTraining, exist_ok=True)
 # (Importing modeling_vit_accel above also registers, for model_type vit_accel, the renamings between transformers'
 # on-disk ViT parameter names and ours, which its from_pretrained/save_pretrained apply.)
 ViTAccelConfig.register_for_auto_class()
 ViTAccelModel.register_for_auto_class("AutoModel")
 ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ViTAccelForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 # Installs the from_pretrained hook for named variants and Google/timm/transformers checkpoints.
 from . import weights  # noqa: E402, F401
@@ -31,6 +34,7 @@ __all__ = [
     "VIT_VARIANTS",
     "ViTAccelConfig",
     "ViTAccelForImageClassification",
+    "ViTAccelForPreTraining",
     "ViTAccelModel",
     "ViTAccelPreTrainedModel",
     "resample_position_embeddings",
