@@ -12,7 +12,7 @@ from safetensors import safe_open
 from transformers import AutoModelForPreTraining, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
-from vit_accel import ViTAccelConfig, ViTAccelForPreTraining, ViTAccelModel
+from vit_accel import ViTAccelConfig, ViTAccelForPreTraining, ViTAccelMAEConfig, ViTAccelModel
 
 ATOL = 1e-5
 DECODER = dict(
@@ -39,7 +39,7 @@ def hf_mae(**overrides) -> ViTMAEForPreTraining:
 
 def ours_like(reference: ViTMAEForPreTraining) -> ViTAccelForPreTraining:
     fields = {key: getattr(reference.config, key) for key in (*mae_kwargs(), "layer_norm_eps", "mask_ratio")}
-    ours = ViTAccelForPreTraining(ViTAccelConfig(**fields, norm_pix_loss=reference.config.norm_pix_loss)).eval()
+    ours = ViTAccelForPreTraining(ViTAccelMAEConfig(**fields, norm_pix_loss=reference.config.norm_pix_loss)).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     return ours
 
@@ -74,7 +74,7 @@ def test_same_gradients_as_transformers():
 
 
 def test_fixed_positions_are_maes_sincos_layout():
-    model = ViTAccelForPreTraining(ViTAccelConfig(**mae_kwargs(image_size=(32, 48))))
+    model = ViTAccelForPreTraining(ViTAccelMAEConfig(**mae_kwargs(image_size=(32, 48))))
     for table, width in ((model.vit.embeddings.position_embeddings, 48), (model.decoder.decoder_pos_embed, 32)):
         expected = build_2d_sinusoidal_position_embedding(4, 6, embed_dim=width, cls_token=True)
         # MAE's released layout puts the column (width) half first: transformers rotates its table to it.
@@ -89,7 +89,7 @@ def test_fixed_positions_are_maes_sincos_layout():
 )
 def test_unmasked_encoder_is_our_vit_and_masked_patches_are_never_seen(family):
     torch.manual_seed(0)
-    model = ViTAccelForPreTraining(ViTAccelConfig(**mae_kwargs(mask_ratio=0.0, **family))).eval()
+    model = ViTAccelForPreTraining(ViTAccelMAEConfig(**mae_kwargs(mask_ratio=0.0, **family))).eval()
     bare = ViTAccelModel(ViTAccelConfig(**mae_kwargs(**family)), add_pooling_layer=False).eval()
     bare.load_state_dict(model.vit.state_dict(), strict=True)
     pixels = torch.randn(2, 3, 32, 32)
@@ -111,7 +111,7 @@ def test_unmasked_encoder_is_our_vit_and_masked_patches_are_never_seen(family):
 
 def test_mask_ratio_zero_gives_the_same_features_on_every_call():
     torch.manual_seed(0)
-    model = ViTAccelForPreTraining(ViTAccelConfig(**mae_kwargs(mask_ratio=0.0))).eval()
+    model = ViTAccelForPreTraining(ViTAccelMAEConfig(**mae_kwargs(mask_ratio=0.0))).eval()
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         first, second = model(pixels), model(pixels)
@@ -145,7 +145,7 @@ def test_patchify_and_unpatchify_are_inverse_and_match_transformers():
 )
 def test_a_config_mae_cannot_use_is_refused_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match="^Cannot build a ViTAccel MAE model") as caught:
-        ViTAccelForPreTraining(ViTAccelConfig(**mae_kwargs(**overrides)))
+        ViTAccelForPreTraining(ViTAccelMAEConfig(**mae_kwargs(**overrides)))
     assert field in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -194,3 +194,10 @@ def test_fresh_process_without_vit_accel_loads_with_remote_code(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "DIFF 0.0 transformers_modules" in result.stdout
+
+
+def test_a_classifier_config_is_refused_naming_the_config_class():
+    with pytest.raises(
+        ValueError, match=r"^ViTAccelForPreTraining needs a ViTAccelMAEConfig .*got a ViTAccelConfig\.$"
+    ):
+        ViTAccelForPreTraining(ViTAccelConfig(**tiny_config_kwargs()))

@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-from .configuration_vit_accel import VIT_SIZES, VIT_VARIANTS, ViTAccelConfig
+from .configuration_vit_accel import VIT_SIZES, VIT_VARIANTS, ViTAccelConfig, ViTAccelMAEConfig
 from .modeling_vit_accel import (
     ViTAccelForImageClassification,
     ViTAccelForPreTraining,
@@ -18,10 +18,12 @@ __version__ = "0.1.0"
 AutoConfig.register(ViTAccelConfig.model_type, ViTAccelConfig, exist_ok=True)
 AutoModel.register(ViTAccelConfig, ViTAccelModel, exist_ok=True)
 AutoModelForImageClassification.register(ViTAccelConfig, ViTAccelForImageClassification, exist_ok=True)
-AutoModelForPreTraining.register(ViTAccelConfig, ViTAccelForPreTraining, exist_ok=True)
+AutoConfig.register(ViTAccelMAEConfig.model_type, ViTAccelMAEConfig, exist_ok=True)
+AutoModelForPreTraining.register(ViTAccelMAEConfig, ViTAccelForPreTraining, exist_ok=True)
 # (Importing modeling_vit_accel above also registers, for model_type vit_accel, the renamings between transformers'
 # on-disk ViT parameter names and ours, which its from_pretrained/save_pretrained apply.)
 ViTAccelConfig.register_for_auto_class()
+ViTAccelMAEConfig.register_for_auto_class()
 ViTAccelModel.register_for_auto_class("AutoModel")
 ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 ViTAccelForPreTraining.register_for_auto_class("AutoModelForPreTraining")
@@ -35,6 +37,7 @@ __all__ = [
     "ViTAccelConfig",
     "ViTAccelForImageClassification",
     "ViTAccelForPreTraining",
+    "ViTAccelMAEConfig",
     "ViTAccelModel",
     "ViTAccelPreTrainedModel",
     "resample_position_embeddings",

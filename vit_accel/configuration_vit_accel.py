@@ -51,9 +51,8 @@ class ViTAccelConfig(PreTrainedConfig):
     Field names follow `transformers.ViTConfig` where it has them. The later ViTs (DeiT III, DINOv2, CLIP, SigLIP,
     MAE's fine-tuning) differ from Google's by a few options, each a field below with Google's setting as default:
     `use_cls_token`, `num_register_tokens`, `prefix_position_embeddings`, `patch_embedding_bias`, `pre_norm`,
-    `layer_scale_init_value`, `mlp_type` (and `hidden_act`) and `pooling`. Masked-autoencoder pre-training
-    (`ViTAccelForPreTraining`, He et al., "Masked Autoencoders Are Scalable Vision Learners") reads the `decoder_*`
-    fields, `mask_ratio` and `norm_pix_loss`, with MAE's settings as defaults; the other models ignore them.
+    `layer_scale_init_value`, `mlp_type` (and `hidden_act`) and `pooling`. Masked-autoencoder pre-training adds the
+    fields of `ViTAccelMAEConfig`.
 
     Args:
         hidden_size (`int`, defaults to 768): width of the encoder.
@@ -99,15 +98,6 @@ class ViTAccelConfig(PreTrainedConfig):
             token concatenated with the mean of the patch tokens, both after the final LayerNorm (DINOv2's linear
             head). `"map"`: multi-head attention pooling of all tokens by a learned query, followed by a LayerNorm
             and MLP (SigLIP's head).
-        decoder_hidden_size (`int`, defaults to 512): width of the MAE decoder.
-        decoder_num_hidden_layers (`int`, defaults to 8): number of decoder blocks.
-        decoder_num_attention_heads (`int`, defaults to 16): decoder attention heads; must divide
-            `decoder_hidden_size`.
-        decoder_intermediate_size (`int`, defaults to 2048): width of the decoder's MLP.
-        mask_ratio (`float`, defaults to 0.75): share of patches hidden from the encoder, in [0, 1). 0 masks nothing
-            (every call sees every patch in order: deterministic features, no reconstruction loss).
-        norm_pix_loss (`bool`, defaults to `True`): reconstruct each patch's pixels normalised by the patch's own mean
-            and variance (MAE's setting for its released results) instead of the raw pixels.
 
     The configuration constructs whatever its values; the model checks them when it is built and raises a
     `ValueError` naming every inconsistent field (as transformers' models do).
@@ -149,12 +139,6 @@ class ViTAccelConfig(PreTrainedConfig):
     layer_scale_init_value: float | None = None
     mlp_type: str = "mlp"
     pooling: str = "cls"
-    decoder_hidden_size: int = 512
-    decoder_num_hidden_layers: int = 8
-    decoder_num_attention_heads: int = 16
-    decoder_intermediate_size: int = 2048
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -195,7 +179,36 @@ class ViTAccelConfig(PreTrainedConfig):
         return cls(**fields)
 
 
+class ViTAccelMAEConfig(ViTAccelConfig):
+    r"""
+    Configuration of masked-autoencoder pre-training (`ViTAccelForPreTraining`; He et al., "Masked Autoencoders Are
+    Scalable Vision Learners"): every `ViTAccelConfig` field for the encoder, and the decoder and loss below, with
+    MAE's settings as defaults. A model type of its own (`vit_accel_mae`), so that a directory says by its
+    `config.json` that it holds a decoder, and the classifiers' configurations carry none of these fields.
+
+    Args:
+        decoder_hidden_size (`int`, defaults to 512): width of the MAE decoder.
+        decoder_num_hidden_layers (`int`, defaults to 8): number of decoder blocks.
+        decoder_num_attention_heads (`int`, defaults to 16): decoder attention heads; must divide
+            `decoder_hidden_size`.
+        decoder_intermediate_size (`int`, defaults to 2048): width of the decoder's MLP.
+        mask_ratio (`float`, defaults to 0.75): share of patches hidden from the encoder, in [0, 1). 0 masks nothing
+            (every call sees every patch in order: deterministic features, no reconstruction loss).
+        norm_pix_loss (`bool`, defaults to `True`): reconstruct each patch's pixels normalised by the patch's own mean
+            and variance (MAE's setting for its released results) instead of the raw pixels.
+    """
+
+    model_type = "vit_accel_mae"
+
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+
+
 POOLINGS: tuple[str, ...] = ("cls", "mean", "cls_mean", "map")
 MLP_TYPES: tuple[str, ...] = ("mlp", "swiglu")
 
-__all__ = ["MLP_TYPES", "POOLINGS", "VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]
+__all__ = ["MLP_TYPES", "POOLINGS", "VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig", "ViTAccelMAEConfig"]

@@ -27,7 +27,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_vit_accel import MLP_TYPES, POOLINGS, ViTAccelConfig, _pair
+from .configuration_vit_accel import MLP_TYPES, POOLINGS, ViTAccelConfig, ViTAccelMAEConfig, _pair
 
 # transformers' ViT keeps its older parameter names on disk (what `save_pretrained` writes, what the Hub's ViT repos
 # hold) and renames them in memory; ours are the in-memory names. Registered for our model type, these renamings let
@@ -42,11 +42,12 @@ _ON_DISK_VIT_NAMES = (
     (r"intermediate\.dense\.", "mlp.fc1."),
     (r"(?<!attention\.)output\.dense\.", "mlp.fc2."),
 )
-register_checkpoint_conversion_mapping(
-    ViTAccelConfig.model_type,
-    [WeightRenaming(source, target) for source, target in _ON_DISK_VIT_NAMES],
-    overwrite=True,
-)
+for _model_type in (ViTAccelConfig.model_type, ViTAccelMAEConfig.model_type):
+    register_checkpoint_conversion_mapping(
+        _model_type,
+        [WeightRenaming(source, target) for source, target in _ON_DISK_VIT_NAMES],
+        overwrite=True,
+    )
 
 
 def _config_problems(config: ViTAccelConfig) -> list[str]:
@@ -714,7 +715,7 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
 # models' state dicts and directories are interchangeable.
 
 
-def _pretraining_problems(config: ViTAccelConfig) -> list[str]:
+def _pretraining_problems(config: ViTAccelMAEConfig) -> list[str]:
     """What makes `config` unusable for MAE pre-training, one phrase per field at fault."""
     problems = []
 
@@ -751,8 +752,14 @@ def _pretraining_problems(config: ViTAccelConfig) -> list[str]:
     return problems
 
 
-def check_pretraining_config(config: ViTAccelConfig) -> None:
+def check_pretraining_config(config: ViTAccelMAEConfig) -> None:
     """Raise a `ValueError` naming every field of `config` that `ViTAccelForPreTraining` cannot be built with."""
+    # By its fields, not its class: remote code loads the configuration module a second time, as another class.
+    if getattr(config, "model_type", None) != ViTAccelMAEConfig.model_type:
+        raise ValueError(
+            f"ViTAccelForPreTraining needs a ViTAccelMAEConfig (the decoder's and the loss's fields), got a "
+            f"{type(config).__name__}."
+        )
     problems = _config_problems(config) + _pretraining_problems(config)
     if problems:
         raise ValueError(f"Cannot build a ViTAccel MAE model from this {type(config).__name__}: {'; '.join(problems)}.")
@@ -810,7 +817,7 @@ class _DecoderConfig:
     layer_scale_init_value = None
     mlp_type = "mlp"
 
-    def __init__(self, config: ViTAccelConfig):
+    def __init__(self, config: ViTAccelMAEConfig):
         self._config = config
 
     hidden_size = property(lambda self: self._config.decoder_hidden_size)
@@ -890,7 +897,7 @@ class ViTAccelMAEDecoder(nn.Module):
     """MAE's decoder: the latent projected to the decoder's width, mask tokens in place of the hidden patches, fixed
     sin-cos positions, plain ViT blocks, a LayerNorm and a per-patch pixel prediction."""
 
-    def __init__(self, config: ViTAccelConfig):
+    def __init__(self, config: ViTAccelMAEConfig):
         super().__init__()
         view = _DecoderConfig(config)
         width = config.decoder_hidden_size
@@ -958,9 +965,11 @@ class ViTAccelForPreTraining(ViTAccelPreTrainedModel):
     transformers' `ViTMAEForPreTraining`; with the same weights and noise the two give the same loss and logits.
     """
 
+    config_class = ViTAccelMAEConfig
+    config: ViTAccelMAEConfig
     _no_split_modules = ["ViTAccelEmbeddings", "ViTAccelLayer", "ViTAccelMAEDecoder"]
 
-    def __init__(self, config: ViTAccelConfig):
+    def __init__(self, config: ViTAccelMAEConfig):
         check_pretraining_config(config)
         super().__init__(config)
         self.vit = ViTAccelMAEEncoder(config)
