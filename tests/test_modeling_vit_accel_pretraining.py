@@ -201,3 +201,21 @@ def test_a_classifier_config_is_refused_naming_the_config_class():
         ValueError, match=r"^ViTAccelForPreTraining needs a ViTAccelMAEConfig .*got a ViTAccelConfig\.$"
     ):
         ViTAccelForPreTraining(ViTAccelConfig(**tiny_config_kwargs()))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = ViTAccelForPreTraining(ViTAccelMAEConfig(**mae_kwargs())).train()
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+
+    def grads():
+        model.zero_grad()
+        model(pixels, noise=noise).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = grads()
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    layers = [*model.vit.layers, *model.decoder.decoder_layers]
+    assert all(layer.gradient_checkpointing for layer in layers)
+    for name, grad in grads().items():
+        torch.testing.assert_close(grad, plain[name], atol=1e-6, rtol=0, msg=name)
