@@ -11,6 +11,7 @@ from timm.models import save_for_hf
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from vit_accel import ViTAccelForImageClassification, ViTAccelModel
+from vit_accel.errors import UserError
 from vit_accel.weights import CheckpointError, convert, export, read_checkpoint
 
 ATOL = 1e-4
@@ -147,6 +148,14 @@ def test_family_convert_writes_its_preprocessing(family, tmp_path):
     pixels = torch.randn(1, 3, reference.patch_embed.img_size[0], reference.patch_embed.img_size[1])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
+
+
+def test_family_export_to_transformers_vit_is_refused_before_writing(family, tmp_path):
+    _, _, folder, _ = family
+    ours = ViTAccelForImageClassification.from_pretrained(folder)
+    with pytest.raises(UserError, match=r"export --to transformers writes transformers' ViT, .*family options \("):
+        export(ours, tmp_path / "hf", to="transformers")
+    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())
 
 
 def test_bare_family_state_dict_is_refused_in_one_line(tmp_path):

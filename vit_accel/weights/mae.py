@@ -76,10 +76,12 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
-    """Whether a directory's `config.json` is a transformers ViTMAE's or one of our MAE models', or these tensor names
-    hold an MAE decoder (Meta's names or transformers')."""
+    """Whether a directory's `config.json` is a transformers `ViTMAEForPreTraining`'s or one of our MAE models', or
+    these tensor names hold an MAE decoder (Meta's names or transformers')."""
     if config is not None:
-        return config.get("model_type") in ("vit_mae", ViTAccelMAEConfig.model_type)
+        if config.get("model_type") == "vit_mae":  # `ViTMAEModel` is the encoder alone: a family of ViT's
+            return "ViTMAEForPreTraining" in (config.get("architectures") or ())
+        return config.get("model_type") == ViTAccelMAEConfig.model_type
     keys = set(names)
     return DECODER_PRED in keys or ("decoder_pred.weight" in keys and "blocks.0.attn.qkv.weight" in keys)
 

@@ -17,7 +17,16 @@ from pathlib import Path
 
 from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
-from . import download, google_npz, mae, native, timm_families, timm_state_dict, transformers_vit
+from . import (
+    download,
+    google_npz,
+    mae,
+    native,
+    timm_families,
+    timm_state_dict,
+    transformers_families,
+    transformers_vit,
+)
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
 
@@ -27,9 +36,10 @@ ACCEPTED = (
     "directory of ViTAccel"
 )
 # Tensor files are told apart by their names, in this order: our names are also transformers' v5 in-memory names, and
-# an MAE decoder next to timm's or transformers' encoder names makes a file MAE's.
+# an MAE decoder next to timm's or transformers' encoder names makes a file MAE's. A directory's config.json tells: an
+# MAE pre-training model's (with its decoder) before transformers' families (whose ViTMAEModel is the encoder alone).
 TENSOR_FORMATS = (mae, timm_families, timm_state_dict, native, transformers_vit)
-DIRECTORY_FORMATS = (mae, native, transformers_vit, timm_families, timm_state_dict)
+DIRECTORY_FORMATS = (mae, native, transformers_vit, transformers_families, timm_families, timm_state_dict)
 
 
 @dataclass

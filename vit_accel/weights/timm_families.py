@@ -263,8 +263,8 @@ def _is_square(number: int) -> bool:
     return number >= 0 and math.isqrt(number) ** 2 == number
 
 
-def is_family(config: Any) -> bool:
-    """Whether one of our configurations uses any family option (else `timm_state_dict` writes it)."""
+def family_options(config: Any) -> list[str]:
+    """The family options (as `field=value`) in which one of our configurations differs from Google's ViT."""
     defaults = {
         "use_cls_token": True,
         "num_register_tokens": 0,
@@ -275,7 +275,14 @@ def is_family(config: Any) -> bool:
         "mlp_type": "mlp",
         "pooling": "cls",
     }
-    return any(getattr(config, key, value) != value for key, value in defaults.items())
+    return [
+        f"{key}={getattr(config, key)!r}" for key, value in defaults.items() if getattr(config, key, value) != value
+    ]
+
+
+def is_family(config: Any) -> bool:
+    """Whether one of our configurations uses any family option (else `timm_state_dict` writes it)."""
+    return bool(family_options(config))
 
 
 def architecture_for(config: Any) -> str:
@@ -361,4 +368,13 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
-__all__ = ["UNSUPPORTED", "detect", "is_family", "read", "to_checkpoint", "unsupported_family", "write"]
+__all__ = [
+    "UNSUPPORTED",
+    "detect",
+    "family_options",
+    "is_family",
+    "read",
+    "to_checkpoint",
+    "unsupported_family",
+    "write",
+]
