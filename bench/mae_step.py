@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "mask_ratio": args.mask_ratio,
         "images_per_s": {impl: statistics.median(values) for impl, values in rates.items()},
+        "images_per_s_by_round": rates,
         "peak_mib": {impl: peak / 2**20 for impl, peak in peaks.items()},
         "ours_over_transformers_speed": statistics.median(ratios),
         "ours_over_transformers_memory": peaks["ours"] / peaks["transformers"] if peaks["transformers"] else None,

@@ -209,3 +209,17 @@ def test_vitmae_hub_repo_continues_pretraining(tmp_path, monkeypatch):
     ours = ViTAccelForPreTraining.from_pretrained("facebook/vit-mae-tiny")
     assert "model.safetensors" in asked
     same_outputs(ours, reference)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [({"mask_ratio": 1.0}, "mask_ratio"), ({"decoder_num_attention_heads": 5}, "decoder_num_attention_heads")],
+)
+def test_settings_mae_cannot_use_are_refused_in_one_line_naming_the_field(tmp_path, overrides, field):
+    hf_mae().save_pretrained(tmp_path / "hf")
+    with pytest.raises(UserError, match=field) as caught:
+        ViTAccelForPreTraining.from_pretrained(tmp_path / "hf", **overrides)
+    assert str(tmp_path / "hf") in str(caught.value) and "\n" not in str(caught.value)
+    # A classifier has no decoder and no mask: those keywords would do nothing there, so they are refused by name.
+    with pytest.raises(TypeError, match=f"unexpected keyword '{next(iter(overrides))}'"):
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "hf", num_labels=3, **overrides)
