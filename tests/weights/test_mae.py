@@ -2,6 +2,7 @@
 continuing pre-training from them, and fine-tuning their encoder with a new head."""
 
 import argparse
+import json
 
 import httpx
 import huggingface_hub
@@ -223,3 +224,19 @@ def test_settings_mae_cannot_use_are_refused_in_one_line_naming_the_field(tmp_pa
     # A classifier has no decoder and no mask: those keywords would do nothing there, so they are refused by name.
     with pytest.raises(TypeError, match=f"unexpected keyword '{next(iter(overrides))}'"):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "hf", num_labels=3, **overrides)
+
+
+def test_convert_writes_the_encoder_as_a_classifier_with_maes_normalisation(tmp_path):
+    from vit_accel.weights import convert
+
+    reference = hf_mae()
+    torch.save({"model": meta_state_dict(reference)}, tmp_path / "mae.pth")
+    with pytest.raises(UserError, match="pass num_labels="):
+        convert(tmp_path / "mae.pth", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+    convert(tmp_path / "mae.pth", tmp_path / "out", num_labels=3, num_attention_heads=4)
+    model = ViTAccelForImageClassification.from_pretrained(tmp_path / "out")
+    assert model.config.pooling == "mean" and model.num_labels == 3
+    torch.testing.assert_close(model.vit.layers[1].mlp.fc2.weight, reference.vit.layers[1].mlp.fc2.weight)
+    processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["image_std"] == [0.229, 0.224, 0.225]

@@ -27,6 +27,7 @@ What they build:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Collection, Mapping
@@ -232,15 +233,7 @@ def encoder_checkpoint(cls: type, checkpoint: Checkpoint, options: dict[str, Any
             state_dict.pop("vit.layernorm.bias")
             state_dict["vit.fc_norm.weight"] = torch.ones(width)
             state_dict["vit.fc_norm.bias"] = torch.zeros(width)
-    return Checkpoint(
-        state_dict=state_dict,
-        source=checkpoint.source,
-        format=checkpoint.format,
-        resample_mode=checkpoint.resample_mode,
-        resample_antialias=checkpoint.resample_antialias,
-        num_attention_heads=checkpoint.num_attention_heads,
-        config=fields,
-    )
+    return dataclasses.replace(checkpoint, state_dict=state_dict, config=fields)
 
 
 __all__ = ["detect", "encoder_checkpoint", "from_meta", "not_mae", "plan_pretraining", "read"]
