@@ -1,4 +1,5 @@
-"""ViTAccel: Google's Vision Transformer as a `transformers` PreTrainedModel.
+"""ViTAccel: Google's Vision Transformer as a `transformers` PreTrainedModel, its later families as options, and
+masked-autoencoder pre-training (`ViTAccelForPreTraining`).
 
 This file imports only `torch` and `transformers` (plus its configuration) so that it can travel to the Hugging Face
 Hub as remote code. Parameter names are those of `transformers`' own ViT (v5 in-memory names), so a

@@ -13,7 +13,13 @@ from factories import tiny_config_kwargs
 from huggingface_hub import errors
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelForPreTraining, ViTAccelModel
+from vit_accel import (
+    ViTAccelConfig,
+    ViTAccelForImageClassification,
+    ViTAccelForPreTraining,
+    ViTAccelMAEConfig,
+    ViTAccelModel,
+)
 from vit_accel.errors import UserError
 from vit_accel.weights import CheckpointError
 
@@ -240,3 +246,19 @@ def test_convert_writes_the_encoder_as_a_classifier_with_maes_normalisation(tmp_
     torch.testing.assert_close(model.vit.layers[1].mlp.fc2.weight, reference.vit.layers[1].mlp.fc2.weight)
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["image_std"] == [0.229, 0.224, 0.225]
+
+
+def test_a_layerscale_mae_directory_of_ours_reloads_and_fine_tunes(tmp_path):
+    fields = {**tiny_config_kwargs(**DECODER), "layer_scale_init_value": 0.1, "prefix_position_embeddings": False}
+    fields.pop("num_labels")
+    torch.manual_seed(0)
+    model = ViTAccelForPreTraining(ViTAccelMAEConfig(**fields)).eval()
+    model.save_pretrained(tmp_path / "mae")
+    loaded = ViTAccelForPreTraining.from_pretrained(tmp_path / "mae").eval()
+    assert loaded.config.layer_scale_init_value == 0.1 and not loaded.config.prefix_position_embeddings
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixels, noise=noise).logits, model(pixels, noise=noise).logits)
+    classifier = ViTAccelForImageClassification.from_pretrained(tmp_path / "mae", num_labels=2)
+    assert torch.equal(classifier.vit.layers[0].layer_scale1.lambda1, model.vit.layers[0].layer_scale1.lambda1)
+    assert classifier.config.pooling == "mean" and classifier.vit.embeddings.position_embeddings.shape == (1, 16, 48)
