@@ -39,7 +39,6 @@ def test_a_trainer_step_updates_the_model(bench):
     before = trainer.model.decoder.decoder_pred.weight.detach().clone()
     assert trainer.run(1) > 0
     assert not torch.equal(before, trainer.model.decoder.decoder_pred.weight)
-    assert trainer.peak_memory() > 0
 
 
 @pytest.mark.parametrize("text", ["256x4x8", "256x4x7x1024", "0x4x8x1024", "wide"])

@@ -93,15 +93,17 @@ def test_meta_pth_loads_weights_only(tmp_path, monkeypatch):
     unsafe = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: unsafe.append(k.get("weights_only")) or real_load(*a, **k))
-    # Meta's .pth does not record the heads: MAE's are 64 wide (encoder) and 32 wide (decoder) unless told.
+    # Meta's .pth does not record the heads: they are asked for, never guessed.
+    for given, missing in (({}, "num_attention_heads"), ({"num_attention_heads": 4}, "decoder_num_attention_heads")):
+        with pytest.raises(CheckpointError, match=f"does not record {missing} .*pass {missing}=") as caught:
+            ViTAccelForPreTraining.from_pretrained(tmp_path / "mae_pretrain.pth", **given)
+        assert "\n" not in str(caught.value)
     ours = ViTAccelForPreTraining.from_pretrained(
         tmp_path / "mae_pretrain.pth", num_attention_heads=4, decoder_num_attention_heads=4
     )
     assert unsafe and all(flag is True for flag in unsafe)  # every read of the file: weights_only=True
     assert ours.config.layer_norm_eps == 1e-6 and ours.config.norm_pix_loss is True
     same_outputs(ours, reference)
-    guessed = ViTAccelForPreTraining.from_pretrained(tmp_path / "mae_pretrain.pth")
-    assert (guessed.config.num_attention_heads, guessed.config.decoder_num_attention_heads) == (1, 1)
 
 
 def test_a_pth_that_needs_unpickling_is_refused(tmp_path):

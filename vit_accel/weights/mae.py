@@ -16,8 +16,9 @@ Our names are `ViTAccelForPreTraining`'s: `vit.*` as for every model of ours, an
 What they build:
 
 - `ViTAccelForPreTraining`: the whole model, to continue pre-training. Sizes come from the shapes; what shapes cannot
-  tell comes from the source's config (transformers' and ours) or is MAE's (Meta's files: LayerNorm eps 1e-6, GELU,
-  decoder heads 32 wide). At another `image_size` both fixed sin-cos tables are computed for the new grid.
+  tell comes from the source's config (transformers' and ours), or for Meta's files is MAE's (LayerNorm eps 1e-6,
+  GELU) except the attention heads, which are asked for (`num_attention_heads=`, `decoder_num_attention_heads=`),
+  never guessed. At another `image_size` both fixed sin-cos tables are computed for the new grid.
 - a classifier (`ViTAccelForImageClassification`): the encoder with a new head, and only when asked for its classes
   (`num_labels=`, `id2label=` or `config=`): an MAE checkpoint has no classifier to keep. Unless `pooling` is given,
   it fine-tunes as MAE does: the mean of the patch tokens behind a new `fc_norm`, the encoder's final LayerNorm
@@ -61,7 +62,6 @@ _META_DECODER = {
 _ON_DISK = [(re.compile(pattern), target) for pattern, target in _ON_DISK_VIT_NAMES]
 # What shapes cannot tell, for a source that does not say: MAE's settings.
 _META_FIELDS = {"layer_norm_eps": 1e-6, "hidden_act": "gelu"}
-_DECODER_HEAD_WIDTH = 32  # MAE's decoders: 512 wide, 16 heads
 _TRANSFORMERS_FIELDS = (
     "hidden_act",
     "layer_norm_eps",
@@ -157,7 +157,14 @@ def not_mae(source: str) -> UserError:
     )
 
 
-def _decoder_fields(checkpoint: Checkpoint) -> dict[str, Any]:
+def _decoder_fields(checkpoint: Checkpoint, given: Collection[str] = ()) -> dict[str, Any]:
+    """The decoder's sizes from its shapes; its heads, which the shapes do not tell, from the checkpoint's config or
+    the caller (`given`), else the checkpoint is refused naming the field (as the encoder's heads)."""
+    if "decoder_num_attention_heads" not in checkpoint.config and "decoder_num_attention_heads" not in given:
+        raise CheckpointError(
+            f"{checkpoint.source}: an MAE state dict that does not record decoder_num_attention_heads (the shapes do "
+            "not tell; MAE's released decoders have 16): pass decoder_num_attention_heads=."
+        )
     sd = checkpoint.state_dict
     width = int(sd["decoder.decoder_embed.weight"].shape[0])
     layers = {int(key.split(".")[2]) for key in sd if key.startswith("decoder.decoder_layers.")}
@@ -167,7 +174,6 @@ def _decoder_fields(checkpoint: Checkpoint) -> dict[str, Any]:
         "decoder_hidden_size": width,
         "decoder_num_hidden_layers": len(layers),
         "decoder_intermediate_size": int(sd["decoder.decoder_layers.0.mlp.fc1.weight"].shape[0]),
-        "decoder_num_attention_heads": max(width // _DECODER_HEAD_WIDTH, 1),
     }
 
 
@@ -187,7 +193,11 @@ def plan_pretraining(
     if config is not None:
         fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}
     else:
-        fields = {**policy.infer_config_fields(checkpoint), **_decoder_fields(checkpoint), **checkpoint.config}
+        fields = {
+            **policy.infer_config_fields(checkpoint, given=set(overrides)),
+            **_decoder_fields(checkpoint, given=set(overrides)),
+            **checkpoint.config,
+        }
         fields = {key: value for key, value in fields.items() if key not in policy.LABEL_FIELDS}
     fields.update(overrides)
     built = ViTAccelMAEConfig(**{key: value for key, value in fields.items() if key != "architectures"})
