@@ -141,6 +141,7 @@ def test_patchify_and_unpatchify_are_inverse_and_match_transformers():
         ({"decoder_hidden_size": 30, "decoder_num_attention_heads": 3}, "decoder_hidden_size (30) must be a multiple"),
         ({"decoder_num_hidden_layers": 0}, "decoder_num_hidden_layers"),
         ({"pooling": "mean"}, "pooling"),
+        ({"position_embedding_type": "rope"}, "position_embedding_type='rope'"),
     ],
 )
 def test_a_config_mae_cannot_use_is_refused_naming_the_field(overrides, field):
