@@ -69,6 +69,11 @@ OUR_KEYWORDS = (
 ALWAYS_SO = ("low_cpu_mem_usage", "weights_only", "trust_remote_code")
 
 
+class HeadMismatchError(UserError, RuntimeError):
+    """Labels of another count than a trained head's: a RuntimeError too, as transformers raises for a head that does
+    not fit, so that callers written against transformers keep catching it."""
+
+
 def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> torch.nn.Module | None:
     """Build `cls` from a named variant, Google npz, timm or transformers checkpoint; None for a directory or Hub
     repo of ours (transformers' standard path reads those), unless it is asked for another `image_size`: then its
@@ -153,7 +158,7 @@ def _other_head(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> V
             f"{key}={value!r}" if key == "num_labels" else f"{key}=<{len(value)} labels>"
             for key, value in asked.items()
         )
-        raise UserError(
+        raise HeadMismatchError(
             f"from_pretrained({str(source)!r}, {given}): it holds a trained {config.num_labels}-class head; "
             f"ignore_mismatched_sizes=True replaces it with a new {count}-class one (head_init='zeros' or "
             "'normal'), or leave the labels out to keep it."
