@@ -22,7 +22,8 @@ from .arguments import DataArguments
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("image", "img")
-LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "fine_label")
+# `cls`: the class field of webdataset shards (`<key>.cls`).
+LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "fine_label", "cls")
 # Split names used for evaluation when present, in order of preference.
 EVAL_SPLITS: tuple[str, ...] = ("validation", "valid", "val", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
