@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import PIL.Image
 import torch
 from torchvision.transforms import v2
@@ -99,6 +100,14 @@ def prepare(
         # make_params reads only the size, which a lazily opened image knows from its header.
         params = crop.make_params([opened])
         result = draft_resized_crop(opened, crop, params)
+        if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
+            # Flip then PILToTensor, done as torchvision's flip decides (`torch.rand(1) < p`, the same draw) but on
+            # the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
+            flip = bool(torch.rand(1) < rest[0].p)
+            result = torch.from_numpy(np.asarray(result).copy()).permute(2, 0, 1)
+            if flip:
+                result = result.flip(-1)
+            rest = rest[2:]
         for transform in rest:
             result = transform(result)
     return result.contiguous()

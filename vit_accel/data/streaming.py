@@ -433,18 +433,28 @@ def window_permutation(seed: int, epoch: int, window_start: int, size: int) -> l
 class _ShardReader:
     """Raw examples (encoded image, raw label, shard, row) from a position of the epoch's global order onward."""
 
-    def __init__(self, split: StreamSplit, order: Sequence[int]) -> None:
+    def __init__(self, split: StreamSplit, order: Sequence[int], source: datasets.IterableDataset) -> None:
         self.split = split
         self.order = list(order)
+        self._all = source
         self.starts = np.cumsum([0] + [split.shards[i].num_examples for i in self.order]).tolist()
+
+    def _shard_stream(self, shard_index: int) -> datasets.IterableDataset:
+        """The iterable dataset of one shard: a shard of the split's dataset (opened once per loader: opening costs
+        tens of milliseconds, selecting a shard nothing), or of that file alone where datasets splits files
+        otherwise."""
+        urls = [shard.url for shard in self.split.shards]
+        if self._all.num_shards == len(urls):
+            return self._all.shard(num_shards=len(urls), index=shard_index, contiguous=True)
+        return datasets.load_dataset(
+            self.split.builder, data_files={"train": [urls[shard_index]]}, split="train", streaming=True
+        )
 
     def _rows(self, shard_index: int, skip: int) -> Iterator[tuple]:
         shard = self.split.shards[shard_index]
         column, label = self.split.image_column, self.split.label_column
         try:
-            stream = datasets.load_dataset(
-                self.split.builder, data_files={"train": [shard.url]}, split="train", streaming=True
-            )
+            stream = self._shard_stream(shard_index)
             stream = stream.select_columns([column, label])
             if isinstance(stream.features[column], ImageFeature):
                 stream = stream.cast_column(column, ImageFeature(decode=False))
@@ -528,6 +538,10 @@ class StreamingImageDataset(IterableDataset):
         self.resize_to = resize_to
         self.epoch = 0
         self.start_batch = 0
+        # One 🤗 iterable dataset over the split's files; it travels to the DataLoader workers with this object.
+        self.source = datasets.load_dataset(
+            split.builder, data_files={"train": [s.url for s in split.shards]}, split="train", streaming=True
+        )
         self.num_batches = batches_per_process(split.num_examples, world_size, batch_size, drop_last=train)
         if self.num_batches == 0:
             raise UserError(
@@ -554,7 +568,7 @@ class StreamingImageDataset(IterableDataset):
         """(slot, raw example) in this worker's output order, from its `skip_batches`-th batch on."""
         span = self.worker_range(worker)
         order = shard_order(len(self.split.shards), self.seed, self.epoch, shuffle=self.train)
-        reader = _ShardReader(self.split, order)
+        reader = _ShardReader(self.split, order, self.source)
         begin = skip_batches * self.batch_size
         window = self.shuffle_buffer_size
         first_window = begin // window
@@ -565,7 +579,7 @@ class StreamingImageDataset(IterableDataset):
             real_high = min(high, span.real)
             content = [next(raw) for _ in range(max(0, real_high - low))]
             if real_high < high and padding is None:  # evaluation padding: repeat the stream's first example
-                padding = next(_ShardReader(self.split, order).read(0, 1))
+                padding = next(_ShardReader(self.split, order, self.source).read(0, 1))
             content += [padding] * (high - real_high)
             permutation = (
                 window_permutation(self.seed, self.epoch, span.start + low, len(content))
