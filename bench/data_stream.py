@@ -124,10 +124,10 @@ def loaders(sources: dict[str, Path], jpegs: list[bytes], batch_size: int) -> di
         "ours map-style (pil)": lambda: make_dataloader(ours_map, batch_size, shuffle=True, seed=0),
     }
     for kind in ("parquet", "wds"):
-        data = open_streaming_dataset(
-            DataArguments(dataset_name=str(sources[kind]), streaming=True, augmentation="inception", train_val_split=0.25),
-            seed=0,
+        args = DataArguments(
+            dataset_name=str(sources[kind]), streaming=True, augmentation="inception", train_val_split=0.25
         )
+        data = open_streaming_dataset(args, seed=0)
         for decoder in ("pil", "pil_draft"):
             name = f"ours stream {'parquet' if kind == 'parquet' else 'webdataset'} ({decoder})"
             loader = make_streaming_dataloader(
