@@ -14,7 +14,13 @@ from streams import id_png, ids_of, none_pipeline, stream_args, write_parquet_sh
 
 from vit_accel.data import streaming
 from vit_accel.data.loading import example_seed
-from vit_accel.data.streaming import make_streaming_dataloader, open_streaming_dataset, worker_range
+from vit_accel.data.streaming import (
+    load_stream_state,
+    make_streaming_dataloader,
+    open_streaming_dataset,
+    save_stream_state,
+    worker_range,
+)
 from vit_accel.errors import UserError
 
 KINDS = ("parquet", "webdataset")
@@ -357,3 +363,36 @@ def test_pixels_match_the_map_style_pipeline(tmp_path):
     generator = torch.Generator().manual_seed(example_seed(0, 0, (0 << 32) + example_id))
     expected = none_pipeline()(PIL.Image.open(io.BytesIO(id_png(example_id))), generator)
     assert torch.equal(batch["pixel_values"][0], expected)
+
+
+def test_state_file_round_trip_and_refusals(tmp_path):
+    data = stream(tmp_path / "data", "parquet", [8, 8])
+    (loader,) = loaders(data, 1, num_workers=2)
+    first = [ids_of(b) for _, b in zip(range(3), loader)]
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    path = save_stream_state(loader, checkpoint)
+    assert json.loads(path.read_text())["batches_done"] == 3
+    (resumed,) = loaders(data, 1, num_workers=2)
+    load_stream_state(resumed, checkpoint)
+    (reference,) = loaders(data, 1, num_workers=2)
+    assert first + epoch_ids(resumed) == epoch_ids(reference)
+    path.write_text("{not json")
+    with pytest.raises(UserError) as error:
+        load_stream_state(resumed, checkpoint)
+    assert "stream_state.json" in one_line(error)
+    path.unlink()
+    with pytest.raises(UserError) as error:
+        load_stream_state(resumed, checkpoint)
+    assert "no stream_state.json" in one_line(error)
+
+
+def test_evaluation_stream_too_short_names_the_eval_flag(tmp_path):
+    write_parquet_shards(tmp_path, [6])
+    write_parquet_shards(tmp_path, [1], split="validation", first_id=50)
+    data = open_streaming_dataset(stream_args(tmp_path, max_eval_samples=1), seed=0)
+    assert len(loaders(data, 2, train=False)[0]) == 1  # one real row, padded on the second process
+    empty = streaming.StreamSplit("validation", [], "parquet", "image", "label")
+    with pytest.raises(UserError) as error:
+        loaders(data, 1, train=False, split=empty)
+    assert "--per_device_eval_batch_size" in one_line(error)

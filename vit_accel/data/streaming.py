@@ -60,6 +60,8 @@ from .transforms import Pipeline
 
 SHARD_FORMATS: dict[str, str] = {".parquet": "parquet", ".tar": "webdataset"}
 STATE_VERSION = 1
+# The loader state inside a checkpoint directory: JSON, never a pickle.
+STATE_FILE = "stream_state.json"
 # Rows per read from a shard (datasets converts arrow to Python a batch at a time).
 READ_BATCH = 64
 
@@ -536,19 +538,20 @@ class StreamingImageDataset(IterableDataset):
         self.shuffle_buffer_size = int(shuffle_buffer_size) if train else 1
         self.decoder = resolve_decoder(decoder, pipeline)
         self.resize_to = resize_to
+        self.num_batches = batches_per_process(split.num_examples, world_size, batch_size, drop_last=train)
+        if self.num_batches == 0:
+            flag = "--per_device_train_batch_size" if train else "--per_device_eval_batch_size"
+            raise UserError(
+                f"The {split.name!r} stream ({split.num_examples} examples in {len(split.shards)} shard(s)) is too "
+                f"short for one batch of {batch_size} per process on {world_size} process(es); lower {flag} or give "
+                "more data."
+            )
         self.epoch = 0
         self.start_batch = 0
         # One 🤗 iterable dataset over the split's files; it travels to the DataLoader workers with this object.
         self.source = datasets.load_dataset(
             split.builder, data_files={"train": [s.url for s in split.shards]}, split="train", streaming=True
         )
-        self.num_batches = batches_per_process(split.num_examples, world_size, batch_size, drop_last=train)
-        if self.num_batches == 0:
-            raise UserError(
-                f"The {split.name!r} stream ({split.num_examples} examples in {len(split.shards)} shard(s)) is too "
-                f"short for one batch of {batch_size} per process on {world_size} process(es); lower "
-                "--per_device_train_batch_size or give more data."
-            )
 
     def __len__(self) -> int:
         return self.num_batches
@@ -754,6 +757,30 @@ def make_streaming_dataloader(
     return StreamingDataLoader(dataset)
 
 
-def local_shards(folder: str | os.PathLike) -> list[str]:
-    """The shard files of a local folder, sorted (what a stream of that folder reads)."""
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix in SHARD_FORMATS)
+def save_stream_state(loader: StreamingDataLoader, directory: str | os.PathLike) -> Path:
+    """Write the loader's state into a checkpoint directory (`stream_state.json`); the same on every process, so the
+    main process alone writes it."""
+    path = Path(directory) / STATE_FILE
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(loader.state_dict(), indent=1, sort_keys=True))
+    os.replace(temporary, path)  # a checkpoint never holds half a state file
+    return path
+
+
+def load_stream_state(loader: StreamingDataLoader, directory: str | os.PathLike) -> None:
+    """Place the loader where the checkpoint in `directory` stopped (see `StreamingDataLoader.load_state_dict`)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise UserError(
+            f"Checkpoint {str(directory)!r} has no {STATE_FILE}: it was not written by a streaming run, so it cannot "
+            "resume a stream; resume it without --streaming, or start afresh."
+        )
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        loader.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(f"{str(path)!r} is not a stream state this version can read: {error!r}.") from error
