@@ -396,3 +396,20 @@ def test_evaluation_stream_too_short_names_the_eval_flag(tmp_path):
     with pytest.raises(UserError) as error:
         loaders(data, 1, train=False, split=empty)
     assert "--per_device_eval_batch_size" in one_line(error)
+
+
+def test_streaming_loaders_from_the_flags(tmp_path):
+    write_tar_shards(tmp_path, [6, 6])
+    write_tar_shards(tmp_path, [3], split="validation", first_id=100)
+    args = stream_args(tmp_path, shuffle_buffer_size=3, dataloader_num_workers=0)
+    data = open_streaming_dataset(args, seed=0)
+    train, evaluation = streaming.streaming_loaders(data, none_pipeline(), none_pipeline(False), args, 0, 2, 2, 1, 2)
+    assert train.state_dict()["shuffle_buffer_size"] == 3 and (len(train), len(evaluation)) == (3, 1)
+    assert [i for b in evaluation for i, ok in zip(ids_of(b), b["valid"].tolist()) if ok] == [102]
+
+
+def test_config_name_refused_for_shard_folders(tmp_path):
+    write_parquet_shards(tmp_path, [2, 2])
+    with pytest.raises(UserError) as error:
+        open_streaming_dataset(stream_args(tmp_path, dataset_config_name="x"), seed=0)
+    assert "--dataset_config_name 'x'" in one_line(error)

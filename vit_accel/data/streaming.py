@@ -125,6 +125,12 @@ def _data_files(args: DataArguments) -> dict[str, list[str]]:
     name = args.dataset_name
     if name is None:
         raise UserError("--streaming reads --dataset_name (a folder or URL of parquet/.tar shards, or a Hub id).")
+    local_or_url = _is_url(name) or Path(name).expanduser().exists()
+    if local_or_url and args.dataset_config_name is not None:
+        raise UserError(
+            f"--dataset_config_name {args.dataset_config_name!r}: --dataset_name {name!r} is a folder, file or URL "
+            "of shards, which has no configurations; drop the flag."
+        )
     if _is_url(name):
         suffix = Path(name.split("?")[0]).suffix
         if suffix not in SHARD_FORMATS:
@@ -784,3 +790,46 @@ def load_stream_state(loader: StreamingDataLoader, directory: str | os.PathLike)
         if isinstance(error, UserError):
             raise
         raise UserError(f"{str(path)!r} is not a stream state this version can read: {error!r}.") from error
+
+
+def streaming_loaders(
+    data: StreamingData,
+    train_pipeline: Pipeline,
+    eval_pipeline: Pipeline,
+    args: DataArguments,
+    seed: int,
+    train_batch_size: int,
+    eval_batch_size: int,
+    rank: int,
+    world_size: int,
+    resize_to: int | None = None,
+) -> tuple[StreamingDataLoader, StreamingDataLoader]:
+    """The training and evaluation loaders of process `rank` of `world_size`, from the data flags.
+
+    They are already split across processes: give them to the training loop as they are, not through
+    `accelerator.prepare` (which would split or dispatch them a second time).
+    """
+    common = {"rank": rank, "world_size": world_size, "num_workers": args.dataloader_num_workers}
+    train = make_streaming_dataloader(
+        data.train,
+        train_pipeline,
+        data.label_ids,
+        seed,
+        train_batch_size,
+        train=True,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        decoder=args.image_decoder,
+        resize_to=resize_to,
+        **common,
+    )
+    evaluation = make_streaming_dataloader(
+        data.validation,
+        eval_pipeline,
+        data.label_ids,
+        seed,
+        eval_batch_size,
+        train=False,
+        resize_to=resize_to,
+        **common,
+    )
+    return train, evaluation
