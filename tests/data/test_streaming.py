@@ -12,7 +12,7 @@ import pytest
 import torch
 from streams import id_png, ids_of, none_pipeline, stream_args, write_parquet_shards, write_shards, write_tar_shards
 
-from vit_accel.data import streaming
+from vit_accel.data import DataArguments, load_image_dataset, streaming
 from vit_accel.data.loading import example_seed
 from vit_accel.data.streaming import (
     load_stream_state,
@@ -413,3 +413,18 @@ def test_config_name_refused_for_shard_folders(tmp_path):
     with pytest.raises(UserError) as error:
         open_streaming_dataset(stream_args(tmp_path, dataset_config_name="x"), seed=0)
     assert "--dataset_config_name 'x'" in one_line(error)
+
+
+@pytest.mark.parametrize("flag", [{"shuffle_buffer_size": 10}, {"image_decoder": "pil_draft"}])
+def test_streaming_flags_without_streaming_are_refused(tmp_path, flag):
+    with pytest.raises(UserError) as error:
+        DataArguments(dataset_name=str(tmp_path), **flag)
+    assert f"--{next(iter(flag))} applies to --streaming" in one_line(error)
+
+
+def test_a_whole_dataset_loader_refuses_streaming_arguments(tmp_path):
+    """A command that loads datasets whole never loads a stream's shards whole in its place."""
+    write_parquet_shards(tmp_path, [2, 2])
+    with pytest.raises(UserError) as error:
+        load_image_dataset(stream_args(tmp_path), seed=0)
+    assert "--streaming" in one_line(error)

@@ -10,6 +10,8 @@ AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "none")
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
 # How training JPEGs are decoded: `pil_draft` decodes at the reduced DCT scale a random-resized crop needs.
 IMAGE_DECODERS: tuple[str, ...] = ("auto", "pil", "pil_draft")
+# Examples per shuffle window of a stream (🤗 datasets' default shuffle buffer size too).
+DEFAULT_SHUFFLE_BUFFER = 1000
 
 
 @dataclass
@@ -90,16 +92,19 @@ class DataArguments:
             "--shuffle_buffer_size window), exact mid-epoch resume."
         },
     )
-    shuffle_buffer_size: int = field(
-        default=1000,
-        metadata={"help": "With --streaming: examples per shuffle window (each window of a stream is permuted)."},
-    )
-    image_decoder: str = field(
-        default="auto",
+    shuffle_buffer_size: int | None = field(
+        default=None,
         metadata={
-            "help": "How training images are decoded: `pil` (full decode), `pil_draft` (JPEGs decoded at the reduced "
-            "DCT scale the random-resized crop needs: same crops and flips), `auto` (pil_draft for presets that start "
-            "with a random-resized crop).",
+            "help": "With --streaming: examples per shuffle window (each window of a stream is permuted); default "
+            f"{DEFAULT_SHUFFLE_BUFFER}."
+        },
+    )
+    image_decoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --streaming: how training images are decoded: `pil` (full decode), `pil_draft` (JPEGs "
+            "decoded at the reduced DCT scale the random-resized crop needs: same crops and flips), `auto` (the "
+            "default: pil_draft for presets that start with a random-resized crop).",
             "choices": list(IMAGE_DECODERS),
         },
     )
@@ -133,9 +138,12 @@ class DataArguments:
             raise UserError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
         if self.streaming and self.dataset_name is None:
             raise UserError("--streaming reads --dataset_name (shards or a Hub id), not --train_dir.")
-        if self.shuffle_buffer_size < 1:
+        for name in ("shuffle_buffer_size", "image_decoder"):
+            if getattr(self, name) is not None and not self.streaming:
+                raise UserError(f"--{name} applies to --streaming input only; drop it or add --streaming.")
+        if self.shuffle_buffer_size is not None and self.shuffle_buffer_size < 1:
             raise UserError(f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
-        if self.image_decoder not in IMAGE_DECODERS:
+        if self.image_decoder is not None and self.image_decoder not in IMAGE_DECODERS:
             raise UserError(f"--image_decoder must be one of {', '.join(IMAGE_DECODERS)}; got {self.image_decoder!r}.")
         if self.dataloader_num_workers < 0:
             raise UserError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")

@@ -427,6 +427,9 @@ def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True
     that is (or overlaps) the training folder.
     """
     check_seed(seed)
+    if args.streaming:
+        # A caller that has not been taught to stream must not load the shards whole instead.
+        raise UserError("--streaming: this command reads datasets whole; stream through vit_accel.data.streaming.")
     if for_training and args.train_dir is not None and args.validation_dir is not None:
         _check_distinct_folders(args.train_dir, args.validation_dir)
     raw = _load(args)

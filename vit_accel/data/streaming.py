@@ -52,7 +52,7 @@ from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import UserError
-from .arguments import DataArguments
+from .arguments import DEFAULT_SHUFFLE_BUFFER, DataArguments
 from .decode import prepare, resolve_decoder
 from .loading import BadImageError, collate, example_seed
 from .sources import EVAL_SPLITS, _pick_image_column, _pick_label_column
@@ -522,7 +522,7 @@ class StreamingImageDataset(IterableDataset):
         world_size: int = 1,
         num_workers: int = 0,
         train: bool = True,
-        shuffle_buffer_size: int = 1000,
+        shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
         decoder: str = "auto",
         resize_to: int | None = None,
     ) -> None:
@@ -741,7 +741,7 @@ def make_streaming_dataloader(
     world_size: int = 1,
     num_workers: int = 0,
     train: bool = True,
-    shuffle_buffer_size: int = 1000,
+    shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
     decoder: str = "auto",
     resize_to: int | None = None,
 ) -> StreamingDataLoader:
@@ -817,8 +817,8 @@ def streaming_loaders(
         seed,
         train_batch_size,
         train=True,
-        shuffle_buffer_size=args.shuffle_buffer_size,
-        decoder=args.image_decoder,
+        shuffle_buffer_size=args.shuffle_buffer_size or DEFAULT_SHUFFLE_BUFFER,
+        decoder=args.image_decoder or "auto",
         resize_to=resize_to,
         **common,
     )
