@@ -81,3 +81,29 @@ def test_fullgraph_train_step_matches_eager_gradients():
     graphs = counters["stats"]["unique_graphs"]
     step(compiled)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(layer_scale_init_value=1e-5, num_register_tokens=4, prefix_position_embeddings=False, pooling="cls_mean"),
+        dict(use_cls_token=False, pooling="map", pre_norm=True, mlp_type="swiglu", hidden_act="silu"),
+    ],
+    ids=["dinov2-registers", "siglip-map-swiglu"],
+)
+def test_family_train_step_compiles_whole_with_eager_gradients(options):
+    torch._dynamo.reset()
+    eager = tiny_model(**options).train()
+    compiled_model = tiny_model(**options).train()
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")  # raises on any graph break
+    pixel_values, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    def step(model) -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(model(pixel_values).logits.float(), labels)
+        loss.backward()
+        return loss.detach()
+
+    assert torch.allclose(step(compiled), step(eager), atol=1e-5)
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled_model.parameters()):
+        assert torch.allclose(p_compiled.grad, p_eager.grad, atol=1e-5, rtol=1e-4), name

@@ -48,7 +48,10 @@ class ViTAccelConfig(PreTrainedConfig):
     patch embedding, learnable CLS token, learned position embeddings, pre-norm encoder blocks and a classifier on the
     CLS token, optionally behind a `pre_logits` layer (Dense + tanh) as in the ImageNet-21k checkpoints.
 
-    Field names follow `transformers.ViTConfig` where it has them.
+    Field names follow `transformers.ViTConfig` where it has them. The later ViTs (DeiT III, DINOv2, CLIP, SigLIP,
+    MAE's fine-tuning) differ from Google's by a few options, each a field below with Google's setting as default:
+    `use_cls_token`, `num_register_tokens`, `prefix_position_embeddings`, `patch_embedding_bias`, `pre_norm`,
+    `layer_scale_init_value`, `mlp_type` (and `hidden_act`) and `pooling`.
 
     Args:
         hidden_size (`int`, defaults to 768): width of the encoder.
@@ -72,6 +75,28 @@ class ViTAccelConfig(PreTrainedConfig):
         pooler_output_size (`int`, *optional*): width of the bare model's pooler (Dense + `pooler_act` on the CLS
             token), as `transformers.ViTConfig`; `None` means `representation_size` if set, else `hidden_size`.
         pooler_act (`str`, defaults to `"tanh"`): activation of the pooler.
+        use_cls_token (`bool`, defaults to `True`): prepend a learnable CLS token. `False` for SigLIP, whose classifier
+            reads an attention pool (`pooling="map"`) instead.
+        num_register_tokens (`int`, defaults to 0): learnable register tokens after the CLS token and before the
+            patches ("Vision Transformers Need Registers"; DINOv2 with registers uses 4).
+        prefix_position_embeddings (`bool`, defaults to `True`): whether the CLS and register tokens get learned
+            position embeddings too (Google, CLIP, DINOv2). `False` adds positions to the patch tokens only, before
+            the prefix tokens are prepended (timm's `no_embed_class`: DeiT III, DINOv2 with registers).
+        patch_embedding_bias (`bool`, defaults to `True`): bias of the patch-embedding convolution (CLIP has none).
+        pre_norm (`bool`, defaults to `False`): a LayerNorm on the embeddings before the first block (CLIP's
+            `ln_pre`).
+        layer_scale_init_value (`float`, *optional*): LayerScale ("Going deeper with Image Transformers"): each
+            block's attention and MLP outputs are multiplied by a learned per-channel scale that starts at this value
+            (DeiT III 1e-6, DINOv2 1e-5). `None` (the default): no LayerScale.
+        mlp_type (`str`, defaults to `"mlp"`): `"mlp"` is Linear, `hidden_act`, Linear; `"swiglu"` is a gated MLP
+            whose first Linear yields `2 * intermediate_size` features, the first half gated by `hidden_act` (use
+            `"silu"`) times the second half (DINOv2 ViT-g). `hidden_act="quick_gelu"` gives OpenAI CLIP's MLP.
+        pooling (`str`, defaults to `"cls"`): what the classifier reads. `"cls"`: the CLS token after the final
+            LayerNorm (Google). `"mean"`: the mean of the patch tokens behind a LayerNorm of its own (`fc_norm`), with
+            no final LayerNorm on the tokens (MAE's fine-tuning, timm's `global_pool="avg"`). `"cls_mean"`: the CLS
+            token concatenated with the mean of the patch tokens, both after the final LayerNorm (DINOv2's linear
+            head). `"map"`: multi-head attention pooling of all tokens by a learned query, followed by a LayerNorm
+            and MLP (SigLIP's head).
 
     The configuration constructs whatever its values; the model checks them when it is built and raises a
     `ValueError` naming every inconsistent field (as transformers' models do).
@@ -105,6 +130,24 @@ class ViTAccelConfig(PreTrainedConfig):
     representation_size: int | None = None
     pooler_output_size: int | None = None
     pooler_act: str = "tanh"
+    use_cls_token: bool = True
+    num_register_tokens: int = 0
+    prefix_position_embeddings: bool = True
+    patch_embedding_bias: bool = True
+    pre_norm: bool = False
+    layer_scale_init_value: float | None = None
+    mlp_type: str = "mlp"
+    pooling: str = "cls"
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the CLS token (if any) and the registers."""
+        return int(bool(self.use_cls_token)) + int(self.num_register_tokens)
+
+    @property
+    def num_prefix_positions(self) -> int:
+        """Prefix tokens that have a learned position embedding (the table's rows before the grid's)."""
+        return self.num_prefix_tokens if self.prefix_position_embeddings else 0
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -135,4 +178,7 @@ class ViTAccelConfig(PreTrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]
+POOLINGS: tuple[str, ...] = ("cls", "mean", "cls_mean", "map")
+MLP_TYPES: tuple[str, ...] = ("mlp", "swiglu")
+
+__all__ = ["MLP_TYPES", "POOLINGS", "VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]

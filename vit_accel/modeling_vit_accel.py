@@ -26,7 +26,7 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_vit_accel import ViTAccelConfig, _pair
+from .configuration_vit_accel import MLP_TYPES, POOLINGS, ViTAccelConfig, _pair
 
 # transformers' ViT keeps its older parameter names on disk (what `save_pretrained` writes, what the Hub's ViT repos
 # hold) and renames them in memory; ours are the in-memory names. Registered for our model type, these renamings let
@@ -86,10 +86,35 @@ def _config_problems(config: ViTAccelConfig) -> list[str]:
             f"representation_size ({representation}) and pooler_output_size ({pooler}) both set the pooler's width "
             "and differ"
         )
+    problems += _family_problems(config)
     for name in ("hidden_act", "pooler_act"):
         value = getattr(config, name, None)
         if isinstance(value, str) and value not in ACT2FN:
             problems.append(f"{name} {value!r} is not an activation transformers knows (transformers.activations)")
+    return problems
+
+
+def _family_problems(config: ViTAccelConfig) -> list[str]:
+    """The fields of the later ViT families (CLS, registers, LayerScale, MLP kind, pooling) and how they combine."""
+    problems = []
+    registers = getattr(config, "num_register_tokens", 0)
+    if not isinstance(registers, int) or isinstance(registers, bool) or registers < 0:
+        problems.append(f"num_register_tokens must be a non-negative integer, got {registers!r}")
+    scale = getattr(config, "layer_scale_init_value", None)
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0):
+        problems.append(f"layer_scale_init_value must be None (no LayerScale) or a positive number, got {scale!r}")
+    mlp_type = getattr(config, "mlp_type", "mlp")
+    if mlp_type not in MLP_TYPES:
+        problems.append(f"mlp_type must be one of {', '.join(MLP_TYPES)}, got {mlp_type!r}")
+    pooling = getattr(config, "pooling", "cls")
+    if pooling not in POOLINGS:
+        problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling in ("cls", "cls_mean") and not getattr(config, "use_cls_token", True):
+        problems.append(f"pooling={pooling!r} reads the CLS token, but use_cls_token is False")
+    if pooling != "cls" and config.representation_size is not None:
+        problems.append(
+            f"representation_size (Google's pre_logits on the CLS token) needs pooling='cls', not {pooling!r}"
+        )
     return problems
 
 
@@ -150,7 +175,11 @@ class ViTAccelPatchEmbeddings(nn.Module):
         self.num_channels = config.num_channels
         self.patch_size = _pair(config.patch_size)
         self.projection = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=self.patch_size,
+            stride=self.patch_size,
+            bias=getattr(config, "patch_embedding_bias", True),
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -158,23 +187,33 @@ class ViTAccelPatchEmbeddings(nn.Module):
 
 
 class ViTAccelEmbeddings(nn.Module):
-    """CLS token + patch embeddings + learned position embeddings."""
+    """Prefix tokens (CLS, registers) + patch embeddings + learned position embeddings.
+
+    The position table covers the prefix tokens and the patch grid (Google's ViT), or the grid alone when
+    `prefix_position_embeddings` is False: then positions are added to the patches before the prefix is prepended.
+    """
 
     def __init__(self, config: ViTAccelConfig):
         super().__init__()
         self.image_size = _pair(config.image_size)
         self.grid_size = config.grid_size
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        hidden = config.hidden_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden)) if config.use_cls_token else None
+        registers = config.num_register_tokens
+        self.register_tokens = nn.Parameter(torch.zeros(1, registers, hidden)) if registers else None
         self.patch_embeddings = ViTAccelPatchEmbeddings(config)
-        num_positions = self.grid_size[0] * self.grid_size[1] + 1
-        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+        self.num_prefix_positions = config.num_prefix_positions
+        num_positions = self.grid_size[0] * self.grid_size[1] + self.num_prefix_positions
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """Position embeddings for an input of `height` x `width` pixels (bicubic, as transformers does)."""
         patch = self.patch_embeddings.patch_size
         new_grid = (height // patch[0], width // patch[1])
-        return resample_position_embeddings(self.position_embeddings, new_grid, old_grid=self.grid_size)
+        return resample_position_embeddings(
+            self.position_embeddings, new_grid, old_grid=self.grid_size, num_prefix_tokens=self.num_prefix_positions
+        )
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if pixel_values.dim() != 4:
@@ -202,8 +241,15 @@ class ViTAccelEmbeddings(nn.Module):
                 )
             position_embeddings = self.position_embeddings
         embeddings = self.patch_embeddings(pixel_values)
-        cls_tokens = self.cls_token.expand(batch_size, -1, -1)
-        embeddings = torch.cat((cls_tokens, embeddings), dim=1) + position_embeddings
+        prefix = [
+            token.expand(batch_size, -1, -1) for token in (self.cls_token, self.register_tokens) if token is not None
+        ]
+        if not prefix:
+            embeddings = embeddings + position_embeddings
+        elif self.num_prefix_positions:
+            embeddings = torch.cat((*prefix, embeddings), dim=1) + position_embeddings
+        else:
+            embeddings = torch.cat((*prefix, embeddings + position_embeddings), dim=1)
         return self.dropout(embeddings)
 
 
@@ -295,14 +341,34 @@ def _additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> t
 
 
 class ViTAccelMLP(nn.Module):
-    def __init__(self, config: ViTAccelConfig):
+    """Linear, `hidden_act`, Linear; or, with `gated`, SwiGLU in one packed Linear: `fc1` yields the gate and the
+    value halves, `fc2` reads `hidden_act(gate) * value` (timm's `SwiGLUPacked`, transformers' `Dinov2SwiGLUFFN`)."""
+
+    def __init__(self, config: ViTAccelConfig, gated: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gated = gated
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size * (2 if gated else 1))
         self.activation_fn = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+        hidden_states = self.fc1(hidden_states)
+        if self.gated:
+            gate, value = hidden_states.chunk(2, dim=-1)
+            return self.fc2(self.activation_fn(gate) * value)
+        return self.fc2(self.activation_fn(hidden_states))
+
+
+class ViTAccelLayerScale(nn.Module):
+    """A learned per-channel scale on a residual branch (LayerScale), starting at `layer_scale_init_value`."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        self.init_value = float(config.layer_scale_init_value)
+        self.lambda1 = nn.Parameter(torch.full((config.hidden_size,), self.init_value))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.lambda1
 
 
 class ViTAccelDropPath(nn.Module):
@@ -336,9 +402,12 @@ class ViTAccelLayer(GradientCheckpointingLayer):
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = ViTAccelAttention(config)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = ViTAccelMLP(config)
+        self.mlp = ViTAccelMLP(config, gated=config.mlp_type == "swiglu")
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = ViTAccelDropPath(drop_path)
+        scaled = config.layer_scale_init_value is not None
+        self.layer_scale1 = ViTAccelLayerScale(config) if scaled else nn.Identity()
+        self.layer_scale2 = ViTAccelLayerScale(config) if scaled else nn.Identity()
 
     def forward(
         self,
@@ -350,9 +419,9 @@ class ViTAccelLayer(GradientCheckpointingLayer):
         attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, cls_only, **kwargs)
         if cls_only:
             hidden_states = hidden_states[:, :1]
-        hidden_states = hidden_states + self.drop_path(self.dropout(attention_output))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale1(self.dropout(attention_output)))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        return hidden_states + self.drop_path(self.dropout(mlp_output))
+        return hidden_states + self.drop_path(self.layer_scale2(self.dropout(mlp_output)))
 
 
 class ViTAccelPooler(nn.Module):
@@ -366,6 +435,42 @@ class ViTAccelPooler(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class ViTAccelAttentionPool(nn.Module):
+    """Multi-head attention pooling by a learned query (`probe`) over all tokens, then a residual MLP behind a
+    LayerNorm: SigLIP's "MAP" head (timm's `AttentionPoolLatent`, transformers'
+    `SiglipMultiheadAttentionPoolingHead`). The attention goes through the configured backend, as the blocks'."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = hidden // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.probe = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.q_proj = nn.Linear(hidden, hidden)
+        self.k_proj = nn.Linear(hidden, hidden)
+        self.v_proj = nn.Linear(hidden, hidden)
+        self.o_proj = nn.Linear(hidden, hidden)
+        self.layernorm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.feed_forward = ViTAccelMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size = hidden_states.shape[0]
+        shape = (batch_size, -1, self.num_heads, self.head_dim)
+        query = self.q_proj(self.probe.expand(batch_size, -1, -1)).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling)
+        pooled = self.o_proj(context.reshape(batch_size, 1, -1))
+        pooled = pooled + self.feed_forward(self.layernorm(pooled))
+        return pooled[:, 0]
 
 
 class ViTAccelPreTrainedModel(PreTrainedModel):
@@ -416,7 +521,13 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, ViTAccelEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            for token in (module.cls_token, module.register_tokens):
+                if token is not None:
+                    init.trunc_normal_(token, mean=0.0, std=std)
+        elif isinstance(module, ViTAccelLayerScale):
+            init.constant_(module.lambda1, module.init_value)
+        elif isinstance(module, ViTAccelAttentionPool):
+            init.trunc_normal_(module.probe, mean=0.0, std=std)
 
 
 class ViTAccelModel(ViTAccelPreTrainedModel):
@@ -425,16 +536,24 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
 
     def __init__(self, config: ViTAccelConfig, add_pooling_layer: bool = True):
         r"""
-        add_pooling_layer (`bool`, defaults to `True`): build the pooler (`pooler.dense`); its width is
-            `representation_size`, else `pooler_output_size`, else `hidden_size`.
+        add_pooling_layer (`bool`, defaults to `True`): build the pooler (`pooler.dense`) of `pooling="cls"`; its width
+            is `representation_size`, else `pooler_output_size`, else `hidden_size`. The other poolings always give
+            their features as `pooler_output`: `fc_norm` of the patch mean, CLS concatenated with the patch mean, or
+            the attention pool's output.
         """
         super().__init__(config)
         self.embeddings = ViTAccelEmbeddings(config)
+        eps = config.layer_norm_eps
+        self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=eps) if config.pre_norm else None
         depth = config.num_hidden_layers
         rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         self.layers = nn.ModuleList(ViTAccelLayer(config, drop_path=rate) for rate in rates)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.pooler = ViTAccelPooler(config) if add_pooling_layer else None
+        pooling = config.pooling
+        # Average pooling normalises the pooled features (`fc_norm`) in place of the tokens, as MAE and timm do.
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=eps) if pooling != "mean" else None
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=eps) if pooling == "mean" else None
+        self.attention_pool = ViTAccelAttentionPool(config) if pooling == "map" else None
+        self.pooler = ViTAccelPooler(config) if add_pooling_layer and pooling == "cls" else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -473,10 +592,14 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
         # Recorded outputs need every token of every block; a prebuilt flex BlockMask cannot be cut to the CLS query.
         cls_token_only = cls_token_only and not (output_attentions or output_hidden_states)
         cls_token_only = cls_token_only and (attention_mask is None or isinstance(attention_mask, torch.Tensor))
+        # Only a head that reads the CLS token alone can skip the other tokens in the last block.
+        cls_token_only = cls_token_only and self.config.pooling == "cls"
 
         # Inputs arrive as float32 from most pipelines; the weights decide the compute dtype (bf16 under DeepSpeed).
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        if self.pre_layernorm is not None:
+            hidden_states = self.pre_layernorm(hidden_states)
         if attention_mask is None:
             # No padding: every backend attends to all tokens without a mask (flex would build an all-true BlockMask).
             mask = None
@@ -495,9 +618,20 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
                 )
             else:
                 hidden_states = layer(hidden_states, mask, **kwargs)
-        sequence_output = self.layernorm(hidden_states)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
+        sequence_output = self.layernorm(hidden_states) if self.layernorm is not None else hidden_states
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=self._pool(sequence_output))
+
+    def _pool(self, sequence_output: torch.Tensor) -> torch.Tensor | None:
+        """The features of `config.pooling` (None for `"cls"` without a pooler: the CLS token itself is read)."""
+        pooling = self.config.pooling
+        if pooling == "cls":
+            return self.pooler(sequence_output) if self.pooler is not None else None
+        if pooling == "map":
+            return self.attention_pool(sequence_output)
+        patches = sequence_output[:, self.config.num_prefix_tokens :].mean(dim=1)
+        if pooling == "mean":
+            return self.fc_norm(patches)
+        return torch.cat((sequence_output[:, 0], patches), dim=-1)  # "cls_mean"
 
     def _cls_query_mask(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The attention mask of a block whose only query is the CLS token, for the configured backend."""
@@ -514,7 +648,8 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
 
 
 class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
-    """ViT with a linear classifier on the CLS token (behind `pre_logits` when `representation_size` is set)."""
+    """ViT with a linear classifier on the features `config.pooling` names: the CLS token (behind `pre_logits` when
+    `representation_size` is set), the normalised patch mean, CLS and patch mean side by side, or the attention pool."""
 
     def __init__(self, config: ViTAccelConfig):
         super().__init__(config)
@@ -522,7 +657,7 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
         # Google's `pre_logits` is the pooler: kept (as `vit.pooler.dense`) only when `representation_size` asks for
         # it, so the classifier reads the pooled output in that case and the CLS token otherwise.
         self.vit = ViTAccelModel(config, add_pooling_layer=config.representation_size is not None)
-        features = config.representation_size or config.hidden_size
+        features = config.representation_size or config.hidden_size * (2 if config.pooling == "cls_mean" else 1)
         self.classifier = nn.Linear(features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
@@ -541,8 +676,9 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
                 multi-hot `(batch, num_labels)` for multi-label, or float targets for regression (`num_labels == 1`).
                 The kind follows `config.problem_type`, inferred as transformers does when unset.
         """
-        # The classifier reads the CLS token alone, so the last block runs on that token only (the model skips it when
-        # hidden states or attention maps are asked for): the same logits for about 1/depth less work and memory.
+        # A classifier that reads the CLS token alone lets the last block run on that token only (the model skips it
+        # when hidden states or attention maps are asked for, or for another pooling): the same logits for about
+        # 1/depth less work and memory.
         outputs: BaseModelOutputWithPooling = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,

@@ -8,7 +8,8 @@ Importing this package (vit_accel does) installs `loading.from_pretrained` as
 repo) of ours goes down transformers' standard path.
 
 One module per format, each with the same surface (`detect`, `read` into our names, `write` from our names):
-`google_npz`, `timm_state_dict`, `transformers_vit`, `native` (ours). Around them: `files` (containers: sniffing,
+`google_npz`, `timm_state_dict`, `transformers_vit`, `native` (ours), and for the later ViT families
+`timm_families` and `transformers_families`. Around them: `files` (containers: sniffing,
 safe reads, the streaming safetensors writer), `sources` (named variants, local paths, the Hub), `policy` (head,
 pre_logits/pooler, position-embedding resampling: the fine-tuning policy), `loading` (the `from_pretrained` entry
 point and its keywords), `conversion` (`convert`, `export`), `graph_export` (ONNX, ExportedProgram), `download`.

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from . import graph_export, native, policy, timm_state_dict, transformers_vit
+from . import graph_export, native, policy, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json
 from .loading import split_keywords
@@ -104,6 +104,8 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
             cfg = read_json(folder / "config.json").get("pretrained_cfg") or {}
             if cfg.get("mean") and cfg.get("std"):
                 return {"image_mean": list(cfg["mean"]), "image_std": list(cfg["std"])}
+        if checkpoint.format == "transformers":  # a family saved without its processor: the family's own
+            return transformers_families.default_processor(folder)
         return None
     if checkpoint.format == "transformers" and not folder.exists():  # a Hub repo id
         try:
@@ -170,9 +172,15 @@ def export(
         graph_export.require_onnx_exporter()  # before loading anything
     model = model_or_dir if source is None else ViTAccelForImageClassification.from_pretrained(source)
     if to == "transformers":
+        if timm_families.is_family(model.config):
+            raise UserError(
+                f"export --to transformers writes transformers' ViT, which has none of this model's family options "
+                f"({', '.join(timm_families.family_options(model.config))}); export --to timm, onnx or "
+                "exported-program instead."
+            )
         transformers_vit.write(model, out_dir)
     elif to == "timm":
-        timm_state_dict.write(model, out_dir)
+        (timm_families if timm_families.is_family(model.config) else timm_state_dict).write(model, out_dir)
     elif to == "onnx":
         graph_export.write_onnx(model, out_dir)
         model.config.save_pretrained(out_dir)

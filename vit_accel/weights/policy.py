@@ -74,8 +74,16 @@ def infer_config_fields(checkpoint: Checkpoint) -> dict[str, Any]:
     return fields
 
 
+def prefix_positions(checkpoint: Checkpoint) -> int:
+    """Rows of the checkpoint's position table before the patch grid's (the CLS token's, in Google's ViT)."""
+    fields = checkpoint.config
+    if not fields.get("prefix_position_embeddings", True):
+        return 0
+    return int(fields.get("use_cls_token", True)) + int(fields.get("num_register_tokens", 0))
+
+
 def source_grid(checkpoint: Checkpoint) -> tuple[int, int]:
-    num_positions = checkpoint.state_dict[POS_KEY].shape[1] - 1
+    num_positions = checkpoint.state_dict[POS_KEY].shape[1] - prefix_positions(checkpoint)
     side = math.isqrt(num_positions)
     if side * side != num_positions:
         raise CheckpointError(f"{checkpoint.source}: {num_positions} position embeddings do not form a square grid.")
@@ -240,11 +248,13 @@ def adapt_state_dict(
     if POS_KEY in sd:
         pos = sd[POS_KEY]
         new_grid = config.grid_size
-        if pos.shape[1] != new_grid[0] * new_grid[1] + 1 or source_grid(checkpoint) != new_grid:
+        prefix = prefix_positions(checkpoint)
+        if pos.shape[1] != new_grid[0] * new_grid[1] + prefix or source_grid(checkpoint) != new_grid:
             sd[POS_KEY] = resample_position_embeddings(
                 pos,
                 new_grid,
                 old_grid=source_grid(checkpoint),
+                num_prefix_tokens=prefix,
                 mode=resample_mode or checkpoint.resample_mode,
                 antialias=checkpoint.resample_antialias if resample_antialias is None else resample_antialias,
             )

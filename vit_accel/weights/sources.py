@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
-from . import download, google_npz, native, timm_state_dict, transformers_vit
+from . import download, google_npz, native, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
 
@@ -26,8 +26,8 @@ ACCEPTED = (
     ".safetensors), a transformers ViT directory or Hub id, a safetensors file or directory of ViTAccel"
 )
 # Tensor files are told apart by their names, in this order: our names are also transformers' v5 in-memory names.
-TENSOR_FORMATS = (timm_state_dict, native, transformers_vit)
-DIRECTORY_FORMATS = (native, transformers_vit, timm_state_dict)
+TENSOR_FORMATS = (timm_families, timm_state_dict, native, transformers_vit)
+DIRECTORY_FORMATS = (native, transformers_vit, transformers_families, timm_families, timm_state_dict)
 
 
 @dataclass

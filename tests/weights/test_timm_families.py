@@ -1,0 +1,185 @@
+"""timm's ViT families (DINOv2, DINOv2 with registers, DeiT III, CLIP, SigLIP, MAE's average pooling) in timm's Hub
+layout: logits against timm itself at the native and a resampled resolution, the round trip back to timm, refusals."""
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models import save_for_hf
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+from vit_accel import ViTAccelForImageClassification, ViTAccelModel
+from vit_accel.errors import UserError
+from vit_accel.weights import CheckpointError, convert, export, read_checkpoint
+
+ATOL = 1e-4
+
+# (timm model name, extra kwargs, patch size, resolution, resampled resolution, what our config must say)
+FAMILIES = {
+    "dinov2": (
+        "vit_small_patch14_dinov2",
+        {},
+        14,
+        28,
+        42,
+        {"layer_scale_init_value": 1e-5, "num_register_tokens": 0, "prefix_position_embeddings": True},
+    ),
+    "dinov2-reg4": (
+        "vit_small_patch14_reg4_dinov2",
+        {},
+        14,
+        28,
+        42,
+        {"num_register_tokens": 4, "prefix_position_embeddings": False},
+    ),
+    "deit3": (
+        "deit3_small_patch16_224",
+        {},
+        8,
+        32,
+        48,
+        {"layer_scale_init_value": 1e-6, "prefix_position_embeddings": False},
+    ),
+    "clip": (
+        "vit_base_patch16_clip_224",
+        {},
+        8,
+        32,
+        48,
+        {"pre_norm": True, "patch_embedding_bias": False, "layer_norm_eps": 1e-5, "hidden_act": "gelu"},
+    ),
+    "clip-quickgelu": ("vit_base_patch16_clip_quickgelu_224", {}, 8, 32, 48, {"hidden_act": "quick_gelu"}),
+    "siglip": ("vit_base_patch16_siglip_224", {}, 8, 32, 48, {"use_cls_token": False, "pooling": "map"}),
+    "siglip-gelu-tanh": ("vit_base_patch32_siglip_256", {}, 8, 32, 48, {"hidden_act": "gelu_pytorch_tanh"}),
+    "mae-avg": ("vit_base_patch16_224.mae", {"global_pool": "avg"}, 8, 32, 48, {"pooling": "mean"}),
+}
+
+
+def timm_family(name, kwargs, patch, size, num_classes=5):
+    torch.manual_seed(0)
+    model = timm.create_model(
+        name,
+        pretrained=False,
+        img_size=size,
+        patch_size=patch,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        num_classes=num_classes,
+        **kwargs,
+    )
+    with torch.no_grad():  # random everywhere (LayerScale, registers, the pool's query) makes the comparison meaningful
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request, tmp_path):
+    name, kwargs, patch, size, resampled, expected = FAMILIES[request.param]
+    reference = timm_family(name, kwargs, patch, size)
+    folder = tmp_path / request.param
+    save_for_hf(reference, folder, safe_serialization=request.param != "deit3")  # deit3: pytorch_model.bin
+    return request.param, reference, folder, (name, kwargs, patch, size, resampled, expected)
+
+
+def test_family_logits_match_timm_with_its_head(family):
+    key, reference, folder, (_, _, _, size, _, expected) = family
+    ours = ViTAccelForImageClassification.from_pretrained(folder)
+    for field, value in expected.items():
+        assert getattr(ours.config, field) == value, field
+    assert read_checkpoint(folder).format == "timm"
+    pixels = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
+        if ours.config.pooling == "cls":  # the CLS-only last block is the classifier's: its logits are the same
+            full = ours.vit(pixels).last_hidden_state[:, 0]
+            torch.testing.assert_close(ours.classifier(full), reference(pixels), atol=ATOL, rtol=0)
+
+
+def test_family_bare_model_gives_timm_features(family):
+    _, reference, folder, (_, _, _, size, _, _) = family
+    ours = ViTAccelModel.from_pretrained(folder)
+    pixels = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        out = ours(pixels)
+        torch.testing.assert_close(out.last_hidden_state, reference.forward_features(pixels), atol=ATOL, rtol=0)
+        if ours.config.pooling != "cls":
+            pooled = reference.forward_head(reference.forward_features(pixels), pre_logits=True)
+            torch.testing.assert_close(out.pooler_output, pooled, atol=ATOL, rtol=0)
+
+
+def test_family_resampled_like_timm(family):
+    _, reference, folder, (name, kwargs, patch, _, resampled, _) = family
+    target = timm_family(name, kwargs, patch, resampled)
+    # timm's own path for weights of another resolution: bicubic with antialias, prefix positions kept
+    target.load_state_dict(checkpoint_filter_fn(reference.state_dict(), target))
+    ours = ViTAccelForImageClassification.from_pretrained(folder, image_size=resampled)
+    pixels = torch.randn(2, 3, resampled, resampled)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixels).logits, target(pixels), atol=ATOL, rtol=0)
+
+
+def test_family_export_to_timm_round_trip_is_exact(family, tmp_path):
+    key, reference, folder, (_, _, _, size, _, _) = family
+    ours = ViTAccelForImageClassification.from_pretrained(folder)
+    out = export(ours, tmp_path / "timm_out", to="timm")
+    meta = json.loads((out / "config.json").read_text())
+    rebuilt = timm.create_model(meta["architecture"], pretrained=False, **meta["model_args"]).eval()
+    rebuilt.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+    theirs = rebuilt.state_dict()
+    assert set(theirs) == set(reference.state_dict())
+    for name, value in reference.state_dict().items():
+        assert torch.equal(theirs[name], value), name
+    pixels = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(pixels), reference(pixels), atol=ATOL, rtol=0)
+
+
+def test_family_convert_writes_its_preprocessing(family, tmp_path):
+    _, reference, folder, _ = family
+    convert(folder, tmp_path / "ours")
+    processor = json.loads((tmp_path / "ours" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == list(reference.pretrained_cfg["mean"])
+    assert processor["image_std"] == list(reference.pretrained_cfg["std"])
+    reloaded = ViTAccelForImageClassification.from_pretrained(tmp_path / "ours")
+    pixels = torch.randn(1, 3, reference.patch_embed.img_size[0], reference.patch_embed.img_size[1])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
+
+
+def test_family_export_to_transformers_vit_is_refused_before_writing(family, tmp_path):
+    _, _, folder, _ = family
+    ours = ViTAccelForImageClassification.from_pretrained(folder)
+    with pytest.raises(UserError, match=r"export --to transformers writes transformers' ViT, .*family options \("):
+        export(ours, tmp_path / "hf", to="transformers")
+    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())
+
+
+def test_bare_family_state_dict_is_refused_in_one_line(tmp_path):
+    reference = timm_family("vit_small_patch14_reg4_dinov2", {}, 14, 28)
+    save_file(reference.state_dict(), tmp_path / "dinov2.safetensors")
+    with pytest.raises(CheckpointError, match=r"dinov2\.safetensors: a timm state dict of a ViT family .*save_for_hf"):
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov2.safetensors")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, what",
+    [
+        ("eva02_tiny_patch14_224", {"img_size": 28, "patch_size": 14}, "EVA-02"),
+        ("vit_small_patch16_dinov3", {"img_size": 32, "patch_size": 16}, "DINOv3"),
+        ("aimv2_large_patch14_224", {"img_size": 28, "patch_size": 14}, "AIMv2"),
+        ("naflexvit_base_patch16_siglip", {}, "NaFlex"),
+    ],
+)
+def test_families_not_supported_yet_are_refused_by_name(tmp_path, name, kwargs, what):
+    model = timm.create_model(name, pretrained=False, embed_dim=64, depth=1, num_heads=4, **kwargs)
+    save_for_hf(model, tmp_path / "dir", safe_serialization=True)
+    with pytest.raises(CheckpointError, match=rf"{name}.* is {what}.*cannot load yet") as error:
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "dir")
+    assert "\n" not in str(error.value)
+    save_file(model.state_dict(), tmp_path / "bare.safetensors")
+    with pytest.raises(CheckpointError, match=r"bare\.safetensors: .*cannot load yet"):
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "bare.safetensors")
