@@ -429,7 +429,10 @@ def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True
     check_seed(seed)
     if args.streaming:
         # A caller that has not been taught to stream must not load the shards whole instead.
-        raise UserError("--streaming: this command reads datasets whole; stream through vit_accel.data.streaming.")
+        raise UserError(
+            "--streaming: this command loads datasets whole and cannot stream; drop --streaming (a folder of parquet "
+            "shards also loads whole), or stream from Python with vit_accel.data.streaming."
+        )
     if for_training and args.train_dir is not None and args.validation_dir is not None:
         _check_distinct_folders(args.train_dir, args.validation_dir)
     raw = _load(args)
