@@ -41,6 +41,7 @@ from pathlib import Path
 
 import datasets
 import fsspec
+import fsspec.asyn
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -621,6 +622,10 @@ class StreamingImageDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         physical, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if info is not None:
+            # A forked worker inherits fsspec's event-loop lock; remote reads would wait on it forever (🤗 datasets
+            # resets it the same way in its own worker path, which `.iter` bypasses).
+            fsspec.asyn.reset_lock()
         # A DataLoader asks its workers for batches in turn from worker 0; a loader resumed at batch s must start
         # with the worker that produces batch s, so worker ids are rotated by s.
         worker = (physical + self.start_batch) % workers
