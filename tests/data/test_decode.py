@@ -24,8 +24,10 @@ def jpeg_bytes(array: np.ndarray, quality: int = 90) -> bytes:
 
 @pytest.fixture(scope="module")
 def photo() -> bytes:
-    """A real 427x640 photo (scikit-learn's sample), as a JPEG: the size of an ImageNet-like training image."""
-    return jpeg_bytes(load_sample_images().images[0])
+    """A real photo (scikit-learn's 427x640 sample) enlarged to 854x1280, as a JPEG: large enough that most 224-px
+    random-resized crops allow a reduced DCT scale."""
+    image = PIL.Image.fromarray(load_sample_images().images[0])
+    return jpeg_bytes(np.asarray(image.resize((1280, 854), PIL.Image.Resampling.BICUBIC)))
 
 
 def both(pipeline, encoded, seed):
@@ -49,7 +51,7 @@ def test_same_crops_and_flips_as_the_full_decode(photo, preset, monkeypatch):
     monkeypatch.setattr(v2.RandomResizedCrop, "make_params", record)
     pipeline = build_pipeline(preset, 224, HALF, HALF, train=True)
     differences = []
-    for seed in range(24):
+    for seed in range(12):
         recorded.clear()
         full, fast = both(pipeline, photo, seed)
         assert len(recorded) == 2 and recorded[0] == recorded[1]
@@ -58,9 +60,10 @@ def test_same_crops_and_flips_as_the_full_decode(photo, preset, monkeypatch):
         flipped = (full.float() - fast.flip(-1).float()).abs().mean().item()
         differences.append(difference)
         if preset == "inception":
-            assert difference < 6.0 and difference < flipped / 2  # same region, same orientation
+            assert difference < 3.0 and difference < flipped / 5  # same region, same orientation
     if preset == "inception":
-        assert np.mean(differences) < 3.0
+        assert np.mean(differences) < 1.5
+        assert sum(d > 0 for d in differences) >= 3  # the reduced scale was really used
 
 
 def test_bitwise_equal_where_no_reduced_scale_is_used():
@@ -79,7 +82,7 @@ def test_crop_statistics_match_torchvisions(photo):
     the crops (a function of where and how large they are) and the flip rate agree with the full decode's."""
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     full_means, fast_means = [], []
-    for seed in range(100, 160):
+    for seed in range(100, 140):
         full, fast = both(pipeline, photo, seed)
         full_means.append(full.float().mean().item())
         fast_means.append(fast.float().mean().item())
