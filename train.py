@@ -65,6 +65,7 @@ from vit_accel.training.model import build_model, save_final_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
     check_hub_repo,
+    check_metric_cache,
     check_model_source,
     check_output_dir,
     check_precision_and_accumulation,
@@ -359,6 +360,7 @@ def train(argv: list[str] | None) -> dict:
     check_precision_and_accumulation(accelerator, args.gradient_accumulation_steps)
     methods.check_accelerator(accelerator, args)
     check_model_source(model_args.model_name_or_path, model_args.from_scratch, model_args.attn_implementation)
+    check_metric_cache()
     if args.hub_token:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     settings = resume_settings((model_args, data_args, args), accelerator.num_processes)

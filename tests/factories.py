@@ -44,6 +44,34 @@ def png_bytes(array, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def write_exif_rotated_pair(folder, seed: int = 0, size: tuple[int, int] = (16, 16)) -> tuple:
+    """A JPEG whose pixels are stored turned, with EXIF Orientation 6 (a phone held upright), and its upright copy.
+
+    The copy is the JPEG's own decoded pixels turned upright and saved losslessly (PNG), so the two hold exactly the
+    same image once the orientation is applied. Returns (jpeg path, png path)."""
+    import numpy as np
+    import PIL.Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Smooth gradients plus noise: a picture whose four turns differ everywhere, not a symmetric pattern.
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x * y) % 256], axis=-1)
+    noise = np.random.default_rng(seed).integers(0, 40, size=base.shape)
+    upright = PIL.Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+    exif = PIL.Image.Exif()
+    exif[PIL.Image.ExifTags.Base.Orientation] = 6  # "rotate 90 CW to display": the sensor's pixels are turned CCW
+    jpeg = folder / f"photo{seed}.jpg"
+    upright.transpose(PIL.Image.Transpose.ROTATE_90).save(jpeg, exif=exif, quality=95)
+    with PIL.Image.open(jpeg) as stored:
+        assert stored.getexif()[PIL.Image.ExifTags.Base.Orientation] == 6
+        turned = stored.transpose(PIL.Image.Transpose.ROTATE_270)  # what Orientation 6 means, by hand
+    png = folder / f"photo{seed}_upright.png"
+    turned.save(png)
+    return jpeg, png
+
+
 def cifar100_dataset(num: int, seed: int = 0, num_fine: int = 100):
     """uoft-cs/cifar100's schema: `img` (PNG bytes), `fine_label` (ClassLabel 100), `coarse_label` (20)."""
     from datasets import ClassLabel, Dataset, Features, Image

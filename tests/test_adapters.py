@@ -202,3 +202,81 @@ def test_fresh_process_loads_the_adapter_directory(saved_adapter, loader):
     result = subprocess.run([sys.executable, "-c", script], cwd=saved_adapter, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+def test_an_adapter_whose_base_was_retrained_in_place_is_refused_naming_both(
+    trained_run, digit_images, run_train, tmp_path, capsys
+):
+    import shutil
+
+    from launching import tiny_args
+
+    from vit_accel.cli import main as vit_accel
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    shutil.copytree(trained_run, base, ignore=shutil.ignore_patterns("checkpoint-*"))
+    argv = tiny_args(
+        trained_run.parent / "digits", adapter, "--peft", "lora", "--lora_r", "4", "--max_train_steps", "2"
+    )
+    argv.remove("--from_scratch")
+    argv[argv.index("--model_name_or_path") + 1] = str(base)
+    code, err = run_train(argv)
+    assert code == 0, err[-3000:]
+    record = json.loads((adapter / "adapter_base.json").read_text())
+    assert record["base"] == str(base.resolve()) and len(record["weights_xxh3_64"]) == 16
+    image = str(digit_images[0])
+    assert vit_accel(["predict", "--model", str(adapter), "--json", image]) == 0
+    before = json.loads(capsys.readouterr().out)
+
+    # The base retrained in place: same architecture, same files, other weights.
+    retrained = ViTAccelForImageClassification.from_pretrained(base)
+    with torch.no_grad():
+        retrained.vit.layers[0].mlp.fc1.weight.add_(0.05)
+    retrained.save_pretrained(base)
+    for command in (["predict", "--model", str(adapter), image],
+                    ["evaluate", "--model", str(adapter), "--validation_dir", str(tmp_path / "nowhere")]):  # fmt: skip
+        if command[0] == "evaluate":
+            (tmp_path / "nowhere" / "3").mkdir(parents=True)
+            shutil.copy(image, tmp_path / "nowhere" / "3" / "a.png")
+            command += ["--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0"]
+        assert vit_accel(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"{adapter}: its base {base.resolve()} has other weights" in err, err
+        assert record["weights_xxh3_64"] in err and "--allow_changed_base" in err
+    assert not (tmp_path / "eval" / "eval_results.json").exists()
+    with pytest.raises(UserError, match="has other weights than the ones the adapter was trained on"):
+        load_adapter_classifier(adapter)
+    with pytest.warns(UserWarning, match="used anyway"):
+        load_adapter_classifier(adapter, allow_changed_base=True)
+    assert vit_accel(["predict", "--model", str(adapter), "--json", "--allow_changed_base", image]) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after[0]["predictions"] != before[0]["predictions"]  # the changed base does change the scores
+
+
+def test_the_classifier_as_a_lora_target_is_refused_naming_the_layers_that_can_be(run_train, tmp_path):
+    from launching import tiny_args
+
+    for targets in ("classifier", "q_proj,classifier"):
+        with pytest.raises(UserError, match=r"the classifier always trains in full .* targets are fc1, fc2, k_proj"):
+            apply_lora(_base(), r=4, target_modules=parse_target_modules(targets))
+    # train.py says so before reading the data (the dataset named here does not exist).
+    argv = tiny_args(tmp_path / "no_such_dataset", tmp_path / "out", "--peft", "lora", "--lora_target_modules",
+                     "classifier")  # fmt: skip
+    argv.remove("--from_scratch")
+    code, err = run_train(argv)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "--lora_target_modules classifier: the classifier always trains in full" in line, err
+    assert "o_proj" in line and "q_proj" in line and not (tmp_path / "out").exists()
+
+
+def test_an_adapter_whose_base_is_gone_says_so(tmp_path):
+    from vit_accel.adapters import base_identity
+
+    _base().save_pretrained(tmp_path / "base")
+    model = apply_lora(ViTAccelForImageClassification.from_pretrained(tmp_path / "base"), r=2,
+                       base_model_name_or_path=base_model_reference(str(tmp_path / "base")))  # fmt: skip
+    save_adapter(model, tmp_path / "adapter", base=base_identity(str(tmp_path / "base")))
+    load_adapter_classifier(tmp_path / "adapter")  # the base as trained on: loads
+    (tmp_path / "base").rename(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"adapter: its base .*/base \(named in adapter_config.json\) no longer exists"):
+        load_adapter_classifier(tmp_path / "adapter")

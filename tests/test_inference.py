@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from factories import ROOT
+from factories import ROOT, write_exif_rotated_pair
 
 from vit_accel.cli import main as cli
 
@@ -169,3 +169,30 @@ def test_evaluate_draws_the_training_runs_own_hold_out_of_a_dataset_without_an_e
     assert given == recorded and "--train_val_split 0.3 (given), --seed 3 (given)" in err
     other, _ = evaluate("--seed", "4")  # another draw of the same size: other images, another loss
     assert other["num_examples"] == 431 and other["loss"] != recorded["loss"]
+
+
+def test_a_photo_with_exif_orientation_is_seen_upright_by_predict_evaluate_and_the_pipeline(
+    trained_run, tmp_path, capsys
+):
+    from transformers import pipeline
+
+    jpeg, png = write_exif_rotated_pair(tmp_path / "files")  # 16x16: the model's size, so no resampling differs
+    assert cli(["predict", "--model", str(trained_run), "--json", "--top_k", "10", str(jpeg), str(png)]) == 0
+    photo, upright = (item["predictions"] for item in json.loads(capsys.readouterr().out))
+    assert [p["label"] for p in photo] == [p["label"] for p in upright]
+    assert [p["score"] for p in photo] == pytest.approx([p["score"] for p in upright], abs=1e-6)
+    # transformers' pipeline with the saved image processor, on the photo itself.
+    served = pipeline("image-classification", model=str(trained_run))(str(jpeg), top_k=10)
+    assert [p["label"] for p in served] == [p["label"] for p in upright]
+    assert [p["score"] for p in served] == pytest.approx([p["score"] for p in upright], abs=1e-4)
+    # vit-accel evaluate (the training run's evaluation reads the same way): the same loss for either file.
+    losses = []
+    for name, path in (("photo", jpeg), ("upright", png)):
+        for label in ("3", "5"):  # two of the model's classes, one image each
+            (tmp_path / name / label).mkdir(parents=True)
+            (tmp_path / name / label / path.name).write_bytes(path.read_bytes())
+        out = tmp_path / f"eval_{name}"
+        argv = ["evaluate", "--model", str(trained_run), "--validation_dir", str(tmp_path / name)]
+        assert cli([*argv, "--output_dir", str(out), "--dataloader_num_workers", "0"]) == 0, capsys.readouterr().err
+        losses.append(json.loads((out / "eval_results.json").read_text())["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)

@@ -8,6 +8,8 @@ model has it. What a run leaves:
   absolute path for a local base, else the Hub id or variant name given);
 - `classifier_config.json`: the configuration of the model the adapter was trained on (labels, image size), so the
   base can be rebuilt with the right head whatever head the base itself has;
+- `adapter_base.json`: what identifies the base's weights (an xxh3-64 digest of a local base's weight files, taken
+  when training started), so that loading refuses a base retrained or replaced since;
 - the image processor and a model card saying how to load it;
 - with `--merge_adapter`, `merged/`: the base with the adapter folded in, a plain model directory.
 
@@ -29,6 +31,9 @@ from .errors import UserError
 
 ADAPTER_CONFIG = "adapter_config.json"
 CLASSIFIER_CONFIG = "classifier_config.json"
+BASE_RECORD = "adapter_base.json"
+# The files a base's weights are read from, in a local directory (a local file is its own weights).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
 MERGED_DIR = "merged"
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 PEFT_METHODS = ("lora",)
@@ -53,6 +58,13 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | str) -> N
         return
     linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     available = sorted({name.rsplit(".", 1)[-1] for name in linear if name != "classifier"})
+    # The classifier is peft's `modules_to_save` (trained in full); peft finds no layer left to adapt under that name.
+    head = [t for t in target_modules if t == "classifier" or t.endswith(".classifier")]
+    if head:
+        raise UserError(
+            f"--lora_target_modules {head[0]}: the classifier always trains in full with --peft lora, so it takes no "
+            f"LoRA update; the linear layers that can be targets are {', '.join(available)} (or all-linear)."
+        )
     unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in linear)]
     if unmatched:
         raise UserError(
@@ -117,6 +129,64 @@ def base_model_reference(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
+def base_identity(source: str) -> dict | None:
+    """What identifies a local base's weights: `{"base": <absolute path>, "weights_xxh3_64": <digest>}`, the digest
+    over the names and contents of its weight files (the file itself, or a directory's top-level `*.safetensors`,
+    `*.bin`, `*.pth`, `*.pt`, `*.npz`). None for a Hub id or named variant, which are not rewritten in place."""
+    import xxhash
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    path = path.resolve()
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    )
+    digest = xxhash.xxh3_64()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 24):  # 16 MiB: about memory speed
+                digest.update(chunk)
+    return {"base": str(path), "weights_xxh3_64": digest.hexdigest()}
+
+
+def check_base(adapter_dir: str | Path, base: str, allow_changed_base: bool = False) -> None:
+    """Refuse a base whose weights are not those the adapter was trained on (`adapter_base.json`), naming both.
+
+    Refused rather than warned about: an adapter's low-rank updates are deltas of particular weights, and on others
+    its outputs look plausible and are wrong. `allow_changed_base=True` (`--allow_changed_base`) uses it anyway, with
+    a warning. An adapter without the record (written before it existed) is not checked."""
+    record_file = Path(adapter_dir) / BASE_RECORD
+    if not record_file.is_file():
+        return
+    try:
+        recorded = json.loads(record_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{record_file} is not valid JSON ({error}).") from error
+    if not isinstance(recorded, dict) or not recorded.get("weights_xxh3_64"):
+        return
+    now = base_identity(base)
+    if now is not None and now["weights_xxh3_64"] == recorded["weights_xxh3_64"]:
+        return
+    if now is None:
+        message = (
+            f"{adapter_dir}: its base {base} (named in {ADAPTER_CONFIG}) no longer exists; the adapter was trained on "
+            f"weights of xxh3-64 {recorded['weights_xxh3_64']} ({record_file})"
+        )
+    else:
+        message = (
+            f"{adapter_dir}: its base {base} has other weights than the ones the adapter was trained on (xxh3-64 "
+            f"{recorded['weights_xxh3_64']} in {record_file}, now {now['weights_xxh3_64']}): retrained or replaced "
+            "since"
+        )
+    if not allow_changed_base:
+        raise UserError(f"{message}. Restore that base, or pass --allow_changed_base (allow_changed_base=True).")
+    import warnings
+
+    warnings.warn(f"{message}; used anyway (allow_changed_base).", stacklevel=3)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; peft's copy of the classifier counts once, as the trained one."""
     trainable = total = 0
@@ -131,8 +201,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(model: nn.Module, output_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write the adapter (`adapter_model.safetensors`, `adapter_config.json`) and `classifier_config.json`.
+def save_adapter(
+    model: nn.Module,
+    output_dir: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    base: dict | None = None,
+) -> Path:
+    """Write the adapter (`adapter_model.safetensors`, `adapter_config.json`), `classifier_config.json` and, for a
+    local base, `adapter_base.json` (`base`: its `base_identity`, taken when the base was loaded).
 
     `model` is the peft model (unwrapped); `state_dict` the full state dict where it had to be gathered (ZeRO-3).
     """
@@ -141,6 +217,8 @@ def save_adapter(model: nn.Module, output_dir: str | Path, state_dict: dict[str,
     model.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
     config = model.get_base_model().config
     (output_dir / CLASSIFIER_CONFIG).write_text(config.to_json_string())
+    if base is not None:
+        (output_dir / BASE_RECORD).write_text(json.dumps(base, indent=2) + "\n")
     return output_dir
 
 
@@ -165,10 +243,12 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return base
 
 
-def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True) -> nn.Module:
+def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True, allow_changed_base: bool = False) -> nn.Module:
     """The classifier an adapter directory describes: its base, rebuilt with the adapter's head, plus the adapter.
 
     With `merge` the adapter is folded in (faster inference, a plain model); otherwise a `PeftModel` is returned.
+    A local base whose weights changed since the adapter was trained is refused (`check_base`) unless
+    `allow_changed_base=True`.
     """
     from peft import PeftModel
 
@@ -177,6 +257,7 @@ def load_adapter_classifier(adapter_dir: str | Path, merge: bool = True) -> nn.M
 
     adapter_dir = Path(adapter_dir)
     base = adapter_base(adapter_dir)
+    check_base(adapter_dir, base, allow_changed_base)
     kwargs = {}
     if (adapter_dir / CLASSIFIER_CONFIG).is_file():
         kwargs = {"config": ViTAccelConfig.from_json_file(str(adapter_dir / CLASSIFIER_CONFIG))}

@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top_k", type=int, default=5, help="labels per image (at most the model's labels)")
     predict.add_argument("--batch_size", type=int, default=32)
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.add_argument("--allow_changed_base", action="store_true", help=_ALLOW_CHANGED_BASE)
     predict.set_defaults(func=_predict)
 
     evaluate = commands.add_parser(
@@ -197,8 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         "training_args.json, else 42",
     )
     evaluate.add_argument("--output_dir", default="outputs/eval", help="where eval_results.json and the PNG go")
+    evaluate.add_argument("--allow_changed_base", action="store_true", help=_ALLOW_CHANGED_BASE)
     evaluate.set_defaults(func=_evaluate)
     return parser
+
+
+_ALLOW_CHANGED_BASE = (
+    "for an adapter: use its base even though the base's weights changed since the adapter was trained (refused "
+    "otherwise)"
+)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -207,7 +215,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .inference import predict
 
-    results = predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    results = predict(
+        args.model, args.images, top_k=args.top_k, batch_size=args.batch_size,
+        allow_changed_base=args.allow_changed_base,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -225,6 +236,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .data import DataArguments
     from .inference import evaluate, evaluation_split, prepare_output_dir, recorded_split_settings, write_evaluation
+    from .training.preflight import check_metric_cache
 
     if args.dataset_name is None and args.validation_dir is None:
         raise UserError("Give the data to evaluate on: --dataset_name or --validation_dir.")
@@ -235,6 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if folder is not None and not Path(folder).is_dir():
         raise UserError(f"--validation_dir {folder}: no such directory.")
     output_dir = prepare_output_dir(args.output_dir)
+    check_metric_cache()
     # A dataset without an evaluation split is evaluated on a hold-out of its training split: only the training run's
     # own fraction and seed give back its held-out images (others mix training images in).
     recorded, record_file = recorded_split_settings(args.model)
@@ -280,7 +293,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             line += f", at most {args.max_eval_samples} examples drawn with --seed {seed} ({seed_origin})"
     if accelerator.is_main_process:
         print(f"vit-accel evaluate: {line}", file=sys.stderr)
-    result = evaluate(args.model, data_args, batch_size=args.batch_size, seed=seed, accelerator=accelerator)
+    result = evaluate(
+        args.model, data_args, batch_size=args.batch_size, seed=seed, accelerator=accelerator,
+        allow_changed_base=args.allow_changed_base,
+    )  # fmt: skip
     if accelerator.is_main_process:
         summary = write_evaluation(result, output_dir)
         print(json.dumps({k: v for k, v in summary.items() if k != "per_class_accuracy"}))

@@ -18,10 +18,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 from .adapters import is_adapter_dir, load_adapter_classifier
 from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
-from .data.transforms import to_rgb
 from .errors import UserError
 from .evaluation import evaluate_classifier
 from .training.preflight import make_writable_dir
+from .weights.kinds import other_kind
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -31,8 +31,11 @@ def _looks_local(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
-def load_classifier(model: str) -> tuple[torch.nn.Module, dict]:
+def load_classifier(model: str, allow_changed_base: bool = False) -> tuple[torch.nn.Module, dict]:
     """An image classifier in eval mode and its preprocessing (`size`, `image_mean`, `image_std`).
+
+    An adapter directory is merged into its base, refused if that base's weights changed since the adapter was
+    trained unless `allow_changed_base` (`vit_accel.adapters.check_base`).
 
     Raises:
         UserError: no such directory or Hub model, a directory without config, weights or image processor, a corrupt
@@ -47,8 +50,11 @@ def load_classifier(model: str) -> tuple[torch.nn.Module, dict]:
         if not (path / "preprocessor_config.json").is_file():
             raise UserError(f"--model {model}: preprocessor_config.json is missing, so the preprocessing is unknown.")
         preprocessing = _preprocessing(str(path), path / "preprocessor_config.json")
-        return load_adapter_classifier(path).eval(), preprocessing
+        return load_adapter_classifier(path, allow_changed_base=allow_changed_base).eval(), preprocessing
     if path.exists():
+        kind = other_kind(path)
+        if kind is not None:
+            raise UserError(f"--model {model}: {kind}.")
         if not path.is_dir():
             raise UserError(f"--model {model}: a file, not a saved model directory.")
         files = {}
@@ -173,7 +179,8 @@ def _preprocessing(model: str, where: Path | str) -> dict:
 def _open_image(path: str) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as image:
-            return to_rgb(image.copy())
+            image.load()
+            return image.copy()  # still with its EXIF orientation, which the pipeline applies (prepare_image)
     except PIL.Image.DecompressionBombError as error:
         # PIL refuses images over twice MAX_IMAGE_PIXELS, which could exhaust memory while decoding.
         raise UserError(f"Cannot read image {path}: {error} Downscale it first.") from error
@@ -181,7 +188,9 @@ def _open_image(path: str) -> PIL.Image.Image:
         raise UserError(f"Cannot read image {path}: {error}") from error
 
 
-def predict(model: str, images: list[str], top_k: int = 5, batch_size: int = 32) -> list[dict]:
+def predict(
+    model: str, images: list[str], top_k: int = 5, batch_size: int = 32, allow_changed_base: bool = False
+) -> list[dict]:
     """Top-k labels with softmax scores for each image path, batched (k is capped at the number of labels)."""
     if top_k < 1:
         raise UserError(f"--top_k must be at least 1, got {top_k}.")
@@ -195,7 +204,7 @@ def predict(model: str, images: list[str], top_k: int = 5, batch_size: int = 32)
         raise UserError(
             f"No such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)." if missing[1:] else ".")
         )
-    classifier, preprocessing = load_classifier(model)
+    classifier, preprocessing = load_classifier(model, allow_changed_base)
     pipeline = build_pipeline(
         "none", preprocessing["size"], preprocessing["image_mean"], preprocessing["image_std"], False
     )
@@ -238,7 +247,12 @@ class EvaluationResult:
 
 
 def evaluate(
-    model: str, data_args: DataArguments, batch_size: int = 64, seed: int = 0, accelerator=None
+    model: str,
+    data_args: DataArguments,
+    batch_size: int = 64,
+    seed: int = 0,
+    accelerator=None,
+    allow_changed_base: bool = False,
 ) -> EvaluationResult:
     """Top-1/top-5, loss, per-class accuracy and the confusion matrix over the dataset's evaluation split.
 
@@ -250,7 +264,7 @@ def evaluate(
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}.")
     accelerator = accelerator or Accelerator()
-    classifier, preprocessing = load_classifier(model)
+    classifier, preprocessing = load_classifier(model, allow_changed_base)
     with accelerator.main_process_first():
         data = load_image_dataset(data_args, seed=seed, for_training=False)
     label2id = {str(name): int(i) for name, i in classifier.config.label2id.items()}

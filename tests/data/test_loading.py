@@ -7,7 +7,14 @@ import pytest
 import torch
 from accelerate import skip_first_batches
 from datasets import ClassLabel, Dataset, Features, Image
-from factories import cifar10_dataset, png_bytes, random_rgb, write_hub_parquet, write_image_folder
+from factories import (
+    cifar10_dataset,
+    png_bytes,
+    random_rgb,
+    write_exif_rotated_pair,
+    write_hub_parquet,
+    write_image_folder,
+)
 
 from vit_accel.data import (
     BadImageError,
@@ -213,3 +220,21 @@ def test_epoch_and_resume_through_accelerate_wrappers(tmp_path):
         assert same(shards[rank][1:], batches(resumed))
     interleaved = [batch for pair in zip(*shards) for batch in pair]
     assert same(reference, interleaved)
+
+
+def test_a_photo_with_exif_orientation_is_read_upright_from_an_image_folder(tmp_path):
+    jpeg, png = write_exif_rotated_pair(tmp_path / "files", size=(20, 16))
+    pixels = {}
+    for name, path in (("photo", jpeg), ("upright", png)):
+        for split in ("train", "val"):
+            (tmp_path / name / split / "cat").mkdir(parents=True)
+            (tmp_path / name / split / "cat" / path.name).write_bytes(path.read_bytes())
+            write_image_folder(tmp_path / name / split, {"dog": 1})
+        folders = DataArguments(train_dir=str(tmp_path / name / "train"), validation_dir=str(tmp_path / name / "val"))
+        data = load_image_dataset(folders, seed=0)
+        pixels[name] = []
+        for split, preset in ((data.train, "randaugment"), (data.validation, "none")):
+            rows = ImageClassificationDataset(split, build_pipeline(preset, 20, HALF, HALF, train=True), 0)
+            pixels[name] += [rows[i]["pixel_values"] for i in range(len(rows))]
+    assert len(pixels["photo"]) == 4
+    assert all(torch.equal(a, b) for a, b in zip(pixels["photo"], pixels["upright"], strict=True))

@@ -4,9 +4,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from factories import random_rgb
+from factories import random_rgb, write_exif_rotated_pair
 
-from vit_accel.data import AUGMENTATIONS, build_pipeline, resize_batch, to_rgb
+from vit_accel.data import AUGMENTATIONS, build_pipeline, prepare_image, resize_batch, to_rgb
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -173,3 +173,21 @@ def test_random_erasing_outside_zero_one_names_the_flag():
 
     with pytest.raises(UserError, match="--random_erasing"):
         build_pipeline("none", 32, MEAN, STD, train=True, random_erasing=1.5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("preset", AUGMENTATIONS)
+def test_a_photo_with_exif_orientation_gets_the_pixels_of_its_upright_copy(preset, train, tmp_path):
+    jpeg, png = write_exif_rotated_pair(tmp_path, size=(24, 16))
+    pipeline = build_pipeline(preset, 24, MEAN, STD, train=train)
+    with PIL.Image.open(jpeg) as photo, PIL.Image.open(png) as upright:
+        assert photo.size == (16, 24) and upright.size == (24, 16)  # stored turned
+        assert torch.equal(pipeline(photo, generator(3)), pipeline(upright, generator(3)))
+        # The same upright pixels as 🤗 datasets' decoding and transformers' load_image give.
+        from datasets import Image
+        from transformers.image_utils import load_image
+
+        decoded = Image().decode_example({"path": str(jpeg), "bytes": None})
+        assert np.array_equal(np.asarray(prepare_image(photo)), np.asarray(decoded.convert("RGB")))
+        assert np.array_equal(np.asarray(prepare_image(photo)), np.asarray(load_image(str(jpeg))))
+        assert np.array_equal(np.asarray(prepare_image(photo)), np.asarray(upright))

@@ -103,9 +103,11 @@ def test_low_cpu_mem_usage_the_converted_tensors_become_the_parameters(tmp_path)
     checkpoint = read_checkpoint(tmp_path / "ours.safetensors")  # memory-mapped tensors
 
     for low in (True, False):  # transformers 5 has one path, meta-device first; so has this one
-        model = ViTAccelForImageClassification.from_pretrained(tmp_path / "ours.safetensors", low_cpu_mem_usage=low)
+        model = ViTAccelForImageClassification.from_pretrained(
+            tmp_path / "ours.safetensors", low_cpu_mem_usage=low, num_attention_heads=4
+        )
         assert torch.equal(model.classifier.weight, source["classifier.weight"])
-    model = build(ViTAccelForImageClassification, checkpoint)
+    model = build(ViTAccelForImageClassification, checkpoint, num_attention_heads=4)
     # No second copy: the parameter is the very tensor that was read.
     read = checkpoint.state_dict["vit.layers.0.mlp.fc1.weight"]
     assert model.vit.layers[0].mlp.fc1.weight.data_ptr() == read.data_ptr()

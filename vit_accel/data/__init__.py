@@ -17,7 +17,7 @@ from .sources import (
     load_image_dataset,
     stratified_split,
 )
-from .transforms import Pipeline, build_pipeline, resize_batch, to_rgb
+from .transforms import Pipeline, build_pipeline, prepare_image, resize_batch, to_rgb
 
 __all__ = [
     "AUGMENTATIONS",
@@ -36,6 +36,7 @@ __all__ = [
     "identity_changes",
     "load_image_dataset",
     "make_dataloader",
+    "prepare_image",
     "resize_batch",
     "stratified_split",
     "to_rgb",

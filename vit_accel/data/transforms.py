@@ -1,9 +1,9 @@
 """Augmentation presets, split in two: a cheap per-example part on the CPU and a batched part on the accelerator.
 
-The per-example part (`Pipeline.__call__`) converts to RGB and augments at the preset's native size, returning uint8
-so that workers move 1 byte per pixel. The batched part (`Pipeline.on_device`) resizes the whole batch to the model's
-size and normalises it. For `cifar` this means AutoAugment runs on 32x32 images instead of 224x224 ones (FlagAI's
-order), which is where the CPU time went.
+The per-example part (`Pipeline.__call__`) turns the image upright, converts it to RGB and augments it at the
+preset's native size, returning uint8 so that workers move 1 byte per pixel. The batched part (`Pipeline.on_device`)
+resizes the whole batch to the model's size and normalises it. For `cifar` this means AutoAugment runs on 32x32
+images instead of 224x224 ones (FlagAI's order), which is where the CPU time went.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
@@ -27,6 +28,17 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 INCEPTION_CROP_SCALE = (0.05, 1.0)
 # Evaluation crop ratio for the presets that centre-crop (timm's and torchvision's usual 0.875).
 EVAL_CROP_PCT = 0.875
+
+
+def prepare_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A decoded image as every entry point must see it: upright (its EXIF orientation applied) and 8-bit RGB.
+
+    Cameras store pixels as the sensor read them and record the rotation in the EXIF Orientation tag. 🤗 datasets'
+    `Image` feature and transformers' `load_image` (what the image-classification pipeline calls) both apply it, so
+    training, evaluation and prediction apply it too: a photo and its upright copy get the same pixels everywhere.
+    `exif_transpose` drops the tag from what it returns, so an image that was already turned stays as it is.
+    """
+    return to_rgb(PIL.ImageOps.exif_transpose(image))
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -82,8 +94,8 @@ class Pipeline:
         self.std = tuple(float(s) for s in std)
 
     def __call__(self, image: PIL.Image.Image, generator: torch.Generator) -> torch.Tensor:
-        """RGB conversion and augmentation at the native size; randomness comes from `generator` only."""
-        image = to_rgb(image)
+        """`prepare_image`, then augmentation at the native size; randomness comes from `generator` only."""
+        image = prepare_image(image)
         # torchvision's v2 transforms draw from the global torch RNG; fork it so that the result is a pure function
         # of `generator` (hence of seed, epoch and index) and the caller's RNG stream is left untouched.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))

@@ -16,6 +16,7 @@ from torch import nn
 from ..adapters import (
     MERGED_DIR,
     apply_lora,
+    base_identity,
     base_model_reference,
     check_target_modules,
     count_parameters,  # noqa: F401  (re-exported for the loop)
@@ -77,7 +78,7 @@ def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None
 def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArguments) -> nn.Module:
     """The model to train: wrapped by peft for `--peft lora`, partly frozen for `--freeze*`, else as it is."""
     if args.peft == "lora":
-        return apply_lora(
+        adapted = apply_lora(
             model,
             r=args.lora_r,
             alpha=args.lora_alpha,
@@ -86,6 +87,9 @@ def setup_model(model: nn.Module, model_args: ModelArguments, args: TrainingArgu
             use_dora=args.use_dora,
             base_model_name_or_path=base_model_reference(model_args.model_name_or_path),
         )
+        # Taken now, from the files the base was just read from: save_adapter_outputs records it with the adapter.
+        adapted.vit_accel_base_identity = base_identity(model_args.model_name_or_path)
+        return adapted
     check_freezing(args.freeze, args.freeze_layers, model.config.num_hidden_layers)
     apply_freezing(model, args.freeze, args.freeze_layers)
     return model
@@ -177,7 +181,7 @@ def save_adapter_outputs(
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        save_adapter(model, output_dir)
+        save_adapter(model, output_dir, base=getattr(model, "vit_accel_base_identity", None))
         write_processor(output_dir)
         if args.merge_adapter:
             save_merged(model, output_dir / MERGED_DIR)

@@ -179,11 +179,11 @@ def check_model_source(source: str, from_scratch: bool, attn_implementation: str
             f"--model_name_or_path {source!r}: --from_scratch needs a variant name or a directory with config.json; "
             f"{hint}"
         )
-    if path.is_dir() and (path / "trainer_state.json").is_file() and not (path / "config.json").is_file():
-        raise UserError(
-            f"--model_name_or_path {source} is a training checkpoint, not a model: continue that run with "
-            f"--resume_from_checkpoint {source}, or fine-tune from the run's own directory ({path.parent})."
-        )
+    from ..weights.kinds import other_kind
+
+    kind = other_kind(path) if path.exists() else None
+    if kind is not None:
+        raise UserError(f"--model_name_or_path {source} is {kind}.")
     if attn_implementation in ("flash_attention_2", "flash_attention_3"):
         from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
@@ -193,6 +193,43 @@ def check_model_source(source: str, from_scratch: bool, attn_implementation: str
                 f"--attn_implementation {attn_implementation}: the flash-attn package for it is not installed, or "
                 "this machine has no GPU it supports; use sdpa (the default) or eager."
             )
+
+
+def check_metric_cache() -> None:
+    """Load the evaluation metric now and score one example: `evaluate.load` copies the metric script into the
+    Hugging Face modules cache, so an unwritable `HF_HOME` (or `HF_MODULES_CACHE`) is found before training, not
+    at the first evaluation after it. The loaded metric is kept for the evaluations."""
+    from ..evaluation import _metric
+
+    try:
+        _metric().compute(predictions=[[0]], references=[0])
+    except OSError as error:
+        import evaluate.config
+
+        where = Path(error.filename) if error.filename else Path(evaluate.config.HF_MODULES_CACHE)
+        raise UserError(
+            f"{_cache_variable(where)}: the Hugging Face cache at {where} cannot be written "
+            f"({error.strerror or error}), and the evaluation metric is loaded through it; point it at a writable "
+            "directory."
+        ) from error
+
+
+def _cache_variable(path: Path) -> str:
+    """The environment variable that put `path` where it is: the most specific one set, else HF_HOME's default."""
+    import evaluate.config
+
+    caches = {
+        "HF_MODULES_CACHE": evaluate.config.HF_MODULES_CACHE,
+        "HF_METRICS_CACHE": evaluate.config.HF_METRICS_CACHE,
+        "HF_EVALUATE_CACHE": evaluate.config.HF_EVALUATE_CACHE,
+    }
+    for name, root in caches.items():
+        if os.environ.get(name) and (_inside(path, Path(root)) or _inside(Path(root), path)):
+            return f"{name}={os.environ[name]}"
+    for name in ("HF_HOME", "XDG_CACHE_HOME"):
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return f"HF_HOME (unset: default {evaluate.config.HF_CACHE_HOME})"
 
 
 def check_precision_and_accumulation(accelerator: Accelerator, gradient_accumulation_steps: int) -> None:

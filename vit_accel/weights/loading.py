@@ -30,7 +30,7 @@ from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from . import policy
 from .checkpoint import Checkpoint
-from .sources import HubOptions, locate, standard_path, unknown_variant
+from .sources import HubOptions, check_local_revision, locate, standard_path, unknown_variant
 
 HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder", "use_safetensors")
 TRANSFORMERS_KEYWORDS = (
@@ -72,13 +72,15 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
         # Path("") is the current directory: loading whatever model lies there was never asked for.
         raise UserError(f"from_pretrained({str(source)!r}): an empty name; pass '.' for the current directory.")
     where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
+    check_local_revision(source, where.get("revision"))
     if standard_path(source, HubOptions(**where)):
-        config = _other_resolution(source, kwargs, where)
+        config = _other_resolution(source, kwargs, where) or _other_head(source, kwargs, where)
         if config is None:
             return None  # ours: every keyword is transformers' to take or refuse
         # transformers' path would refuse the position embeddings' new shape, or with ignore_mismatched_sizes=True
-        # draw them at random: the policy resamples them. Everything else of the directory's config is kept, and
-        # its trained head is replaced only with ignore_mismatched_sizes=True, as on transformers' path.
+        # draw them at random: the policy resamples them; and it takes no head_init. Everything else of the
+        # directory's config is kept, and its trained head is replaced only with ignore_mismatched_sizes=True, as on
+        # transformers' path.
         kwargs = {"ignore_mismatched_sizes": False, **kwargs}
         kwargs.setdefault("config", config)
     hub, placement, ours, fields = split_keywords(str(source), kwargs)  # before any long work
@@ -103,6 +105,35 @@ def _other_resolution(source: Any, kwargs: dict[str, Any], where: dict[str, Any]
         return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
     return None if pair(asked) == pair(config.image_size) else config
+
+
+def check_num_labels(num_labels: Any) -> None:
+    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
+        raise UserError(f"num_labels must be a positive integer (the classes of the head), got {num_labels!r}.")
+
+
+def _other_head(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> ViTAccelConfig | None:
+    """The saved config of a directory or Hub repo of ours when the keywords ask for a head other than its trained
+    one (another label count, or `head_init`), else None. Another label count without `ignore_mismatched_sizes=True`
+    is refused here in one line: transformers' own path raises a RuntimeError pointing at a log table."""
+    asked = {key: kwargs[key] for key in policy.LABEL_FIELDS if kwargs.get(key) is not None}
+    if not asked and kwargs.get("head_init") is None:
+        return None
+    check_num_labels(asked.get("num_labels"))
+    config = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
+    count = asked.get("num_labels", len(asked.get("id2label") or asked.get("label2id") or {}))
+    if asked and count != config.num_labels and kwargs.get("ignore_mismatched_sizes") is not True:
+        given = ", ".join(
+            f"{key}={value!r}" if key == "num_labels" else f"{key}=<{len(value)} labels>"
+            for key, value in asked.items()
+        )
+        raise UserError(
+            f"from_pretrained({str(source)!r}, {given}): it holds a trained {config.num_labels}-class head; "
+            f"ignore_mismatched_sizes=True replaces it with a new {count}-class one (head_init='zeros' or "
+            "'normal'), or leave the labels out to keep it."
+        )
+    # head_init is ours (transformers' path takes no such keyword): the policy builds the head it asks for.
+    return config if kwargs.get("head_init") is not None else None
 
 
 def split_keywords(
@@ -136,9 +167,7 @@ def split_keywords(
                 f"takes ViTAccelConfig fields and {', '.join(public + list(ALWAYS_SO))}."
             )
     hub = {key: value for key, value in hub.items() if value is not None}
-    num_labels = fields.get("num_labels")
-    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
-        raise UserError(f"num_labels must be a positive integer (the classes of the head), got {num_labels!r}.")
+    check_num_labels(fields.get("num_labels"))
     variant = ours.get("variant")
     if variant is not None and variant not in VIT_VARIANTS:
         raise unknown_variant(variant, "named variant (the variant= keyword)")

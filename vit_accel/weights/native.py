@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..configuration_vit_accel import ViTAccelConfig
 from .checkpoint import Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors
 
@@ -37,16 +38,26 @@ def read(path: str | os.PathLike, progress: ProgressFn | None = None, lazy: bool
             raise CheckpointError(f"{path}: no model.safetensors next to its config.json.")
         tensors = _classifier_names(read_tensors(weights), str(path))
         checkpoint = Checkpoint(state_dict=tensors, source=str(path), format="vit_accel")
-        checkpoint.num_attention_heads = config.get("num_attention_heads")
-        checkpoint.config = {key: config[key] for key in _CONFIG_FIELDS if key in config}
-        if "id2label" in checkpoint.config:
-            checkpoint.config["id2label"] = {int(k): v for k, v in checkpoint.config["id2label"].items()}
+        apply_config(checkpoint, config)
         return checkpoint
     meta = safetensors_header(path).get("__metadata__") or {}
     tensors = read_tensors(path)
     if "vit_accel_source_format" in meta:  # one of our cached conversions
         return Checkpoint.from_metadata(tensors, str(path), meta)
-    return Checkpoint(state_dict=_classifier_names(tensors, str(path)), source=str(path), format="vit_accel")
+    # A bare file records neither epsilon nor activation: ViTAccelConfig's defaults, which a config.json beside it
+    # (sources._with_config_beside) or the caller's keywords replace. Its heads stay unknown: they are never assumed.
+    defaults = ViTAccelConfig()
+    config = {"layer_norm_eps": defaults.layer_norm_eps, "hidden_act": defaults.hidden_act}
+    tensors = _classifier_names(tensors, str(path))
+    return Checkpoint(state_dict=tensors, source=str(path), format="vit_accel", config=config)
+
+
+def apply_config(checkpoint: Checkpoint, config: Mapping[str, Any]) -> None:
+    """The heads and the fields of our `config.json` that the tensors' shapes cannot tell, onto `checkpoint`."""
+    checkpoint.num_attention_heads = config.get("num_attention_heads")
+    checkpoint.config = {key: config[key] for key in _CONFIG_FIELDS if key in config}
+    if "id2label" in checkpoint.config:
+        checkpoint.config["id2label"] = {int(k): v for k, v in checkpoint.config["id2label"].items()}
 
 
 def _classifier_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
 
-from ..configuration_vit_accel import VIT_SIZES, ViTAccelConfig
+from ..configuration_vit_accel import ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelModel, resample_position_embeddings
 from .checkpoint import HEAD_KEYS, PATCH_KEY, POOLER_KEYS, POS_KEY, Checkpoint, CheckpointError
@@ -49,8 +49,16 @@ def _layer_count(state_dict: Mapping[str, torch.Tensor]) -> int:
     return len(indices)
 
 
-def infer_config_fields(checkpoint: Checkpoint) -> dict[str, Any]:
-    """ViTAccelConfig fields implied by the checkpoint's shapes (and the facts its converter recorded), labels aside."""
+# What no tensor's shape tells: a checkpoint's converter must have read it from a config, or the caller says it.
+UNRECORDED_FIELDS = ("num_attention_heads", "layer_norm_eps", "hidden_act")
+
+
+def infer_config_fields(checkpoint: Checkpoint, given: Collection[str] = ()) -> dict[str, Any]:
+    """ViTAccelConfig fields implied by the checkpoint's shapes (and the facts its converter recorded), labels aside.
+
+    The attention heads, LayerNorm epsilon and activation are not in the shapes: when neither the checkpoint's
+    config nor `given` (the fields the caller sets) has them, the checkpoint is refused naming them, never guessed
+    (a 192-wide attention computes a different function with 1, 2 or 3 heads)."""
     sd = checkpoint.state_dict
     for key in (PATCH_KEY, POS_KEY, "vit.layers.0.mlp.fc1.weight"):
         if key not in sd:
@@ -58,12 +66,19 @@ def infer_config_fields(checkpoint: Checkpoint) -> dict[str, Any]:
     hidden, channels, patch_h, patch_w = sd[PATCH_KEY].shape
     side = source_grid(checkpoint)[0]
     heads = checkpoint.num_attention_heads
-    if heads is None:  # timm and raw state dicts do not say: every ViT in VIT_SIZES but huge uses 64-wide heads
-        heads = next((h for w, _, h, _ in VIT_SIZES.values() if w == hidden), max(hidden // 64, 1))
+    recorded = {**checkpoint.config, "num_attention_heads": heads}
+    missing = [key for key in UNRECORDED_FIELDS if recorded.get(key) is None and key not in given]
+    if missing:
+        asked = ", ".join(f"{key}=" for key in missing)
+        raise CheckpointError(
+            f"{checkpoint.source}: a {checkpoint.format} state dict that does not record {', '.join(missing)} (the "
+            f"shapes do not tell), and no config.json beside it says so: pass {asked} (from_pretrained keywords; "
+            "train.py --config_overrides; vit-accel convert --num_heads), or load the directory with its config.json."
+        )
     fields: dict[str, Any] = {
         "hidden_size": int(hidden),
         "num_hidden_layers": _layer_count(sd),
-        "num_attention_heads": int(heads),
+        "num_attention_heads": int(heads) if heads is not None else 1,  # replaced by the caller's value
         "intermediate_size": int(sd["vit.layers.0.mlp.fc1.weight"].shape[0]),
         "num_channels": int(channels),
         "patch_size": int(patch_h) if patch_h == patch_w else [int(patch_h), int(patch_w)],
@@ -118,7 +133,7 @@ def build_config(
     if variant is not None:  # the variant's shape, with the checkpoint's LayerNorm epsilon and activation
         fields = {key: value for key, value in checkpoint.config.items() if key in ("layer_norm_eps", "hidden_act")}
     else:
-        fields = infer_config_fields(checkpoint)
+        fields = infer_config_fields(checkpoint, given=set(overrides))
     if classifier:
         fields.update(_label_fields(checkpoint, overrides))
     elif all(key in checkpoint.state_dict for key in POOLER_KEYS) and not WIDTH_FIELDS & set(overrides):

@@ -18,8 +18,9 @@ from pathlib import Path
 from ..configuration_vit_accel import VIT_VARIANTS
 from ..errors import UserError
 from . import download, google_npz, native, timm_families, timm_state_dict, transformers_families, transformers_vit
-from .checkpoint import Checkpoint, CheckpointError, ProgressFn
+from .checkpoint import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
+from .kinds import other_kind
 
 ACCEPTED = (
     "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"
@@ -109,11 +110,34 @@ def read_checkpoint(
         names = list(read_tensors(path))
     for fmt in TENSOR_FORMATS:
         if fmt.detect(names):
-            return fmt.read(path, progress, lazy)
+            return _with_config_beside(fmt.read(path, progress, lazy), path)
     raise CheckpointError(
         f"{path}: tensors with unrecognised names (e.g. {sorted(names)[:4]}): not a ViT from timm, transformers or "
         f"ViTAccel. Accepted: {ACCEPTED}."
     )
+
+
+def _with_config_beside(checkpoint: Checkpoint, path: Path) -> Checkpoint:
+    """A bare tensor file records only shapes; the `config.json` of the directory it sits in (timm's, ours or
+    transformers') says the rest: attention heads, LayerNorm epsilon, activation, labels. A file that records them
+    itself (one of our cached conversions) keeps its own."""
+    config_file = path.parent / "config.json"
+    if checkpoint.num_attention_heads is not None or not config_file.is_file():
+        return checkpoint
+    config = read_json(config_file)
+    if timm_state_dict.detect((), config):
+        timm_state_dict.apply_config(checkpoint, config, config_file)
+    elif native.detect((), config) or transformers_vit.detect((), config):
+        width = int(checkpoint.state_dict[PATCH_KEY].shape[0]) if PATCH_KEY in checkpoint.state_dict else None
+        if config.get("hidden_size") not in (None, width):
+            raise CheckpointError(
+                f"{config_file}: hidden_size is {config['hidden_size']}, but the weights of {path} are {width} wide: "
+                "this config.json describes another model."
+            )
+        fields = transformers_vit.config_fields(config)
+        checkpoint.num_attention_heads = fields.pop("num_attention_heads", None)
+        checkpoint.config.update({key: value for key, value in fields.items() if key != "label2id"})
+    return checkpoint
 
 
 def _check_container(path: Path, use_safetensors: bool | None, kind: str | None = None) -> None:
@@ -280,6 +304,7 @@ def standard_path(source: str | os.PathLike, options: HubOptions | None = None) 
     path = Path(text).expanduser()
     if path.exists():
         path = path / options.subfolder if options.subfolder else path
+        check_kind(path)
         config_file = path / "config.json"
         if not (path.is_dir() and config_file.is_file() and native.detect((), read_json(config_file))):
             return False
@@ -296,6 +321,19 @@ def _check_remote_name(text: str) -> None:
         raise unknown_variant(text)
     if not _is_repo_id(text):
         raise CheckpointError(f"{text}: no such local file or directory (nor a Hub repo id). Accepted: {ACCEPTED}.")
+
+
+def check_kind(path: Path) -> None:
+    """An adapter, training checkpoint or graph export given as a model, refused saying what it is (`other_kind`)."""
+    kind = other_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}.")
+
+
+def check_local_revision(source: str | os.PathLike, revision: str | None) -> None:
+    """A `revision` other than the default for a local path, refused: a directory has no revisions to choose from."""
+    if revision not in (None, "main") and Path(str(source)).expanduser().exists():
+        raise UserError(f"revision={revision!r}: {source} is a local path, which has no revisions.")
 
 
 def locate(
@@ -316,10 +354,10 @@ def locate(
         return named_checkpoint(text, weights, progress, quiet, options)
     path = Path(text).expanduser()
     if path.exists():
+        check_local_revision(path, options.revision)
         if options.subfolder:
             path = path / options.subfolder
-        if options.revision not in (None, "main"):
-            raise UserError(f"revision={options.revision!r}: {path} is a local path, which has no revisions.")
+        check_kind(path)
         return read_checkpoint(path, progress, lazy, options.use_safetensors)
     _check_remote_name(text)
     return _hub_or_raise(text, options)
@@ -347,6 +385,7 @@ def _is_repo_id(text: str) -> bool:
 __all__ = [
     "ACCEPTED",
     "HubOptions",
+    "check_local_revision",
     "closest_variant",
     "hub_checkpoint",
     "locate",

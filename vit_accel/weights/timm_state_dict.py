@@ -97,13 +97,43 @@ def read(path: str | os.PathLike, progress: Any = None, lazy: bool = False) -> C
     if weights is None:
         raise CheckpointError(f"{path}: a timm directory without model.safetensors or pytorch_model.bin.")
     checkpoint = to_checkpoint(read_tensors(weights), str(path))
+    apply_config(checkpoint, config, path / "config.json")
+    return checkpoint
+
+
+# timm's registered plain ViTs, `vit_{size}_patch{N}_...`: the size names timm's own widths, depths and heads.
+_ARCHITECTURE_RE = re.compile(r"^vit_(?P<size>tiny|small|base|large|huge)_patch\d+")
+
+
+def apply_config(checkpoint: Checkpoint, config: Mapping[str, Any], config_file: str | os.PathLike) -> None:
+    """What timm's `config.json` says beyond the tensors: the head's `label_names`, and the attention heads, from
+    `model_args.num_heads` (what `vit-accel export --to timm` and `timm.create_model(**model_args)` use) or from a
+    registered architecture name (`vit_base_patch16_224`: 12). Nothing is guessed: a config that says neither leaves
+    the heads unknown, for the caller to be asked."""
+    from ..configuration_vit_accel import VIT_SIZES
+
     labels = config.get("label_names") or (config.get("pretrained_cfg") or {}).get("label_names")
     if labels:
         checkpoint.config["id2label"] = dict(enumerate(labels))
-    heads = (config.get("model_args") or {}).get("num_heads")
+    model_args = config.get("model_args") or {}
+    width = int(checkpoint.state_dict["vit.embeddings.patch_embeddings.projection.weight"].shape[0])
+    if model_args.get("embed_dim") not in (None, width):
+        raise CheckpointError(
+            f"{config_file}: model_args.embed_dim is {model_args['embed_dim']}, but the weights beside it are "
+            f"{width} wide: this config.json describes another model."
+        )
+    for key in ("act_layer", "norm_layer"):
+        if model_args.get(key) is not None:
+            raise CheckpointError(
+                f"{config_file}: model_args.{key}={model_args[key]!r}; only timm's default (GELU, LayerNorm with "
+                "eps 1e-6) is read, so drop it or convert the model in timm first."
+            )
+    heads = model_args.get("num_heads")
+    named = _ARCHITECTURE_RE.match(str(config.get("architecture", "")))
+    if heads is None and named and VIT_SIZES[named["size"]][0] == width:
+        heads = VIT_SIZES[named["size"]][2]
     if heads:
         checkpoint.num_attention_heads = int(heads)
-    return checkpoint
 
 
 def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:

@@ -137,7 +137,19 @@ def read(
 
     path = Path(path)
     if not path.is_dir():
-        return to_checkpoint(read_tensors(path), None, str(path))
+        # A bare file records neither epsilon nor activation: the defaults of the config class that wrote its names
+        # (transformers' ViTConfig, eps 1e-12, for the on-disk `encoder.layer.` names; v5's in-memory names are ours
+        # too, so ViTAccelConfig's), which a config.json beside it or the caller's keywords replace. Its heads stay
+        # unknown: they are never assumed.
+        from transformers import ViTConfig
+
+        from ..configuration_vit_accel import ViTAccelConfig
+
+        tensors = read_tensors(path)
+        legacy = any(key.startswith(("encoder.layer.", "vit.encoder.layer.")) for key in tensors)
+        defaults = ViTConfig() if legacy else ViTAccelConfig()
+        config = {"layer_norm_eps": defaults.layer_norm_eps, "hidden_act": defaults.hidden_act}
+        return to_checkpoint(tensors, config, str(path))
     vit_config = read_json(path / "config.json")
     names = [weights_name] if weights_name else WEIGHT_FILES
     names = [n for n in names if use_safetensors is None or use_safetensors == ("safetensors" in n)]
