@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import PIL.ExifTags
 import PIL.Image
 import pytest
 import torch
@@ -113,3 +114,15 @@ def test_random_erasing_runs_after_the_drafted_crop(photo):
     full, fast = both(pipeline, photo, 5)
     # Erased rectangles are filled with the mean colour (128 in [-1, 1] units): the same rectangle in both.
     assert ((full == 128) & (fast == 128)).float().mean() > 0.01
+
+
+def test_an_exif_rotated_jpeg_is_turned_upright_as_the_full_decode_does(photo):
+    """A camera JPEG with an Orientation tag: the DCT-domain path gives exactly the full decode's (upright) result."""
+    pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
+    exif = PIL.Image.Exif()
+    exif[PIL.ExifTags.Base.Orientation] = 6
+    buffer = io.BytesIO()
+    PIL.Image.open(io.BytesIO(photo)).transpose(PIL.Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif)
+    for seed in range(6):
+        full, fast = both(pipeline, buffer.getvalue(), seed)
+        assert torch.equal(full, fast)

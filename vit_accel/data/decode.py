@@ -15,12 +15,13 @@ import io
 import math
 
 import numpy as np
+import PIL.ExifTags
 import PIL.Image
 import torch
 from torchvision.transforms import v2
 
 from .arguments import IMAGE_DECODERS
-from .transforms import Pipeline, to_rgb
+from .transforms import Pipeline, prepare_image
 
 
 def _leaf_transforms(transform) -> list:
@@ -69,7 +70,7 @@ def draft_resized_crop(image: PIL.Image.Image, crop: v2.RandomResizedCrop, param
         if factor < 1.0:
             drafted = image.draft(image.mode, (math.ceil(full_w * factor), math.ceil(full_h * factor))) is not None
     image.load()
-    image = to_rgb(image)
+    image = prepare_image(image)  # orientation 1 here: only the RGB conversion acts
     if not drafted or image.size == (full_w, full_h):
         return crop.transform(image, params)  # torchvision's own kernel: bitwise the full decode's result
     scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
@@ -88,7 +89,9 @@ def prepare(
     random draws, see the module docstring).
     """
     opened = open_image(image)
-    if decoder != "pil_draft" or not draft_applies(pipeline):
+    # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
+    rotated = opened.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1
+    if decoder != "pil_draft" or not draft_applies(pipeline) or rotated:
         opened.load()
         return pipeline(opened, generator)
     leaves = _leaf_transforms(pipeline.cpu_transform)
