@@ -6,7 +6,8 @@ A random-resized crop of a 500x375 photo down to 224 px throws most decoded pixe
 generator, on the full image's size), then decodes at the smallest scale that still gives the crop at least the
 output size in both directions, and resizes that region to the output size. Every later transform (flip, RandAugment,
 RandomErasing) runs unchanged on the same random stream, so crops and flips are identical to the full decode's;
-pixels differ only by the DCT-domain downscale's filtering.
+pixels differ only by the DCT-domain downscale's filtering. Where no reduced scale applies (a crop under twice the
+output size, a PNG, a JPEG with an EXIF rotation) the result is bitwise the full decode's.
 """
 
 from __future__ import annotations
