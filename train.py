@@ -76,7 +76,7 @@ from vit_accel.training.preflight import (
     on_main_process,
     release_output_dir_locks,
 )
-from vit_accel.training.reporting import CURVES_FILE, JsonlLog, plot_curves
+from vit_accel.training.reporting import CURVES_FILE, JsonlLog, check_finite_loss, plot_curves
 
 logger = get_logger(__name__, log_level="INFO")
 # The run's length may change on resume (asking for more steps trains further); every other setting may not.
@@ -295,6 +295,7 @@ class Reporter:
         self.claim()
         self.log.write(record)
         self.accelerator.log(record, step=record["step"])
+        check_finite_loss(record, self.output_dir)
         if self.bar.disable:
             self.info(" ".join(f"{k}={v:.4g}" for k, v in record.items()))
         else:

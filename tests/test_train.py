@@ -353,10 +353,17 @@ def test_a_finished_run_trains_further_only_when_asked_and_keeps_its_results(dig
     assert steps == sorted(steps) and steps[-1] == 8
 
 
-def test_partial_freezing_checkpoints_what_trains_and_resumes_exactly(digits, tmp_path, run_train):
+def test_partial_freezing_checkpoints_what_trains_and_resumes_exactly(digits, tiny_base, tmp_path, run_train):
     args = ["--freeze_layers", "1", "--checkpointing_steps", "3", "--save_total_limit", "3"]
+
+    def from_base(output_dir: Path, *extra: str) -> list[str]:  # freezing applies to pretrained weights only
+        argv = tiny_args(digits, output_dir, *args, *extra)
+        argv.remove("--from_scratch")
+        argv[argv.index("--model_name_or_path") + 1] = str(tiny_base)
+        return argv
+
     reference = tmp_path / "reference"
-    assert run_train(tiny_args(digits, reference, *args))[0] == 0
+    assert run_train(from_base(reference))[0] == 0
     saved = load_file(reference / "checkpoint-3" / "model.safetensors")
     assert saved and not any(k.startswith(("vit.embeddings.", "vit.layers.0.")) for k in saved)
     assert any(k.startswith("vit.layers.1.") for k in saved) and "classifier.weight" in saved
@@ -366,6 +373,6 @@ def test_partial_freezing_checkpoints_what_trains_and_resumes_exactly(digits, tm
     resumed.mkdir()
     shutil.copytree(reference / "checkpoint-3", resumed / "checkpoint-3")
     shutil.copy(reference / "log.jsonl", resumed / "log.jsonl")
-    assert run_train(tiny_args(digits, resumed, *args, "--resume_from_checkpoint", "latest"))[0] == 0
+    assert run_train(from_base(resumed, "--resume_from_checkpoint", "latest"))[0] == 0
     expected, got = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected)

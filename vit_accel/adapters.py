@@ -43,8 +43,11 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def parse_target_modules(value: str | None) -> list[str] | str:
-    """`--lora_target_modules`: comma-separated module names, `all-linear`, or None for query and value."""
+def parse_target_modules(value: str | list[str] | tuple[str, ...] | None) -> list[str] | str:
+    """`--lora_target_modules`: comma-separated module names (or a list of them), `all-linear`, or None for query
+    and value."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
     if value is None or not value.strip():
         return list(DEFAULT_TARGET_MODULES)
     if value.strip() == "all-linear":
@@ -73,6 +76,28 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | str) -> N
         )
 
 
+def check_lora_rank(model: nn.Module, r: int, target_modules: list[str] | str) -> None:
+    """Refuse a rank above what the adapted layers can use: the update of an `out x in` weight has rank at most
+    `min(in, out)`, so a larger `r` adds parameters and nothing else."""
+    linear = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    adapted = [
+        (name, module)
+        for name, module in linear.items()
+        if name.rsplit(".", 1)[-1] != "classifier"
+        and (target_modules == "all-linear" or any(name == t or name.endswith("." + t) for t in target_modules))
+    ]
+    if not adapted:
+        return
+    name, narrowest = min(adapted, key=lambda item: min(item[1].in_features, item[1].out_features))
+    width = min(narrowest.in_features, narrowest.out_features)
+    if r > width:
+        raise UserError(
+            f"--lora_r {r} is larger than the layers it adapts can use: {name.rsplit('.', 1)[-1]} maps "
+            f"{narrowest.in_features} to {narrowest.out_features} features, so its update has rank at most {width}; "
+            f"use --lora_r {width} or less."
+        )
+
+
 def apply_lora(
     model: nn.Module,
     r: int = 8,
@@ -93,6 +118,7 @@ def apply_lora(
         raise UserError(f"--lora_dropout must be in [0, 1), got {dropout}.")
     targets = list(DEFAULT_TARGET_MODULES) if target_modules is None else target_modules
     check_target_modules(model, targets)
+    check_lora_rank(model, r, targets)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,

@@ -62,6 +62,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .weights import convert
 
+    if args.num_labels == 1:
+        # One class scores 1.0 for every image, and transformers reads num_labels=1 as a regression head.
+        raise UserError("--num_labels 1: a classifier needs at least two classes.")
     overrides = {
         key: value
         for key, value in (

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 
 from .adapters import is_adapter_dir, load_adapter_classifier
 from .data import DataArguments, ImageClassificationDataset, build_pipeline, load_image_dataset, make_dataloader
+from .data.sources import is_url
 from .errors import UserError
 from .evaluation import evaluate_classifier
 from .training.preflight import make_writable_dir
@@ -199,6 +200,8 @@ def predict(
     folders = [image for image in images if Path(image).is_dir()]
     if folders:
         raise UserError(f"{folders[0]}: a directory, not an image file; give the image files (e.g. {folders[0]}/*).")
+    if remote := [image for image in images if is_url(str(image))]:
+        raise UserError(f"{remote[0]}: a URL; images are not fetched from the network: download it and give the file.")
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
         raise UserError(

@@ -221,3 +221,12 @@ def test_convert_and_export_write_only_into_a_new_or_empty_directory(ours, tmp_p
     (target / "README.md").unlink()
     assert main(["convert", str(npz), str(target), "--quiet"]) == 0  # an empty directory is a new one
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in target.iterdir()}
+
+
+def test_a_one_class_head_is_refused(tmp_path, capsys):
+    from vit_accel.cli import main
+
+    assert main(["convert", "vit-tiny-p16-224", str(tmp_path / "out"), "--num_labels", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "vit-accel convert: error: --num_labels 1: a classifier needs at least two classes." in err
+    assert not (tmp_path / "out").exists()

@@ -100,6 +100,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         try:
             if isinstance(image, PIL.Image.Image):  # a dataset whose image column still decodes
                 decoded = image
+            elif image is None:
+                raise ValueError("the image is missing (null)")
             else:
                 path = image.get("path")
                 if image.get("bytes") is not None:

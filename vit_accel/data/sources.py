@@ -7,6 +7,7 @@ import glob
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 
 from ..errors import UserError
+from . import folders
 from .arguments import DataArguments
+from .folders import GLOB_CHARACTERS
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +33,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".
 # Column types `_normalise` turns into images: file paths, or encoded bytes.
 PATH_OR_BYTES_DTYPES: tuple[str, ...] = ("string", "large_string", "binary", "large_binary")
 STRING_DTYPES: tuple[str, ...] = ("string", "large_string")
-# 🤗 datasets resolves local data files as fsspec glob patterns, in which these characters are special.
-GLOB_CHARACTERS: str = "*?[]"
+# A path with a scheme (https://, hf://, s3://, ...) names a remote file, which fsspec would fetch when it is decoded.
+URL_PATTERN: str = r"^[A-Za-z][A-Za-z0-9+.-]*://"
 # numpy's legacy seeding (behind `accelerate.utils.set_seed`) takes 32-bit seeds only; one range for every seed use.
 MAX_SEED: int = 2**32 - 1
 
@@ -90,21 +93,35 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
             f"{', '.join(repr(c) for c in special)}, which 🤗 datasets reads as a pattern when it lists a folder's "
             "files; rename the folder (or point a link without them at it)."
         )
+    if config_name is None and (splits := folders.image_folder_splits(path, f"--dataset_name {path}")) is not None:
+        # A folder of images in class folders: checked, and loaded as datasets would (linked folders entered).
+        return datasets.load_dataset(
+            "imagefolder",
+            data_files={split: folders.data_files(layout) for split, layout in splits.items()},
+            **folders.label_options(splits.values()),
+        )
     return datasets.load_dataset(str(path), name=config_name)
 
 
 def _load_raw(args: DataArguments) -> DatasetDict:
     if args.train_dir is not None:
-        data_files: dict[str, str] = {}
+        data_files: dict[str, str | list[str]] = {}
+        layouts = {}
         for split, folder in (("train", args.train_dir), ("validation", args.validation_dir)):
             if folder is None:
                 continue
             if not Path(folder).is_dir():
                 raise UserError(f"--{split}_dir {folder!r}: no such directory.")
-            # Escaped: 🤗 datasets reads data files as glob patterns, and `data[1]` is a folder name, not a pattern.
-            data_files[split] = os.path.join(glob.escape(folder), "**")
+            # The same folder as both: `vit-accel evaluate --validation_dir` (training refuses it before this).
+            evaluating = args.train_dir == args.validation_dir
+            flag = "--validation_dir" if evaluating else f"--{split}_dir"
+            layouts[split] = folders.scan(Path(folder))
+            folders.check_layout(layouts[split], f"{flag} {folder}", training=split == "train" and not evaluating)
+            data_files[split] = folders.data_files(layouts[split])
+        if len(layouts) == 2 and args.train_dir != args.validation_dir:
+            folders.compare_classes(layouts["train"], layouts["validation"])
         # As transformers' run_image_classification: ImageFolder, class names from the sub-folder names.
-        return datasets.load_dataset("imagefolder", data_files=data_files)
+        return datasets.load_dataset("imagefolder", data_files=data_files, **folders.label_options(layouts.values()))
     name = args.dataset_name
     assert name is not None  # DataArguments.__post_init__ guarantees one source
     if _looks_local(name) or Path(name).exists():
@@ -334,11 +351,42 @@ def _check_subsample(
         )
 
 
+def is_url(text: str) -> bool:
+    """Whether a path names a remote file (a scheme such as https://, hf://, s3://)."""
+    return re.match(URL_PATTERN, text) is not None
+
+
+def _refuse_urls(dataset: Dataset, column: str, split: str) -> None:
+    """Refuse images given as URLs (file paths, or Image entries with a path and no bytes), naming the first row.
+
+    They are not fetched: every epoch would download every image again, in every data loader worker, and a run could
+    neither work offline nor be repeated on the same images. Vectorised over the column; no image is read.
+    """
+    feature = dataset.features[column]
+    table = dataset.with_format("arrow")[column]
+    if isinstance(feature, Value) and feature.dtype in STRING_DTYPES:
+        paths = table
+    elif isinstance(feature, Image) or _is_encoded_struct(feature):
+        paths = pc.if_else(pc.is_null(pc.struct_field(table, "bytes")), pc.struct_field(table, "path"), None)
+    else:
+        return
+    remote = pc.match_substring_regex(paths, URL_PATTERN)
+    rows = np.flatnonzero(pc.fill_null(remote, False).to_numpy(zero_copy_only=False))
+    if len(rows):
+        row = int(rows[0])
+        raise UserError(
+            f"Split {split!r}, row {row}: column {column!r} holds the URL {paths[row].as_py()!r} "
+            f"({len(rows)} such row(s)); images are not fetched from the network: download them and give their "
+            "local paths or bytes."
+        )
+
+
 def _normalise(dataset: Dataset, image_column: str, label_column: str, split: str) -> Dataset:
     for column in (image_column, label_column):
         if column not in dataset.features:
             raise UserError(f"Split {split!r} has no column {column!r}; available: {_describe_columns(dataset)}.")
     dataset = dataset.select_columns([image_column, label_column])
+    _refuse_urls(dataset, image_column, split)
     feature = dataset.features[image_column]
     if _is_encoded_struct(feature) or (isinstance(feature, Value) and feature.dtype in PATH_OR_BYTES_DTYPES):
         dataset = dataset.cast_column(image_column, Image())  # encoded bytes (+ path), or file paths

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +44,10 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Config fields to override, 'key=value,key=value' (e.g. 'image_size=32,patch_size=4')."},
+        metadata={
+            "help": "Config fields to override, 'key=value,key=value' (e.g. 'image_size=32,patch_size=4'); in a "
+            "recipe also a mapping or a list."
+        },
     )
     image_size: int | None = field(
         default=None,
@@ -67,13 +72,17 @@ class ModelArguments:
         # A typo in a field name or a value the model cannot take stops the run here, before anything is loaded.
         overrides = self.parsed_overrides()
         _check_override_values(overrides, "--image_size" if self.image_size is not None else None)
+        if (conflict := self.image_size_conflict()) is not None:
+            logging.getLogger(__name__).warning(conflict)
         if self.from_scratch and self.model_name_or_path in VIT_VARIANTS:
             from ..modeling_vit_accel import check_config
 
             try:
                 check_config(ViTAccelConfig.from_variant(self.model_name_or_path, **overrides))
             except ValueError as error:
-                raise UserError(f"--config_overrides {self.config_overrides!r}: {error}") from error
+                given = [f"--config_overrides {self.config_overrides!r}"] if self.config_overrides else []
+                given += [f"--image_size {self.image_size}"] if self.image_size is not None else []
+                raise UserError(f"{' with '.join(given) or self.model_name_or_path}: {error}") from error
         if self.attn_implementation is not None:
             from transformers import AttentionInterface
 
@@ -86,10 +95,20 @@ class ModelArguments:
                 )
 
     def parsed_overrides(self) -> dict:
-        """`config_overrides` as a dict with int/float/bool/None values where they parse as such."""
+        """`config_overrides` as a dict with int/float/bool/None values where they parse as such, with
+        `--image_size` (which wins over an `image_size` among them; see `image_size_conflict`)."""
+        overrides = self._given_overrides()
+        if self.image_size is not None:
+            overrides["image_size"] = self.image_size
+        return overrides
+
+    def _given_overrides(self) -> dict:
         overrides: dict = {}
-        if self.config_overrides:
-            for item in self.config_overrides.split(","):
+        given = self.config_overrides
+        if isinstance(given, dict):  # from Python: the mapping itself
+            given = [f"{key}={value}" for key, value in given.items()]
+        if given:
+            for item in given.split(",") if isinstance(given, str) else map(str, given):
                 key, sep, value = item.partition("=")
                 key = key.strip()
                 if not sep or not key:
@@ -100,10 +119,29 @@ class ModelArguments:
                     close = difflib.get_close_matches(key, CONFIG_OVERRIDE_FIELDS, n=1)
                     hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(CONFIG_OVERRIDE_FIELDS)}."
                     raise UserError(f"--config_overrides: {key!r} is not a ViTAccelConfig field; {hint}")
+                if key in overrides:
+                    raise UserError(
+                        f"--config_overrides: {key!r} is given twice ({key}={overrides[key]} and {item.strip()}); "
+                        "give it once."
+                    )
+                if value.strip().startswith(("[", "(")):
+                    raise UserError(
+                        f"--config_overrides {key}={value.strip()}...: a list is not a value here (the items are "
+                        "separated by commas); give one number (image_size and patch_size: square)."
+                    )
                 overrides[key] = _parse_scalar(value.strip())
-        if self.image_size is not None:
-            overrides["image_size"] = self.image_size
         return overrides
+
+    def image_size_conflict(self) -> str | None:
+        """The warning when --image_size and image_size in --config_overrides disagree: the flag wins, as a flag
+        typed after a recipe wins over the recipe's value."""
+        given = self._given_overrides().get("image_size")
+        if self.image_size is None or given is None or given == self.image_size:
+            return None
+        return (
+            f"--image_size {self.image_size} replaces image_size={given} of --config_overrides: the model is built "
+            f"for {self.image_size}."
+        )
 
 
 @dataclass
@@ -160,7 +198,8 @@ class TrainingArguments:
     report_to: str | None = field(
         default=None,
         metadata={
-            "help": "Trackers, comma-separated: tensorboard, wandb, ... or 'all' (the default of --with_tracking). "
+            "help": "Trackers, comma-separated (in a recipe also a list): tensorboard, wandb, ... or 'all' (the "
+            "default of --with_tracking). "
             "Naming one turns tracking on."
         },
     )
@@ -188,7 +227,10 @@ class TrainingArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch's input."})
     lora_target_modules: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated linear layer names to adapt, or 'all-linear' (default: q_proj,v_proj)."},
+        metadata={
+            "help": "Comma-separated linear layer names to adapt (in a recipe also a list), or 'all-linear' "
+            "(default: q_proj,v_proj)."
+        },
     )
     use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (magnitude + direction)."})
     merge_adapter: bool = field(
@@ -282,22 +324,19 @@ class TrainingArguments:
         checked once these exist, still before any training)."""
         from ..adapters import PEFT_METHODS
         from .ema import check_ema
+        from .freezing import check_freezing
         from .layer_decay import check_layer_decay
         from .mixing import check_mixing
 
         if self.peft is not None and self.peft not in PEFT_METHODS:
             raise UserError(f"--peft must be one of {', '.join(PEFT_METHODS)}, got {self.peft!r}.")
-        for flag, value in (("--merge_adapter", self.merge_adapter), ("--use_dora", self.use_dora)):
-            if value and self.peft is None:
-                raise UserError(f"{flag} needs --peft lora.")
+        check_freezing(self.freeze, self.freeze_layers, None, self.peft)
         if self.freeze_layers is not None and self.freeze_layers < 0:
             raise UserError(f"--freeze_layers must be >= 0, got {self.freeze_layers}.")
         check_layer_decay(self.layer_decay)
         check_ema(self.ema_decay)
         if self.final_model not in FINAL_MODELS:
             raise UserError(f"--final_model must be one of {', '.join(FINAL_MODELS)}, got {self.final_model!r}.")
-        if self.final_model != "raw" and self.ema_decay is None:
-            raise UserError(f"--final_model {self.final_model} needs --ema_decay.")
         check_mixing(self.mixing_config())
 
     def mixing_config(self):
@@ -352,6 +391,10 @@ def _check_override_values(overrides: dict, image_size_flag: str | None) -> None
         if key == "num_channels" and value != 3:
             # Every image is converted to RGB on the way in (grayscale, palette, CMYK, alpha), so the model sees 3.
             refuse(key, value, "train.py feeds RGB images, so the model takes 3 channels")
+        if key == "pooler_output_size":
+            # The width of the bare model's pooler: a classifier has a pooler only as representation_size's pre_logits.
+            refuse(key, value, "sets the bare model's pooler, which the classifier train.py trains does not have "
+                   "(representation_size adds a pre_logits layer before the head)")  # fmt: skip
         if key == "problem_type" and value != "single_label_classification":
             refuse(key, value, "train.py trains single-label classification (one class per image) only")
 
@@ -370,12 +413,34 @@ def _parse_scalar(value: str):
     return value
 
 
+# Flags whose value is a comma-separated list, which a recipe may also give as a YAML list.
+LIST_FLAGS: tuple[str, ...] = ("config_overrides", "lora_target_modules", "report_to")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML itself keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
     """A recipe's values as command-line arguments, each checked by the same parser as a typed flag."""
+    if recipe.is_dir():
+        raise UserError(f"Recipe {recipe} is a directory, not a YAML file.")
     if not recipe.is_file():
         raise UserError(f"Recipe file not found: {recipe}")
     try:
-        values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        values = yaml.load(recipe.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as error:
         raise UserError(f"Recipe {recipe} is not UTF-8 text (byte {error.start}: {error.reason}).") from error
     except yaml.YAMLError as error:
@@ -396,6 +461,14 @@ def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
             continue
         if key == "config_overrides" and isinstance(value, dict):  # the natural YAML form of 'k=v,k=v'
             value = ",".join(f"{name}={item}" for name, item in value.items())
+        if isinstance(value, list) and key in LIST_FLAGS:  # YAML's list, for a flag that takes 'a,b,c'
+            value = ",".join(str(item).lower() if isinstance(item, bool) else str(item) for item in value)
+        if isinstance(value, (list, dict)):
+            what = "a list" if isinstance(value, list) else "a mapping"
+            raise UserError(
+                f"Recipe {recipe}, key {key!r}: {what} where one value is expected (the keys that take lists: "
+                f"{', '.join(LIST_FLAGS)}; a mapping: config_overrides)."
+            )
         pair = [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
         try:
             parser.parse_known_args(pair)
@@ -427,9 +500,65 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
+    if recipes := [item for item in remaining if item.lower().endswith((".yaml", ".yml"))]:
+        raise UserError(f"{recipes[0]}: a recipe is read only as the first argument, and only one (flags follow it).")
     if remaining:
         raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
+    check_flags_without_effect(model_args, training_args)
     return model_args, data_args, training_args
+
+
+def _mixing(args: TrainingArguments) -> bool:
+    return args.mixup_alpha > 0 or args.cutmix_alpha > 0
+
+
+# A flag that only acts together with another: (flag, what it needs, whether that is given). The flag is refused when
+# it differs from its default while what it needs is not given, since it would then change nothing.
+_NEEDS: tuple[tuple[str, str, Callable[[ModelArguments, TrainingArguments], bool]], ...] = (
+    *(
+        (name, "--peft lora", lambda m, t: t.peft is not None)
+        for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_dora", "merge_adapter")
+    ),
+    ("ema_warmup", "--ema_decay", lambda m, t: t.ema_decay is not None),
+    ("final_model", "--ema_decay", lambda m, t: t.ema_decay is not None),
+    ("mix_prob", "--mixup_alpha or --cutmix_alpha", lambda m, t: _mixing(t)),
+    *(
+        (name, "--mix_prob above 0 (0 mixes no batch)", lambda m, t: t.mix_prob > 0)
+        for name in ("mixup_alpha", "cutmix_alpha")
+    ),
+    # With one of them only, every mixed batch uses it: the choice between the two never arises.
+    ("mix_switch_prob", "both --mixup_alpha and --cutmix_alpha", lambda m, t: t.mixup_alpha > 0 and t.cutmix_alpha > 0),
+    ("momentum", "--optimizer sgd", lambda m, t: t.optimizer == "sgd"),
+    *((name, "--optimizer adamw", lambda m, t: t.optimizer == "adamw") for name in ("adam_beta1", "adam_beta2")),
+    # transformers' constant schedule has no warm-up (constant_with_warmup has).
+    (
+        "num_warmup_steps",
+        "a schedule with warm-up (not --lr_scheduler_type constant)",
+        lambda m, t: t.lr_scheduler_type != "constant",
+    ),  # fmt: skip
+    *((name, "--push_to_hub", lambda m, t: t.push_to_hub) for name in ("hub_private_repo", "hub_strategy")),
+    ("accept_changed_settings", "--resume_from_checkpoint", lambda m, t: t.resume_from_checkpoint is not None),
+    ("save_total_limit", "--checkpointing_steps", lambda m, t: t.checkpointing_steps is not None),
+    # With the backbone frozen only the classifier trains, at the peak rate whatever the decay.
+    ("layer_decay", "blocks that train (not --freeze backbone)", lambda m, t: t.freeze is None),
+    # From scratch, the backbone is random: training the head alone on it is a linear probe of random features.
+    *(
+        (name, "pretrained weights (not --from_scratch)", lambda m, t: not m.from_scratch)
+        for name in ("freeze", "freeze_layers", "ignore_mismatched_sizes")
+    ),
+)
+
+
+def check_flags_without_effect(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """Refuse a flag set (away from its default) while the flag it works with is not: it would change nothing, and a
+    run that silently ignores a setting is not the run its command describes."""
+    for name, needs, given in _NEEDS:
+        arguments = model_args if hasattr(model_args, name) else training_args
+        value = getattr(arguments, name)
+        default = next(f.default for f in dataclasses.fields(arguments) if f.name == name)
+        if value != default and not given(model_args, training_args):
+            shown = "" if isinstance(value, bool) else f" {value}"
+            raise UserError(f"--{name}{shown} needs {needs}; without it the flag changes nothing.")
 
 
 def recorded_arguments(*arguments) -> dict:

@@ -35,7 +35,10 @@ def _flag(name: str) -> bool:
 
 def launched_processes() -> int:
     """The number of processes the launcher started (1 for a plain `python train.py`)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UserError(f"WORLD_SIZE={value!r} is not a number of processes; unset it, or let the launcher set it.")
+    return int(value)
 
 
 def fsdp_requested() -> bool:
@@ -59,6 +62,13 @@ def create_accelerator(**kwargs) -> Accelerator:
     Whether the run really got the distributed type its launch asked for is `preflight.check_process_group`'s
     check (another accelerate version may decide the state differently).
     """
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if launched_processes() > 1 and missing:
+        # torch would fail deep inside accelerate ("Default process group has not been initialized").
+        raise UserError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set, but not {', '.join(missing)}: this process was not "
+            "started by a launcher. Start the run with `accelerate launch` (or torchrun), or unset WORLD_SIZE."
+        )
     handlers = list(kwargs.pop("kwargs_handlers", None) or [])
     cpu_fsdp = _cpu_only() and fsdp_requested() and "LOCAL_RANK" in os.environ
     if cpu_fsdp:

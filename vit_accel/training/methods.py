@@ -18,6 +18,7 @@ from ..adapters import (
     apply_lora,
     base_identity,
     base_model_reference,
+    check_lora_rank,
     check_target_modules,
     count_parameters,  # noqa: F401  (re-exported for the loop)
     parse_target_modules,
@@ -26,6 +27,7 @@ from ..adapters import (
     write_adapter_card,
 )
 from ..errors import UserError
+from ..weights.sources import check_architecture_overrides, saved_architecture
 from .arguments import ModelArguments, TrainingArguments
 from .ema import WeightEMA, check_ema
 from .freezing import (  # noqa: F401  (has_frozen_parameters re-exported for the loop)
@@ -53,6 +55,29 @@ def check_run(model_args: ModelArguments, args: TrainingArguments) -> None:
         with torch.device("meta"):
             shape = ViTAccelForImageClassification(ViTAccelConfig(num_hidden_layers=1, representation_size=8))
         check_target_modules(shape, parse_target_modules(args.lora_target_modules))
+    if not model_args.from_scratch:
+        check_architecture_overrides(
+            model_args.model_name_or_path,
+            model_args.parsed_overrides(),
+            lambda key, value: f"--config_overrides {key}={value}",
+            "pass --from_scratch for a new model of that shape",
+        )
+        if args.peft is not None:
+            check_lora_rank_of_source(model_args, args)
+
+
+def check_lora_rank_of_source(model_args: ModelArguments, args: TrainingArguments) -> None:
+    """`--lora_r` against the widths of the layers it adapts, where the source's shape is known without loading it
+    (a named variant, a local directory); `apply_lora` checks the loaded model in any case."""
+    from ..configuration_vit_accel import ViTAccelConfig
+    from ..modeling_vit_accel import ViTAccelForImageClassification
+
+    saved = saved_architecture(model_args.model_name_or_path)
+    if saved is None:
+        return
+    with torch.device("meta"):
+        shape = ViTAccelForImageClassification(ViTAccelConfig(**{**saved, "num_hidden_layers": 1}))
+    check_lora_rank(shape, args.lora_r, parse_target_modules(args.lora_target_modules))
 
 
 def check_accelerator(accelerator: Accelerator, args: TrainingArguments) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from transformers import get_scheduler
@@ -57,6 +59,11 @@ def _unwrapped_config(model: nn.Module):
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
     """A transformers schedule counted in optimizer steps (the loop steps it once per optimizer step)."""
+    if args.num_warmup_steps > total_steps:
+        logging.getLogger(__name__).warning(
+            f"--num_warmup_steps {args.num_warmup_steps} is longer than the run's {total_steps} optimizer steps: the "
+            "learning rate rises over the whole run and reaches --learning_rate only at its last step."
+        )
     return get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,

@@ -247,12 +247,14 @@ def check_precision_and_accumulation(accelerator: Accelerator, gradient_accumula
         )
 
 
-def check_trackers(report_to: str) -> list[str]:
-    """The trackers `--report_to` names (comma-separated, or `all`), each known to accelerate and installed."""
+def check_trackers(report_to: str | list[str]) -> list[str]:
+    """The trackers `--report_to` names (comma-separated or a list, or `all`), each known to accelerate and
+    installed."""
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     available = [str(tracker) for tracker in get_available_trackers()]
-    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    listed = report_to.split(",") if isinstance(report_to, str) else [str(name) for name in report_to]
+    names = [name.strip() for name in listed if name.strip()]
     if names == ["all"]:
         if not available:
             known = ", ".join(LOGGER_TYPE_TO_CLASS)

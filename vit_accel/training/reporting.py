@@ -89,3 +89,22 @@ def plot_curves(records: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def check_finite_loss(record: dict, output_dir: Path) -> None:
+    """Stop a run whose training loss became NaN or infinite: every weight is then NaN or soon will be, and training
+    on would save that model as if it had trained (its top-1 that of ties broken at random)."""
+    import math
+
+    from .checkpointing import list_checkpoints
+
+    loss = record["loss"]
+    if math.isfinite(loss):
+        return
+    checkpoints = [path.name for path in list_checkpoints(output_dir)]
+    last = f"the last checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
+    raise UserError(
+        f"Step {record['step']}: the training loss is {loss} (learning rate {record['lr']:.3g}, gradient norm "
+        f"{record.get('grad_norm', 'not measured')}): training diverged, so no model is saved ({last}). Lower "
+        "--learning_rate, or keep --max_grad_norm above 0."
+    )

@@ -30,7 +30,16 @@ from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from . import policy
 from .checkpoint import Checkpoint
-from .sources import HubOptions, check_local_revision, locate, standard_path, unknown_variant
+from .sources import (
+    ARCHITECTURE_FIELDS,
+    FUNCTION_FIELDS,
+    HubOptions,
+    check_architecture_overrides,
+    check_local_revision,
+    locate,
+    standard_path,
+    unknown_variant,
+)
 
 HUB_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder", "use_safetensors")
 TRANSFORMERS_KEYWORDS = (
@@ -74,6 +83,16 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
     where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
     check_local_revision(source, where.get("revision"))
     if standard_path(source, HubOptions(**where)):
+        if asked := {key: kwargs[key] for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS if key in kwargs}:
+            # transformers' path would draw the weights that do not fit at random, and say so in a table only.
+            saved = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
+            check_architecture_overrides(
+                source,
+                asked,
+                lambda key, value: f"from_pretrained({str(source)!r}, {key}={value!r})",
+                "build ViTAccelForImageClassification(ViTAccelConfig(...)) for a new model of that shape",
+                saved={key: getattr(saved, key) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS},
+            )
         config = _other_resolution(source, kwargs, where) or _other_head(source, kwargs, where)
         if config is None:
             return None  # ours: every keyword is transformers' to take or refuse

@@ -9,6 +9,7 @@ looked in, and how to fill it), a variant name with a typo (with the closest val
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import zipfile
@@ -394,3 +395,93 @@ __all__ = [
     "standard_path",
     "unknown_variant",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the architecture a source was pretrained with
+
+# Config fields that set the shapes of pretrained weights, or how they are read (heads split the same projections):
+# another value than the checkpoint's leaves weights unused, drawn at random, or read in a way they were not trained
+# for. The resolution is not among them: position embeddings are resampled to any image_size.
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "qkv_bias",
+    "num_channels",
+)
+
+
+# Config fields that do not change a weight's shape but what the weights compute: another value than the one they
+# were trained with is allowed (it may be meant), and said.
+FUNCTION_FIELDS: tuple[str, ...] = ("hidden_act", "layer_norm_eps", "pooler_act")
+
+
+def saved_architecture(source: str | os.PathLike) -> dict | None:
+    """The `ARCHITECTURE_FIELDS` of a named variant, or of a local directory's `config.json` (ours or transformers'
+    ViT, which name them alike), without reading any weights; None where only the weights would tell (a weights
+    file, a Hub repo, a directory without config.json)."""
+    from ..configuration_vit_accel import ViTAccelConfig
+
+    text = str(source)
+    if text in VIT_VARIANTS:
+        return {key: getattr(ViTAccelConfig.from_variant(text), key) for key in ARCHITECTURE_FIELDS}
+    config_file = Path(text).expanduser() / "config.json"
+    if not config_file.is_file():
+        return None
+    saved = read_json(config_file)
+    if not (native.detect((), saved) or transformers_vit.detect((), saved)):
+        return None
+    defaults = ViTAccelConfig()
+    return {key: saved.get(key, getattr(defaults, key)) for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS}
+
+
+def architecture_conflicts(saved: dict, asked: dict) -> list[tuple[str, object, object]]:
+    """(field, asked value, pretrained value) for each architecture field `asked` sets to another value than `saved`
+    (an int and the same int twice as a (height, width) pair are the same size)."""
+
+    def size(value: object) -> object:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, value) if isinstance(value, int) else value
+
+    return [
+        (key, asked[key], saved[key])
+        for key in ARCHITECTURE_FIELDS
+        if key in asked and key in saved and size(asked[key]) != size(saved[key])
+    ]
+
+
+def check_architecture_overrides(
+    source: str | os.PathLike, asked: dict, named, instead: str, saved: dict | None = None
+) -> None:
+    """Refuse, naming the first, an architecture field asked of a pretrained `source` that its weights cannot take.
+
+    `named(key, value)` shows the request as the caller's user typed it (a flag, a keyword); `instead` says how to get
+    a model of the asked shape; `saved` the source's fields where the caller has read them (else
+    `saved_architecture`). Sources whose architecture is known only from their weights are checked there
+    (`policy.check_fit`), where no such field can be taken either.
+    """
+    saved = saved if saved is not None else saved_architecture(source)
+    conflicts = architecture_conflicts(saved, asked) if saved is not None else []
+    for key in FUNCTION_FIELDS:
+        if saved is not None and key in asked and key in saved and asked[key] != saved[key]:
+            logging.getLogger(__name__).warning(
+                f"{named(key, asked[key])}: {source} was trained with {key}={saved[key]}; its weights now compute "
+                "another function than the one they learnt."
+            )
+    if not conflicts:
+        return
+    key, value, pretrained = conflicts[0]
+    if key == "num_hidden_layers" and value > pretrained:
+        why = f"blocks {pretrained}..{value - 1} would start from random weights"
+    elif key == "num_hidden_layers":
+        why = f"its blocks {value}..{pretrained - 1} would be dropped"
+    elif key == "num_attention_heads":
+        why = "its attention weights were trained split into that many heads"
+    else:
+        why = "its weights have the shapes of that value"
+    raise UserError(
+        f"{named(key, value)}: {source} was pretrained with {key}={pretrained}, and {why}; drop the override, or "
+        f"{instead}."
+    )
