@@ -56,7 +56,7 @@ from ..errors import UserError
 from .arguments import DEFAULT_SHUFFLE_BUFFER, DataArguments
 from .decode import prepare, resolve_decoder
 from .loading import BadImageError, collate, example_seed
-from .sources import EVAL_SPLITS, _pick_image_column, _pick_label_column
+from .sources import EVAL_SPLITS, _pick_image_column, _pick_label_column, is_url
 from .transforms import Pipeline
 
 SHARD_FORMATS: dict[str, str] = {".parquet": "parquet", ".tar": "webdataset"}
@@ -117,22 +117,18 @@ class StreamingData:
 # Finding and indexing the shards
 
 
-def _is_url(name: str) -> bool:
-    return "://" in name
-
-
 def _data_files(args: DataArguments) -> dict[str, list[str]]:
     """Split name -> shard files, resolved by 🤗 datasets as for a map-style load (split names from file names)."""
     name = args.dataset_name
     if name is None:
         raise UserError("--streaming reads --dataset_name (a folder or URL of parquet/.tar shards, or a Hub id).")
-    local_or_url = _is_url(name) or Path(name).expanduser().exists()
+    local_or_url = is_url(name) or Path(name).expanduser().exists()
     if local_or_url and args.dataset_config_name is not None:
         raise UserError(
             f"--dataset_config_name {args.dataset_config_name!r}: --dataset_name {name!r} is a folder, file or URL "
             "of shards, which has no configurations; drop the flag."
         )
-    if _is_url(name):
+    if is_url(name):
         suffix = Path(name.split("?")[0]).suffix
         if suffix not in SHARD_FORMATS:
             raise UserError(f"--dataset_name {name!r}: a shard URL must end in .parquet or .tar.")
