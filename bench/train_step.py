@@ -1,5 +1,10 @@
 """Train-step benchmark: images/s and peak memory of ours vs transformers' ViT (sdpa) vs timm's.
 
+A shape may name a family (`DINOv2-S/14@98`, `SigLIP-S/16@96`): ours with that family's options, timm's
+`VisionTransformer` with the same (LayerScale 1e-5 for DINOv2; no CLS token and attention pooling for SigLIP), and
+transformers' own class of that family (`Dinov2ForImageClassification`, whose head reads CLS + patch mean;
+`SiglipForImageClassification`, whose head mean-pools instead of attention pooling).
+
 One training step = forward, cross-entropy, backward, fused AdamW step, zero_grad (set_to_none); the
 same shape, batch, dtype, seed and data for the three models:
 
@@ -78,13 +83,14 @@ MEASURED_PEAK_BF16 = 800e12
 NUM_LABELS = 100
 # (shape, batch) for the CUDA run, most important first; batches give each a similar number of tokens per step.
 CUDA_SHAPES = (("B/16@224", 256), ("B/32@224", 1024), ("L/16@224", 128), ("B/16@384", 96))
-CPU_SHAPES = (("S/16@96", 16),)
+CPU_SHAPES = (("S/16@96", 16), ("DINOv2-S/14@98", 16), ("SigLIP-S/16@96", 16))
+FAMILIES = ("ViT", "DINOv2", "SigLIP")
 DRY_RUN_SHAPES = (("Mini/8@32", 4),)
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A ViT shape named like "B/16@224": size letter(s), patch size, image size."""
+    """A ViT shape named like "B/16@224" (or "DINOv2-S/14@98"): family, size letter(s), patch size, image size."""
 
     name: str
     width: int
@@ -93,22 +99,26 @@ class Shape:
     mlp: int
     patch: int
     image_size: int
+    family: str = "ViT"
 
     @property
     def tokens(self) -> int:
-        return (self.image_size // self.patch) ** 2 + 1
+        return (self.image_size // self.patch) ** 2 + (self.family != "SigLIP")
 
 
 def parse_shape(spec: str) -> Shape:
-    """`"B/16@224"` -> Shape; sizes are Mini, Ti, S, B, L, H."""
-    match = re.fullmatch(r"(?P<size>[A-Za-z]+)/(?P<patch>\d+)@(?P<res>\d+)", spec)
-    if match is None or match["size"] not in SIZES:
-        raise ValueError(f"Shape {spec!r} is not SIZE/PATCH@RESOLUTION with SIZE in {', '.join(SIZES)}.")
+    """`"B/16@224"` or `"DINOv2-S/14@98"` -> Shape; sizes are Mini, Ti, S, B, L, H; families ViT, DINOv2, SigLIP."""
+    match = re.fullmatch(r"(?:(?P<family>[A-Za-z0-9]+)-)?(?P<size>[A-Za-z]+)/(?P<patch>\d+)@(?P<res>\d+)", spec)
+    if match is None or match["size"] not in SIZES or (match["family"] or "ViT") not in FAMILIES:
+        raise ValueError(
+            f"Shape {spec!r} is not [FAMILY-]SIZE/PATCH@RESOLUTION with SIZE in {', '.join(SIZES)} and FAMILY in "
+            f"{', '.join(FAMILIES)}."
+        )
     width, depth, heads, mlp = SIZES[match["size"]]
     patch, res = int(match["patch"]), int(match["res"])
     if res % patch:
         raise ValueError(f"Shape {spec!r}: the resolution must be a multiple of the patch size.")
-    return Shape(spec, width, depth, heads, mlp, patch, res)
+    return Shape(spec, width, depth, heads, mlp, patch, res, match["family"] or "ViT")
 
 
 def forward_macs(shape: Shape, num_labels: int = NUM_LABELS) -> float:
@@ -168,6 +178,11 @@ def largest_batch(fits, start: int, cap: int, granularity: int = 8) -> int:
 
 def build_model(impl: str, shape: Shape):
     """One of the three implementations at `shape`, with a `NUM_LABELS`-way head and Google's LayerNorm epsilon."""
+    ours_options = {
+        "ViT": {},
+        "DINOv2": {"layer_scale_init_value": 1e-5},
+        "SigLIP": {"use_cls_token": False, "pooling": "map"},
+    }[shape.family]
     if impl == "ours":
         from vit_accel import ViTAccelConfig, ViTAccelForImageClassification
 
@@ -179,8 +194,34 @@ def build_model(impl: str, shape: Shape):
             image_size=shape.image_size,
             patch_size=shape.patch,
             num_labels=NUM_LABELS,
+            **ours_options,
         )
         return ViTAccelForImageClassification(config)
+    if impl == "transformers" and shape.family != "ViT":
+        import transformers
+
+        common = dict(
+            hidden_size=shape.width,
+            num_hidden_layers=shape.depth,
+            num_attention_heads=shape.heads,
+            intermediate_size=shape.mlp,
+            image_size=shape.image_size,
+            patch_size=shape.patch,
+            layer_norm_eps=1e-6,
+        )
+        if shape.family == "DINOv2":
+            config = transformers.Dinov2Config(
+                **{k: v for k, v in common.items() if k != "intermediate_size"},
+                mlp_ratio=shape.mlp // shape.width,  # an int in transformers' config
+                layerscale_value=1e-5,
+                num_labels=NUM_LABELS,
+                attn_implementation="sdpa",
+            )
+            return transformers.Dinov2ForImageClassification(config)
+        vision = transformers.SiglipVisionConfig(**common)
+        config = transformers.SiglipConfig(vision_config=vision.to_dict(), num_labels=NUM_LABELS)
+        config._attn_implementation = "sdpa"
+        return transformers.SiglipForImageClassification(config)
     if impl == "transformers":
         from transformers import ViTConfig, ViTForImageClassification
 
@@ -199,6 +240,11 @@ def build_model(impl: str, shape: Shape):
     if impl == "timm":
         from timm.models.vision_transformer import VisionTransformer
 
+        timm_options = {
+            "ViT": {},
+            "DINOv2": {"init_values": 1e-5},
+            "SigLIP": {"class_token": False, "global_pool": "map"},
+        }[shape.family]
         return VisionTransformer(
             img_size=shape.image_size,
             patch_size=shape.patch,
@@ -207,6 +253,7 @@ def build_model(impl: str, shape: Shape):
             num_heads=shape.heads,
             mlp_ratio=shape.mlp / shape.width,
             num_classes=NUM_LABELS,
+            **timm_options,
         )
     raise ValueError(f"Unknown implementation {impl!r}.")
 
@@ -249,7 +296,7 @@ class Trainer:
         self.pixels, self.labels = self.make_inputs(batch)
         # Build (and drop) a one-block model first: lazy imports and one-time library set-up are not the model's
         # memory, and would otherwise count in the peak of whichever implementation pulls in more modules.
-        build_model(impl, Shape("Mini", 8, 1, 1, 8, shape.patch, shape.patch))
+        build_model(impl, Shape("Mini", 8, 1, 1, 8, shape.patch, shape.patch, shape.family))
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -580,22 +627,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", nargs="+", help="e.g. B/16@224:256 (shape:batch); defaults per device")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="autocast dtype (default bf16 on CUDA)")
     parser.add_argument("--modes", nargs="+", choices=("eager", "compiled"), help="default: both on CUDA, eager here")
-    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile_backend", "--compile-backend", default="inductor")
     parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5 on CUDA, 7 on the CPU)")
     parser.add_argument("--steps", type=int, help="timed steps per round (default 10 on CUDA, 2 on the CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the first round")
-    parser.add_argument("--compile-warmup", type=int, default=2, help="extra warm-up steps for compiled models")
-    parser.add_argument("--max-batch", action=argparse.BooleanOptionalAction, help="search the largest batch (CUDA)")
-    parser.add_argument("--max-batch-cap", type=int, default=4096)
+    parser.add_argument(
+        "--compile_warmup", "--compile-warmup", type=int, default=2, help="extra warm-up steps for compiled models"
+    )
+    parser.add_argument(
+        "--max_batch", "--max-batch", action=argparse.BooleanOptionalAction, help="search the largest batch (CUDA)"
+    )
+    parser.add_argument("--max_batch_cap", "--max-batch-cap", type=int, default=4096)
     # One thread on the CPU by default: on this shared 2-core VM, 2-thread rounds varied up to 13x (OpenMP threads
     # waiting on a core a neighbour holds), 1-thread rounds by a few percent.
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: all cores on CUDA, 1 here)")
-    parser.add_argument("--time-budget", type=float, default=float("inf"), help="start no new row after this (s)")
-    parser.add_argument("--start-method", help="multiprocessing start method (default: fork on CPU, spawn on CUDA)")
+    parser.add_argument(
+        "--time_budget", "--time-budget", type=float, default=float("inf"), help="start no new row after this (s)"
+    )
+    parser.add_argument(
+        "--start_method", "--start-method", help="multiprocessing start method (default: fork on CPU, spawn on CUDA)"
+    )
     parser.add_argument("--out", type=Path, help="write the markdown table here")
     parser.add_argument("--json", type=Path, help="write every number here")
-    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU, one round: a smoke test")
+    parser.add_argument(
+        "--dry_run", "--dry-run", action="store_true", help="tiny shapes on the CPU, one round: a smoke test"
+    )
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.dry_run:

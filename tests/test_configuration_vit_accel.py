@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 from factories import tiny_config_kwargs
 
 from vit_accel import VIT_VARIANTS, ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
+from vit_accel.configuration_vit_accel import FAMILY_VARIANTS
 
 SEED_VARIANTS = [f"vit-{s}-p{p}-{r}" for s in ("base", "large") for p in (16, 32) for r in (224, 384)]
 
@@ -107,3 +109,16 @@ def test_labels_round_trip_through_json(tmp_path):
     loaded = ViTAccelConfig.from_pretrained(tmp_path)
     assert loaded.id2label == {0: "cat", 1: "dog"} and loaded.label2id == {"cat": 0, "dog": 1}
     assert loaded.num_labels == 2 and loaded.hidden_size == 192
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_VARIANTS))
+def test_family_variant_parameter_count_is_timms(name):
+    """Built on the meta device (no memory): the variant's configuration has as many parameters as timm's model of the
+    Hub repo it names, with the same head."""
+    import timm
+
+    architecture = FAMILY_VARIANTS[name][0].split("/")[1].split(".")[0]
+    with torch.device("meta"):
+        theirs = timm.create_model(architecture, pretrained=False, num_classes=1000)
+        ours = ViTAccelForImageClassification(ViTAccelConfig.from_variant(name, num_labels=1000))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())

@@ -88,8 +88,9 @@ def test_fullgraph_train_step_matches_eager_gradients():
     [
         dict(layer_scale_init_value=1e-5, num_register_tokens=4, prefix_position_embeddings=False, pooling="cls_mean"),
         dict(use_cls_token=False, pooling="map", pre_norm=True, mlp_type="swiglu", hidden_act="silu"),
+        dict(position_embedding_type="rope", num_register_tokens=4, layer_scale_init_value=1e-5),
     ],
-    ids=["dinov2-registers", "siglip-map-swiglu"],
+    ids=["dinov2-registers", "siglip-map-swiglu", "dinov3-rope"],
 )
 def test_family_train_step_compiles_whole_with_eager_gradients(options):
     torch._dynamo.reset()

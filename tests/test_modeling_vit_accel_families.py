@@ -22,6 +22,9 @@ FAMILY_OPTIONS = {
     "clip": dict(pre_norm=True, patch_embedding_bias=False, hidden_act="quick_gelu", layer_norm_eps=1e-5),
     "mae": dict(pooling="mean"),
     "swiglu": dict(mlp_type="swiglu", hidden_act="silu", layer_scale_init_value=1e-5),
+    "dinov3": dict(
+        position_embedding_type="rope", num_register_tokens=4, layer_scale_init_value=1e-5, layer_norm_eps=1e-5
+    ),
 }
 FAMILY_PARTS = ("register_tokens", "pre_layernorm", "layer_scale", "fc_norm", "attention_pool")
 
@@ -54,8 +57,11 @@ def test_family_shapes_and_features(name):
         out = model.vit(pixels)
         logits = model(pixels).logits
     assert out.last_hidden_state.shape == (2, config.num_prefix_tokens + 16, config.hidden_size)
-    positions = model.vit.embeddings.position_embeddings.shape[1]
-    assert positions == 16 + config.num_prefix_positions
+    if config.position_embedding_type == "rope":
+        assert model.vit.embeddings.position_embeddings is None
+        assert not [key for key in model.state_dict() if "position" in key]
+    else:
+        assert model.vit.embeddings.position_embeddings.shape[1] == 16 + config.num_prefix_positions
     assert logits.shape == (2, 5)
     features = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
     torch.testing.assert_close(logits, model.classifier(features))
@@ -79,6 +85,9 @@ def test_positions_before_or_after_the_prefix_tokens():
         ({"num_register_tokens": -1}, "num_register_tokens must be a non-negative integer"),
         ({"layer_scale_init_value": 0}, "layer_scale_init_value must be None .* or a positive number"),
         ({"mlp_type": "geglu"}, "mlp_type must be one of mlp, swiglu"),
+        ({"position_embedding_type": "sincos"}, "position_embedding_type must be one of learned, rope"),
+        ({"position_embedding_type": "rope", "num_attention_heads": 8}, "head width 6 .* must be a multiple of 4"),
+        ({"position_embedding_type": "rope", "rope_theta": 0}, "rope_theta must be a positive number"),
     ],
 )
 def test_inconsistent_family_fields_are_named(fields, message):
@@ -86,7 +95,7 @@ def test_inconsistent_family_fields_are_named(fields, message):
         ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(**fields)))
 
 
-@pytest.mark.parametrize("name", ["dinov2-registers", "siglip"])
+@pytest.mark.parametrize("name", ["dinov2-registers", "siglip", "dinov3"])
 def test_family_gradient_checkpointing_gives_the_same_gradients(name):
     model = family_model(name).train()
     pixels, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
@@ -103,10 +112,12 @@ def test_family_gradient_checkpointing_gives_the_same_gradients(name):
         torch.testing.assert_close(checkpointed[key], grad, atol=1e-6, rtol=1e-5, msg=key)
 
 
-def test_family_loads_without_vit_accel_through_remote_code(tmp_path):
-    """Every option at once (no CLS, registers, patch-only positions, pre-norm, LayerScale, SwiGLU, attention
-    pooling): the saved model files alone rebuild it, bit-exact."""
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_family_loads_without_vit_accel_through_remote_code(tmp_path, positions):
+    """Every option at once (no CLS, registers, patch-only positions or RoPE, pre-norm, LayerScale, SwiGLU,
+    attention pooling): the saved model files alone rebuild it, bit-exact."""
     options = dict(FAMILY_OPTIONS["siglip"], **FAMILY_OPTIONS["swiglu"], pre_norm=True, num_register_tokens=2)
+    options["position_embedding_type"] = positions
     torch.manual_seed(0)
     model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(**options))).eval()
     model.save_pretrained(tmp_path / "model")
@@ -146,3 +157,33 @@ def test_family_directory_reloads_with_vit_accel(tmp_path):
     with torch.no_grad():
         assert torch.equal(reloaded(pixels).logits, model(pixels).logits)
         assert torch.equal(bare(pixels).pooler_output, model.vit(pixels).pooler_output)
+
+
+def test_rope_grid_follows_the_input_size_and_is_no_rotation_at_the_centre():
+    """The patches' grid is the input's (any multiple of the patch size, no flag); a single patch sits at the centre
+    (0, 0) of DINOv3's [-1, 1] coordinates, where every angle is zero: the same outputs as no rotation at all."""
+    model = family_model("dinov3").eval()
+    with torch.no_grad():
+        for size in (32, 48, 40):
+            out = model.vit(torch.randn(1, 3, size, size))
+            assert out.last_hidden_state.shape[1] == 5 + (size // 8) ** 2
+        one = torch.randn(1, 3, 8, 8)
+        rotated = model.vit(one).last_hidden_state
+        model.config.position_embedding_type = "learned"  # the same blocks with no rotation (no table either)
+        model.vit.embeddings.learned_positions = False
+        plain = model.vit(one).last_hidden_state
+    torch.testing.assert_close(rotated, plain)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex_attention"])
+def test_rope_gives_the_same_outputs_on_every_attention_backend(backend):
+    """The rotation happens before the attention function: every backend sees the same queries and keys."""
+    model = family_model("dinov3").eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected = model(pixels).logits
+        model.set_attn_implementation(backend)
+        torch.testing.assert_close(model(pixels).logits, expected, atol=1e-5, rtol=1e-5)
+        maps = model(pixels, output_attentions=True).attentions
+    assert maps[0].shape == (2, 4, 21, 21)

@@ -262,7 +262,10 @@ TINY_METHODS = [
 RESUME_VARIANTS = {
     "full fine-tuning with every method": TINY_METHODS,
     "lora with every method": ["LORA", "--merge_adapter", *TINY_METHODS],
+    # A family other than Google's: RoPE, registers and LayerScale, with every method.
+    "dinov3 family with every method": ["FAMILY", *TINY_METHODS],
 }
+DINOV3_FIELDS = "position_embedding_type=rope,num_register_tokens=4,layer_scale_init_value=1e-5"
 
 
 @pytest.mark.parametrize("variant", list(RESUME_VARIANTS))
@@ -274,6 +277,9 @@ def test_resume_after_sigkill_gives_the_same_weights(variant, digits, tiny_base,
         "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "8", "--eval_steps", "4",
     ]  # fmt: skip
     extra = RESUME_VARIANTS[variant]
+    if extra[:1] == ["FAMILY"]:
+        args[args.index("--config_overrides") + 1] += "," + DINOV3_FIELDS
+        extra = extra[1:]
     if extra[:1] == ["LORA"]:
         args = [a for a in args if a not in ("--config_overrides", TINY + ",hidden_dropout_prob=0.1")]
 
@@ -311,6 +317,9 @@ def test_resume_after_sigkill_gives_the_same_weights(variant, digits, tiny_base,
     assert train_losses(interrupted) == train_losses(reference)
     metrics = [k for k in results(reference) if k.startswith(("eval_", "ema_eval_"))]
     assert metrics and all(results(interrupted)[k] == results(reference)[k] for k in metrics)
+    if RESUME_VARIANTS[variant][:1] == ["FAMILY"]:
+        saved = json.loads((interrupted / "config.json").read_text())
+        assert (saved["position_embedding_type"], saved["num_register_tokens"]) == ("rope", 4)
 
 
 def test_a_fresh_run_over_an_old_one_replaces_it_whole_when_asked(digits, tmp_path, run_train):

@@ -24,17 +24,22 @@ def _variants(args: argparse.Namespace) -> int:
     """Print the table of named variants with their parameter counts (built on the meta device: no memory used)."""
     import torch
 
-    from .configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+    from .configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig
     from .modeling_vit_accel import ViTAccelForImageClassification
 
-    print(f"{'variant':<20} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'patch':>5} {'image':>5} {'params':>9}")
+    header = (
+        f"{'variant':<26} {'width':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'patch':>5} {'image':>5} {'params':>9}"
+    )
+    print(f"{header}  source")
     for name in VIT_VARIANTS:
         config = ViTAccelConfig.from_variant(name, num_labels=args.num_labels)
         with torch.device("meta"):
             params = sum(p.numel() for p in ViTAccelForImageClassification(config).parameters())
+        source = f"hf.co/{FAMILY_VARIANTS[name][0]}" if name in FAMILY_VARIANTS else "Google's ImageNet-21k npz"
         print(
-            f"{name:<20} {config.hidden_size:>5} {config.num_hidden_layers:>5} {config.num_attention_heads:>5} "
-            f"{config.intermediate_size:>5} {config.patch_size:>5} {config.image_size:>5} {params / 1e6:>8.1f}M"
+            f"{name:<26} {config.hidden_size:>5} {config.num_hidden_layers:>5} {config.num_attention_heads:>5} "
+            f"{config.intermediate_size:>5} {config.patch_size:>5} {config.image_size:>5} {params / 1e6:>8.1f}M  "
+            f"{source}"
         )
     return 0
 

@@ -20,7 +20,48 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "huge": (1280, 32, 16, 5120),
 }
 
-# Named variants `vit-{size}-p{patch}-{resolution}`: Google's released ViTs are base/large x p16/p32 x 224/384.
+# Named variants of the later families, `{family}-{size}-p{patch}-{resolution}`: the timm Hub repo their weights come
+# from (timm's layout, which `vit_accel.weights` reads), the size, and the fields of that architecture (what timm's
+# model function fixes: the converted weights give the same configuration).
+_DINOV2 = {"patch_size": 14, "image_size": 518, "layer_scale_init_value": 1e-5}
+_DINOV2_REG4 = {**_DINOV2, "num_register_tokens": 4, "prefix_position_embeddings": False}
+_DINOV3 = {
+    "patch_size": 16,
+    "image_size": 256,
+    "position_embedding_type": "rope",
+    "num_register_tokens": 4,
+    "layer_scale_init_value": 1e-5,
+    "layer_norm_eps": 1e-5,
+    "qkv_bias": False,
+}
+_SIGLIP = {"patch_size": 16, "use_cls_token": False, "pooling": "map"}
+# OpenAI's CLIP weights were trained with QuickGELU (timm's `*_clip_quickgelu_*` read the same Hub files).
+_CLIP = {"pre_norm": True, "patch_embedding_bias": False, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu"}
+FAMILY_VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "dinov2-small-p14-518": ("timm/vit_small_patch14_dinov2.lvd142m", "small", _DINOV2),
+    "dinov2-base-p14-518": ("timm/vit_base_patch14_dinov2.lvd142m", "base", _DINOV2),
+    "dinov2-large-p14-518": ("timm/vit_large_patch14_dinov2.lvd142m", "large", _DINOV2),
+    "dinov2-reg4-small-p14-518": ("timm/vit_small_patch14_reg4_dinov2.lvd142m", "small", _DINOV2_REG4),
+    "dinov2-reg4-base-p14-518": ("timm/vit_base_patch14_reg4_dinov2.lvd142m", "base", _DINOV2_REG4),
+    "dinov2-reg4-large-p14-518": ("timm/vit_large_patch14_reg4_dinov2.lvd142m", "large", _DINOV2_REG4),
+    "dinov3-small-p16-256": ("timm/vit_small_patch16_dinov3.lvd1689m", "small", _DINOV3),
+    "dinov3-base-p16-256": ("timm/vit_base_patch16_dinov3.lvd1689m", "base", _DINOV3),
+    "dinov3-large-p16-256": ("timm/vit_large_patch16_dinov3.lvd1689m", "large", _DINOV3),
+    "siglip2-base-p16-224": ("timm/vit_base_patch16_siglip_224.v2_webli", "base", {**_SIGLIP, "image_size": 224}),
+    "siglip2-base-p16-384": ("timm/vit_base_patch16_siglip_384.v2_webli", "base", {**_SIGLIP, "image_size": 384}),
+    "clip-base-p16-224": ("timm/vit_base_patch16_clip_224.openai", "base", {**_CLIP, "patch_size": 16}),
+    "clip-large-p14-224": ("timm/vit_large_patch14_clip_224.openai", "large", {**_CLIP, "patch_size": 14}),
+    "deit3-base-p16-224": (
+        "timm/deit3_base_patch16_224.fb_in22k_ft_in1k",
+        "base",
+        {"patch_size": 16, "layer_scale_init_value": 1e-6, "prefix_position_embeddings": False},
+    ),
+    "mae-base-p16-224": ("timm/vit_base_patch16_224.mae", "base", {"patch_size": 16}),
+    "mae-large-p16-224": ("timm/vit_large_patch16_224.mae", "large", {"patch_size": 16}),
+}
+
+# Named variants `vit-{size}-p{patch}-{resolution}`: Google's released ViTs are base/large x p16/p32 x 224/384; then
+# the families'.
 VIT_VARIANTS: tuple[str, ...] = (
     *(
         f"vit-{size}-p{patch}-{res}"
@@ -30,6 +71,7 @@ VIT_VARIANTS: tuple[str, ...] = (
     ),
     "vit-base-p8-224",
     "vit-huge-p14-224",
+    *FAMILY_VARIANTS,
 )
 
 _VARIANT_RE = re.compile(r"^vit-(?P<size>[a-z]+)-p(?P<patch>\d+)-(?P<res>\d+)$")
@@ -51,7 +93,8 @@ class ViTAccelConfig(PreTrainedConfig):
     Field names follow `transformers.ViTConfig` where it has them. The later ViTs (DeiT III, DINOv2, CLIP, SigLIP,
     MAE's fine-tuning) differ from Google's by a few options, each a field below with Google's setting as default:
     `use_cls_token`, `num_register_tokens`, `prefix_position_embeddings`, `patch_embedding_bias`, `pre_norm`,
-    `layer_scale_init_value`, `mlp_type` (and `hidden_act`) and `pooling`.
+    `layer_scale_init_value`, `mlp_type` (and `hidden_act`), `pooling` and `position_embedding_type` (with
+    `rope_theta`).
 
     Args:
         hidden_size (`int`, defaults to 768): width of the encoder.
@@ -97,6 +140,14 @@ class ViTAccelConfig(PreTrainedConfig):
             token concatenated with the mean of the patch tokens, both after the final LayerNorm (DINOv2's linear
             head). `"map"`: multi-head attention pooling of all tokens by a learned query, followed by a LayerNorm
             and MLP (SigLIP's head).
+        position_embedding_type (`str`, defaults to `"learned"`): how the patches know where they are. `"learned"`:
+            a table of position embeddings added to the tokens (Google and the families above). `"rope"`: no table;
+            2-D rotary embeddings on the patch tokens' queries and keys in every block, as DINOv3 does them (patch
+            centres at `(i + 0.5) / rows` and `(j + 0.5) / columns` mapped to [-1, 1], a quarter of each head's
+            channels per axis, half-split rotation; prefix tokens not rotated). The grid follows the input size, so
+            any multiple of the patch size is taken.
+        rope_theta (`float`, defaults to 100.0): RoPE's base period (DINOv3's `rope_theta`, timm's
+            `rope_temperature`): the frequencies are `rope_theta ** (-4 k / head_dim)` for `k < head_dim / 4`.
 
     The configuration constructs whatever its values; the model checks them when it is built and raises a
     `ValueError` naming every inconsistent field (as transformers' models do).
@@ -138,6 +189,8 @@ class ViTAccelConfig(PreTrainedConfig):
     layer_scale_init_value: float | None = None
     mlp_type: str = "mlp"
     pooling: str = "cls"
+    position_embedding_type: str = "learned"
+    rope_theta: float = 100.0
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -163,16 +216,20 @@ class ViTAccelConfig(PreTrainedConfig):
             ValueError: if `name` is not one of `VIT_VARIANTS`; the message lists the valid names.
         """
         match = _VARIANT_RE.match(name) if name in VIT_VARIANTS else None
-        if match is None:
+        if match is None and name not in FAMILY_VARIANTS:
             raise ValueError(f"Unknown ViT variant {name!r}. Valid names: {', '.join(VIT_VARIANTS)}.")
-        hidden, depth, heads, mlp = VIT_SIZES[match["size"]]
+        if name in FAMILY_VARIANTS:
+            _, size, family_fields = FAMILY_VARIANTS[name]
+        else:
+            size, family_fields = match["size"], {"patch_size": int(match["patch"]), "image_size": int(match["res"])}
+        hidden, depth, heads, mlp = VIT_SIZES[size]
         fields = {
             "hidden_size": hidden,
             "num_hidden_layers": depth,
             "num_attention_heads": heads,
             "intermediate_size": mlp,
-            "patch_size": int(match["patch"]),
-            "image_size": int(match["res"]),
+            "image_size": 224,
+            **family_fields,
         }
         fields.update(overrides)
         return cls(**fields)
@@ -180,5 +237,14 @@ class ViTAccelConfig(PreTrainedConfig):
 
 POOLINGS: tuple[str, ...] = ("cls", "mean", "cls_mean", "map")
 MLP_TYPES: tuple[str, ...] = ("mlp", "swiglu")
+POSITION_EMBEDDING_TYPES: tuple[str, ...] = ("learned", "rope")
 
-__all__ = ["MLP_TYPES", "POOLINGS", "VIT_SIZES", "VIT_VARIANTS", "ViTAccelConfig"]
+__all__ = [
+    "FAMILY_VARIANTS",
+    "MLP_TYPES",
+    "POOLINGS",
+    "POSITION_EMBEDDING_TYPES",
+    "VIT_SIZES",
+    "VIT_VARIANTS",
+    "ViTAccelConfig",
+]

@@ -26,7 +26,7 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_vit_accel import MLP_TYPES, POOLINGS, ViTAccelConfig, _pair
+from .configuration_vit_accel import MLP_TYPES, POOLINGS, POSITION_EMBEDDING_TYPES, ViTAccelConfig, _pair
 
 # transformers' ViT keeps its older parameter names on disk (what `save_pretrained` writes, what the Hub's ViT repos
 # hold) and renames them in memory; ours are the in-memory names. Registered for our model type, these renamings let
@@ -111,6 +111,22 @@ def _family_problems(config: ViTAccelConfig) -> list[str]:
         problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if pooling in ("cls", "cls_mean") and not getattr(config, "use_cls_token", True):
         problems.append(f"pooling={pooling!r} reads the CLS token, but use_cls_token is False")
+    positions = getattr(config, "position_embedding_type", "learned")
+    if positions not in POSITION_EMBEDDING_TYPES:
+        problems.append(
+            f"position_embedding_type must be one of {', '.join(POSITION_EMBEDDING_TYPES)}, got {positions!r}"
+        )
+    elif positions == "rope":
+        theta = getattr(config, "rope_theta", 100.0)
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+            problems.append(f"rope_theta must be a positive number, got {theta!r}")
+        heads, hidden = config.num_attention_heads, config.hidden_size
+        whole = isinstance(heads, int) and isinstance(hidden, int) and heads > 0 and hidden % heads == 0
+        if whole and (hidden // heads) % 4:
+            problems.append(
+                f"position_embedding_type='rope' splits each head's channels in four (two axes, sine and cosine): "
+                f"head width {hidden // heads} (hidden_size / num_attention_heads) must be a multiple of 4"
+            )
     if pooling != "cls" and config.representation_size is not None:
         problems.append(
             f"representation_size (Google's pre_logits on the CLS token) needs pooling='cls', not {pooling!r}"
@@ -191,6 +207,8 @@ class ViTAccelEmbeddings(nn.Module):
 
     The position table covers the prefix tokens and the patch grid (Google's ViT), or the grid alone when
     `prefix_position_embeddings` is False: then positions are added to the patches before the prefix is prepended.
+    With `position_embedding_type="rope"` there is no table (the blocks rotate queries and keys instead), and any
+    input size is taken.
     """
 
     def __init__(self, config: ViTAccelConfig):
@@ -203,8 +221,11 @@ class ViTAccelEmbeddings(nn.Module):
         self.register_tokens = nn.Parameter(torch.zeros(1, registers, hidden)) if registers else None
         self.patch_embeddings = ViTAccelPatchEmbeddings(config)
         self.num_prefix_positions = config.num_prefix_positions
+        self.learned_positions = getattr(config, "position_embedding_type", "learned") == "learned"
         num_positions = self.grid_size[0] * self.grid_size[1] + self.num_prefix_positions
-        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden))
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, num_positions, hidden)) if self.learned_positions else None
+        )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
@@ -228,7 +249,11 @@ class ViTAccelEmbeddings(nn.Module):
                 f"config.num_channels={self.patch_embeddings.num_channels}."
             )
         patch = self.patch_embeddings.patch_size
-        if interpolate_pos_encoding:
+        if not self.learned_positions:
+            if height < patch[0] or width < patch[1]:
+                raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
+            position_embeddings = None
+        elif interpolate_pos_encoding:
             if height < patch[0] or width < patch[1]:
                 raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
             position_embeddings = self.interpolate_pos_encoding(height, width)
@@ -244,13 +269,44 @@ class ViTAccelEmbeddings(nn.Module):
         prefix = [
             token.expand(batch_size, -1, -1) for token in (self.cls_token, self.register_tokens) if token is not None
         ]
-        if not prefix:
+        if position_embeddings is None:
+            embeddings = torch.cat((*prefix, embeddings), dim=1) if prefix else embeddings
+        elif not prefix:
             embeddings = embeddings + position_embeddings
         elif self.num_prefix_positions:
             embeddings = torch.cat((*prefix, embeddings), dim=1) + position_embeddings
         else:
             embeddings = torch.cat((*prefix, embeddings + position_embeddings), dim=1)
         return self.dropout(embeddings)
+
+
+def rotary_embeddings(
+    config: ViTAccelConfig, rows: int, columns: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINOv3's 2-D RoPE for a `rows` x `columns` patch grid: `(cos, sin)`, each `(rows * columns, head_dim)`.
+
+    Patch centres are `(i + 0.5) / rows` and `(j + 0.5) / columns`, mapped to [-1, 1]; each axis gets `head_dim / 4`
+    frequencies `rope_theta ** (-4 k / head_dim)`, the angles `2 pi * coordinate * frequency` laid out as (row
+    angles, column angles) twice, for the half-split rotation of `apply_rotary`. Computed in float32, then cast.
+    """
+    head_dim = config.hidden_size // config.num_attention_heads
+    exponents = torch.arange(head_dim // 4, device=device, dtype=torch.float32) * (4.0 / head_dim)
+    inv_freq = float(config.rope_theta) ** -exponents
+    coords_h = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows
+    coords_w = (torch.arange(columns, device=device, dtype=torch.float32) + 0.5) / columns
+    coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1) * 2.0 - 1.0
+    angles = (2 * math.pi * coords[:, :, None] * inv_freq[None, None, :]).flatten(1).tile(2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], num_prefix: int) -> torch.Tensor:
+    """Rotate the patch tokens of `states (batch, heads, tokens, head_dim)` by `rotary`'s angles (half-split: the
+    first half of the channels pairs with the second); the `num_prefix` tokens before them are left as they are."""
+    cos, sin = rotary
+    prefix, patches = states[:, :, :num_prefix], states[:, :, num_prefix:]
+    first, second = patches.chunk(2, dim=-1)
+    rotated = patches * cos + torch.cat((-second, first), dim=-1) * sin
+    return torch.cat((prefix, rotated), dim=2)
 
 
 def eager_attention_forward(
@@ -298,12 +354,14 @@ class ViTAccelAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.num_prefix_tokens = config.num_prefix_tokens
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cls_only: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size = hidden_states.shape[0]
@@ -311,6 +369,12 @@ class ViTAccelAttention(nn.Module):
         query = self.q_proj(hidden_states[:, :1] if cls_only else hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if rotary is not None:
+            # Before the attention function, so that every backend sees rotated queries and keys. The CLS-only
+            # query is a prefix token, which is never rotated.
+            if not cls_only:
+                query = apply_rotary(query, rotary, self.num_prefix_tokens)
+            key = apply_rotary(key, rotary, self.num_prefix_tokens)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -414,9 +478,12 @@ class ViTAccelLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cls_only: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        attention_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, cls_only, **kwargs)
+        attention_output, _ = self.attention(
+            self.layernorm_before(hidden_states), attention_mask, cls_only, rotary=rotary, **kwargs
+        )
         if cls_only:
             hidden_states = hidden_states[:, :1]
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(self.dropout(attention_output)))
@@ -520,7 +587,8 @@ class ViTAccelPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, ViTAccelEmbeddings):
-            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             for token in (module.cls_token, module.register_tokens):
                 if token is not None:
                     init.trunc_normal_(token, mean=0.0, std=std)
@@ -598,6 +666,11 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
         # Inputs arrive as float32 from most pipelines; the weights decide the compute dtype (bf16 under DeepSpeed).
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        rotary = None
+        if getattr(self.config, "position_embedding_type", "learned") == "rope":
+            patch = self.embeddings.patch_embeddings.patch_size
+            rows, columns = pixel_values.shape[-2] // patch[0], pixel_values.shape[-1] // patch[1]
+            rotary = rotary_embeddings(self.config, rows, columns, hidden_states.device, hidden_states.dtype)
         if self.pre_layernorm is not None:
             hidden_states = self.pre_layernorm(hidden_states)
         if attention_mask is None:
@@ -614,10 +687,10 @@ class ViTAccelModel(ViTAccelPreTrainedModel):
         for index, layer in enumerate(self.layers):
             if cls_token_only and index == last:
                 hidden_states = layer(
-                    hidden_states, self._cls_query_mask(hidden_states, attention_mask), True, **kwargs
+                    hidden_states, self._cls_query_mask(hidden_states, attention_mask), True, rotary=rotary, **kwargs
                 )
             else:
-                hidden_states = layer(hidden_states, mask, **kwargs)
+                hidden_states = layer(hidden_states, mask, rotary=rotary, **kwargs)
         sequence_output = self.layernorm(hidden_states) if self.layernorm is not None else hidden_states
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=self._pool(sequence_output))
 
@@ -703,6 +776,8 @@ __all__ = [
     "ViTAccelForImageClassification",
     "ViTAccelModel",
     "ViTAccelPreTrainedModel",
+    "apply_rotary",
     "eager_attention_forward",
     "resample_position_embeddings",
+    "rotary_embeddings",
 ]

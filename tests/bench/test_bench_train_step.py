@@ -101,3 +101,19 @@ def test_trainer_fits_treats_out_of_memory_as_too_big(bench, monkeypatch):
     monkeypatch.setattr(trainer, "run", lambda steps: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # anything else is a real failure, not "too big"
         trainer.fits(4)
+
+
+def test_family_shapes_parse_and_build_the_same_model_in_ours_and_timm(bench):
+    dino, siglip = bench.parse_shape("DINOv2-Mini/8@32"), bench.parse_shape("SigLIP-Mini/8@32")
+    assert (dino.family, dino.tokens, siglip.family, siglip.tokens) == ("DINOv2", 17, "SigLIP", 16)
+    with pytest.raises(ValueError, match="FAMILY in ViT, DINOv2, SigLIP"):
+        bench.parse_shape("EVA-S/16@96")
+    for shape in (dino, siglip):
+        ours, timm = bench.build_model("ours", shape), bench.build_model("timm", shape)
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in timm.parameters()), shape.name
+        assert bench.build_model("transformers", shape) is not None
+
+
+def test_flags_take_underscores(bench):
+    args = bench.parse_args(["--dry_run", "--time_budget", "5", "--compile_backend", "eager"])
+    assert (args.dry_run, args.time_budget, args.compile_backend) == (True, 5.0, "eager")

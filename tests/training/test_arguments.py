@@ -62,7 +62,15 @@ def test_unknown_recipe_key_and_missing_recipe(tmp_path):
         parse_args([str(tmp_path / "missing.yaml")])
 
 
-@pytest.mark.parametrize("recipe", ["recipes/cifar100_modern.yaml", "recipes/digits_lora.yaml"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "recipes/cifar100_modern.yaml",
+        "recipes/digits_lora.yaml",
+        "recipes/imagenet_mae_base.yaml",
+        "recipes/imagenet_dinov2_linear.yaml",
+    ],
+)
 def test_method_recipes_parse(recipe):
     from factories import ROOT
 
@@ -70,6 +78,10 @@ def test_method_recipes_parse(recipe):
     if "modern" in recipe:
         assert training.layer_decay == 0.65 and training.ema_decay == 0.9998 and data.random_erasing == 0.25
         assert training.mixing_config().enabled and training.label_smoothing == 0.1
+    elif "mae" in recipe:
+        assert training.layer_decay == 0.65 and training.learning_rate == 2e-3 and data.random_erasing == 0.25
+    elif "dinov2" in recipe:
+        assert training.freeze == "backbone" and training.optimizer == "sgd"
     else:
         assert training.peft == "lora"
 

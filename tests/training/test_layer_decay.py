@@ -93,3 +93,18 @@ def test_frozen_parameters_are_left_out():
 def test_layer_decay_outside_zero_one_is_refused_naming_the_flag(bad):
     with pytest.raises(UserError, match="--layer_decay must be in"):
         check_layer_decay(bad)
+
+
+def test_family_parts_get_the_layer_of_what_they_belong_to():
+    """Registers with the embeddings, the LayerNorm before the blocks at layer 0 too (it normalises the embeddings),
+    LayerScale with its block, fc_norm and the attention pool with the head."""
+    from vit_accel.training.layer_decay import layer_id
+
+    options = dict(num_register_tokens=4, pre_norm=True, layer_scale_init_value=1e-5, num_hidden_layers=3)
+    for pooling in ("map", "mean"):
+        model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(**options, pooling=pooling)))
+        ids = {name: layer_id(name, 3) for name, _ in model.named_parameters()}
+        assert ids["vit.embeddings.register_tokens"] == ids["vit.pre_layernorm.weight"] == 0
+        assert ids["vit.layers.1.layer_scale1.lambda1"] == ids["vit.layers.1.layer_scale2.lambda1"] == 2
+        after = [name for name in ids if name.startswith(("vit.fc_norm", "vit.attention_pool", "classifier"))]
+        assert after and all(ids[name] == 4 for name in after)

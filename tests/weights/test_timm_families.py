@@ -1,5 +1,6 @@
-"""timm's ViT families (DINOv2, DINOv2 with registers, DeiT III, CLIP, SigLIP, MAE's average pooling) in timm's Hub
-layout: logits against timm itself at the native and a resampled resolution, the round trip back to timm, refusals."""
+"""timm's ViT families (DINOv2, DINOv2 with registers, DeiT III, CLIP, SigLIP, MAE's average pooling, DINOv3) in
+timm's Hub layout: logits against timm itself at the native and a resampled resolution, the round trip back to
+timm, refusals."""
 
 import json
 
@@ -169,7 +170,6 @@ def test_bare_family_state_dict_is_refused_in_one_line(tmp_path):
     "name, kwargs, what",
     [
         ("eva02_tiny_patch14_224", {"img_size": 28, "patch_size": 14}, "EVA-02"),
-        ("vit_small_patch16_dinov3", {"img_size": 32, "patch_size": 16}, "DINOv3"),
         ("aimv2_large_patch14_224", {"img_size": 28, "patch_size": 14}, "AIMv2"),
         ("naflexvit_base_patch16_siglip", {}, "NaFlex"),
     ],
@@ -183,3 +183,103 @@ def test_families_not_supported_yet_are_refused_by_name(tmp_path, name, kwargs, 
     save_file(model.state_dict(), tmp_path / "bare.safetensors")
     with pytest.raises(CheckpointError, match=r"bare\.safetensors: .*cannot load yet"):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "bare.safetensors")
+
+
+# DINOv3: timm's Eva with DINOv3's RoPE (no position table), registers and LayerScale.
+DINOV3 = ["vit_small_patch16_dinov3", "vit_small_patch16_dinov3_qkvb"]
+
+
+def timm_dinov3(name, num_classes=5, global_pool="token"):
+    return timm_family(name, {"global_pool": global_pool}, 8, 32, num_classes=num_classes)
+
+
+@pytest.mark.parametrize("name", DINOV3)
+def test_dinov3_matches_timm_at_native_and_other_resolutions(name, tmp_path):
+    reference = timm_dinov3(name)
+    save_for_hf(reference, tmp_path / "dinov3", safe_serialization=True)
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3")
+    bare = ViTAccelModel.from_pretrained(tmp_path / "dinov3")
+    config = ours.config
+    assert (config.position_embedding_type, config.rope_theta, config.num_register_tokens) == ("rope", 100.0, 4)
+    assert (config.layer_scale_init_value, config.layer_norm_eps, config.pooling) == (1e-5, 1e-5, "cls")
+    assert config.qkv_bias == name.endswith("_qkvb")
+    for size in (32, 48, 40):  # RoPE's grid follows the input: timm's DINOv3 takes any size too
+        pixels = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
+            expected = reference.forward_features(pixels)
+            torch.testing.assert_close(bare(pixels).last_hidden_state, expected, atol=ATOL, rtol=0)
+    resized = ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3", image_size=48)
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(resized(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", DINOV3)
+def test_dinov3_export_to_timm_round_trip_is_exact(name, tmp_path):
+    reference = timm_dinov3(name)
+    save_for_hf(reference, tmp_path / "dinov3", safe_serialization=True)
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3")
+    out = export(ours, tmp_path / "timm_out", to="timm")
+    meta = json.loads((out / "config.json").read_text())
+    rebuilt = timm.create_model(meta["architecture"], pretrained=False, **meta["model_args"]).eval()
+    rebuilt.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+    theirs = rebuilt.state_dict()
+    assert set(theirs) == set(reference.state_dict())
+    for key, value in reference.state_dict().items():
+        assert torch.equal(theirs[key], value), key
+    pixels = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(pixels), reference(pixels), atol=ATOL, rtol=0)
+
+
+def test_dinov3_export_refuses_a_key_bias_timm_does_not_have(tmp_path):
+    reference = timm_dinov3("vit_small_patch16_dinov3_qkvb")
+    save_for_hf(reference, tmp_path / "dinov3", safe_serialization=True)
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3")
+    with torch.no_grad():
+        ours.vit.layers[0].attention.k_proj.bias.fill_(0.5)
+    with pytest.raises(UserError, match=r"DINOv3 cannot write a non-zero key bias"):
+        export(ours, tmp_path / "timm_out", to="timm")
+    assert not (tmp_path / "timm_out").exists() or not any((tmp_path / "timm_out").iterdir())
+
+
+def test_dinov3_average_pooling_head_is_refused_and_a_backbone_gets_the_cls_token(tmp_path):
+    with_head = timm_dinov3("vit_small_patch16_dinov3", global_pool="avg")
+    save_for_hf(with_head, tmp_path / "head", safe_serialization=True)
+    with pytest.raises(CheckpointError, match=r"head on global_pool='avg' .* not a pooling vit_accel has") as error:
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "head")
+    assert "\n" not in str(error.value)
+    backbone = timm_dinov3("vit_small_patch16_dinov3", num_classes=0, global_pool="avg")
+    save_for_hf(backbone, tmp_path / "backbone", safe_serialization=True)
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "backbone", num_labels=3)
+    assert ours.config.pooling == "cls"
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = backbone.forward_features(pixels)
+        torch.testing.assert_close(ours.vit(pixels).last_hidden_state, expected, atol=ATOL, rtol=0)
+
+
+def test_bare_dinov3_state_dict_is_refused_naming_the_layout_that_loads(tmp_path):
+    save_file(timm_dinov3("vit_small_patch16_dinov3").state_dict(), tmp_path / "dinov3.safetensors")
+    with pytest.raises(CheckpointError, match=r"dinov3\.safetensors: .*Eva class .*save DINOv3 with .*save_for_hf"):
+        ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3.safetensors")
+
+
+def test_mae_encoder_fine_tunes_with_average_pooling_and_a_new_fc_norm(tmp_path):
+    """MAE's fine-tuning: the pre-trained encoder (final norm, no fc_norm) read with pooling='mean' drops the final
+    norm and starts fc_norm at unit scale, as MAE's main_finetune does when it loads its checkpoint."""
+    encoder = timm_family("vit_base_patch16_224.mae", {}, 8, 32, num_classes=0)
+    save_for_hf(encoder, tmp_path / "mae", safe_serialization=True)
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "mae", pooling="mean", num_labels=3)
+    assert ours.vit.layernorm is None
+    assert torch.equal(ours.vit.fc_norm.weight, torch.ones(64)) and torch.equal(ours.vit.fc_norm.bias, torch.zeros(64))
+    reference = timm_family("vit_base_patch16_224.mae", {"global_pool": "avg", "fc_norm": True}, 8, 32, num_classes=0)
+    missing = reference.load_state_dict(
+        {k: v for k, v in encoder.state_dict().items() if not k.startswith("norm.")}, strict=False
+    ).missing_keys
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight"]
+    with torch.no_grad():
+        reference.fc_norm.reset_parameters()
+        pixels = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(ours.vit(pixels).pooler_output, reference(pixels), atol=ATOL, rtol=0)

@@ -1,5 +1,5 @@
-"""transformers' ViT families (DINOv2, DINOv2 with registers, CLIP's and SigLIP's vision towers, ViTMAE) from their
-`save_pretrained` directories: hidden states and heads against transformers itself, refusals by name."""
+"""transformers' ViT families (DINOv2, DINOv2 with registers, DINOv3, CLIP's and SigLIP's vision towers, ViTMAE)
+from their `save_pretrained` directories: hidden states and heads against transformers itself, refusals by name."""
 
 import pytest
 import torch
@@ -122,7 +122,6 @@ def test_convert_writes_the_family_preprocessing(tmp_path, name, mean):
     "config_name, model_name, what",
     [
         ("Siglip2VisionConfig", "Siglip2VisionModel", "NaFlex"),
-        ("DINOv3ViTConfig", "DINOv3ViTModel", "DINOv3"),
     ],
 )
 def test_families_not_supported_yet_are_refused_by_name(tmp_path, config_name, model_name, what):
@@ -139,3 +138,29 @@ def test_clip_classifier_head_is_refused_not_half_loaded(tmp_path):
     reference.save_pretrained(tmp_path / "clip")
     with pytest.raises(CheckpointError, match=r"CLIPForImageClassification averages"):
         ViTAccelForImageClassification.from_pretrained(tmp_path / "clip")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"num_register_tokens": 4},  # transformers' defaults: query and value biases, no key bias
+        {"num_register_tokens": 2, "use_gated_mlp": True, "hidden_act": "silu", "query_bias": False, "mlp_bias": False},
+    ],
+    ids=["registers", "gated-no-biases"],
+)
+def test_dinov3_hidden_states_match_transformers_at_any_resolution(tmp_path, fields):
+    reference = tiny("DINOv3ViTConfig", "DINOv3ViTModel", {"image_size": 32, "patch_size": 8, **fields})
+    reference.save_pretrained(tmp_path / "dinov3")
+    ours = ViTAccelModel.from_pretrained(tmp_path / "dinov3")
+    assert (ours.config.position_embedding_type, ours.config.pooling) == ("rope", "cls")
+    assert ours.config.num_register_tokens == fields["num_register_tokens"]
+    for size in (32, 48, 40):  # RoPE's grid follows the input size, as transformers' does
+        pixels = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            theirs = reference(pixels)
+            torch.testing.assert_close(ours(pixels).last_hidden_state, theirs.last_hidden_state, atol=ATOL, rtol=0)
+    classifier = ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov3", num_labels=3, image_size=48)
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        features = reference(pixels).pooler_output  # DINOv3's CLS token after the final norm
+        torch.testing.assert_close(classifier(pixels).logits, classifier.classifier(features), atol=ATOL, rtol=0)

@@ -1,8 +1,10 @@
 """Layer-wise learning-rate decay (BEiT, MAE, timm's `param_groups_layer_decay`), as optimizer parameter groups.
 
-With L blocks, the embeddings (patch projection, position embeddings, CLS) are layer 0, block i is layer i + 1, and
-everything after the last block (final norm, pre_logits, classifier) is layer L + 1. A parameter of layer `id` learns
-at `learning_rate * decay ** (L + 1 - id)`: the head at the full rate, the embeddings at `decay ** (L + 1)` of it.
+With L blocks, the embeddings (patch projection, position embeddings, CLS and register tokens) and the LayerNorm
+before the first block (CLIP's `pre_layernorm`) are layer 0, block i (LayerScale included) is layer i + 1, and
+everything after the last block (final norm, `fc_norm`, attention pooling, pre_logits, classifier) is layer L + 1.
+A parameter of layer `id` learns at `learning_rate * decay ** (L + 1 - id)`: the head at the full rate, the
+embeddings at `decay ** (L + 1)` of it.
 Weight decay is exempted exactly as in `optim.parameter_groups`.
 """
 
@@ -17,7 +19,7 @@ from .optim import _NO_DECAY_NAMES
 
 # Names as they appear in our model, also when wrapped by peft (`base_model.model.vit.layers.3...`).
 _BLOCK_RE = re.compile(r"(?:^|\.)vit\.layers\.(\d+)\.")
-_EMBEDDINGS_RE = re.compile(r"(?:^|\.)vit\.embeddings\.")
+_EMBEDDINGS_RE = re.compile(r"(?:^|\.)vit\.(?:embeddings|pre_layernorm)\.")
 
 
 def check_layer_decay(layer_decay: float | None) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
+from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from . import policy
 from .checkpoint import Checkpoint
@@ -192,8 +192,9 @@ def split_keywords(
         raise unknown_variant(variant, "named variant (the variant= keyword)")
     if variant is not None and source in VIT_VARIANTS and variant != source:
         raise UserError(f"variant={variant!r} contradicts the named source {source!r}.")
-    if source in VIT_VARIANTS:
+    if source in VIT_VARIANTS and source not in FAMILY_VARIANTS:
         ours["variant"] = source  # the variant's shape and resolution, whatever the 21k file it starts from
+    # A family's variant is its Hub repo's own model: the checkpoint's shapes are the configuration.
     config = ours.get("config")
     if isinstance(config, (str, os.PathLike)):
         ours["config"] = ViTAccelConfig.from_pretrained(config)

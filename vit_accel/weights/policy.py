@@ -60,11 +60,12 @@ def infer_config_fields(checkpoint: Checkpoint, given: Collection[str] = ()) -> 
     config nor `given` (the fields the caller sets) has them, the checkpoint is refused naming them, never guessed
     (a 192-wide attention computes a different function with 1, 2 or 3 heads)."""
     sd = checkpoint.state_dict
-    for key in (PATCH_KEY, POS_KEY, "vit.layers.0.mlp.fc1.weight"):
+    rope = checkpoint.config.get("position_embedding_type") == "rope"  # no table: its converter gives image_size
+    for key in (PATCH_KEY, *(() if rope else (POS_KEY,)), "vit.layers.0.mlp.fc1.weight"):
         if key not in sd:
             raise CheckpointError(f"{checkpoint.source}: no {key!r} after conversion; is this a plain ViT checkpoint?")
     hidden, channels, patch_h, patch_w = sd[PATCH_KEY].shape
-    side = source_grid(checkpoint)[0]
+    side = 224 // patch_h if rope else source_grid(checkpoint)[0]
     heads = checkpoint.num_attention_heads
     recorded = {**checkpoint.config, "num_attention_heads": heads}
     missing = [key for key in UNRECORDED_FIELDS if recorded.get(key) is None and key not in given]
@@ -259,6 +260,17 @@ def adapt_state_dict(
                 )
     else:
         report["dropped"] += sorted(head)
+
+    norm, fc_norm = "vit.layernorm.", "vit.fc_norm."
+    if f"{fc_norm}weight" in expected and f"{fc_norm}weight" not in sd and f"{norm}weight" in sd:
+        # Average pooling asked of a checkpoint with a final norm and none of its own (MAE's pre-trained encoder):
+        # MAE's fine-tuning drops the final norm and starts `fc_norm` afresh (unit scale, zero shift).
+        for kind in ("weight", "bias"):
+            report["dropped"].append(f"{norm}{kind}")
+            sd.pop(f"{norm}{kind}", None)
+            sd[f"{fc_norm}{kind}"] = (torch.ones if kind == "weight" else torch.zeros)(expected[f"{fc_norm}{kind}"])
+            report["new"].append(f"{fc_norm}{kind}")
+        logger.info("%s: pooling='mean' with a new fc_norm in place of the final LayerNorm.", checkpoint.source)
 
     if POS_KEY in sd:
         pos = sd[POS_KEY]

@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configuration_vit_accel import VIT_VARIANTS
+from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS
 from ..errors import UserError
 from . import download, google_npz, native, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .checkpoint import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
@@ -62,7 +62,13 @@ def unknown_variant(name: str, what: str = "named variant") -> UserError:
 
 
 def _looks_like_variant(text: str) -> bool:
-    return "/" not in text and os.sep not in text and re.match(r"^vit[-_]", text, re.IGNORECASE) is not None
+    if "/" in text or os.sep in text:
+        return False
+    if re.match(r"^vit[-_]", text, re.IGNORECASE):
+        return True
+    # A family's name ("clip-...", "mae-...") is a variant only with a patch size in it: other names are paths.
+    families = "|".join(sorted({name.split("-")[0] for name in FAMILY_VARIANTS}))
+    return re.match(rf"^({families})[-_].*[-_]p\d+", text, re.IGNORECASE) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -164,8 +170,10 @@ def named_checkpoint(
     options: HubOptions | None = None,
 ) -> Checkpoint:
     """The 21k checkpoint a named variant starts from: downloaded and converted once, then read from the cache
-    (`<cache_dir or HF hub cache>/vit_accel/`)."""
+    (`<cache_dir or HF hub cache>/vit_accel/`). A family's variant is its timm Hub repo (`family_checkpoint`)."""
     options = options or HubOptions()
+    if variant in FAMILY_VARIANTS:
+        return family_checkpoint(variant, options)
     relative = download.weight_file(variant, weights)
     if options.revision not in (None, "main"):
         raise UserError(
@@ -193,6 +201,49 @@ def named_checkpoint(
         checkpoint.source = download.base_url() + relative
         save_safetensors(checkpoint.state_dict, cached, checkpoint.metadata(), progress, checkpoint.materialize)
     return native.read(cached)
+
+
+def family_checkpoint(variant: str, options: HubOptions | None = None) -> Checkpoint:
+    """A family's named variant: its timm Hub repo (`config.json` and `model.safetensors`), downloaded once into the
+    HF cache by huggingface_hub and read from there as timm's layout. Not in the cache and offline: one line naming
+    the variant, the repo, the cache path and how to fill it."""
+    from huggingface_hub import errors, hf_hub_download
+
+    options = options or HubOptions()
+    repo_id, _, fields = FAMILY_VARIANTS[variant]
+    if options.use_safetensors is False:
+        raise UserError(f"use_safetensors=False: {variant} is {repo_id}'s model.safetensors; there is no other file.")
+    paths = []
+    for filename in ("config.json", "model.safetensors"):
+        try:
+            paths.append(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=options.revision,
+                    cache_dir=options.cache_dir,
+                    force_download=options.force_download,
+                    local_files_only=options.offline,
+                    token=options.token,
+                )
+            )
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as error:
+            why = "local_files_only=True" if options.local_files_only else "HF_HUB_OFFLINE is set"
+            why = why if options.offline else str(error).splitlines()[0]
+            raise CheckpointError(
+                f"{variant}: the Hub repo {repo_id} is not in the cache at {_hub_cache(options, repo_id)} ({why}); "
+                f"fill it where the Hub is reachable with `hf download {repo_id} config.json model.safetensors` "
+                "(and copy that cache here), or pass a local path."
+            ) from None
+        except (errors.HfHubHTTPError, OSError) as error:
+            raise CheckpointError(
+                f"{variant}: could not download {repo_id}/{filename}: {error}".splitlines()[0]
+            ) from None
+    checkpoint = read_checkpoint(Path(paths[0]).parent)
+    # What the architecture fixes and the repo's config.json may name otherwise (OpenAI CLIP's QuickGELU).
+    checkpoint.config.update({key: fields[key] for key in ("hidden_act", "layer_norm_eps") if key in fields})
+    checkpoint.source = repo_id
+    return checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -388,6 +439,7 @@ __all__ = [
     "HubOptions",
     "check_local_revision",
     "closest_variant",
+    "family_checkpoint",
     "hub_checkpoint",
     "locate",
     "named_checkpoint",

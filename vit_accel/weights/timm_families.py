@@ -17,8 +17,13 @@ Key map (timm -> ours), on top of `timm_state_dict`'s:
 The weights tell most of the architecture (which of these parts exist, the width of a packed SwiGLU, whether the
 position table covers the prefix tokens); what they cannot tell (the activation, the LayerNorm epsilon) timm fixes
 per model name, so it is read from `config.json`'s `architecture` (and `model_args`, which override it). A bare state
-dict of a family has neither, and is refused. Models of timm that are not a `VisionTransformer` (EVA-02, DINOv3,
-AIMv2, NaFlex ViT) are refused by name.
+dict of a family has neither, and is refused.
+
+DINOv3 (`vit_*_dinov3`, `vit_*_dinov3_qkvb`) is a model of timm's `Eva` class, read and written by the `dinov3_`
+functions below: `reg_token`, `patch_embed.proj`, `blocks.{i}.gamma_1`/`gamma_2` (LayerScale), `norm1`/`norm2`,
+`attn.qkv` (fused; `attn.q_bias` and `attn.v_bias` in the `_qkvb` models, whose key bias is a zero buffer),
+`attn.proj`, `mlp.fc1`/`fc2`, `norm`, `head`; no position table (2-D RoPE, `position_embedding_type="rope"`). The
+other models of timm that are not a `VisionTransformer` (EVA, EVA-02, AIMv2, NaFlex ViT) are refused by name.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ _TOP = {
 _KV = ("attn_pool.kv.weight", "attn_pool.kv.bias")
 _LAYER_SCALE_RE = re.compile(r"^blocks\.(\d+)\.ls([12])\.gamma$")
 _OUR_LAYER_SCALE_RE = re.compile(r"^vit\.layers\.(\d+)\.layer_scale([12])\.lambda1$")
+_OUR_BLOCK_RE = re.compile(r"^vit\.layers\.(\d+)\.(.+)$")
 # Keys that only a family has: one of them in a timm state dict makes it a family's.
 _FAMILY_MARKERS = ("reg_token", "norm_pre.weight", "fc_norm.weight", "attn_pool.latent", "blocks.0.ls1.gamma")
 
@@ -64,13 +70,16 @@ _FAMILY_MARKERS = ("reg_token", "norm_pre.weight", "fc_norm.weight", "attn_pool.
 UNSUPPORTED = (
     (re.compile(r"^eva02_"), "EVA-02 (SwiGLU with an inner norm and 2-D RoPE)"),
     (re.compile(r"^eva_"), "EVA (timm's Eva)"),
-    (re.compile(r"dinov3"), "DINOv3 (2-D RoPE in timm's Eva)"),
     (re.compile(r"^aimv2_"), "AIMv2 (RMSNorm, SwiGLU, no biases)"),
     (re.compile(r"^naflexvit_"), "NaFlex ViT (variable-resolution SigLIP2)"),
 )
 # The same families in a bare state dict, by a key only they have (checked before the families above).
 _UNSUPPORTED_KEYS = (
-    ("gamma_1", "a ViT of timm's Eva class (DINOv3 or EVA: LayerScale as gamma_1, RoPE)"),
+    (
+        "gamma_1",
+        "a ViT of timm's Eva class (DINOv3 or EVA: LayerScale as gamma_1, RoPE) without the config.json that says "
+        "which (save DINOv3 with timm.models.save_for_hf and pass that directory; EVA vit_accel cannot load yet)",
+    ),
     ("q_bias", "a ViT of timm's Eva class (EVA or EVA-02: separate q and v biases, RoPE)"),
     ("fc1_g", "a ViT with a split SwiGLU MLP (EVA-02 or AIMv2)"),
     ("embeds.pos_embed", "a NaFlex ViT (variable-resolution SigLIP2)"),
@@ -95,6 +104,43 @@ _ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": 
 _ACTIVATION_NAMES = {ours: theirs for theirs, ours in _ACTIVATIONS.items()}
 
 
+# DINOv3 in timm's Eva: the model names, and what their functions fix (model_args override them).
+_DINOV3_RE = re.compile(r"_dinov3(_qkvb)?$")
+_DINOV3_DEFAULTS = {"layer_norm_eps": 1e-5, "rope_temperature": 100.0, "init_values": 1e-5}
+_EVA_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_EVA_BLOCK = {
+    "gamma_1": "layer_scale1.lambda1",
+    "gamma_2": "layer_scale2.lambda1",
+    "norm1.weight": "layernorm_before.weight",
+    "norm1.bias": "layernorm_before.bias",
+    "norm2.weight": "layernorm_after.weight",
+    "norm2.bias": "layernorm_after.bias",
+    "attn.q_bias": "attention.q_proj.bias",
+    "attn.v_bias": "attention.v_proj.bias",
+    "attn.proj.weight": "attention.o_proj.weight",
+    "attn.proj.bias": "attention.o_proj.bias",
+    "mlp.fc1.weight": "mlp.fc1.weight",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight",
+    "mlp.fc2.bias": "mlp.fc2.bias",
+}
+_EVA_TOP = {
+    "cls_token": "vit.embeddings.cls_token",
+    "reg_token": "vit.embeddings.register_tokens",
+    "patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "vit.layernorm.weight",
+    "norm.bias": "vit.layernorm.bias",
+    "head.weight": "classifier.weight",
+    "head.bias": "classifier.bias",
+}
+
+
+def is_dinov3(architecture: str) -> bool:
+    """Whether a timm model name is DINOv3's (timm's Eva class with DINOv3's RoPE)."""
+    return _DINOV3_RE.search(architecture) is not None
+
+
 def unsupported_family(architecture: str) -> str | None:
     """What a timm model name is, when it is a family this package cannot load; else None."""
     return next((what for pattern, what in UNSUPPORTED if pattern.search(architecture)), None)
@@ -114,6 +160,7 @@ def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> b
         pool = config.get("global_pool", (config.get("model_args") or {}).get("global_pool", "token"))
         return (
             unsupported_family(architecture) is not None
+            or is_dinov3(architecture)
             or any(pattern.search(architecture) for pattern, _, _ in _FAMILIES)
             or pool not in ("token", "", None)
         )
@@ -148,7 +195,8 @@ def read(path: str | os.PathLike, progress: Any = None, lazy: bool = False) -> C
     if what is not None:
         raise CheckpointError(
             f"{path}: timm's {architecture!r} is {what}, a family vit_accel cannot load yet (timm families it loads: "
-            f"{', '.join(dict.fromkeys(name for _, name, _ in _FAMILIES))}, and average pooling with fc_norm)."
+            f"{', '.join(dict.fromkeys(name for _, name, _ in _FAMILIES))}, DINOv3, and average pooling with "
+            "fc_norm)."
         )
     names = ("model.safetensors", "pytorch_model.bin")
     weights = next((path / name for name in names if (path / name).is_file()), None)
@@ -156,7 +204,12 @@ def read(path: str | os.PathLike, progress: Any = None, lazy: bool = False) -> C
         raise CheckpointError(f"{path}: a timm directory without model.safetensors or pytorch_model.bin.")
     model_args = config.get("model_args") or {}
     pool = config.get("global_pool", model_args.get("global_pool", "token"))
-    checkpoint = to_checkpoint(read_tensors(weights), architecture, model_args, pool, str(path))
+    convert = dinov3_to_checkpoint if is_dinov3(architecture) else to_checkpoint
+    checkpoint = convert(read_tensors(weights), architecture, model_args, pool, str(path))
+    if is_dinov3(architecture):
+        # No position table to tell the resolution: the model's own (`model_args`), else its pretrained config's.
+        size = model_args.get("img_size") or ((config.get("pretrained_cfg") or {}).get("input_size") or [224])[-1]
+        checkpoint.config["image_size"] = size
     labels = config.get("label_names") or (config.get("pretrained_cfg") or {}).get("label_names")
     if labels:
         checkpoint.config["id2label"] = dict(enumerate(labels))
@@ -222,6 +275,139 @@ def to_checkpoint(
     )
 
 
+def dinov3_to_checkpoint(
+    state_dict: Mapping[str, torch.Tensor],
+    architecture: str,
+    model_args: Mapping[str, Any],
+    global_pool: str | None,
+    source: str,
+) -> Checkpoint:
+    """timm's DINOv3 (an `Eva` with DINOv3's RoPE) as a `Checkpoint` of ours with `position_embedding_type="rope"`.
+
+    Its linear head reads the CLS token (DINOv3's); timm's default `global_pool="avg"` averages the normalised
+    patch tokens without `fc_norm`, a pooling vit_accel does not have: refused with a trained head, and without one
+    (a backbone) the model gets DINOv3's CLS pooling.
+    """
+    ours: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        match = _EVA_BLOCK_RE.match(key)
+        if key in _EVA_TOP:
+            ours[_EVA_TOP[key]] = value
+        elif match is not None and match[2] == "attn.qkv.weight":
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                ours[f"vit.layers.{match[1]}.attention.{name}.weight"] = part.contiguous()
+        elif match is not None and match[2] in _EVA_BLOCK:
+            ours[f"vit.layers.{match[1]}.{_EVA_BLOCK[match[2]]}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"{source}: parts of timm's {architecture!r} that vit_accel's DINOv3 does not have (SwiGLU, an inner "
+            f"attention norm, q/k norms): {sorted(unknown)[:6]}."
+        )
+    if "vit.layers.0.attention.q_proj.bias" in ours:
+        # DINOv3 has no key bias (timm keeps a zero buffer); ours starts at zero, the same attention.
+        for key in [k for k in ours if k.endswith(".attention.q_proj.bias")]:
+            ours[key.replace(".q_proj.", ".k_proj.")] = torch.zeros_like(ours[key])
+    pool = global_pool or "token"
+    if pool not in ("token", "avg"):
+        raise CheckpointError(f"{source}: timm's DINOv3 with global_pool={pool!r} is not a pooling vit_accel has.")
+    if pool == "avg" and "classifier.weight" in ours:
+        raise CheckpointError(
+            f"{source}: timm's DINOv3 with a head on global_pool='avg' (the mean of the normalised patch tokens, no "
+            "fc_norm) is not a pooling vit_accel has; DINOv3's own head reads the CLS token (global_pool='token')."
+        )
+    registers = int(ours["vit.embeddings.register_tokens"].shape[1]) if "vit.embeddings.register_tokens" in ours else 0
+    fields: dict[str, Any] = {
+        "position_embedding_type": "rope",
+        "rope_theta": float(model_args.get("rope_temperature") or _DINOV3_DEFAULTS["rope_temperature"]),
+        "layer_norm_eps": _DINOV3_DEFAULTS["layer_norm_eps"],
+        "hidden_act": "gelu",
+        "use_cls_token": "vit.embeddings.cls_token" in ours,
+        "num_register_tokens": registers,
+        "patch_embedding_bias": "vit.embeddings.patch_embeddings.projection.bias" in ours,
+        "layer_scale_init_value": (
+            float(model_args.get("init_values") or _DINOV3_DEFAULTS["init_values"])
+            if "vit.layers.0.layer_scale1.lambda1" in ours
+            else None
+        ),
+        "intermediate_size": int(ours["vit.layers.0.mlp.fc2.weight"].shape[1]),
+        "pooling": "cls",
+    }
+    if isinstance(model_args.get("norm_layer"), str) or model_args.get("act_layer") not in (None, "gelu"):
+        raise CheckpointError(f"{source}: model_args norm_layer/act_layer of timm's DINOv3 are not read by vit_accel.")
+    return Checkpoint(state_dict=ours, source=source, format="timm", config=fields)
+
+
+def dinov3_write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write our DINOv3 (`position_embedding_type="rope"`) as timm's `vit_base_patch16_dinov3` (or `_qkvb`), in
+    timm's Hub layout; `model_args` give the sizes."""
+    from .files import save_safetensors
+
+    config = model.config
+    problems = []
+    if config.pooling != "cls" or not config.use_cls_token:
+        problems.append(f"pooling={config.pooling!r} (timm's DINOv3 head reads the CLS token)")
+    if config.mlp_type != "mlp" or config.hidden_act != "gelu":
+        problems.append(f"mlp_type={config.mlp_type!r}, hidden_act={config.hidden_act!r} (it has a GELU MLP)")
+    if config.layer_norm_eps != 1e-5 or config.pre_norm or not config.patch_embedding_bias:
+        problems.append("layer_norm_eps other than 1e-5, pre_norm or no patch-embedding bias")
+    state_dict = model.state_dict()
+    key_biases = [key for key in state_dict if key.endswith(".attention.k_proj.bias")]
+    if any(bool(state_dict[key].any()) for key in key_biases):
+        problems.append("a non-zero key bias (timm's DINOv3 has none)")
+    if problems:
+        raise CheckpointError(f"export to timm's DINOv3 cannot write {'; '.join(problems)}.")
+    top = {ours: theirs for theirs, ours in _EVA_TOP.items()}
+    block = {ours: theirs for theirs, ours in _EVA_BLOCK.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        match = _OUR_BLOCK_RE.match(key)
+        if key in top:
+            out[top[key]] = value
+        elif match is not None and match[2] == "attention.q_proj.weight":
+            parts = [
+                state_dict[f"vit.layers.{match[1]}.attention.{name}.weight"] for name in ("q_proj", "k_proj", "v_proj")
+            ]
+            out[f"blocks.{match[1]}.attn.qkv.weight"] = torch.cat(parts, dim=0)
+        elif match is not None and match[2] in block:
+            out[f"blocks.{match[1]}.{block[match[2]]}"] = value
+        elif match is None or match[2] not in (
+            "attention.k_proj.weight",
+            "attention.v_proj.weight",
+            "attention.k_proj.bias",
+        ):
+            raise CheckpointError(f"export to timm's DINOv3: no timm name for {key!r}.")
+    architecture = "vit_base_patch16_dinov3_qkvb" if config.qkv_bias else "vit_base_patch16_dinov3"
+    model_args = {
+        "img_size": config.image_size,
+        "patch_size": config.patch_size,
+        "in_chans": config.num_channels,
+        "embed_dim": config.hidden_size,
+        "depth": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "mlp_ratio": config.intermediate_size / config.hidden_size,
+        "num_reg_tokens": config.num_register_tokens,
+        "init_values": config.layer_scale_init_value,
+        "rope_temperature": config.rope_theta,
+        "global_pool": "token",
+        "num_classes": config.num_labels,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors(out, out_dir / "model.safetensors", {"format": "pt"})
+    meta = {
+        "architecture": architecture,
+        "num_classes": config.num_labels,
+        "global_pool": "token",
+        "model_args": model_args,
+        "label_names": [config.id2label[i] for i in range(config.num_labels)],
+    }
+    (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
 def _shape_fields(sd: Mapping[str, torch.Tensor], global_pool: str | None, source: str) -> dict[str, Any]:
     """The family fields that the converted tensors show."""
     use_cls = "vit.embeddings.cls_token" in sd
@@ -274,6 +460,7 @@ def family_options(config: Any) -> list[str]:
         "layer_scale_init_value": None,
         "mlp_type": "mlp",
         "pooling": "cls",
+        "position_embedding_type": "learned",
     }
     return [
         f"{key}={getattr(config, key)!r}" for key, value in defaults.items() if getattr(config, key, value) != value
@@ -314,6 +501,8 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
     from .files import save_safetensors
 
     config = model.config
+    if getattr(config, "position_embedding_type", "learned") == "rope":
+        return dinov3_write(model, out_dir)
     architecture = architecture_for(config)
     state_dict = model.state_dict()
     theirs = {theirs: ours for theirs, ours in _TOP.items()}
@@ -371,7 +560,10 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
 __all__ = [
     "UNSUPPORTED",
     "detect",
+    "dinov3_to_checkpoint",
+    "dinov3_write",
     "family_options",
+    "is_dinov3",
     "is_family",
     "read",
     "to_checkpoint",

@@ -15,6 +15,11 @@ transformers reads its own directory (its on-disk names, shards, dtype), through
 - SigLIP's head: `head.probe`, `head.attention.in_proj_*` (q, k, v stacked), `out_proj`, `layernorm`, `mlp` ->
   `vit.attention_pool.probe`, `q_proj`/`k_proj`/`v_proj`, `o_proj`, `layernorm`, `feed_forward`.
 - ViTMAE: transformers' ViT names (`transformers_vit`); its decoder is not read.
+- DINOv3 (`DINOv3ViTModel`, 2-D RoPE: `position_embedding_type="rope"`): `embeddings.cls_token`/`register_tokens`
+  keep their names under `vit.`, `embeddings.patch_embeddings` is `patch_embeddings.projection`,
+  `model.layer.{i}.norm1`/`norm2` are `layernorm_before`/`layernorm_after`, `attention.*` and `layer_scale*` keep
+  theirs, `mlp.up_proj`/`down_proj` are `mlp.fc1`/`fc2` (gated: `gate_proj` and `up_proj` packed into `fc1`), `norm`
+  is `vit.layernorm`. A bias transformers' config leaves out (its key bias, by default) is a zero bias of ours.
 
 DINOv2 with registers gives the CLS token a position and the registers none: the CLS token's position is folded
 into the token (the same sum at every input), and the remaining table covers the patches only
@@ -41,9 +46,9 @@ SUPPORTED = {
     "clip_vision_model": ("CLIP's vision tower", "cls"),
     "siglip_vision_model": ("SigLIP's vision tower", "map"),
     "vit_mae": ("MAE", "cls"),
+    "dinov3_vit": ("DINOv3", "cls"),
 }
 UNSUPPORTED = {
-    "dinov3_vit": "DINOv3 (2-D RoPE)",
     "siglip2_vision_model": "SigLIP2 NaFlex (variable resolution)",
     "aimv2_vision_model": "AIMv2 (RMSNorm, SwiGLU)",
     "aimv2": "AIMv2 (RMSNorm, SwiGLU)",
@@ -63,6 +68,7 @@ PREPROCESSING = {
     "dinov2": _IMAGENET,
     "dinov2_with_registers": _IMAGENET,
     "vit_mae": _IMAGENET,
+    "dinov3_vit": _IMAGENET,
     "clip_vision_model": {
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711],
@@ -165,6 +171,8 @@ def to_checkpoint(state_dict: Mapping[str, torch.Tensor], config: Any, source: s
         ours, fields = _dinov2(body, config, source)
     elif model_type in ("clip_vision_model", "siglip_vision_model"):
         ours, fields = _clip(body, config, source)
+    elif model_type == "dinov3_vit":
+        ours, fields = _dinov3(body, config, source)
     else:  # vit_mae: transformers' ViT names
         ours = rename_state_dict({k: v for k, v in body.items() if not k.startswith("decoder")}, source)
         fields = {"pooling": "cls"}
@@ -230,6 +238,68 @@ def _dinov2(sd: dict[str, torch.Tensor], config: Any, source: str) -> tuple[dict
         "intermediate_size": int(ours["vit.layers.0.mlp.fc2.weight"].shape[1]),
         "qkv_bias": bool(getattr(config, "qkv_bias", True)),
         "pooling": "cls_mean",
+    }
+    return ours, fields
+
+
+_DINOV3_RE = re.compile(r"^(?:model\.)?layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+_DINOV3_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after", "mlp.down_proj": "mlp.fc2"}
+
+
+def _dinov3(sd: dict[str, torch.Tensor], config: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    ours: dict[str, torch.Tensor] = {}
+    unknown = []
+    gated = bool(getattr(config, "use_gated_mlp", False))
+    for key, value in sd.items():
+        if key == "embeddings.mask_token":
+            continue  # masked-image modelling only
+        if key in ("embeddings.cls_token", "embeddings.register_tokens"):
+            ours[f"vit.{key}"] = value
+            continue
+        if key.startswith("embeddings.patch_embeddings."):
+            ours[f"vit.embeddings.patch_embeddings.projection.{key.rsplit('.', 1)[1]}"] = value
+            continue
+        if key.startswith("norm."):
+            ours[f"vit.layernorm.{key.rsplit('.', 1)[1]}"] = value
+            continue
+        match = _DINOV3_RE.match(key)
+        if match is None:
+            unknown.append(key)
+            continue
+        index, module, kind = match.groups()
+        if module == "mlp.up_proj" and gated:
+            continue  # packed with gate_proj below
+        if module == "mlp.gate_proj":
+            up = sd[key.replace("mlp.gate_proj", "mlp.up_proj")]
+            ours[f"vit.layers.{index}.mlp.fc1.{kind}"] = torch.cat((value, up), dim=0)
+            continue
+        module = "mlp.fc1" if module == "mlp.up_proj" else _DINOV3_BLOCK.get(module, module)
+        ours[f"vit.layers.{index}.{module}.{kind}"] = value
+    if unknown:
+        raise CheckpointError(f"{source}: keys that are not part of a transformers DINOv3: {sorted(unknown)[:8]}.")
+    qkv_bias = any(getattr(config, name, True) for name in ("query_bias", "key_bias", "value_bias"))
+    # Our attention has one bias flag for q, k and v, and biases on its output and MLP: the ones transformers' config
+    # leaves out are zeros here (the same outputs).
+    layers = int(config.num_hidden_layers)
+    needed = {"attention.o_proj": config.hidden_size, "mlp.fc2": config.hidden_size}
+    if qkv_bias:
+        needed.update({f"attention.{n}_proj": config.hidden_size for n in "qkv"})
+    needed["mlp.fc1"] = config.intermediate_size * (2 if gated else 1)
+    for index in range(layers):
+        for module, width in needed.items():
+            key = f"vit.layers.{index}.{module}.bias"
+            if key not in ours:
+                ours[key] = torch.zeros(width)
+    fields = {
+        "position_embedding_type": "rope",
+        "rope_theta": float(config.rope_theta),
+        "image_size": config.image_size,
+        "num_register_tokens": int(config.num_register_tokens),
+        "layer_scale_init_value": float(config.layerscale_value),
+        "mlp_type": "swiglu" if gated else "mlp",
+        "intermediate_size": int(config.intermediate_size),
+        "qkv_bias": qkv_bias,
+        "pooling": "cls",
     }
     return ours, fields
 

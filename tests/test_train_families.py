@@ -1,0 +1,97 @@
+"""train.py from a tiny model of each ViT family on the digits (in this process, a few steps): it trains, saves a
+model of that family, and the saved model reloads to finite logits; LoRA and two DDP processes on DINOv3."""
+
+import json
+
+import pytest
+import torch
+
+from vit_accel import ViTAccelForImageClassification
+
+TINY = "image_size=16,patch_size=4,hidden_size=32,num_attention_heads=2,intermediate_size=64,num_hidden_layers=2"
+FAMILIES = {
+    "dinov2-registers": "layer_scale_init_value=1e-5,num_register_tokens=4,prefix_position_embeddings=False,"
+    "pooling=cls_mean",
+    "dinov3": "position_embedding_type=rope,num_register_tokens=4,layer_scale_init_value=1e-5,layer_norm_eps=1e-5",
+    "siglip": "use_cls_token=False,pooling=map",
+    "clip": "pre_norm=True,patch_embedding_bias=False,hidden_act=quick_gelu,layer_norm_eps=1e-5",
+    "deit3": "layer_scale_init_value=1e-6,prefix_position_embeddings=False",
+    "mae": "pooling=mean",
+}
+
+
+def family_argv(digits, out, family, *extra):
+    return [
+        "--model_name_or_path", "vit-tiny-p16-224", "--from_scratch",
+        "--config_overrides", f"{TINY},{FAMILIES[family]}",
+        "--dataset_name", str(digits), "--max_train_samples", "128", "--max_eval_samples", "32",
+        "--augmentation", "none", "--dataloader_num_workers", "0", "--per_device_train_batch_size", "32",
+        "--learning_rate", "3e-3", "--max_train_steps", "4", "--logging_steps", "2", "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def expected_fields(family):
+    fields = {}
+    for item in FAMILIES[family].split(","):
+        key, value = item.split("=")
+        try:
+            fields[key] = float(value)
+        except ValueError:
+            fields[key] = {"True": True, "False": False}.get(value, value)
+    return fields
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_digits_train_from_a_tiny_model_of_each_family(run_train, digits, tmp_path, family):
+    code, err = run_train(family_argv(digits, tmp_path / "run", family))
+    assert code == 0, err[-3000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key, value in expected_fields(family).items():
+        assert saved[key] == value, key
+    model = ViTAccelForImageClassification.from_pretrained(tmp_path / "run").eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(pixels).logits
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+def test_digits_lora_on_a_family_model(run_train, digits, tmp_path):
+    """LoRA's default target modules exist in a family model too (DINOv3: RoPE, registers, LayerScale): a DINOv3
+    trained from scratch, then adapted with LoRA."""
+    code, err = run_train(family_argv(digits, tmp_path / "base", "dinov3"))
+    assert code == 0, err[-3000:]
+    argv = family_argv(digits, tmp_path / "lora", "dinov3", "--peft", "lora")
+    argv[argv.index("vit-tiny-p16-224")] = str(tmp_path / "base")
+    index = argv.index("--from_scratch")
+    del argv[index : index + 3]  # --from_scratch --config_overrides <fields>: the base model's own configuration
+    code, err = run_train(argv)
+    assert code == 0, err[-3000:]
+    adapter = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and set(adapter["target_modules"]) >= {"q_proj", "v_proj"}
+
+
+def test_dinov3_on_two_ddp_processes_trains_like_one_process(digits, tmp_path):
+    """Two DDP processes over gloo (per-device batch 8) and one process (batch 16) on a DINOv3 model: the same losses
+    and weights, and the DDP replicas identical."""
+    from launching import (
+        ONE_PROCESS,
+        TWO_PROCESSES,
+        assert_really,
+        assert_same_weights,
+        launch,
+        tiny_args,
+        train_in_this_process,
+        train_losses,
+    )
+
+    def family_args(out, *extra):
+        args = tiny_args(digits, out, *extra)
+        args[args.index("--config_overrides") + 1] += "," + FAMILIES["dinov3"]
+        return args
+
+    launch("multi_cpu.yaml", family_args(tmp_path / "ddp", *TWO_PROCESSES))
+    assert_really(tmp_path / "ddp", "MULTI_CPU", 2)
+    assert train_in_this_process(family_args(tmp_path / "one", *ONE_PROCESS), threads=1) == 0
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["position_embedding_type"] == "rope"
+    torch.testing.assert_close(train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one"), atol=1e-5, rtol=1e-5)
+    assert_same_weights(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
