@@ -34,10 +34,11 @@ def register_config() -> None:
     # Deferred: registration runs from an import hook, once transformers' Auto modules are loaded.
     from transformers import AutoConfig
 
-    from .configuration_vit_accel import ViTAccelConfig
+    from .configuration_vit_accel import ViTAccelConfig, ViTAccelMAEConfig
 
-    AutoConfig.register(ViTAccelConfig.model_type, ViTAccelConfig, exist_ok=True)
-    ViTAccelConfig.register_for_auto_class()
+    for config in (ViTAccelConfig, ViTAccelMAEConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        config.register_for_auto_class()
 
 
 def register_models(model_module_loaded: bool = False) -> None:
@@ -49,15 +50,18 @@ def register_models(model_module_loaded: bool = False) -> None:
     _done.add("models")
     register_config()
     # Deferred: registration runs from an import hook, once transformers' Auto modules are loaded.
-    from transformers import AutoModel, AutoModelForImageClassification
+    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-    from .configuration_vit_accel import ViTAccelConfig
-    from .modeling_vit_accel import ViTAccelForImageClassification, ViTAccelModel
+    from .configuration_vit_accel import ViTAccelConfig, ViTAccelMAEConfig
+    from .modeling_vit_accel import ViTAccelForImageClassification, ViTAccelForPreTraining, ViTAccelModel
 
-    AutoModel.register(ViTAccelConfig, ViTAccelModel, exist_ok=True)
-    AutoModelForImageClassification.register(ViTAccelConfig, ViTAccelForImageClassification, exist_ok=True)
-    ViTAccelModel.register_for_auto_class("AutoModel")
-    ViTAccelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    for auto_class, config, model in (
+        (AutoModel, ViTAccelConfig, ViTAccelModel),
+        (AutoModelForImageClassification, ViTAccelConfig, ViTAccelForImageClassification),
+        (AutoModelForPreTraining, ViTAccelMAEConfig, ViTAccelForPreTraining),
+    ):
+        auto_class.register(config, model, exist_ok=True)
+        model.register_for_auto_class(auto_class.__name__)
     from . import weights  # noqa: F401  (vit_accel.weights, as before; from_pretrained finds its loader itself)
 
 

@@ -94,7 +94,7 @@ class ViTAccelConfig(PreTrainedConfig):
     MAE's fine-tuning) differ from Google's by a few options, each a field below with Google's setting as default:
     `use_cls_token`, `num_register_tokens`, `prefix_position_embeddings`, `patch_embedding_bias`, `pre_norm`,
     `layer_scale_init_value`, `mlp_type` (and `hidden_act`), `pooling` and `position_embedding_type` (with
-    `rope_theta`).
+    `rope_theta`). Masked-autoencoder pre-training adds the fields of `ViTAccelMAEConfig`.
 
     Args:
         hidden_size (`int`, defaults to 768): width of the encoder.
@@ -235,6 +235,35 @@ class ViTAccelConfig(PreTrainedConfig):
         return cls(**fields)
 
 
+class ViTAccelMAEConfig(ViTAccelConfig):
+    r"""
+    Configuration of masked-autoencoder pre-training (`ViTAccelForPreTraining`; He et al., "Masked Autoencoders Are
+    Scalable Vision Learners"): every `ViTAccelConfig` field for the encoder, and the decoder and loss below, with
+    MAE's settings as defaults. A model type of its own (`vit_accel_mae`), so that a directory says by its
+    `config.json` that it holds a decoder, and the classifiers' configurations carry none of these fields.
+
+    Args:
+        decoder_hidden_size (`int`, defaults to 512): width of the MAE decoder.
+        decoder_num_hidden_layers (`int`, defaults to 8): number of decoder blocks.
+        decoder_num_attention_heads (`int`, defaults to 16): decoder attention heads; must divide
+            `decoder_hidden_size`.
+        decoder_intermediate_size (`int`, defaults to 2048): width of the decoder's MLP.
+        mask_ratio (`float`, defaults to 0.75): share of patches hidden from the encoder, in [0, 1). 0 masks nothing
+            (every call sees every patch in order: deterministic features, no reconstruction loss).
+        norm_pix_loss (`bool`, defaults to `True`): reconstruct each patch's pixels normalised by the patch's own mean
+            and variance (MAE's setting for its released results) instead of the raw pixels.
+    """
+
+    model_type = "vit_accel_mae"
+
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+
+
 POOLINGS: tuple[str, ...] = ("cls", "mean", "cls_mean", "map")
 MLP_TYPES: tuple[str, ...] = ("mlp", "swiglu")
 POSITION_EMBEDDING_TYPES: tuple[str, ...] = ("learned", "rope")
@@ -247,4 +276,5 @@ __all__ = [
     "VIT_SIZES",
     "VIT_VARIANTS",
     "ViTAccelConfig",
+    "ViTAccelMAEConfig",
 ]

@@ -1,4 +1,5 @@
-"""ViTAccel: Google's Vision Transformer as a `transformers` PreTrainedModel.
+"""ViTAccel: Google's Vision Transformer as a `transformers` PreTrainedModel, its later families as options, and
+masked-autoencoder pre-training (`ViTAccelForPreTraining`).
 
 This file imports only `torch` and `transformers` (plus its configuration) so that it can travel to the Hugging Face
 Hub as remote code. Parameter names are those of `transformers`' own ViT (v5 in-memory names), so a
@@ -10,6 +11,7 @@ import importlib
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +26,18 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_vit_accel import MLP_TYPES, POOLINGS, POSITION_EMBEDDING_TYPES, ViTAccelConfig, _pair
+from .configuration_vit_accel import (
+    MLP_TYPES,
+    POOLINGS,
+    POSITION_EMBEDDING_TYPES,
+    ViTAccelConfig,
+    ViTAccelMAEConfig,
+    _pair,
+)
 
 # transformers' ViT keeps its older parameter names on disk (what `save_pretrained` writes, what the Hub's ViT repos
 # hold) and renames them in memory; ours are the in-memory names. Registered for our model type, these renamings let
@@ -51,11 +60,12 @@ _ON_DISK_VIT_NAMES = (
         for old, new in LEGACY_VIT_BLOCK_NAMES.items()
     ),
 )
-register_checkpoint_conversion_mapping(
-    ViTAccelConfig.model_type,
-    [WeightRenaming(source, target) for source, target in _ON_DISK_VIT_NAMES],
-    overwrite=True,
-)
+for _model_type in (ViTAccelConfig.model_type, ViTAccelMAEConfig.model_type):
+    register_checkpoint_conversion_mapping(
+        _model_type,
+        [WeightRenaming(source, target) for source, target in _ON_DISK_VIT_NAMES],
+        overwrite=True,
+    )
 
 
 def _positive_int(value) -> bool:
@@ -275,34 +285,8 @@ class ViTAccelEmbeddings(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        if pixel_values.dim() != 4:
-            raise ValueError(
-                f"pixel_values must be a 4-D tensor (batch, channels, height, width), got shape "
-                f"{tuple(pixel_values.shape)}."
-            )
-        batch_size, num_channels, height, width = pixel_values.shape
-        if num_channels != self.patch_embeddings.num_channels:
-            raise ValueError(
-                f"pixel_values has {num_channels} channels but the model expects "
-                f"config.num_channels={self.patch_embeddings.num_channels}."
-            )
-        patch = self.patch_embeddings.patch_size
-        if not self.learned_positions:
-            if height < patch[0] or width < patch[1]:
-                raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
-            position_embeddings = None
-        elif interpolate_pos_encoding:
-            if height < patch[0] or width < patch[1]:
-                raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
-            position_embeddings = self.interpolate_pos_encoding(height, width)
-        else:
-            if (height, width) != self.image_size:
-                raise ValueError(
-                    f"Input image size ({height}x{width}) doesn't match config.image_size "
-                    f"({self.image_size[0]}x{self.image_size[1]}). Resize the input, or pass "
-                    "interpolate_pos_encoding=True to resample the position embeddings on the fly."
-                )
-            position_embeddings = self.position_embeddings
+        position_embeddings = self.position_table(pixel_values, interpolate_pos_encoding)
+        batch_size = pixel_values.shape[0]
         embeddings = self.patch_embeddings(pixel_values)
         prefix = [
             token.expand(batch_size, -1, -1) for token in (self.cls_token, self.register_tokens) if token is not None
@@ -316,6 +300,37 @@ class ViTAccelEmbeddings(nn.Module):
         else:
             embeddings = torch.cat((*prefix, embeddings + position_embeddings), dim=1)
         return self.dropout(embeddings)
+
+    def position_table(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor | None:
+        """The position embeddings for `pixel_values`, after checking its shape: the table itself, resampled to the
+        input's size with `interpolate_pos_encoding`, or None with RoPE (no table)."""
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be a 4-D tensor (batch, channels, height, width), got shape "
+                f"{tuple(pixel_values.shape)}."
+            )
+        _, num_channels, height, width = pixel_values.shape
+        if num_channels != self.patch_embeddings.num_channels:
+            raise ValueError(
+                f"pixel_values has {num_channels} channels but the model expects "
+                f"config.num_channels={self.patch_embeddings.num_channels}."
+            )
+        patch = self.patch_embeddings.patch_size
+        if not self.learned_positions:
+            if height < patch[0] or width < patch[1]:
+                raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
+            return None
+        if interpolate_pos_encoding:
+            if height < patch[0] or width < patch[1]:
+                raise ValueError(f"Input image size ({height}x{width}) is smaller than one patch {patch}.")
+            return self.interpolate_pos_encoding(height, width)
+        if (height, width) != self.image_size:
+            raise ValueError(
+                f"Input image size ({height}x{width}) doesn't match config.image_size "
+                f"({self.image_size[0]}x{self.image_size[1]}). Resize the input, or pass "
+                "interpolate_pos_encoding=True to resample the position embeddings on the fly."
+            )
+        return self.position_embeddings
 
 
 def rotary_embeddings(
@@ -810,12 +825,374 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
         )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Masked-autoencoder pre-training (He et al., "Masked Autoencoders Are Scalable Vision Learners"). Parameter names are
+# those of transformers' `ViTMAEForPreTraining` in memory (`vit.*`, `decoder.decoder_layers.*`), and the renamings
+# registered above turn `decoder.decoder_layers.` into its on-disk `decoder.decoder_encoder.layer.` as well, so the two
+# models' state dicts and directories are interchangeable.
+
+
+def _pretraining_problems(config: ViTAccelMAEConfig) -> list[str]:
+    """What makes `config` unusable for MAE pre-training, one phrase per field at fault."""
+    problems = []
+
+    def positive_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    names = (
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+    )
+    for name in names:
+        if not positive_int(getattr(config, name)):
+            problems.append(f"{name} must be a positive integer, got {getattr(config, name)!r}")
+    width, heads = config.decoder_hidden_size, config.decoder_num_attention_heads
+    if positive_int(width) and positive_int(heads) and width % heads:
+        problems.append(f"decoder_hidden_size ({width}) must be divisible by decoder_num_attention_heads ({heads})")
+    # The 2-D sin-cos positions give each axis a sine and a cosine half of half the width.
+    for name in ("hidden_size", "decoder_hidden_size"):
+        value = getattr(config, name)
+        if positive_int(value) and value % 4:
+            problems.append(f"{name} ({value}) must be a multiple of 4 for the fixed 2-D sin-cos positions")
+    ratio = config.mask_ratio
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
+        problems.append(f"mask_ratio must be in [0, 1) (0 only for features: no patch is reconstructed), got {ratio!r}")
+    if not isinstance(config.norm_pix_loss, bool):
+        problems.append(f"norm_pix_loss must be True or False, got {config.norm_pix_loss!r}")
+    if getattr(config, "position_embedding_type", "learned") != "learned":
+        problems.append(
+            f"position_embedding_type={config.position_embedding_type!r}: MAE's encoder adds fixed sin-cos positions "
+            "to the patches before masking, which needs position_embedding_type='learned' (the table)"
+        )
+    if config.pooling != "cls":
+        problems.append(
+            f"pooling={config.pooling!r}: MAE's encoder ends in its final LayerNorm, which the decoder reads; pooling "
+            "chooses a classifier's features (pass it when fine-tuning)"
+        )
+    return problems
+
+
+def check_pretraining_config(config: ViTAccelMAEConfig) -> None:
+    """Raise a `ValueError` naming every field of `config` that `ViTAccelForPreTraining` cannot be built with."""
+    # By its fields, not its class: remote code loads the configuration module a second time, as another class.
+    if getattr(config, "model_type", None) != ViTAccelMAEConfig.model_type:
+        raise ValueError(
+            f"ViTAccelForPreTraining needs a ViTAccelMAEConfig (the decoder's and the loss's fields), got a "
+            f"{type(config).__name__}."
+        )
+    problems = _config_problems(config) + _pretraining_problems(config)
+    if problems:
+        raise ValueError(f"Cannot build a ViTAccel MAE model from this {type(config).__name__}: {'; '.join(problems)}.")
+
+
+def sincos_position_embeddings(
+    grid: tuple[int, int], dim: int, num_prefix_tokens: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position table `(1, prefix + height * width, dim)`: zeros for the prefix (CLS) rows,
+    then per patch in row-major order `[sin(col w), cos(col w), sin(row w), cos(row w)]` over `dim / 4` frequencies
+    `w = 10000^(-k / (dim / 4))`, computed in float64 as MAE's numpy code does (columns first: the layout its
+    released checkpoints hold)."""
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij"
+    )
+    col, row = cols.reshape(-1, 1) * omega, rows.reshape(-1, 1) * omega
+    table = torch.cat((col.sin(), col.cos(), row.sin(), row.cos()), dim=1)
+    table = torch.cat((torch.zeros(num_prefix_tokens, dim, dtype=torch.float64), table), dim=0)
+    return table.unsqueeze(0).to(dtype)
+
+
+def random_masking(
+    tokens: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE's per-sample masking: keep the `int(L * (1 - mask_ratio))` tokens of lowest `noise` (uniform if not given).
+
+    Returns the kept tokens `(batch, kept, dim)` in ascending-noise order, the mask `(batch, L)` (1 = hidden from the
+    encoder) and `ids_restore` `(batch, L)`, the index that puts the shuffled sequence back in patch order. With
+    `mask_ratio=0` and no `noise` nothing moves: the tokens stay in patch order, so features are the same every call.
+    """
+    batch_size, length, dim = tokens.shape
+    if mask_ratio == 0 and noise is None:
+        order = torch.arange(length, device=tokens.device).expand(batch_size, -1)
+        return tokens, tokens.new_zeros(batch_size, length), order
+    if noise is None:
+        noise = torch.rand(batch_size, length, device=tokens.device)
+    elif tuple(noise.shape) != (batch_size, length):
+        raise ValueError(f"noise must have shape (batch, patches) = {(batch_size, length)}, got {tuple(noise.shape)}.")
+    keep = int(length * (1 - mask_ratio))
+    ids_shuffle = torch.argsort(noise.to(tokens.device), dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    kept = torch.gather(tokens, 1, ids_shuffle[:, :keep, None].expand(-1, -1, dim))
+    mask = tokens.new_ones(batch_size, length)
+    mask[:, :keep] = 0
+    return kept, torch.gather(mask, 1, ids_restore), ids_restore
+
+
+class _DecoderConfig:
+    """The encoder's configuration seen with the decoder's sizes: plain ViT blocks (no LayerScale, plain MLP) with
+    the encoder's activation, LayerNorm epsilon, biases and dropout. A live view rather than a copy, so the attention
+    backend chosen for the model (`config._attn_implementation`) reaches the decoder's blocks too."""
+
+    layer_scale_init_value = None
+    mlp_type = "mlp"
+
+    def __init__(self, config: ViTAccelMAEConfig):
+        self._config = config
+
+    hidden_size = property(lambda self: self._config.decoder_hidden_size)
+    num_hidden_layers = property(lambda self: self._config.decoder_num_hidden_layers)
+    num_attention_heads = property(lambda self: self._config.decoder_num_attention_heads)
+    intermediate_size = property(lambda self: self._config.decoder_intermediate_size)
+
+    def __getattr__(self, name: str):
+        return getattr(self._config, name)
+
+
+class ViTAccelMAEEncoder(ViTAccelModel):
+    """Our ViT as MAE's encoder: fixed sin-cos positions (a buffer), MAE's initialisation, and `forward_visible`, which
+    runs the blocks on the visible patches only. Its parameters are a `ViTAccelModel`'s, so the trained encoder loads
+    as any of our models."""
+
+    def __init__(self, config: ViTAccelConfig):
+        super().__init__(config, add_pooling_layer=False)
+        # Fixed positions are a (saved) buffer, not a frozen parameter: transformers' loading re-creates parameters
+        # with requires_grad=True, which would train them from the first resumed or continued run on.
+        embeddings = self.embeddings
+        table = embeddings.position_embeddings.detach()
+        del embeddings.position_embeddings
+        embeddings.register_buffer("position_embeddings", table)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """MAE's initialisation: xavier-uniform Linear weights (the patch projection as a Linear), zero biases, unit
+        LayerNorms, normal(0.02) tokens, sin-cos positions."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, ViTAccelEmbeddings):
+            width = module.position_embeddings.shape[-1]
+            table = sincos_position_embeddings(module.grid_size, width, module.num_prefix_positions)
+            init.copy_(module.position_embeddings, table)
+            for token in (module.cls_token, module.register_tokens):
+                if token is not None:
+                    init.normal_(token, mean=0.0, std=std)
+        else:
+            super()._init_weights(module)
+
+    def forward_visible(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder on the patches `random_masking` keeps (positions added before masking, prefix tokens after, as
+        MAE): `(latent (batch, prefix + kept, hidden), mask, ids_restore)`."""
+        embeddings = self.embeddings
+        pixel_values = pixel_values.to(embeddings.patch_embeddings.projection.weight.dtype)
+        table = embeddings.position_table(pixel_values, interpolate_pos_encoding)
+        prefix_positions = embeddings.num_prefix_positions
+        patches = embeddings.patch_embeddings(pixel_values) + table[:, prefix_positions:]
+        visible, mask, ids_restore = random_masking(patches, self.config.mask_ratio, noise)
+        batch_size = pixel_values.shape[0]
+        prefix = [
+            t.expand(batch_size, -1, -1) for t in (embeddings.cls_token, embeddings.register_tokens) if t is not None
+        ]
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if prefix_positions:
+                prefix = prefix + table[:, :prefix_positions]
+            visible = torch.cat((prefix, visible), dim=1)
+        hidden_states = embeddings.dropout(visible)
+        if self.pre_layernorm is not None:
+            hidden_states = self.pre_layernorm(hidden_states)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, **kwargs)
+        return self.layernorm(hidden_states), mask, ids_restore
+
+
+class ViTAccelMAEDecoder(nn.Module):
+    """MAE's decoder: the latent projected to the decoder's width, mask tokens in place of the hidden patches, fixed
+    sin-cos positions, plain ViT blocks, a LayerNorm and a per-patch pixel prediction."""
+
+    def __init__(self, config: ViTAccelMAEConfig):
+        super().__init__()
+        view = _DecoderConfig(config)
+        width = config.decoder_hidden_size
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.grid_size = config.grid_size
+        patch = _pair(config.patch_size)
+        self.decoder_embed = nn.Linear(config.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        # A buffer, for the reason the encoder's positions are one.
+        self.register_buffer("decoder_pos_embed", torch.zeros(1, num_positions, width))
+        self.decoder_layers = nn.ModuleList(ViTAccelLayer(view) for _ in range(config.decoder_num_hidden_layers))
+        self.decoder_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(width, patch[0] * patch[1] * config.num_channels)
+
+    def forward(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Per-patch predictions `(batch, patches, patch_h * patch_w * channels)` in patch order. `grid`: the patch
+        grid of another input size, whose sin-cos positions are computed for it."""
+        hidden_states = self.decoder_embed(latent)
+        prefix = self.num_prefix_tokens
+        visible = hidden_states[:, prefix:]
+        batch_size, length = ids_restore.shape
+        masked = self.mask_token.to(visible.dtype).expand(batch_size, length - visible.shape[1], -1)
+        tokens = torch.cat((visible, masked), dim=1)
+        tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, tokens.shape[-1]))
+        hidden_states = torch.cat((hidden_states[:, :prefix], tokens), dim=1)
+        if grid is None or tuple(grid) == tuple(self.grid_size):
+            positions = self.decoder_pos_embed
+        else:
+            positions = sincos_position_embeddings(grid, hidden_states.shape[-1], prefix).to(hidden_states)
+        hidden_states = hidden_states + positions
+        for layer in self.decoder_layers:
+            hidden_states = layer(hidden_states)
+        return self.decoder_pred(self.decoder_norm(hidden_states))[:, prefix:]
+
+
+@dataclass
+class ViTAccelForPreTrainingOutput(ModelOutput):
+    r"""
+    What `ViTAccelForPreTraining` returns (the fields of transformers' `ViTMAEForPreTrainingOutput`).
+
+    loss (`torch.Tensor`, scalar): mean squared error of the reconstruction over the masked patches (None when
+        `mask_ratio=0` hides none).
+    logits (`torch.Tensor` of shape `(batch, patches, patch_h * patch_w * channels)`): the per-patch reconstruction,
+        in the (normalised, with `norm_pix_loss`) pixel space of the loss; `unpatchify` turns it into images.
+    mask (`torch.Tensor` of shape `(batch, patches)`): 1 for the patches hidden from the encoder, 0 for the visible.
+    ids_restore (`torch.LongTensor` of shape `(batch, patches)`): the index that restores patch order.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class ViTAccelForPreTraining(ViTAccelPreTrainedModel):
+    """Masked-autoencoder pre-training (MAE): our ViT encoder (`vit`, a `ViTAccelMAEEncoder`) on the visible patches,
+    a light decoder (`decoder`) reconstructing all patches, and the (normalised-)pixel loss on the masked ones.
+
+    Pass `noise` `(batch, patches)` for a reproducible mask (the patches of lowest noise stay visible), as with
+    transformers' `ViTMAEForPreTraining`; with the same weights and noise the two give the same loss and logits.
+    """
+
+    config_class = ViTAccelMAEConfig
+    config: ViTAccelMAEConfig
+    _no_split_modules = ["ViTAccelEmbeddings", "ViTAccelLayer", "ViTAccelMAEDecoder"]
+
+    def __init__(self, config: ViTAccelMAEConfig):
+        check_pretraining_config(config)
+        super().__init__(config)
+        self.vit = ViTAccelMAEEncoder(config)
+        self.decoder = ViTAccelMAEDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.embeddings.patch_embeddings
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """MAE's initialisation for the decoder (the encoder has its own): xavier-uniform Linear weights, zero biases,
+        unit LayerNorms, a normal(0.02) mask token and sin-cos positions."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, ViTAccelMAEDecoder):
+            init.normal_(module.mask_token, mean=0.0, std=self.config.initializer_range)
+            width = module.decoder_pos_embed.shape[-1]
+            init.copy_(
+                module.decoder_pos_embed, sincos_position_embeddings(module.grid_size, width, module.num_prefix_tokens)
+            )
+        else:
+            super()._init_weights(module)
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images `(batch, channels, H, W)` as patches `(batch, patches, patch_h * patch_w * channels)`, row-major,
+        each patch's pixels in (row, column, channel) order, as MAE's and transformers' `patchify`."""
+        patch_h, patch_w = _pair(self.config.patch_size)
+        batch_size, channels, height, width = pixel_values.shape
+        if height % patch_h or width % patch_w:
+            raise ValueError(
+                f"Input image size ({height}x{width}) is not a multiple of the patch size {(patch_h, patch_w)}."
+            )
+        patches = pixel_values.reshape(batch_size, channels, height // patch_h, patch_h, width // patch_w, patch_w)
+        return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, -1, patch_h * patch_w * channels)
+
+    def unpatchify(self, patches: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The inverse of `patchify`: patches back to images of `image_size` (default the config's)."""
+        patch_h, patch_w = _pair(self.config.patch_size)
+        height, width = _pair(image_size if image_size is not None else self.config.image_size)
+        rows, cols = height // patch_h, width // patch_w
+        if rows * cols != patches.shape[1]:
+            raise ValueError(
+                f"{patches.shape[1]} patches do not tile a {height}x{width} image in {(patch_h, patch_w)} patches."
+            )
+        channels = patches.shape[-1] // (patch_h * patch_w)
+        images = patches.reshape(patches.shape[0], rows, cols, patch_h, patch_w, channels)
+        return images.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], channels, height, width)
+
+    def reconstruction_target(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the logits are trained to be: the patches, each normalised by its own mean and (unbiased) variance
+        with `norm_pix_loss`, in float32."""
+        target = self.patchify(pixel_values.float())
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ViTAccelForPreTrainingOutput:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`): normalised images.
+            noise (`torch.Tensor` of shape `(batch, patches)`, *optional*): decides the mask: the patches of lowest
+                noise stay visible. Uniform random when not given.
+            interpolate_pos_encoding (`bool`): resample the encoder's positions (bicubic) and compute the decoder's
+                sin-cos positions for an input of another size.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required.")
+        interpolate = bool(interpolate_pos_encoding)
+        latent, mask, ids_restore = self.vit.forward_visible(pixel_values, noise, interpolate, **kwargs)
+        patch = _pair(self.config.patch_size)
+        grid = (pixel_values.shape[2] // patch[0], pixel_values.shape[3] // patch[1])
+        logits = self.decoder(latent, ids_restore, grid)
+        loss = None
+        if self.config.mask_ratio > 0:  # then at least one patch per image is masked (the kept count rounds down)
+            # In float32 whatever the compute dtype: the mean of many small squared errors.
+            errors = ((logits.float() - self.reconstruction_target(pixel_values)) ** 2).mean(dim=-1)
+            loss = (errors * mask.float()).sum() / mask.float().sum()
+        return ViTAccelForPreTrainingOutput(loss=loss, logits=logits, mask=mask, ids_restore=ids_restore)
+
+
 __all__ = [
     "ViTAccelForImageClassification",
+    "ViTAccelForPreTraining",
+    "ViTAccelForPreTrainingOutput",
     "ViTAccelModel",
     "ViTAccelPreTrainedModel",
     "apply_rotary",
     "eager_attention_forward",
+    "random_masking",
     "resample_position_embeddings",
     "rotary_embeddings",
+    "sincos_position_embeddings",
 ]

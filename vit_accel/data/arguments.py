@@ -12,6 +12,10 @@ from ..errors import UserError
 
 AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "none")
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
+# How training JPEGs are decoded: `pil_draft` decodes at the reduced DCT scale a random-resized crop needs.
+IMAGE_DECODERS: tuple[str, ...] = ("auto", "pil", "pil_draft")
+# Examples per shuffle window of a stream (🤗 datasets' default shuffle buffer size too).
+DEFAULT_SHUFFLE_BUFFER = 1000
 
 
 @dataclass
@@ -84,6 +88,30 @@ class DataArguments:
             "choices": list(BAD_IMAGE_POLICIES),
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream --dataset_name (a folder or URL of parquet or webdataset .tar shards, or a Hub id) "
+            "instead of loading it: shards split across processes and workers, seeded shuffle (shards, then a "
+            "--shuffle_buffer_size window), exact mid-epoch resume."
+        },
+    )
+    shuffle_buffer_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --streaming: examples per shuffle window (each window of a stream is permuted); default "
+            f"{DEFAULT_SHUFFLE_BUFFER}."
+        },
+    )
+    image_decoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --streaming: how training images are decoded: `pil` (full decode), `pil_draft` (JPEGs "
+            "decoded at the reduced DCT scale the random-resized crop needs: same crops and flips), `auto` (the "
+            "default: pil_draft for presets that start with a random-resized crop).",
+            "choices": list(IMAGE_DECODERS),
+        },
+    )
     dataloader_num_workers: int = field(
         default=2, metadata={"help": "Worker processes per data loader (0 decodes in the main process)."}
     )
@@ -112,6 +140,15 @@ class DataArguments:
             raise UserError(f"--random_erasing must be a probability in [0, 1], got {self.random_erasing}.")
         if self.bad_images not in BAD_IMAGE_POLICIES:
             raise UserError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
+        if self.streaming and self.dataset_name is None:
+            raise UserError("--streaming reads --dataset_name (shards or a Hub id), not --train_dir.")
+        for name in ("shuffle_buffer_size", "image_decoder"):
+            if getattr(self, name) is not None and not self.streaming:
+                raise UserError(f"--{name} applies to --streaming input only; drop it or add --streaming.")
+        if self.shuffle_buffer_size is not None and self.shuffle_buffer_size < 1:
+            raise UserError(f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
+        if self.image_decoder is not None and self.image_decoder not in IMAGE_DECODERS:
+            raise UserError(f"--image_decoder must be one of {', '.join(IMAGE_DECODERS)}; got {self.image_decoder!r}.")
         if self.dataloader_num_workers < 0:
             raise UserError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
 

@@ -24,7 +24,8 @@ from .folders import GLOB_CHARACTERS, URL_PATTERN
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN_CANDIDATES: tuple[str, ...] = ("image", "img")
-LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "fine_label")
+# `cls`: the class field of webdataset shards (`<key>.cls`).
+LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "fine_label", "cls")
 # Split names used for evaluation when present, in order of preference.
 EVAL_SPLITS: tuple[str, ...] = ("validation", "valid", "val", "test")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -463,6 +464,12 @@ def load_image_dataset(args: DataArguments, seed: int, for_training: bool = True
     that is (or overlaps) the training folder.
     """
     check_seed(seed)
+    if args.streaming:
+        # A caller that has not been taught to stream must not load the shards whole instead.
+        raise UserError(
+            "--streaming: this command loads datasets whole and cannot stream; drop --streaming (a folder of parquet "
+            "shards also loads whole), or stream from Python with vit_accel.data.streaming."
+        )
     if for_training and args.train_dir is not None and args.validation_dir is not None:
         _check_distinct_folders(args.train_dir, args.validation_dir)
     raw = _load(args)

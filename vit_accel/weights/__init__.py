@@ -8,11 +8,12 @@ transformers ViT directory or Hub id, and a safetensors file of ours. A director
 transformers' standard path.
 
 One module per format, each with the same surface (`detect`, `read` into our names, `write` from our names):
-`google_npz`, `timm_state_dict`, `transformers_vit`, `native` (ours), and for the later ViT families
-`timm_families` and `transformers_families`. Around them: `files` (containers: sniffing,
-safe reads, the streaming safetensors writer), `sources` (named variants, local paths, the Hub), `policy` (head,
-pre_logits/pooler, position-embedding resampling: the fine-tuning policy), `loading` (the `from_pretrained` entry
-point and its keywords), `conversion` (`convert`, `export`), `graph_export` (ONNX, ExportedProgram), `download`.
+`google_npz`, `timm_state_dict`, `transformers_vit`, `native` (ours), for the later ViT families `timm_families` and
+`transformers_families`, and `mae` for MAE pre-training checkpoints (with their decoder). Around them: `files`
+(containers: sniffing, safe reads, the streaming safetensors writer), `sources` (named variants, local paths, the Hub),
+`policy` (head, pre_logits/pooler, position-embedding resampling: the fine-tuning policy), `loading` (the
+`from_pretrained` entry point and its keywords), `conversion` (`convert`, `export`), `graph_export` (ONNX,
+ExportedProgram), `download`.
 """
 
 from __future__ import annotations

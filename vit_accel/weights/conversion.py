@@ -20,7 +20,7 @@ from transformers import ViTImageProcessor
 from ..errors import UserError
 from ..formats import EXPORT_TARGETS
 from ..modeling_vit_accel import ViTAccelForImageClassification
-from . import graph_export, native, policy, timm_families, timm_state_dict, transformers_families, transformers_vit
+from . import graph_export, mae, native, policy, timm_families, timm_state_dict, transformers_families, transformers_vit
 from .files import read_json
 from .loading import split_keywords
 from .source_weights import Checkpoint, CheckpointError, ProgressFn
@@ -80,6 +80,10 @@ def convert(
         source, hub, weights=ours.pop("weights", None), progress=progress, quiet=ours.pop("quiet", False), lazy=True
     )
     ours.pop("progress", None)
+    if mae.has_decoder(checkpoint):  # an MAE pre-training checkpoint: its encoder, with MAE's pooling
+        options = {**ours, **fields}
+        checkpoint = mae.encoder_checkpoint(ViTAccelForImageClassification, checkpoint, options)
+        fields["pooling"] = options["pooling"]
     model, state_dict, _ = policy.plan(ViTAccelForImageClassification, checkpoint, **ours, **fields)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
@@ -98,9 +102,11 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
         # Google's ViTs (vit_jax, big_vision) take pixels scaled to [-1, 1], resized bilinearly.
         return {"image_mean": list(GOOGLE_MEAN_STD), "image_std": list(GOOGLE_MEAN_STD)}
     folder = Path(checkpoint.source)
+    if folder.is_dir() and (folder / PROCESSOR_FILE).is_file():
+        return read_json(folder / PROCESSOR_FILE)
+    if checkpoint.format == "mae":  # MAE pre-trains (and its files say nothing else) on ImageNet's mean and std
+        return dict(transformers_families.PREPROCESSING["vit_mae"])
     if folder.is_dir():
-        if (folder / PROCESSOR_FILE).is_file():
-            return read_json(folder / PROCESSOR_FILE)
         if checkpoint.format == "timm":  # timm's Hub layout records its normalisation in `pretrained_cfg`
             cfg = read_json(folder / "config.json").get("pretrained_cfg") or {}
             if cfg.get("mean") and cfg.get("std"):

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig
+from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig, ViTAccelMAEConfig
 from ..errors import UserError
-from ..modeling_vit_accel import ViTAccelPreTrainedModel
-from . import policy
+from ..modeling_vit_accel import ViTAccelForPreTraining, ViTAccelPreTrainedModel
+from . import mae, policy
 from .source_weights import Checkpoint
 from .sources import (
     ARCHITECTURE_FIELDS,
@@ -69,6 +69,11 @@ OUR_KEYWORDS = (
 ALWAYS_SO = ("low_cpu_mem_usage", "weights_only", "trust_remote_code")
 
 
+class HeadMismatchError(UserError, RuntimeError):
+    """Labels of another count than a trained head's: a RuntimeError too, as transformers raises for a head that does
+    not fit, so that callers written against transformers keep catching it."""
+
+
 def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> torch.nn.Module | None:
     """Build `cls` from a named variant, Google npz, timm or transformers checkpoint; None for a directory or Hub
     repo of ours (transformers' standard path reads those), unless it is asked for another `image_size`: then its
@@ -86,7 +91,12 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
         raise UserError(f"from_pretrained({str(source)!r}): an empty name; pass '.' for the current directory.")
     where = {key: kwargs[key] for key in HUB_KEYWORDS if kwargs.get(key) is not None}
     check_local_revision(source, where.get("revision"))
+    pretraining = issubclass(cls, ViTAccelForPreTraining)
+    if pretraining and str(source) in VIT_VARIANTS:  # Google's supervised files: no decoder (refused before a download)
+        raise mae.not_mae(str(source))
     if standard_path(source, HubOptions(**where)):
+        if pretraining:  # a classifier (or bare ViT) of ours has no decoder
+            raise mae.not_mae(str(source))
         if asked := {key: kwargs[key] for key in ARCHITECTURE_FIELDS + FUNCTION_FIELDS if key in kwargs}:
             # transformers' path would draw the weights that do not fit at random, and say so in a table only.
             saved = ViTAccelConfig.from_pretrained(source, **{k: v for k, v in where.items() if k != "use_safetensors"})
@@ -106,7 +116,8 @@ def from_pretrained(cls: type, source: Any, *model_args: Any, **kwargs: Any) -> 
         # transformers' path.
         kwargs = {"ignore_mismatched_sizes": False, **kwargs}
         kwargs.setdefault("config", config)
-    hub, placement, ours, fields = split_keywords(str(source), kwargs)  # before any long work
+    fields_of = ViTAccelMAEConfig if pretraining else ViTAccelConfig
+    hub, placement, ours, fields = split_keywords(str(source), kwargs, fields_of)  # before any long work
     checkpoint = locate(
         source, hub, weights=ours.pop("weights", None), progress=ours.pop("progress", None),
         quiet=ours.pop("quiet", False),
@@ -150,7 +161,7 @@ def _other_head(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> V
             f"{key}={value!r}" if key == "num_labels" else f"{key}=<{len(value)} labels>"
             for key, value in asked.items()
         )
-        raise UserError(
+        raise HeadMismatchError(
             f"from_pretrained({str(source)!r}, {given}): it holds a trained {config.num_labels}-class head; "
             f"ignore_mismatched_sizes=True replaces it with a new {count}-class one (head_init='zeros' or "
             "'normal'), or leave the labels out to keep it."
@@ -160,10 +171,11 @@ def _other_head(source: Any, kwargs: dict[str, Any], where: dict[str, Any]) -> V
 
 
 def split_keywords(
-    source: str, kwargs: dict[str, Any]
+    source: str, kwargs: dict[str, Any], config_class: type = ViTAccelConfig
 ) -> tuple[HubOptions, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(where from, how to place, our options, config fields); a keyword in none of them is refused by name."""
-    config_fields = set(ViTAccelConfig().to_dict()) | {"id2label", "label2id", "num_labels"}
+    """(where from, how to place, our options, fields of `config_class`); a keyword in none of them is refused by
+    name."""
+    config_fields = set(config_class().to_dict()) | {"id2label", "label2id", "num_labels"}
     hub, placement, ours, fields = {}, {}, {}, {}
     for key, value in kwargs.items():
         if key == "torch_dtype":
@@ -201,9 +213,10 @@ def split_keywords(
     # A family's variant is its Hub repo's own model: the checkpoint's shapes are the configuration.
     config = ours.get("config")
     if isinstance(config, (str, os.PathLike)):
-        ours["config"] = ViTAccelConfig.from_pretrained(config)
-    elif config is not None and not isinstance(config, ViTAccelConfig):
-        raise UserError(f"config= must be a ViTAccelConfig (or its directory), got {type(config).__name__}.")
+        ours["config"] = config_class.from_pretrained(config)
+    elif config is not None and not isinstance(config, config_class):
+        name = config_class.__name__
+        raise UserError(f"config= must be a {name} (or its directory), got {type(config).__name__}.")
     return HubOptions(**hub), placement, ours, fields
 
 
@@ -212,7 +225,12 @@ def build(
 ) -> torch.nn.Module | tuple[torch.nn.Module, dict]:
     """`cls` built from `checkpoint` under the fine-tuning policy (`options`: see `policy.plan`), then placed by
     transformers' `from_pretrained`, given the converted state dict, with the `placement` keywords."""
-    planned, state_dict, report = policy.plan(cls, checkpoint, **options)
+    if issubclass(cls, ViTAccelForPreTraining):
+        planned, state_dict, report = mae.plan_pretraining(cls, checkpoint, **options)
+    else:
+        if mae.has_decoder(checkpoint):  # an MAE checkpoint's encoder, with MAE's pooling for a classifier
+            checkpoint = mae.encoder_checkpoint(cls, checkpoint, options)
+        planned, state_dict, report = policy.plan(cls, checkpoint, **options)
     placement = dict(placement or {})
     want_info = placement.pop("output_loading_info", False)
     # transformers' own from_pretrained (ours would send a state dict back here), placing the converted weights.

@@ -22,18 +22,30 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..configuration_vit_accel import FAMILY_VARIANTS, VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
-from . import download, google_npz, native, timm_families, timm_state_dict, transformers_families, transformers_vit
+from . import (
+    download,
+    google_npz,
+    mae,
+    native,
+    timm_families,
+    timm_state_dict,
+    transformers_families,
+    transformers_vit,
+)
 from .files import read_json, read_tensors, safetensors_header, save_safetensors, sniff
 from .kinds import other_kind
 from .source_weights import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
 
 ACCEPTED = (
     "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"
-    ".safetensors), a transformers ViT directory or Hub id, a safetensors file or directory of ViTAccel"
+    ".safetensors), a transformers ViT or ViTMAE directory or Hub id, Meta's MAE .pth, a safetensors file or "
+    "directory of ViTAccel"
 )
-# Tensor files are told apart by their names, in this order: our names are also transformers' v5 in-memory names.
-TENSOR_FORMATS = (timm_families, timm_state_dict, native, transformers_vit)
-DIRECTORY_FORMATS = (native, transformers_vit, transformers_families, timm_families, timm_state_dict)
+# Tensor files are told apart by their names, in this order: our names are also transformers' v5 in-memory names, and
+# an MAE decoder next to timm's or transformers' encoder names makes a file MAE's. A directory's config.json tells: an
+# MAE pre-training model's (with its decoder) before transformers' families (whose ViTMAEModel is the encoder alone).
+TENSOR_FORMATS = (mae, timm_families, timm_state_dict, native, transformers_vit)
+DIRECTORY_FORMATS = (mae, native, transformers_vit, transformers_families, timm_families, timm_state_dict)
 
 
 @dataclass
@@ -314,6 +326,11 @@ def hub_checkpoint(repo_id: str, options: HubOptions) -> Checkpoint | None:
     config = read_json(config_file)
     if native.detect((), config):
         return None
+    if mae.detect((), config):  # a transformers ViTMAE repo (facebook/vit-mae-*)
+        weights = _hub_download(repo_id, "model.safetensors", options, missing_ok=True)
+        weights = weights or _hub_download(repo_id, "pytorch_model.bin", options)
+        checkpoint = mae.to_checkpoint(read_tensors(weights), config, repo_id)
+        return checkpoint
     if not transformers_vit.detect((), config):
         raise CheckpointError(
             f"{repo_id}: a {config.get('model_type')!r} model on the Hub, not a ViT ('vit' or 'vit_accel')."

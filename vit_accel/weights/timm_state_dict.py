@@ -217,21 +217,11 @@ def to_checkpoint(state_dict: Mapping[str, torch.Tensor], source: str = "timm") 
         if key in _FIXED:
             ours[_FIXED[key]] = value
             continue
-        match = _BLOCK_RE.match(key)
-        if match is None:
+        renamed = rename_block(key, value, source)
+        if renamed is None:
             unknown.append(key)
-            continue
-        index, module, kind = match.groups()
-        prefix = f"vit.layers.{index}."
-        if module == "attn.qkv":
-            if value.shape[0] % 3:
-                raise CheckpointError(f"{source}: {key!r} has shape {tuple(value.shape)}, not 3 x width rows.")
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                ours[f"{prefix}attention.{name}.{kind}"] = part.contiguous()
-        elif module in _BLOCK:
-            ours[f"{prefix}{_BLOCK[module]}.{kind}"] = value
         else:
-            unknown.append(key)
+            ours.update(renamed)
     # An empty `fc_norm` (Identity) leaves no keys; a real one means average pooling, which a CLS-token ViT is not.
     if unknown:
         raise CheckpointError(
@@ -248,6 +238,26 @@ def to_checkpoint(state_dict: Mapping[str, torch.Tensor], source: str = "timm") 
         resample_antialias=True,
         config={"layer_norm_eps": 1e-6, "hidden_act": "gelu"},
     )
+
+
+def rename_block(
+    key: str, value: torch.Tensor, source: str = "timm", prefix: str = "vit.layers."
+) -> dict[str, torch.Tensor] | None:
+    """One tensor of a timm block (`blocks.{i}.*`) under our names, rooted at `prefix` (the fused qkv split into
+    q, k, v); None for a key that is not part of a plain ViT block."""
+    match = _BLOCK_RE.match(key)
+    if match is None:
+        return None
+    index, module, kind = match.groups()
+    root = f"{prefix}{index}."
+    if module == "attn.qkv":
+        if value.shape[0] % 3:
+            raise CheckpointError(f"{source}: {key!r} has shape {tuple(value.shape)}, not 3 x width rows.")
+        parts = zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0))
+        return {f"{root}attention.{name}.{kind}": part.contiguous() for name, part in parts}
+    if module in _BLOCK:
+        return {f"{root}{_BLOCK[module]}.{kind}": value}
+    return None
 
 
 def from_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,192 @@
+"""Data-loading benchmark for 224-px JPEG training input: images/s per worker, ratios in one run.
+
+Every path reads the same JPEGs (cut from scikit-learn's two sample photos, re-encoded at quality 90, at each
+`--sizes` resolution) and yields training batches of 224-px images with a random-resized crop and a flip:
+
+- `torchvision ImageFolder`: torchvision.datasets.ImageFolder + RandomResizedCrop(224) / RandomHorizontalFlip /
+  ToTensor / Normalize (torchvision's reference recipe), a DataLoader;
+- `datasets map-style rows + torchvision`: a 🤗 Dataset of the JPEG bytes, `set_transform` with the same transforms;
+- `ours map-style`: vit_accel's ImageClassificationDataset (inception preset: uint8 out, normalised on the device);
+- `ours stream parquet/webdataset (decoder)`: vit_accel.data.streaming from local parquet / .tar shards, with the
+  full decode (`pil`) or the DCT-domain decode (`pil_draft`).
+
+Each path runs as one DataLoader worker would: in this process, one thread (`num_workers=0`), so that its images/s is
+the per-worker figure. Time is this process' CPU time (what a worker with its own core spends; on a shared machine
+wall time mostly measures the neighbours), and wall time is reported beside it. Paths take turns within each repeat.
+
+Usage:
+    python bench/data_stream.py [--num_images 128] [--sizes 500x375,1024x768] [--batch_size 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import PIL
+import PIL.Image
+import torch
+import torchvision
+from datasets import ClassLabel, Dataset, Features, Image
+from torch.utils.data import DataLoader
+from torchvision import transforms as v1
+
+from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, make_dataloader
+from vit_accel.data.streaming import make_streaming_dataloader, open_streaming_dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OUT = 224
+CLASSES = 4
+
+
+def make_jpegs(num: int, width: int, height: int, seed: int = 0) -> list[bytes]:
+    """`num` JPEGs of width x height cut at random places and scales from the two sample photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(num):
+        photo = photos[i % len(photos)]
+        h = int(rng.integers(photo.shape[0] // 2, photo.shape[0]))
+        w = min(photo.shape[1], int(h * width / height))
+        top, left = int(rng.integers(0, photo.shape[0] - h + 1)), int(rng.integers(0, photo.shape[1] - w + 1))
+        image = PIL.Image.fromarray(photo[top : top + h, left : left + w]).resize((width, height), PIL.Image.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def write_sources(root: Path, jpegs: list[bytes], shards: int = 4) -> dict[str, Path]:
+    """The same images as an ImageFolder, parquet shards and webdataset tars (labels i % CLASSES)."""
+    folder, parquet, tars = root / "folder", root / "parquet", root / "wds"
+    for path in (folder, parquet, tars):
+        path.mkdir(parents=True)
+    for i, data in enumerate(jpegs):
+        (folder / f"c{i % CLASSES}").mkdir(exist_ok=True)
+        (folder / f"c{i % CLASSES}" / f"{i:06d}.jpg").write_bytes(data)
+    features = Features({"image": Image(), "label": ClassLabel(names=[f"c{i}" for i in range(CLASSES)])})
+    per = -(-len(jpegs) // shards)
+    for s in range(shards):
+        part = range(s * per, min(len(jpegs), (s + 1) * per))
+        rows = {"image": [{"bytes": jpegs[i], "path": None} for i in part], "label": [i % CLASSES for i in part]}
+        Dataset.from_dict(rows, features=features).to_parquet(str(parquet / f"train-{s:05d}-of-{shards:05d}.parquet"))
+        with tarfile.open(tars / f"train-{s:05d}.tar", "w") as archive:
+            for i in part:
+                for ext, data in (("jpg", jpegs[i]), ("cls", str(i % CLASSES).encode())):
+                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                    info.size = len(data)
+                    archive.addfile(info, io.BytesIO(data))
+    return {"folder": folder, "parquet": parquet, "wds": tars}
+
+
+def torchvision_transform() -> v1.Compose:
+    return v1.Compose(
+        [v1.RandomResizedCrop(OUT), v1.RandomHorizontalFlip(), v1.ToTensor(), v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def loaders(sources: dict[str, Path], jpegs: list[bytes], batch_size: int) -> dict[str, Callable[[], Iterable]]:
+    """name -> a function returning one epoch's batches."""
+    folder = torchvision.datasets.ImageFolder(str(sources["folder"]), transform=torchvision_transform())
+    features = Features({"image": Image(), "label": ClassLabel(names=[f"c{i}" for i in range(CLASSES)])})
+    rows = {"image": [{"bytes": d, "path": None} for d in jpegs], "label": [i % CLASSES for i in range(len(jpegs))]}
+    table = Dataset.from_dict(rows, features=features)
+    hf_rows = table.with_format(None)
+    transform = torchvision_transform()
+    hf_rows.set_transform(
+        lambda batch: {
+            "pixel_values": [transform(image.convert("RGB")) for image in batch["image"]],
+            "labels": batch["label"],
+        }
+    )
+
+    def hf_collate(examples):
+        return torch.stack([e["pixel_values"] for e in examples]), torch.tensor([e["labels"] for e in examples])
+
+    inception = build_pipeline("inception", OUT, IMAGENET_MEAN, IMAGENET_STD, train=True)
+    ours_map = ImageClassificationDataset(table, inception, seed=0)
+    paths: dict[str, Callable[[], Iterable]] = {
+        "torchvision ImageFolder": lambda: DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=0),
+        "datasets map-style rows + torchvision": lambda: DataLoader(
+            hf_rows, batch_size=batch_size, shuffle=True, num_workers=0, collate_fn=hf_collate
+        ),
+        "ours map-style (pil)": lambda: make_dataloader(ours_map, batch_size, shuffle=True, seed=0),
+    }
+    for kind in ("parquet", "wds"):
+        args = DataArguments(
+            dataset_name=str(sources[kind]), streaming=True, augmentation="inception", train_val_split=0.25
+        )
+        data = open_streaming_dataset(args, seed=0)
+        for decoder in ("pil", "pil_draft"):
+            name = f"ours stream {'parquet' if kind == 'parquet' else 'webdataset'} ({decoder})"
+            loader = make_streaming_dataloader(
+                data.train, inception, data.label_ids, 0, batch_size, shuffle_buffer_size=256, decoder=decoder
+            )
+            paths[name] = lambda loader=loader: loader
+    return paths
+
+
+def measure(paths: dict[str, Callable[[], Iterable]], repeats: int) -> dict[str, dict[str, float]]:
+    """Median images/s (CPU time and wall time) of each path over `repeats` epochs, after one warm-up epoch."""
+    cpu: dict[str, list[float]] = {name: [] for name in paths}
+    wall: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(repeats + 1):
+        for name, make in paths.items():
+            start_cpu, start_wall, count = time.process_time(), time.perf_counter(), 0
+            for batch in make():
+                pixels = batch["pixel_values"] if isinstance(batch, dict) else batch[0]
+                count += pixels.shape[0]
+            if round_:  # round 0 warms up caches and imports
+                cpu[name].append(count / (time.process_time() - start_cpu))
+                wall[name].append(count / (time.perf_counter() - start_wall))
+    return {name: {"cpu": float(np.median(cpu[name])), "wall": float(np.median(wall[name]))} for name in paths}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_images", type=int, default=128)
+    parser.add_argument("--sizes", default="500x375,1024x768", help="input JPEG resolutions, WxH, comma-separated")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    report = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+        "num_images": args.num_images,
+        "batch_size": args.batch_size,
+        "results": {},
+    }
+    for size in args.sizes.split(","):
+        width, height = (int(v) for v in size.lower().split("x"))
+        jpegs = make_jpegs(args.num_images, width, height)
+        with tempfile.TemporaryDirectory() as tmp:
+            sources = write_sources(Path(tmp), jpegs)
+            rates = measure(loaders(sources, jpegs, args.batch_size), args.repeats)
+        base = rates["torchvision ImageFolder"]["cpu"]
+        mapped = rates["ours map-style (pil)"]["cpu"]
+        print(f"\n{size} JPEG -> {OUT} px, images/s per worker (CPU time; wall in brackets)")
+        for name, rate in rates.items():
+            extra = f"  vs ours map-style {rate['cpu'] / mapped:.2f}x" if name.startswith("ours stream") else ""
+            print(f"  {name:42s} {rate['cpu']:7.1f} ({rate['wall']:6.1f})  {rate['cpu'] / base:5.2f}x{extra}")
+        report["results"][size] = rates
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The streaming data benchmark runs end to end on tiny inputs and reports every path."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "data_stream.py"
+
+
+def test_benchmark_reports_every_path(capsys):
+    spec = importlib.util.spec_from_file_location("bench_data_stream", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--num_images", "8", "--sizes", "300x240", "--batch_size", "2", "--repeats", "1"])
+    rates = report["results"]["300x240"]
+    assert {"torchvision ImageFolder", "ours map-style (pil)", "ours stream webdataset (pil_draft)"} <= set(rates)
+    assert all(rate["cpu"] > 0 and rate["wall"] > 0 for rate in rates.values())
+    assert "vs ours map-style" in capsys.readouterr().out
