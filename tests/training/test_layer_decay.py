@@ -108,3 +108,37 @@ def test_family_parts_get_the_layer_of_what_they_belong_to():
         assert ids["vit.layers.1.layer_scale1.lambda1"] == ids["vit.layers.1.layer_scale2.lambda1"] == 2
         after = [name for name in ids if name.startswith(("vit.fc_norm", "vit.attention_pool", "classifier"))]
         assert after and all(ids[name] == 4 for name in after)
+
+
+def test_weight_decay_of_a_dinov2_with_registers_equals_timms(tmp_path):
+    # Register tokens, LayerScale and the positions stay out of weight decay, as timm's no_weight_decay() says.
+    timm = pytest.importorskip("timm")
+    from timm.models import save_for_hf
+    from timm.optim import param_groups_weight_decay
+
+    theirs = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, patch_size=14, embed_dim=64, depth=2,
+        num_heads=4, num_classes=5,
+    )  # fmt: skip
+    # Every timm tensor holds its own index, so each of ours tells which timm tensor it came from.
+    timm_names = [name for name, _ in theirs.named_parameters()]
+    with torch.no_grad():
+        for index, (_, param) in enumerate(theirs.named_parameters()):
+            param.fill_(float(index))
+    save_for_hf(theirs, tmp_path / "dinov2")
+    ours = ViTAccelForImageClassification.from_pretrained(tmp_path / "dinov2")
+    assert ours.config.num_register_tokens == 4
+
+    expected = {}
+    for group in param_groups_weight_decay(theirs, 0.05, no_weight_decay_list=theirs.no_weight_decay()):
+        names = {id(p): n for n, p in theirs.named_parameters()}
+        expected.update({names[id(param)]: group["weight_decay"] for param in group["params"]})
+    got = {}
+    for group in parameter_groups(ours, 0.05):
+        got.update({id(param): group["weight_decay"] for param in group["params"]})
+    checked = set()
+    for name, param in ours.named_parameters():
+        for source in {timm_names[int(v)] for v in param.detach().unique().tolist()}:
+            assert got[id(param)] == expected[source], (name, source)
+            checked.add(source)
+    assert "reg_token" in checked and any(".ls1." in name for name in checked)
