@@ -93,3 +93,15 @@ def test_the_package_has_no_import_cycle():
 def test_a_cycle_is_found():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_modules_that_load_the_model_first_import_alone_in_a_fresh_process():
+    # The Auto-class registration runs when the model module finishes loading (vit_accel.auto's import hook): what it
+    # imports then must not lead back into the half-loaded module that imported the model (a cycle the static graph
+    # above cannot see).
+    import subprocess
+    import sys
+
+    for name in ("vit_accel.adapters", "vit_accel.training.resume", "vit_accel.modeling_vit_accel"):
+        result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, (name, result.stderr[-2000:])

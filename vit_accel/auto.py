@@ -11,8 +11,8 @@ is loaded and the model classes right after `modeling_auto` is, so that
 
 works as it would with an eager registration. Where transformers' Auto modules are loaded already, registration
 happens at once. Loading `vit_accel.modeling_vit_accel` (directly or through `vit_accel.ViTAccelModel`) registers the
-models too and imports `vit_accel.weights`, whose converting `from_pretrained` (named variants, Google npz, timm and
-transformers checkpoints) the model classes find by themselves.
+models too. Nothing else is imported here: the model classes' `from_pretrained` finds `vit_accel.weights`' converting
+loader (named variants, Google npz, timm and transformers checkpoints) by itself when it is called.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ def register_models(model_module_loaded: bool = False) -> None:
     ):
         auto_class.register(config, model, exist_ok=True)
         model.register_for_auto_class(auto_class.__name__)
-    from . import weights  # noqa: F401  (vit_accel.weights, as before; from_pretrained finds its loader itself)
 
 
 def _loading(name: str) -> bool:

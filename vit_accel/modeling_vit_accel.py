@@ -187,7 +187,9 @@ def _converted(cls, source, *model_args, **kwargs):
     try:
         # Found when called, never imported with this file: it ships to the Hub as remote code, without vit_accel.
         loading = importlib.import_module("vit_accel.weights.loading")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as error:
+        if error.name not in ("vit_accel", "vit_accel.weights", "vit_accel.weights.loading"):
+            raise  # vit_accel is there but broken (a dependency missing): say so, never load another way silently
         return None
     return loading.from_pretrained(cls, source, *model_args, **kwargs)
 
