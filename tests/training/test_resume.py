@@ -167,3 +167,15 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_fields(tmp_path):
     with pytest.raises(UserError, match=r"hidden_size=48 vs 64; num_attention_heads=4 vs 8"):
         check_compatible(checkpoint, ViTAccelConfig(**tiny_config_kwargs(hidden_size=64, num_attention_heads=8)))
     assert json.loads((checkpoint / "trainer_state.json").read_text())["completed_steps"] == 2
+
+
+def test_another_metric_for_the_best_model_is_a_changed_setting(tmp_path):
+    from vit_accel.training.arguments import TrainingArguments
+    from vit_accel.training.resume import resume_settings
+
+    recorded = resume_settings((TrainingArguments(output_dir=str(tmp_path / "run")),), 1)
+    assert recorded["metric_for_best_model"] == "eval_top1"
+    make_checkpoint(tmp_path, 3, settings={**SETTINGS, **recorded})
+    now = resume_settings((TrainingArguments(output_dir=str(tmp_path / "run"), metric_for_best_model="eval_loss"),), 1)
+    with pytest.raises(UserError, match=r"--metric_for_best_model: 'eval_top1' in the checkpoint, 'eval_loss' now"):
+        plan_resume(accelerator(), run_args(), {**SETTINGS, **now}, tmp_path)

@@ -98,6 +98,8 @@ RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
         "cutmix_alpha",
         "mix_prob",
         "mix_switch_prob",
+        # The best value kept in the checkpoint is of this metric: another one would compare unlike numbers.
+        "metric_for_best_model",
     ),
 }
 
