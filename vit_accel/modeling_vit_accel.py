@@ -184,6 +184,10 @@ def check_config(config: ViTAccelConfig) -> None:
 def _converted(cls, source, *model_args, **kwargs):
     """The model vit_accel's converting loader builds from `source`, or None (vit_accel not installed, or a source
     that transformers' own `from_pretrained` reads)."""
+    if not any(klass.__module__.startswith("vit_accel.") for klass in cls.__mro__):
+        # The copy of this file that travels with a saved model (transformers_modules.*): transformers' path alone,
+        # without importing vit_accel even where it is installed.
+        return None
     try:
         # Found when called, never imported with this file: it ships to the Hub as remote code, without vit_accel.
         loading = importlib.import_module("vit_accel.weights.loading")
