@@ -151,6 +151,23 @@ def test_family_convert_writes_its_preprocessing(family, tmp_path):
         torch.testing.assert_close(reloaded(pixels).logits, reference(pixels), atol=ATOL, rtol=0)
 
 
+def test_family_export_opens_the_timm_way_with_its_preprocessing(family, tmp_path):
+    # convert writes the family's mean/std; export carries them into timm's pretrained_cfg, so that
+    # timm.create_model("local-dir:...") and timm's data config see the family's own preprocessing.
+    from timm.data import resolve_data_config
+
+    _, reference, folder, (_, _, _, size, _, _) = family
+    convert(folder, tmp_path / "ours")
+    out = export(tmp_path / "ours", tmp_path / "timm_out", to="timm")
+    opened = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    data = resolve_data_config(model=opened)
+    assert list(data["mean"]) == pytest.approx(list(reference.pretrained_cfg["mean"]))
+    assert list(data["std"]) == pytest.approx(list(reference.pretrained_cfg["std"]))
+    pixels = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(opened(pixels), reference(pixels), atol=ATOL, rtol=0)
+
+
 def test_family_export_to_transformers_vit_is_refused_before_writing(family, tmp_path):
     _, _, folder, _ = family
     ours = ViTAccelForImageClassification.from_pretrained(folder)

@@ -186,12 +186,9 @@ def export(
             )
         transformers_vit.write(model, out_dir)
     elif to == "timm":
-        if timm_families.is_family(model.config):
-            timm_families.write(model, out_dir)
-        else:
-            processor = Path(source) / PROCESSOR_FILE if source is not None else None
-            settings = read_json(processor) if processor is not None and processor.is_file() else None
-            timm_state_dict.write(model, out_dir, settings)
+        processor = Path(source) / PROCESSOR_FILE if source is not None else None
+        settings = read_json(processor) if processor is not None and processor.is_file() else None
+        (timm_families if timm_families.is_family(model.config) else timm_state_dict).write(model, out_dir, settings)
     elif to == "onnx":
         graph_export.write_onnx(model, out_dir)
         model.config.save_pretrained(out_dir)

@@ -28,7 +28,6 @@ other models of timm that are not a `VisionTransformer` (EVA, EVA-02, AIMv2, NaF
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 from . import timm_state_dict
-from .files import read_json, read_tensors, save_safetensors
+from .files import read_json, read_tensors
 from .source_weights import Checkpoint, CheckpointError
 
 _TOP = {
@@ -340,7 +339,9 @@ def dinov3_to_checkpoint(
     return Checkpoint(state_dict=ours, source=source, format="timm", config=fields)
 
 
-def dinov3_write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
+def dinov3_write(
+    model: torch.nn.Module, out_dir: str | os.PathLike, preprocessing: Mapping[str, Any] | None = None
+) -> Path:
     """Write our DINOv3 (`position_embedding_type="rope"`) as timm's `vit_base_patch16_dinov3` (or `_qkvb`), in
     timm's Hub layout; `model_args` give the sizes."""
 
@@ -393,18 +394,7 @@ def dinov3_write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
         "global_pool": "token",
         "num_classes": config.num_labels,
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(out, out_dir / "model.safetensors", {"format": "pt"})
-    meta = {
-        "architecture": architecture,
-        "num_classes": config.num_labels,
-        "global_pool": "token",
-        "model_args": model_args,
-        "label_names": [config.id2label[i] for i in range(config.num_labels)],
-    }
-    (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out_dir
+    return timm_state_dict.write_hub_layout(out_dir, out, config, architecture, model_args, "token", preprocessing)
 
 
 def _shape_fields(sd: Mapping[str, torch.Tensor], global_pool: str | None, source: str) -> dict[str, Any]:
@@ -494,13 +484,13 @@ def architecture_for(config: Any) -> str:
     )
 
 
-def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
+def write(model: torch.nn.Module, out_dir: str | os.PathLike, preprocessing: Mapping[str, Any] | None = None) -> Path:
     """Write a family's `ViTAccelForImageClassification` in timm's Hub layout: `model.safetensors` under timm's
     names and a `config.json` whose `architecture` and `model_args` rebuild it with `timm.create_model`."""
 
     config = model.config
     if getattr(config, "position_embedding_type", "learned") == "rope":
-        return dinov3_write(model, out_dir)
+        return dinov3_write(model, out_dir, preprocessing)
     architecture = architecture_for(config)
     state_dict = model.state_dict()
     theirs = {theirs: ours for theirs, ours in _TOP.items()}
@@ -541,18 +531,7 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
         "act_layer": _ACTIVATION_NAMES[config.hidden_act],
         "num_classes": config.num_labels,
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(out, out_dir / "model.safetensors", {"format": "pt"})
-    meta = {
-        "architecture": architecture,
-        "num_classes": config.num_labels,
-        "global_pool": pool,
-        "model_args": model_args,
-        "label_names": [config.id2label[i] for i in range(config.num_labels)],
-    }
-    (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out_dir
+    return timm_state_dict.write_hub_layout(out_dir, out, config, architecture, model_args, pool, preprocessing)
 
 
 __all__ = [

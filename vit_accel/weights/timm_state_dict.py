@@ -164,9 +164,6 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike, preprocessing: Map
         raise CheckpointError(f"timm export: hidden_act {config.hidden_act!r} has no timm equivalent.")
     if abs(config.layer_norm_eps - 1e-6) > 1e-12:
         raise CheckpointError(f"timm export: timm's ViT uses LayerNorm eps 1e-6, this model {config.layer_norm_eps}.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(from_ours(model.state_dict()), out_dir / "model.safetensors", {"format": "pt"})
     height, width = (config.image_size,) * 2 if isinstance(config.image_size, int) else config.image_size
     model_args = {
         "img_size": [height, width],
@@ -182,6 +179,27 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike, preprocessing: Map
     }
     if _TIMM_ACTIVATIONS[config.hidden_act] is not None:
         model_args["act_layer"] = _TIMM_ACTIVATIONS[config.hidden_act]
+    tensors = from_ours(model.state_dict())
+    return write_hub_layout(out_dir, tensors, config, timm_architecture(config), model_args, "token", preprocessing)
+
+
+def write_hub_layout(
+    out_dir: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    config: Any,
+    architecture: str,
+    model_args: Mapping[str, Any],
+    global_pool: str,
+    preprocessing: Mapping[str, Any] | None = None,
+) -> Path:
+    """`tensors` (under timm's names) as `model.safetensors` and the `config.json` timm's `save_for_hf` writes: the
+    registered `architecture`, `num_classes`, `label_names`, `model_args` and a `pretrained_cfg` that timm's data
+    config reads (input size, mean/std from `preprocessing`, the resize to the square size that `vit-accel predict`
+    does: `crop_mode="squash"` at `crop_pct=1.0`, bilinear). One writer for every ViT family timm has."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_safetensors(dict(tensors), out_dir / "model.safetensors", {"format": "pt"})
+    height, width = (config.image_size,) * 2 if isinstance(config.image_size, int) else config.image_size
     pretrained_cfg: dict[str, Any] = {
         "custom_load": False,
         "input_size": [config.num_channels, height, width],
@@ -197,12 +215,12 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike, preprocessing: Map
         {"num_classes": config.num_labels, "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head"}
     )
     meta = {
-        "architecture": timm_architecture(config),
+        "architecture": architecture,
         "num_classes": config.num_labels,
         "num_features": config.hidden_size,
-        "global_pool": "token",
+        "global_pool": global_pool,
         "label_names": [config.id2label[i] for i in range(config.num_labels)],
-        "model_args": model_args,
+        "model_args": dict(model_args),
         "pretrained_cfg": pretrained_cfg,
     }
     (out_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
