@@ -1,7 +1,7 @@
 """train.py with a SIGKILL at a chosen point of checkpoint saving, for the crash tests (never part of the product).
 
     accelerate launch ... tests/fault_injection.py <train.py arguments>
-    with VIT_ACCEL_TEST_FAULT=<point>:<step>[:<signal>]
+    with VIT_ACCEL_TEST_FAULT=<point>:<step>[:<signal>] (and VIT_ACCEL_TEST_SCRIPT=pretrain.py for that script)
 
 `during_save:N`: killed once checkpoint-N's files are written but before its trainer_state.json marks it complete.
 `after_save:N`: killed right after checkpoint-N is complete.
@@ -46,5 +46,6 @@ def faulty_save_checkpoint(accelerator, output_dir, state, model_config, *args, 
 
 checkpointing._write_json = faulty_write_json
 checkpointing.save_checkpoint = faulty_save_checkpoint
-sys.argv = [str(ROOT / "train.py"), *sys.argv[1:]]
-runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+script = ROOT / os.environ.get("VIT_ACCEL_TEST_SCRIPT", "train.py")
+sys.argv = [str(script), *sys.argv[1:]]
+runpy.run_path(str(script), run_name="__main__")

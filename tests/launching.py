@@ -64,25 +64,29 @@ def launch(
     return result
 
 
-# train.py run by tests/fault_injection.py, which SIGKILLs it at the point VIT_ACCEL_TEST_FAULT names.
+# train.py run by tests/fault_injection.py, which SIGKILLs it at the point VIT_ACCEL_TEST_FAULT names (another
+# script with VIT_ACCEL_TEST_SCRIPT=pretrain.py in the environment).
 FAULTY = {"script": "tests/fault_injection.py", "check": False}
 
 
-def train_in_this_process(argv: list[str], threads: int | None = None) -> int:
+def train_in_this_process(argv: list[str], threads: int | None = None, script: str = "train") -> int:
     """train.py's command line run in this process as a fresh one would run it (without the launcher's start-up
     time, mostly imports); its exit status. `threads`: torch's intra-op threads meanwhile (1 computes exactly as the
-    launched runs do, with `--num_cpu_threads_per_process 1`)."""
+    launched runs do, with `--num_cpu_threads_per_process 1`). `script`: the module of another script at the root
+    (`pretrain`)."""
+    import importlib
+
     from accelerate.state import AcceleratorState, GradientState
 
     before = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(ROOT))
-        patch.setattr(sys, "argv", ["train.py", *argv])
-        import train
+        patch.setattr(sys, "argv", [f"{script}.py", *argv])
+        module = importlib.import_module(script)
 
         try:
             torch.set_num_threads(threads or before)
-            train.cli()
+            module.cli()
             return 0
         except SystemExit as exit_info:
             return exit_info.code

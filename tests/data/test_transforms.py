@@ -94,7 +94,7 @@ def test_eval_pipelines_are_deterministic():
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(ValueError, match="'mixup'.*cifar, inception, randaugment, none"):
+    with pytest.raises(ValueError, match="'mixup'.*cifar, inception, randaugment, mae, none"):
         build_pipeline("mixup", 224, MEAN, STD, train=True)
 
 
