@@ -90,7 +90,9 @@ def _with_new_decoder(args: PretrainingModelArguments, overrides: dict, loss_fie
         model = ViTAccelForPreTraining(ViTAccelMAEConfig(**fields))
     except ValueError as error:
         raise UserError(f"--model_name_or_path {source} as MAE's encoder: {str(error).splitlines()[0]}") from error
-    missing, unexpected = model.vit.load_state_dict(encoder.state_dict(), strict=False)
+    # The bare model's pooler (a classifier's pre-logits) has no part in MAE.
+    weights = {key: value for key, value in encoder.state_dict().items() if not key.startswith("pooler.")}
+    missing, unexpected = model.vit.load_state_dict(weights, strict=False)
     if unexpected:
         raise UserError(f"--model_name_or_path {source}: weights MAE's encoder has no place for: {unexpected[:5]}.")
     if missing:
