@@ -191,3 +191,30 @@ def test_a_photo_with_exif_orientation_gets_the_pixels_of_its_upright_copy(prese
         assert np.array_equal(np.asarray(prepare_image(photo)), np.asarray(decoded.convert("RGB")))
         assert np.array_equal(np.asarray(prepare_image(photo)), np.asarray(load_image(str(jpeg))))
         assert np.array_equal(np.asarray(prepare_image(photo)), np.asarray(upright))
+
+
+def test_the_mae_preset_is_maes_crop_and_flip_on_torchvisions_stream():
+    """MAE pre-trains on a bicubic random resized crop of 20-100% of the area and a flip, nothing else: the preset
+    gives torchvision's own transforms' pixels from the same random stream."""
+    from torchvision.transforms import v2
+
+    image = PIL.Image.fromarray(random_rgb(3, (80, 60)))
+    pipeline = build_pipeline("mae", 48, MEAN, STD, train=True)
+    expected = v2.Compose(
+        [
+            v2.RandomResizedCrop(48, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+        ]
+    )
+    for seed in range(4):
+        seeded = int(torch.randint(0, 2**62, (1,), generator=generator(seed)))
+        torch.manual_seed(seeded)
+        assert torch.equal(pipeline(image, generator(seed)), expected(image))
+    crops = {tuple(pipeline(image, generator(seed)).float().mean(dim=(1, 2)).tolist()) for seed in range(6)}
+    assert len(crops) == 6  # random: the crops differ
+    evaluation = build_pipeline("mae", 48, MEAN, STD, train=False)
+    centre = v2.Compose(
+        [v2.Resize(55, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(48), v2.PILToTensor()]
+    )
+    assert torch.equal(evaluation(image, generator(0)), centre(image))
