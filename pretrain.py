@@ -29,7 +29,13 @@ from vit_accel.data.unlabelled import load_unlabelled_dataset
 from vit_accel.training import best, resume, session
 from vit_accel.training.arguments import parse_args
 from vit_accel.training.finish import finish_run
-from vit_accel.training.loop import AccumulationWindows, LossMeter, interruption_report, save_step_checkpoint
+from vit_accel.training.loop import (
+    AccumulationWindows,
+    LossMeter,
+    interruption_report,
+    save_step_checkpoint,
+    sigterm_as_interrupt,
+)
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import main_process_first, on_main_process, release_output_dir_locks
 from vit_accel.training.pretraining import (
@@ -46,7 +52,8 @@ from vit_accel.training.reporting import RECONSTRUCTION_FILE, Reporter
 def main(argv: list[str] | None = None) -> dict:
     """Pre-train as the arguments say; returns the final results (also written to all_results.json)."""
     try:
-        return pretrain(argv)
+        with sigterm_as_interrupt():
+            return pretrain(argv)
     finally:
         release_output_dir_locks()
 

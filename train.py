@@ -40,6 +40,7 @@ from vit_accel.training.loop import (
     LossMeter,
     interruption_report,
     save_step_checkpoint,
+    sigterm_as_interrupt,
 )
 from vit_accel.training.model import build_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
@@ -58,7 +59,8 @@ logger = get_logger(__name__, log_level="INFO")
 def main(argv: list[str] | None = None) -> dict:
     """Train as the arguments say; returns the final results (also written to all_results.json)."""
     try:
-        return train(argv)
+        with sigterm_as_interrupt():
+            return train(argv)
     finally:
         release_output_dir_locks()
 

@@ -18,7 +18,7 @@ from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
 from ..errors import UserError, report
 from .arguments import recorded_arguments
 from .distributed import create_accelerator
-from .loop import Interrupted
+from .loop import Interrupted, Terminated
 from .preflight import (
     check_hub_repo,
     check_model_source,
@@ -93,17 +93,18 @@ def tracker_config(*arguments) -> dict:
 
 
 def run_cli(program: str, main: Callable[[], dict]) -> None:
-    """Run a script's `main` as its command line: a user's mistake or Ctrl-C ends in one line on stderr (exit 1 or
-    130), success prints the results as JSON on the main process."""
+    """Run a script's `main` as its command line: a user's mistake, Ctrl-C or SIGTERM ends in one line on stderr (exit
+    2, 130 or 143), success prints the results as JSON on the main process."""
     try:
         results = main()
     except UserError as error:
         sys.exit(report(program, error))
     except Interrupted as interruption:
-        print(f"{program}: {interruption}", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted before training started; nothing was written.", file=sys.stderr)
-        sys.exit(130)
+        print(f"{program}: {'SIGTERM: ' if interruption.terminated else ''}{interruption}", file=sys.stderr)
+        sys.exit(interruption.exit_code)
+    except KeyboardInterrupt as interruption:
+        signal_name = "SIGTERM: " if isinstance(interruption, Terminated) else ""
+        print(f"{program}: {signal_name}interrupted before training started; nothing was written.", file=sys.stderr)
+        sys.exit(143 if signal_name else 130)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
