@@ -32,9 +32,13 @@ from vit_accel.training.finish import finish_run
 from vit_accel.training.loop import (
     AccumulationWindows,
     LossMeter,
+    count_optimizer_step,
     interruption_report,
+    optimizer_step,
+    record_evaluation,
     save_step_checkpoint,
     sigterm_as_interrupt,
+    training_record,
 )
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import main_process_first, on_main_process, release_output_dir_locks
@@ -126,43 +130,21 @@ def pretrain(argv: list[str] | None) -> dict:
                     losses = per_example_losses(unwrapped, pixel_values, outputs)
                     # The step's gradient is the mean over the window's examples (see train.py).
                     accelerator.backward(losses.sum() * (accumulation / examples))
-                    grad_norm = None
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
+                    grad_norm = optimizer_step(accelerator, model, optimizer, args.max_grad_norm)
                 state.batches_in_epoch += 1
                 meter.add(losses)
                 if not accelerator.sync_gradients:
                     continue
 
-                scheduler.step()
-                state.completed_steps += 1
-                reporter.bar.update(1)
-                if len(train_loader) == state.batches_in_epoch:
-                    state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-                last_step = state.completed_steps == total_steps
+                last_step = count_optimizer_step(state, scheduler, reporter, len(train_loader), total_steps)
                 if state.completed_steps % args.logging_steps == 0 or last_step:
-                    loss, images_per_second, data_wait = meter.read()
-                    reporter.training(
-                        {
-                            "step": state.completed_steps,
-                            "epoch": round(state.epoch + state.batches_in_epoch / len(train_loader), 4),
-                            "loss": loss,  # the reconstruction loss of the training images (their random masks)
-                            "lr": scheduler.get_last_lr()[0],
-                            "global_batch": examples * accelerator.num_processes,
-                            "images_per_second": images_per_second,
-                            "data_wait_seconds": data_wait,
-                            **({} if grad_norm is None else {"grad_norm": float(grad_norm)}),
-                        }
-                    )
+                    # `loss`: the reconstruction loss of the training images (under their random masks).
+                    reporter.training(training_record(state, meter, scheduler, examples, len(train_loader), grad_norm))
                 if state.completed_steps % eval_every == 0 or last_step:
                     results = evaluate_reconstruction(
                         accelerator, model, eval_loader, eval_pipeline.on_device, args.seed
                     )
-                    state.last_eval = results
-                    best.record_evaluation(state, results, args.metric_for_best_model, args.early_stopping_patience)
-                    reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
+                    record_evaluation(state, results, args, reporter)
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                     save_step_checkpoint(accelerator, model, state, (train_set, eval_set), args, False, reporter)
                 if state.completed_steps >= total_steps or state.early_stopped_at is not None:

@@ -17,7 +17,7 @@ from accelerate.utils import gather_object
 
 from ..data import ImageClassificationDataset
 from ..hub import push_to_hub
-from . import methods
+from . import best, methods
 from .checkpointing import TrainerState, list_checkpoints, rotate_checkpoints, save_checkpoint
 from .model import base_config
 from .reporting import Reporter
@@ -185,3 +185,53 @@ def save_step_checkpoint(
         rotate_checkpoints(output_dir, args.save_total_limit, keep=state.best_checkpoint)
         if args.push_to_hub and args.hub_strategy == "checkpoint":
             push_to_hub(saved, args.hub_model_id, args.hub_private_repo, "last-checkpoint", args.hub_token)
+
+
+def optimizer_step(accelerator: Accelerator, model, optimizer, max_grad_norm: float) -> torch.Tensor | None:
+    """Clip the gradients (at a window's last micro-batch, with `max_grad_norm` above 0), step and zero them; the
+    global norm before clipping, or None when not clipped."""
+    grad_norm = None
+    if accelerator.sync_gradients and max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return grad_norm
+
+
+def count_optimizer_step(
+    state: TrainerState, scheduler, reporter: Reporter, num_batches: int, total_steps: int
+) -> bool:
+    """After an optimizer step: the schedule stepped, the step counted, the epoch closed at its last of `num_batches`
+    micro-batches; whether this was the run's last step."""
+    scheduler.step()
+    state.completed_steps += 1
+    reporter.bar.update(1)
+    if num_batches == state.batches_in_epoch:
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    return state.completed_steps == total_steps
+
+
+def training_record(
+    state: TrainerState, meter: LossMeter, scheduler, examples: int, num_batches: int, grad_norm
+) -> dict:
+    """The log's record of the steps since the last one: mean loss, rate, global batch, throughput, data wait (in
+    next(loader) since the last record, this process) and the gradient norm when clipped."""
+    loss, images_per_second, data_wait = meter.read()
+    record = {
+        "step": state.completed_steps,
+        "epoch": round(state.epoch + state.batches_in_epoch / num_batches, 4),
+        "loss": loss,
+        "lr": scheduler.get_last_lr()[0],
+        "global_batch": examples * meter.accelerator.num_processes,
+        "images_per_second": images_per_second,
+        "data_wait_seconds": data_wait,
+    }
+    return record if grad_norm is None else {**record, "grad_norm": float(grad_norm)}
+
+
+def record_evaluation(state: TrainerState, results: dict, args, reporter: Reporter) -> None:
+    """Keep an evaluation's results in the state (the best one by --metric_for_best_model, early stopping) and
+    report them."""
+    state.last_eval = results
+    best.record_evaluation(state, results, args.metric_for_best_model, args.early_stopping_patience)
+    reporter.evaluation({"step": state.completed_steps, "epoch": state.epoch, **results})
