@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vit_accel.data import ImageClassificationDataset, build_pipeline, dataset_identity, make_dataloader
+from vit_accel.data import build_pipeline, dataset_identity, make_dataloader
 from vit_accel.data.unlabelled import load_unlabelled_dataset
 from vit_accel.training import best, resume, session
 from vit_accel.training.arguments import parse_args
@@ -43,9 +43,9 @@ from vit_accel.training.loop import (
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import main_process_first, on_main_process, release_output_dir_locks
 from vit_accel.training.pretraining import (
+    MaskedImageDataset,
     build_pretraining_model,
     evaluate_reconstruction,
-    mask_noise,
     num_patches,
     per_example_losses,
     write_reconstruction_figure,
@@ -89,10 +89,9 @@ def pretrain(argv: list[str] | None) -> dict:
     size, augmentation = model.config.image_size, data_args.augmentation
     train_pipeline = build_pipeline(augmentation, size, mean, std, train=True, random_erasing=data_args.random_erasing)
     eval_pipeline = build_pipeline(augmentation, size, mean, std, train=False)
-    train_set = ImageClassificationDataset(data.train, train_pipeline, seed=args.seed, bad_images=data_args.bad_images)
-    eval_set = ImageClassificationDataset(
-        data.validation, eval_pipeline, seed=args.seed, bad_images=data_args.bad_images
-    )
+    patches, bad_images = num_patches(model.config), data_args.bad_images
+    train_set = MaskedImageDataset(data.train, train_pipeline, args.seed, bad_images, patches, held_out=False)
+    eval_set = MaskedImageDataset(data.validation, eval_pipeline, args.seed, bad_images, patches, held_out=True)
     workers = data_args.dataloader_num_workers
     train_loader = make_dataloader(train_set, args.per_device_train_batch_size, True, args.seed, workers)
     eval_loader = make_dataloader(eval_set, args.per_device_eval_batch_size, False, args.seed, workers)
@@ -110,7 +109,6 @@ def pretrain(argv: list[str] | None) -> dict:
     announce(reporter, accelerator, plan, state, data, arguments, start)
 
     unwrapped = accelerator.unwrap_model(model)
-    patches = num_patches(unwrapped.config)
     results, meter, compute_dtype = dict(state.last_eval or {}), LossMeter(accelerator), None
     model.train()
     with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
@@ -120,12 +118,11 @@ def pretrain(argv: list[str] | None) -> dict:
                 loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
             loader.set_epoch(state.epoch)
             for batch in meter.batches(loader):
-                rows = batch["labels"]  # unlabelled data: each example's row, which seeds its mask
-                examples = windows.examples(state.batches_in_epoch, rows.shape[0])
+                examples = windows.examples(state.batches_in_epoch, batch["labels"].shape[0])
                 with accelerator.accumulate(model):
                     pixel_values = train_pipeline.on_device(batch["pixel_values"])
-                    noise = mask_noise(rows.cpu(), patches, args.seed, state.epoch).to(pixel_values.device)
-                    outputs = model(pixel_values=pixel_values, noise=noise)
+                    # Each example's mask, drawn with it by the loader from (seed, epoch, its row).
+                    outputs = model(pixel_values=pixel_values, noise=batch["noise"])
                     compute_dtype = outputs.logits.dtype
                     losses = per_example_losses(unwrapped, pixel_values, outputs)
                     # The step's gradient is the mean over the window's examples (see train.py).
@@ -141,9 +138,7 @@ def pretrain(argv: list[str] | None) -> dict:
                     # `loss`: the reconstruction loss of the training images (under their random masks).
                     reporter.training(training_record(state, meter, scheduler, examples, len(train_loader), grad_norm))
                 if state.completed_steps % eval_every == 0 or last_step:
-                    results = evaluate_reconstruction(
-                        accelerator, model, eval_loader, eval_pipeline.on_device, args.seed
-                    )
+                    results = evaluate_reconstruction(accelerator, model, eval_loader, eval_pipeline.on_device)
                     record_evaluation(state, results, args, reporter)
                 if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                     save_step_checkpoint(accelerator, model, state, (train_set, eval_set), args, False, reporter)
@@ -152,9 +147,8 @@ def pretrain(argv: list[str] | None) -> dict:
         reporter.bar.close()
         reporter.claim()  # a resumed run may have had no step left to train
 
-    write_reconstruction_figure(
-        accelerator, model, eval_set, eval_pipeline.on_device, args.seed, (mean, std), output_dir / RECONSTRUCTION_FILE
-    )
+    figure = output_dir / RECONSTRUCTION_FILE
+    write_reconstruction_figure(accelerator, model, eval_set, eval_pipeline.on_device, (mean, std), figure)
     evaluated = {
         **best.results(state, args),
         "eval_split": data.eval_split,

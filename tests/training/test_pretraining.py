@@ -130,3 +130,28 @@ def test_the_per_example_losses_average_to_the_models_loss(norm_pix_loss):
     losses = per_example_losses(model, pixels, outputs)
     assert losses.shape == (3,) and len(set(losses.tolist())) == 3
     torch.testing.assert_close(losses.mean(), outputs.loss)
+
+
+def test_the_loader_draws_each_examples_noise_from_its_row_and_epoch(tmp_path):
+    from vit_accel.data import DataArguments, build_pipeline, make_dataloader
+    from vit_accel.data.unlabelled import load_unlabelled_dataset
+    from vit_accel.training.pretraining import MaskedImageDataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    import PIL.Image
+    from factories import random_rgb
+
+    for i in range(10):
+        PIL.Image.fromarray(random_rgb(i)).save(folder / f"{i}.png")
+    data = load_unlabelled_dataset(DataArguments(train_dir=str(folder), train_val_split=0.3), seed=0)
+    pipeline = build_pipeline("mae", 16, *IMAGENET_MEAN_STD, train=True)
+    train = MaskedImageDataset(data.train, pipeline, 4, "error", 16, held_out=False)
+    held = MaskedImageDataset(data.validation, pipeline, 4, "error", 16, held_out=True)
+    train.set_epoch(2)
+    batch = next(iter(make_dataloader(train, 4, True, 4)))
+    assert batch["noise"].shape == (4, 16)
+    torch.testing.assert_close(batch["noise"], mask_noise(batch["labels"], 16, 4, 2), rtol=0, atol=0)
+    held.set_epoch(5)  # the held-out images' noise is fixed: the epoch does not move it
+    batch = next(iter(make_dataloader(held, 3, False, 4)))
+    torch.testing.assert_close(batch["noise"], mask_noise(batch["labels"], 16, 4, None), rtol=0, atol=0)

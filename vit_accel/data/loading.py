@@ -145,7 +145,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
 
 def collate(examples: list[dict], resize_to: int | None = None) -> dict:
-    """Stack examples: {"pixel_values": uint8 (B, 3, h, w), "labels": int64 (B,)}.
+    """Stack examples: {"pixel_values": uint8 (B, 3, h, w), "labels": int64 (B,)}, and any other tensor an example
+    carries (a pre-training example's mask noise) stacked under its key.
 
     `resize_to` resizes the uint8 batch to (resize_to, resize_to) here, in the worker: for runs without an
     accelerator, where `Pipeline.on_device` would otherwise do it in the main process.
@@ -153,10 +154,13 @@ def collate(examples: list[dict], resize_to: int | None = None) -> dict:
     pixels = torch.stack([example["pixel_values"] for example in examples])
     if resize_to is not None:
         pixels = resize_batch(pixels, resize_to)
-    return {
+    batch = {
         "pixel_values": pixels,
         "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.int64),
     }
+    for key in examples[0].keys() - batch.keys():
+        batch[key] = torch.stack([example[key] for example in examples])
+    return batch
 
 
 class EpochShuffleSampler(Sampler[int]):

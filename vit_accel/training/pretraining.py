@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig, ViTAccelMAEConfig
+from ..data import ImageClassificationDataset
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForPreTraining, ViTAccelModel
 from ..weights import mae
@@ -113,6 +114,22 @@ def mask_noise(rows: torch.Tensor, num_patches: int, seed: int, epoch: int | Non
     return torch.stack(noise)
 
 
+class MaskedImageDataset(ImageClassificationDataset):
+    """Unlabelled images, each with its MAE noise (`noise`, `(num_patches,)`), drawn where the example is decoded
+    (in the loader's workers, beside the GPU's step): the training images' of their epoch, the held-out images'
+    fixed (`held_out`). The `labels` of unlabelled data are the rows that seed it."""
+
+    def __init__(self, data, pipeline, seed: int, bad_images: str, num_patches: int, held_out: bool) -> None:
+        super().__init__(data, pipeline, seed, bad_images)
+        self.num_patches, self.held_out = num_patches, held_out
+
+    def __getitem__(self, index: int) -> dict:
+        example = super().__getitem__(index)
+        epoch = None if self.held_out else self.epoch
+        example["noise"] = mask_noise(torch.tensor([example["labels"]]), self.num_patches, self.seed, epoch)[0]
+        return example
+
+
 def num_patches(config: ViTAccelMAEConfig) -> int:
     rows, cols = config.grid_size
     return rows * cols
@@ -127,17 +144,15 @@ def per_example_losses(model: ViTAccelForPreTraining, pixel_values: torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_reconstruction(accelerator: Accelerator, model, loader, on_device, seed: int) -> dict:
+def evaluate_reconstruction(accelerator: Accelerator, model, loader, on_device) -> dict:
     """`eval_loss`: the mean reconstruction loss of the held-out images under their fixed masks, each image counted
     once whatever the number of processes."""
     unwrapped = accelerator.unwrap_model(model)
-    patches = num_patches(unwrapped.config)
     model.eval()
     total, count = 0.0, 0
-    for batch in loader:
+    for batch in loader:  # of a held-out `MaskedImageDataset`: each image with its fixed noise
         pixel_values = on_device(batch["pixel_values"])
-        noise = mask_noise(batch["labels"], patches, seed, None).to(pixel_values.device)
-        outputs = model(pixel_values=pixel_values, noise=noise)
+        outputs = model(pixel_values=pixel_values, noise=batch["noise"])
         losses = accelerator.gather_for_metrics(per_example_losses(unwrapped, pixel_values, outputs))
         total, count = total + losses.double().sum().item(), count + losses.numel()
     model.train()
@@ -175,7 +190,7 @@ def reconstruction_images(model, unwrapped: ViTAccelForPreTraining, pixel_values
 
 
 def write_reconstruction_figure(
-    accelerator: Accelerator, model, eval_set, on_device, seed: int, normalisation: tuple, path: Path
+    accelerator: Accelerator, model, eval_set: MaskedImageDataset, on_device, normalisation: tuple, path: Path
 ) -> None:
     """The PNG of the first held-out images: a row of originals, a row with their masked patches grey, a row of
     reconstructions (the held-out evaluation's fixed masks). Every process runs the forward; the main one writes."""
@@ -186,8 +201,7 @@ def write_reconstruction_figure(
     count = min(FIGURE_IMAGES, len(eval_set))
     examples = [eval_set[i] for i in range(count)]
     pixel_values = on_device(torch.stack([e["pixel_values"] for e in examples]).to(accelerator.device))
-    rows = torch.tensor([e["labels"] for e in examples])
-    noise = mask_noise(rows, num_patches(unwrapped.config), seed, None).to(pixel_values.device)
+    noise = torch.stack([e["noise"] for e in examples]).to(pixel_values.device)
     images = torch.cat(reconstruction_images(model, unwrapped, pixel_values, noise, *normalisation))
     if images.shape[-1] < FIGURE_MIN_SIZE:
         factor = -(-FIGURE_MIN_SIZE // images.shape[-1])
