@@ -28,6 +28,19 @@ def source_normalisation(
     return tuple(default[0]), tuple(default[1])
 
 
+def refused_shape(args: ModelArguments, error: Exception) -> UserError:
+    """What the configuration or the model refused of a new model (--from_scratch), as the flags that asked for it."""
+    first = str(error).splitlines()[0]
+    return UserError(
+        f"--model_name_or_path {args.model_name_or_path} with --config_overrides {args.config_overrides!r}: {first}"
+    )
+
+
+def refused_source(source: str, error: Exception) -> UserError:
+    """A checkpoint that would not load, named by the flag."""
+    return UserError(f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]}")
+
+
 def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForImageClassification, tuple, tuple]:
     """The model to train, with a head for `labels`, and the normalisation its inputs need.
 
@@ -55,10 +68,7 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
             if isinstance(error, UserError):
                 raise
             # The configuration and the model check their fields; what they refuse came from these flags.
-            raise UserError(
-                f"--model_name_or_path {source} with --config_overrides {args.config_overrides!r}: "
-                f"{str(error).splitlines()[0]}"
-            ) from error
+            raise refused_shape(args, error) from error
     else:
         if args.ignore_mismatched_sizes:
             overrides["ignore_mismatched_sizes"] = True
@@ -67,7 +77,7 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
         except (RuntimeError, OSError, ValueError) as error:
             if isinstance(error, UserError):
                 raise
-            raise UserError(f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]}") from error
+            raise refused_source(source, error) from error
     if args.attn_implementation is not None:
         # transformers checks the backend against the model and the machine (e.g. flash_attn installed).
         try:

@@ -21,7 +21,7 @@ from ..data import ImageClassificationDataset
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForPreTraining, ViTAccelModel
 from ..weights import mae
-from .model import source_normalisation
+from .model import refused_shape, refused_source, source_normalisation
 from .pretraining_arguments import PretrainingModelArguments
 
 logger = get_logger(__name__, log_level="INFO")
@@ -57,10 +57,7 @@ def build_pretraining_model(args: PretrainingModelArguments) -> tuple[ViTAccelFo
         except (OSError, ValueError) as error:
             if isinstance(error, UserError):
                 raise
-            raise UserError(
-                f"--model_name_or_path {source} with --config_overrides {args.config_overrides!r}: "
-                f"{str(error).splitlines()[0]}"
-            ) from error
+            raise refused_shape(args, error) from error
         return model, *IMAGENET_MEAN_STD, "from scratch"
     try:
         model = _loaded(ViTAccelForPreTraining, source, **overrides, **args.decoder_fields(new=False), **loss_fields)
@@ -77,7 +74,7 @@ def _loaded(cls: type, source: str, **kwargs):
     except (RuntimeError, OSError, ValueError) as error:
         if isinstance(error, UserError):
             raise
-        raise UserError(f"Could not load --model_name_or_path {source}: {str(error).splitlines()[0]}") from error
+        raise refused_source(source, error) from error
 
 
 def _with_new_decoder(args: PretrainingModelArguments, overrides: dict, loss_fields: dict) -> tuple:
