@@ -201,3 +201,22 @@ def test_help_lists_the_pretraining_flags_without_loading_torch():
     assert done.returncode == 0, done.stderr[-2000:]
     for flag in ("--mask_ratio", "--norm_pix_loss", "--base_learning_rate", "--decoder_num_attention_heads"):
         assert flag in done.stdout
+
+
+def test_a_pretraining_run_of_ours_is_continued_with_its_decoder(pretrained, digits, tmp_path, caplog):
+    from vit_accel import ViTAccelForPreTraining
+
+    out = tmp_path / "continued"
+    argv = pretrain_args(digits, out, "--max_train_steps", "2")
+    source = argv.index("--model_name_or_path")
+    argv[source + 1] = str(pretrained)
+    argv.remove("--from_scratch")
+    for flag in ("--config_overrides", *DECODER[::2]):  # the checkpoint's shape and decoder are its own
+        index = argv.index(flag)
+        del argv[index : index + 2]
+    with caplog.at_level("INFO"):
+        assert pretrain_here(argv) == 0
+    assert "MAE pre-training from an MAE checkpoint (encoder and decoder)" in caplog.text
+    # It starts where the run it continues ended, well below a new model's loss.
+    assert train_losses(out)[0] < train_losses(pretrained)[0] - 0.1
+    assert ViTAccelForPreTraining.from_pretrained(out).config.decoder_hidden_size == 16
