@@ -203,7 +203,9 @@ def _parquet_index(url: str) -> tuple[int, str, Features | None]:
     if b"huggingface" in metadata:
         info = json.loads(metadata[b"huggingface"])
         features = Features.from_dict(info["info"]["features"]) if "info" in info else None
-    if features is None:
+    if features is None or list(features) != schema.names:
+        # No 🤗 features, or features of other columns than the file's (metadata copied over by another writer): the
+        # file's own columns are what a reader will meet.
         features = Features.from_arrow_schema(schema)
     return rows, _describe_features(features), features
 

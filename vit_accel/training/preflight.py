@@ -5,6 +5,7 @@ A mistake found here costs seconds; found after loading or after training, it co
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import tempfile
@@ -193,9 +194,15 @@ def lock_output_dir(output_dir: Path) -> None:
 
 
 def release_output_dir_locks() -> None:
-    """Let go of the directories this process took (a process that ends lets go of them anyway)."""
+    """Let go of the directories this process took, and remove their lock files: a run that stops on bad input leaves
+    its directory as it found it. (A process that ends lets go of its locks anyway; a killed one leaves the file,
+    which no check minds.)"""
     while _held_locks:
-        _held_locks.pop().close()
+        handle = _held_locks.pop()
+        # Removed while still held: a run starting now either failed on the lock already or creates a new file.
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        handle.close()
 
 
 def check_model_source(source: str, from_scratch: bool, attn_implementation: str | None) -> None:
