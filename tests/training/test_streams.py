@@ -11,10 +11,12 @@ train the same model.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from bad_input_helpers import assert_one_line
 from factories import tiny_overrides
 from launching import FP32, assert_really, assert_same_weights, launch, results, train_in_this_process, train_losses
 from stream_recorder import install, records
@@ -133,7 +135,9 @@ def test_one_process_parquet_and_webdataset_each_example_once_and_sigkill_resume
     assert_resumed_exactly(interrupted, tmp_path / "parquet", records(read), records(tmp_path / "parquet-read"))
 
 
-def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_exact(shards, extensions_dir, tmp_path):
+def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_exact(
+    shards, extensions_dir, tmp_path, run_train
+):
     def argv(data, out, *extra):
         return stream_args(data, out, *TWO, *extra)
 
@@ -151,6 +155,11 @@ def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_ex
     env = {"VIT_ACCEL_TEST_RECORD": str(interrupted_read)}
     launch("multi_cpu.yaml", resumed, env=env, **{**RECORDER, "check": True})
     assert_resumed_exactly(interrupted, reference, records(interrupted_read), records(read))
+    # Resumed on one process, a checkpoint that stopped mid-epoch cannot keep its plan: one line says what changed.
+    other = tmp_path / "one-process"
+    shutil.copytree(interrupted / "checkpoint-3", other / "checkpoint-3")
+    code, stderr = run_train(argv(shards["webdataset"], other, "--resume_from_checkpoint", "latest"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "mid-epoch", "world_size 2 -> 1")
 
     # DeepSpeed ZeRO-2 on the parquet copy of the same examples: the same batches, so the same training as DDP.
     zero2, zero2_read = tmp_path / "zero2", tmp_path / "zero2-read"
