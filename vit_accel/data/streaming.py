@@ -269,8 +269,11 @@ def _index_split(
     builder = SHARD_FORMATS[Path(urls[0].split("?")[0]).suffix]
     features = _split_features(builder, urls[0])
     view = _FeatureView(features)
-    image_column = _pick_image_column(view, args.image_column_name)
-    label_column = _pick_label_column(view, args.label_column_name)
+    try:
+        image_column = _pick_image_column(view, args.image_column_name)
+        label_column = _pick_label_column(view, args.label_column_name)
+    except UserError as error:
+        raise UserError(f"The {name!r} shards ({urls[0]!r}, ...): {error}") from error
     shards: list[Shard] = []
     values: list[list] = []  # per kept shard: its raw label values (ClassLabel columns: none needed)
     schema = reference_schema
