@@ -175,17 +175,27 @@ def lock_output_dir(output_dir: Path) -> None:
     # Deferred: fcntl exists on POSIX systems only, and only the lock needs it.
     import fcntl
 
-    handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the life of the process)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+    path = output_dir / LOCK_FILE
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 (held open for the life of the process)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to end or choose "
+                "another directory."
+            ) from error
+        # A run ending removes its lock file (`release_output_dir_locks`): a file it removed between our open and
+        # our lock is no longer the directory's lock, so take the one at the path now.
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         handle.close()
-        raise UserError(
-            f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to end or choose another "
-            "directory."
-        ) from error
     handle.seek(0)
     handle.truncate()
     handle.write(f"PID {os.getpid()} on {os.uname().nodename}")
