@@ -27,7 +27,7 @@ KINDS = ("parquet", "webdataset")
 
 
 def loaders(data, world_size, batch_size=2, num_workers=0, train=True, buffer=4, seed=0, split=None):
-    split = split or (data.train if train else data.validation)
+    split = split if split is not None else (data.train if train else data.validation)
     return [
         make_streaming_dataloader(
             split,
