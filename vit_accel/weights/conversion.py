@@ -21,7 +21,7 @@ from ..configuration_vit_accel import ViTAccelConfig
 from ..errors import UserError
 from ..formats import EXPORT_TARGETS
 from ..modeling_vit_accel import ViTAccelForImageClassification
-from . import graph_export, mae, native, policy, timm_families, timm_state_dict, transformers_families
+from . import graph_export, mae, meta_dinov2, native, policy, timm_families, timm_state_dict, transformers_families
 from .files import read_json
 from .loading import split_keywords
 from .source_weights import Checkpoint, CheckpointError, ProgressFn
@@ -105,7 +105,7 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
     folder = Path(checkpoint.source)
     if folder.is_dir() and (folder / PROCESSOR_FILE).is_file():
         return read_json(folder / PROCESSOR_FILE)
-    if checkpoint.format == "mae":  # MAE pre-trains (and its files say nothing else) on ImageNet's mean and std
+    if checkpoint.format in ("mae", meta_dinov2.FORMAT):  # both train (their files say nothing) on ImageNet's
         return dict(transformers_families.PREPROCESSING["vit_mae"])
     if folder.is_dir():
         if checkpoint.format == "timm":  # timm's Hub layout records its normalisation in `pretrained_cfg`
