@@ -9,7 +9,8 @@ import pytest
 import torch
 import transformers
 
-from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelModel
+from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelForPreTraining, ViTAccelModel
+from vit_accel.configuration_vit_accel import ViTAccelMAEConfig
 from vit_accel.errors import UserError
 from vit_accel.weights import export
 
@@ -211,3 +212,47 @@ def test_cli_backbone_only_writes_the_bare_class(tmp_path, capsys):
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(theirs(pixels).pooler_output, model.vit(pixels).pooler_output, atol=ATOL, rtol=0)
+
+
+def tiny_mae():
+    torch.manual_seed(0)
+    config = ViTAccelMAEConfig(
+        **TINY, image_size=32, patch_size=8, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=4, decoder_intermediate_size=64, mask_ratio=0.5,
+    )  # fmt: skip
+    model = ViTAccelForPreTraining(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:  # the sin-cos tables stay what they are
+                param.normal_(0, 0.1)
+    return model.eval()
+
+
+def test_mae_pretraining_exports_to_vitmae_with_our_loss(tmp_path):
+    model = tiny_mae()
+    model.save_pretrained(tmp_path / "ours")
+    export(tmp_path / "ours", tmp_path / "out", to="transformers")
+    theirs = open_export(tmp_path / "out", "ViTMAEForPreTraining")
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        mine, out = model(pixels, noise=noise), theirs(pixels, noise=noise)
+    torch.testing.assert_close(out.logits, mine.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.loss, mine.loss, atol=ATOL, rtol=0)
+    _assert_same_weights(ViTAccelForPreTraining.from_pretrained(tmp_path / "out"), model)
+
+
+def test_mae_encoder_exports_to_vitmae_model(tmp_path):
+    model = tiny_mae()
+    export(model, tmp_path / "out", to="transformers", backbone_only=True)
+    theirs = open_export(tmp_path / "out", "ViTMAEModel")
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        latent, mask, ids_restore = model.vit.forward_visible(pixels, noise, False)
+        out = theirs(pixels, noise=noise)
+    torch.testing.assert_close(out.last_hidden_state, latent, atol=ATOL, rtol=0)
+    assert torch.equal(out.ids_restore, ids_restore) and torch.equal(out.mask, mask)
+
+
+def test_mae_pretraining_model_to_timm_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"exports to transformers \(ViTMAEForPreTraining\), not to 'timm'"):
+        export(tiny_mae(), tmp_path / "out", to="timm")

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from transformers import ViTImageProcessor
 
-from ..configuration_vit_accel import ViTAccelConfig
+from ..configuration_vit_accel import ViTAccelConfig, ViTAccelMAEConfig
 from ..errors import UserError
 from ..formats import EXPORT_TARGETS
-from ..modeling_vit_accel import ViTAccelForImageClassification
+from ..modeling_vit_accel import ViTAccelForImageClassification, ViTAccelForPreTraining
 from . import graph_export, mae, meta_dinov2, native, policy, timm_families, timm_state_dict, transformers_families
 from .files import read_json
 from .loading import split_keywords
@@ -162,6 +162,7 @@ def export(
       (or its `...Model` with `backbone_only`), DINOv3, CLIP and SigLIP as `DINOv3ViTModel`, `CLIPVisionModel` and
       `SiglipVisionModel` (their backbone only: transformers' classifiers of these read other features than ours,
       and are refused by name, as is what no transformers class computes; see `transformers_families.write`);
+      MAE pre-training (`ViTAccelForPreTraining`) as `ViTMAEForPreTraining` (its encoder: `ViTMAEModel`);
     - `"timm"`: timm's Hub layout (`model.safetensors` under timm's names, `config.json` with the registered
       `architecture`, `num_classes`, `model_args`, `label_names` and `pretrained_cfg`), which
       `timm.create_model("local-dir:" + out_dir, pretrained=True)` opens;
@@ -186,10 +187,19 @@ def export(
     out_dir = check_output(out_dir, source, (*writes, PROCESSOR_FILE))
     if to == "onnx":
         graph_export.require_onnx_exporter()  # before loading anything
-    if to == "transformers" and source is not None and (Path(source) / "config.json").is_file():
+    saved = Path(source) / "config.json" if source is not None else None
+    saved_type = read_json(saved).get("model_type") if saved is not None and saved.is_file() else None
+    pretraining = isinstance(model_or_dir, ViTAccelForPreTraining) or saved_type == ViTAccelMAEConfig.model_type
+    if pretraining and to != "transformers":
+        raise UserError(
+            f"an MAE pre-training model (encoder and decoder) exports to transformers (ViTMAEForPreTraining), not to "
+            f"{to!r}; to export its encoder, fine-tune it (from_pretrained with num_labels=) or convert it first."
+        )
+    model_class = ViTAccelForPreTraining if pretraining else ViTAccelForImageClassification
+    if to == "transformers" and saved_type in (ViTAccelConfig.model_type, ViTAccelMAEConfig.model_type):
         # A family class that would compute another model is refused before the weights are read.
-        transformers_families.export_class(ViTAccelConfig.from_pretrained(source), backbone_only)
-    model = model_or_dir if source is None else ViTAccelForImageClassification.from_pretrained(source)
+        transformers_families.export_class(model_class.config_class.from_pretrained(source), backbone_only)
+    model = model_or_dir if source is None else model_class.from_pretrained(source)
     if to == "transformers":
         transformers_families.write(model, out_dir, backbone_only=backbone_only)
     elif to == "timm":

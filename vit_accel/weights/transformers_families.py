@@ -356,7 +356,10 @@ _EXPORT_CLASSES = {
     "dinov3_vit": ("DINOv3ViTConfig", "DINOv3ViTModel", None),
     "clip_vision_model": ("CLIPVisionConfig", "CLIPVisionModel", None),
     "siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", None),
+    # MAE pre-training (`ViTAccelForPreTraining`): transformers' whole model, or its encoder alone
+    "vit_mae": ("ViTMAEConfig", "ViTMAEModel", "ViTMAEForPreTraining"),
 }
+_MAE_MODEL_TYPE = "vit_accel_mae"  # ViTAccelMAEConfig's
 # Why a family's classifier cannot be written: transformers' class for it reads other features than ours.
 _HEAD_REFUSALS = {
     "dinov3_vit": "transformers has no DINOv3 image-classification class",
@@ -415,6 +418,15 @@ def export_family(config: Any) -> str | None:
     def option(name: str, default: Any) -> Any:
         return getattr(config, name, default)
 
+    if getattr(config, "model_type", None) == _MAE_MODEL_TYPE:
+        from .timm_families import family_options
+
+        if family_options(config):
+            raise CheckpointError(
+                f"transformers' ViTMAEForPreTraining is Google's ViT with MAE's decoder; it has no "
+                f"{', '.join(family_options(config))}."
+            )
+        return "vit_mae"
     if option("pooling", "cls") == "mean":
         raise CheckpointError(
             "pooling='mean' (the patch mean behind fc_norm, MAE's fine-tuning) is in no transformers class (its ViT, "
@@ -463,6 +475,8 @@ def export_class(config: Any, backbone_only: bool = False) -> str:
     if family is None:  # its directory is also `ViTModel`'s: transformers reads the backbone of a classifier
         return "ViTForImageClassification"
     _, bare, classifier = _EXPORT_CLASSES[family]
+    if family == "vit_mae":  # the pre-training model, whose `noise` decides the same mask in both
+        return bare if backbone_only else classifier
     if backbone_only or config.num_labels == 0:
         return bare
     if classifier is None:
@@ -543,6 +557,20 @@ def _family_config(family: str, config: Any, architecture: str) -> Any:
             "key_bias": config.qkv_bias,  # set from the weights in `write`: transformers' DINOv3 drops a zero key bias
             "attention_dropout": config.attention_probs_dropout_prob,
             "drop_path_rate": config.drop_path_rate,
+        }
+    elif family == "vit_mae":
+        fields = {
+            **common,
+            "intermediate_size": config.intermediate_size,
+            "qkv_bias": config.qkv_bias,
+            "hidden_dropout_prob": config.hidden_dropout_prob,
+            "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+            "decoder_hidden_size": config.decoder_hidden_size,
+            "decoder_num_hidden_layers": config.decoder_num_hidden_layers,
+            "decoder_num_attention_heads": config.decoder_num_attention_heads,
+            "decoder_intermediate_size": config.decoder_intermediate_size,
+            "mask_ratio": config.mask_ratio,
+            "norm_pix_loss": config.norm_pix_loss,
         }
     else:  # CLIP's and SigLIP's vision towers
         fields = {
@@ -638,6 +666,8 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike, backbone_only: boo
 
         return write_vit(model, out_dir)
     architecture = export_class(config, backbone_only)
+    if family == "vit_mae":
+        return _write_mae(model, config, architecture, Path(out_dir))
     state_dict = {
         (key if key.startswith(("vit.", "classifier.")) else f"vit.{key}"): value
         for key, value in model.state_dict().items()
@@ -672,6 +702,19 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike, backbone_only: boo
             theirs[key] = torch.zeros(value.shape)  # masked-image modelling only; or no registers
     target.load_state_dict(theirs, strict=True, assign=True)
     out_dir = Path(out_dir)
+    target.save_pretrained(out_dir)
+    return out_dir
+
+
+def _write_mae(model: torch.nn.Module, config: Any, architecture: str, out_dir: Path) -> Path:
+    """`ViTAccelForPreTraining` as transformers' `ViTMAEForPreTraining` (the same names in memory), or its encoder as
+    `ViTMAEModel` (the names under `vit.`)."""
+    state_dict = {key: value.detach().to("cpu") for key, value in model.state_dict().items()}
+    if architecture == "ViTMAEModel":
+        state_dict = {key[4:]: value for key, value in state_dict.items() if key.startswith("vit.")}
+    with torch.device("meta"):
+        target = getattr(transformers, architecture)(_family_config("vit_mae", config, architecture))
+    target.load_state_dict(state_dict, strict=True, assign=True)
     target.save_pretrained(out_dir)
     return out_dir
 
