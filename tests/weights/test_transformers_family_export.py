@@ -4,6 +4,10 @@ resolution, and reads back into exactly our model; the classifiers whose transfo
 are refused by name."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -108,7 +112,10 @@ def test_classifier_exports_to_transformers_class_with_our_logits(tmp_path, name
 def test_backbone_exports_to_transformers_class_with_our_hidden_states(tmp_path, name):
     fields, expected = BACKBONES[name]
     model = ours(fields, zero_key_bias="zero-key-bias" in name)
-    export(model, tmp_path / "out", to="transformers", backbone_only=True)
+    if name.startswith("dinov2"):  # a bare ViTAccelModel is a backbone without being told
+        export(model.vit, tmp_path / "out", to="transformers")
+    else:
+        export(model, tmp_path / "out", to="transformers", backbone_only=True)
     theirs = open_export(tmp_path / "out", expected)
     if "zero-key-bias" in name:  # transformers' DINOv3 has no key bias unless the config asks for one
         assert theirs.config.key_bias is False
@@ -256,3 +263,47 @@ def test_mae_encoder_exports_to_vitmae_model(tmp_path):
 def test_mae_pretraining_model_to_timm_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"exports to transformers \(ViTMAEForPreTraining\), not to 'timm'"):
         export(tiny_mae(), tmp_path / "out", to="timm")
+
+
+def test_fresh_process_without_vit_accel_opens_the_exports(tmp_path):
+    """transformers' Auto classes alone, vit_accel not importable, open each export and give our outputs."""
+    cases = {
+        "dinov2-registers": (ours({**_REGISTERS, "pooling": "cls_mean"}), False, "AutoModelForImageClassification"),
+        "siglip": (ours(_SIGLIP), True, "AutoModel"),
+        "dinov3": (ours(_DINOV3), True, "AutoModel"),
+    }
+    expected = {}
+    for name, (model, backbone_only, _) in cases.items():
+        export(model, tmp_path / name, to="transformers", backbone_only=backbone_only)
+        size = model.config.image_size
+        pixels = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            output = model.vit(pixels) if backbone_only else model(pixels)
+        expected[name] = (pixels, output.last_hidden_state if backbone_only else output.logits)
+    torch.save(expected, tmp_path / "expected.pt")
+    auto = {name: auto_class for name, (_, _, auto_class) in cases.items()}
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["vit_accel"] = None  # any import of vit_accel now fails
+        import torch
+        import transformers
+        expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True)
+        for name, auto_class in {auto!r}.items():
+            model = getattr(transformers, auto_class).from_pretrained({str(tmp_path)!r} + "/" + name).eval()
+            assert type(model).__module__.startswith("transformers.models."), type(model).__module__
+            pixels, wanted = expected[name]
+            with torch.no_grad():
+                out = model(pixels)
+            got = out.logits if hasattr(out, "logits") else out.last_hidden_state
+            print("MAXDIFF", name, type(model).__name__, (got - wanted).abs().max().item())
+            assert (got - wanted).abs().max().item() <= {ATOL}, name
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in cases:
+        assert f"MAXDIFF {name} " in result.stdout

@@ -665,6 +665,8 @@ def write(model: torch.nn.Module, out_dir: str | os.PathLike, backbone_only: boo
         from .transformers_vit import write as write_vit
 
         return write_vit(model, out_dir)
+    # A bare ViTAccelModel (or a classifier without a head) is a backbone whatever its labels say.
+    backbone_only = backbone_only or not hasattr(model, "vit")
     architecture = export_class(config, backbone_only)
     if family == "vit_mae":
         return _write_mae(model, config, architecture, Path(out_dir))
