@@ -1,6 +1,7 @@
 """transformers' own ViT families (directories written by `save_pretrained`): `Dinov2Model`,
 `Dinov2WithRegistersModel` (and their `...ForImageClassification`), `CLIPVisionModel`, `SiglipVisionModel` and
-`ViTMAEModel`: detect, read into our names.
+`ViTMAEModel`: detect, read into our names; and write from our names (`write`: the family class that computes the
+same model, or a refusal naming the class and what differs).
 
 transformers reads its own directory (its on-disk names, shards, dtype), through the class the directory's
 `config.json` names, and hands over its in-memory state dict; this module renames it:
@@ -368,7 +369,7 @@ _HEAD_REFUSALS = {
     "siglip_vision_model": "transformers' SiglipForImageClassification averages the tokens and ignores the "
     "attention-pooling (MAP) head that ours reads",
 }
-# What each family fixes (field -> value its transformers class has), beyond the checks of `_export_family`.
+# What each family fixes (field -> value its transformers class has), beyond the checks of `export_family`.
 _FIXED = {
     "dinov2": {
         "use_cls_token": True,
