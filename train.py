@@ -44,8 +44,10 @@ from vit_accel.training.loop import (
     AccumulationWindows,
     Interrupted,
     LossMeter,
+    Terminated,
     interruption_report,
     save_step_checkpoint,
+    sigterm_as_interrupt,
 )
 from vit_accel.training.model import build_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
@@ -84,7 +86,8 @@ def build_accelerator(args) -> Accelerator:
 def main(argv: list[str] | None = None) -> dict:
     """Train as the arguments say; returns the final results (also written to all_results.json)."""
     try:
-        return train(argv)
+        with sigterm_as_interrupt():
+            return train(argv)
     finally:
         release_output_dir_locks()
 
@@ -329,11 +332,12 @@ def cli() -> None:
     except UserError as error:
         sys.exit(report("train.py", error))
     except Interrupted as interruption:
-        print(f"train.py: {interruption}", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("train.py: interrupted before training started; nothing was written.", file=sys.stderr)
-        sys.exit(130)
+        print(f"train.py: {'SIGTERM: ' if interruption.terminated else ''}{interruption}", file=sys.stderr)
+        sys.exit(interruption.exit_code)
+    except KeyboardInterrupt as interruption:
+        signal_name = "SIGTERM: " if isinstance(interruption, Terminated) else ""
+        print(f"train.py: {signal_name}interrupted before training started; nothing was written.", file=sys.stderr)
+        sys.exit(143 if signal_name else 130)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
 
