@@ -122,3 +122,16 @@ def test_an_image_that_fails_mid_run_keeps_every_checkpoint_whole(tmp_path, run_
         k: v for k, v in before.items() if "checkpoint-" in k
     }
     shutil.rmtree(out)
+
+
+def test_a_resume_on_other_shards_is_refused_before_anything_is_loaded(tmp_path, run_train):
+    root = tmp_path / "data"
+    write_parquet_shards(root, [8, 8])
+    write_parquet_shards(root, [4], split="validation", first_id=100)
+    out = tmp_path / "out"
+    assert run_train(stream_args(root, out, "--max_train_steps", "2"))[0] == 0
+    before = snapshot(out)
+    write_parquet_shards(root, [8, 8, 5])  # a shard more: the checkpoint's stream is not this one
+    code, stderr = run_train(stream_args(root, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
+    assert code == 2 and assert_one_line(stderr, "train.py", "not the one the checkpoint was trained on", "train_")
+    assert snapshot(out) == before
