@@ -144,9 +144,10 @@ def test_clip_classifier_head_is_refused_not_half_loaded(tmp_path):
     "fields",
     [
         {"num_register_tokens": 4},  # transformers' defaults: query and value biases, no key bias
+        {"num_register_tokens": 0},  # transformers keeps an empty register table
         {"num_register_tokens": 2, "use_gated_mlp": True, "hidden_act": "silu", "query_bias": False, "mlp_bias": False},
     ],
-    ids=["registers", "gated-no-biases"],
+    ids=["registers", "no-registers", "gated-no-biases"],
 )
 def test_dinov3_hidden_states_match_transformers_at_any_resolution(tmp_path, fields):
     reference = tiny("DINOv3ViTConfig", "DINOv3ViTModel", {"image_size": 32, "patch_size": 8, **fields})
