@@ -185,21 +185,26 @@ def test_zero3_and_fsdp_pretrain_two_processes_as_one(config, digits, extensions
     assert (run / "reconstruction.png").is_file()
 
 
-def test_help_lists_the_pretraining_flags_without_loading_torch():
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("pretrain.py", ("--mask_ratio", "--norm_pix_loss", "--base_learning_rate", "--decoder_num_attention_heads")),
+        ("train.py", ("--augmentation {cifar,inception,randaugment,mae,none}", "--label_smoothing")),
+    ],
+)
+def test_help_lists_the_flags(script, flags):
     import subprocess
     import sys
 
     from launching import ROOT
 
-    script = (
-        "import runpy, sys; sys.argv = ['pretrain.py', '--help']; runpy.run_path('pretrain.py', run_name='__main__')"
-    )
+    code = f"import runpy, sys; sys.argv = [{script!r}, '--help']; runpy.run_path({script!r}, run_name='__main__')"
     done = subprocess.run(
-        [sys.executable, "-c", script + "\n"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    for flag in ("--mask_ratio", "--norm_pix_loss", "--base_learning_rate", "--decoder_num_attention_heads"):
+    for flag in flags:
         assert flag in done.stdout
 
 

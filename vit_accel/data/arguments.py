@@ -70,7 +70,7 @@ class DataArguments:
             "help": "Training augmentation preset: `cifar` (crop 32 pad 4, flip, AutoAugment CIFAR10 at 32 px, then "
             "resized on the accelerator), `inception` (random resized crop + flip, pixels in [-1, 1]), `randaugment` "
             "(random resized crop + flip + RandAugment), `mae` (MAE pre-training: bicubic random resized crop of "
-            "20-100% of the area + flip), `none` (resize only).",
+            "20 to 100 percent of the area + flip), `none` (resize only).",
             "choices": list(AUGMENTATIONS),
         },
     )

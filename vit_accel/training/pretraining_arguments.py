@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..data import DataArguments
+from ..data import AUGMENTATIONS, DataArguments
 from ..errors import UserError
 from .arguments import ModelArguments, TrainingArguments
 
@@ -93,8 +93,9 @@ class PretrainingDataArguments(DataArguments):
     augmentation: str = field(
         default="mae",
         metadata={
-            "help": "Training augmentation preset; `mae` (the default: bicubic random resized crop of 20-100% of the "
-            "area + flip, as MAE pre-trains), or train.py's `cifar`, `inception`, `randaugment`, `none`."
+            "help": "Training augmentation preset: `mae` (default: bicubic random resized crop of 20 to 100 percent of "
+            "the area + flip, as MAE pre-trains) or one of train.py's: `cifar`, `inception`, `randaugment`, `none`.",
+            "choices": list(AUGMENTATIONS),
         },
     )
 
