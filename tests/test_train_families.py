@@ -161,3 +161,37 @@ def test_family_recipe_as_written_trains_a_tiny_model_of_its_variant(run_train, 
     else:
         assert results["trainable_parameters"] == results["total_parameters"] > classifier
         assert len(unchanged) < len(shared) / 2, unchanged
+
+
+def test_deepspeed_zero3_on_two_processes_trains_a_family_model_like_one_process(digits, extensions_dir, tmp_path):
+    """ZeRO-3 partitions every parameter, also those read outside a Linear or a convolution: register tokens, the
+    patch-only position table, LayerScale's scales and SigLIP's attention-pool query. Two processes (per-device batch
+    8, fp32) give the losses and weights of one process at batch 16, and the gathered model reloads."""
+    from launching import (
+        FP32,
+        ONE_PROCESS,
+        TWO_PROCESSES,
+        assert_really,
+        assert_same_weights,
+        launch,
+        tiny_args,
+        train_in_this_process,
+        train_losses,
+    )
+
+    family = "use_cls_token=False,pooling=map,num_register_tokens=2,layer_scale_init_value=1e-5"
+    family += ",prefix_position_embeddings=False"
+
+    def family_args(out, *extra):
+        args = tiny_args(digits, out, *extra)
+        args[args.index("--config_overrides") + 1] += "," + family
+        return args
+
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    launch("deepspeed_zero3.yaml", family_args(tmp_path / "zero3", *TWO_PROCESSES), env=env, launcher_args=FP32)
+    assert_really(tmp_path / "zero3", "DEEPSPEED", 2)
+    assert train_in_this_process(family_args(tmp_path / "one", *ONE_PROCESS), threads=1) == 0
+    saved = json.loads((tmp_path / "zero3" / "config.json").read_text())
+    assert (saved["pooling"], saved["num_register_tokens"], saved["use_cls_token"]) == ("map", 2, False)
+    torch.testing.assert_close(train_losses(tmp_path / "zero3"), train_losses(tmp_path / "one"), atol=1e-4, rtol=1e-4)
+    assert_same_weights(tmp_path / "zero3", tmp_path / "one", atol=1e-4)
