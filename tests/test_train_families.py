@@ -102,6 +102,7 @@ def test_dinov3_on_two_ddp_processes_trains_like_one_process(digits, tmp_path):
 FAMILY_RECIPES = {
     "imagenet_mae_base": {},
     "imagenet_dinov2_linear": {"linear": True},
+    "imagenet_dinov2_finetune": {},
     "imagenet_dinov3_linear": {"linear": True},
     "imagenet_siglip2_linear": {"linear": True},
     "cifar100_clip_linear": {"linear": True},
