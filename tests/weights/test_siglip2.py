@@ -1,6 +1,7 @@
 """transformers' `Siglip2VisionModel` (a NaFlex model: patches cut by its processor, the position table resized to each
 image's grid at run time) read at one fixed resolution, against transformers itself given the same images."""
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -108,3 +109,16 @@ def test_convert_writes_siglip2_preprocessing_at_the_fixed_size(saved, tmp_path)
     processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours")
     assert list(processor.image_mean) == [0.5] * 3 and list(processor.image_std) == [0.5] * 3
     assert processor.size == {"height": 48, "width": 48}
+
+
+def test_convert_turns_siglip2s_patching_processor_into_a_whole_image_one(saved, tmp_path):
+    """SigLIP2's own processor hands its model patches; the converted model takes whole images at its size."""
+    _, folder = saved
+    transformers.Siglip2ImageProcessor(patch_size=PATCH, max_num_patches=16, image_mean=[0.4] * 3).save_pretrained(
+        folder
+    )
+    convert(folder, tmp_path / "ours", image_size=48)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours")
+    pixels = processor(np.zeros((40, 60, 3), dtype=np.uint8), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 48, 48)
+    assert list(processor.image_mean) == [0.4] * 3

@@ -129,6 +129,15 @@ def default_processor(folder: str | os.PathLike) -> dict[str, Any] | None:
     return dict(settings) if settings is not None else None
 
 
+def whole_image_processor(settings: dict[str, Any]) -> dict[str, Any]:
+    """A source directory's image processor settings as our models take images: SigLIP2's processor (any of its
+    backends) cuts images into flattened patches for its Linear patch embedding, where ours takes the whole image at
+    the model's size, so only its normalisation is kept (written as a resizing `ViTImageProcessor`)."""
+    if str(settings.get("image_processor_type", "")).startswith("Siglip2ImageProcessor"):
+        return {key: list(settings[key]) for key in ("image_mean", "image_std")}
+    return settings
+
+
 def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
     """Whether a directory's `config.json` is one of transformers' ViT families (loadable or refused by name)."""
     if config is None:
@@ -754,5 +763,6 @@ __all__ = [
     "export_family",
     "read",
     "to_checkpoint",
+    "whole_image_processor",
     "write",
 ]
