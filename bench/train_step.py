@@ -286,10 +286,22 @@ def _is_oom(error: BaseException) -> bool:
 class Trainer:
     """One model's training step on fixed synthetic data (seeded), with timing and memory readings."""
 
-    def __init__(self, impl: str, shape: Shape, batch: int, device: str, dtype: str, compile_backend: str | None):
+    def __init__(
+        self,
+        impl: str,
+        shape: Shape,
+        batch: int,
+        device: str,
+        dtype: str,
+        compile_backend: str | None,
+        clock: str = "wall",
+    ):
         import torch
 
         self.torch = torch
+        # "cpu": this process's CPU time, which does not count the time the scheduler gives other processes' jobs (a
+        # shared machine's load), only what the steps themselves compute; CPU device only.
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
         self.device = torch.device(device)
         self.impl, self.shape, self.compile_backend = impl, shape, compile_backend
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[dtype]
@@ -332,13 +344,13 @@ class Trainer:
             self.torch.cuda.synchronize(self.device)
 
     def run(self, steps: int) -> float:
-        """Seconds for `steps` steps, the device drained before and after."""
+        """Seconds for `steps` steps on `clock`, the device drained before and after."""
         self.sync()
-        start = time.perf_counter()
+        start = self.clock()
         for _ in range(steps):
             self.step()
         self.sync()
-        return time.perf_counter() - start
+        return self.clock() - start
 
     def peak_memory(self) -> int:
         """Peak bytes: CUDA allocator peak, or the CPU peak RSS above the resident set before the model existed."""
@@ -373,13 +385,15 @@ class Trainer:
         return ok
 
 
-def worker_main(conn, impl: str, shape: Shape, batch: int, device: str, dtype: str, backend, threads: int) -> None:
+def worker_main(
+    conn, impl: str, shape: Shape, batch: int, device: str, dtype: str, backend, threads: int, clock: str = "wall"
+) -> None:
     """Serve requests from the parent over `conn` until "stop": warmup/time/memory/maxbatch."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        trainer = Trainer(impl, shape, batch, device, dtype, backend)
+        trainer = Trainer(impl, shape, batch, device, dtype, backend, clock)
         conn.send(("ready", None))
     except Exception as error:  # reported to the parent, which prints it in the table instead of a number
         conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -461,7 +475,7 @@ class Workers:
             parent, child = context.Pipe()
             process = context.Process(
                 target=worker_main,
-                args=(child, impl, shape, batch, args.device, args.dtype, backend, args.threads),
+                args=(child, impl, shape, batch, args.device, args.dtype, backend, args.threads, args.clock),
                 # Not daemonic: inductor may start compile-worker processes, which daemonic processes cannot have.
                 # `close` (always called) stops them; run_gpu.py kills the whole process group at its time limit.
                 daemon=False,
@@ -648,6 +662,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--start_method", "--start-method", help="multiprocessing start method (default: fork on CPU, spawn on CUDA)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time the steps by the wall clock, or (CPU only) by each worker's own CPU time, which leaves out the "
+        "time other processes hold the cores on a shared machine",
+    )
     parser.add_argument("--out", type=Path, help="write the markdown table here")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument(
@@ -655,6 +676,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
+    if cuda and args.clock == "cpu":
+        parser.error("--clock cpu times CPU runs (a CUDA step's time is the device's, not the process's)")
     if args.dry_run:
         if cuda:
             parser.error("--dry_run runs on the CPU")
@@ -705,6 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Train step, {args.dtype}, AdamW; {env['device']}; torch {env['torch']}, transformers "
         f"{env['transformers']}, timm {env['timm']}; {args.rounds} rounds x {args.steps} steps after "
         f"{args.warmup} warm-up; {env['date']}"
+        + ("; images/s by each worker's CPU time (--clock cpu)" if args.clock == "cpu" else "")
     )
     record: dict = {}
     for kind, shape, batch in plan(args):

@@ -333,3 +333,29 @@ def test_adapter_of_a_base_given_by_relative_path_loads_from_another_directory(t
     predicted = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert len(json.loads(predicted.stdout)[0]["predictions"]) == 5
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_default_targets_adapt_the_attention_of_every_family_and_merge_exactly(use_dora):
+    """The default targets (query and value) exist in every family, each block's and, for SigLIP, its attention
+    pool's (a pretrained part of the backbone): training moves only the adapters and the classifier, and the merged
+    model gives the adapted logits."""
+    from test_modeling_vit_accel_families import FAMILY_OPTIONS, family_model
+
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for name in sorted(FAMILY_OPTIONS):
+        model = apply_lora(family_model(name), r=4, alpha=8, dropout=0.0, use_dora=use_dora)
+        adapted = {key for key, module in model.named_modules() if hasattr(module, "lora_A")}
+        expected = {f"vit.layers.{i}.attention.{proj}" for i in range(2) for proj in ("q_proj", "v_proj")}
+        if FAMILY_OPTIONS[name].get("pooling") == "map":
+            expected |= {"vit.attention_pool.q_proj", "vit.attention_pool.v_proj"}
+        assert adapted == {f"base_model.model.{key}" for key in expected}, name
+        base = {key: p.detach().clone() for key, p in model.named_parameters() if not p.requires_grad}
+        trained = {key for key, p in model.named_parameters() if p.requires_grad}
+        assert trained and all("lora_" in key or ".classifier." in key for key in trained), name
+        _train_a_little(model)
+        moved = [key for key, p in model.named_parameters() if key in base and not torch.equal(p, base[key])]
+        assert len(base) > 20 and not moved, (name, moved)
+        with torch.no_grad():
+            merged = merged_copy(model)(pixel_values=x).logits
+            torch.testing.assert_close(merged, model(pixel_values=x).logits, atol=1e-5, rtol=1e-5, msg=name)

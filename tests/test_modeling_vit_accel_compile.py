@@ -89,8 +89,17 @@ def test_fullgraph_train_step_matches_eager_gradients():
         dict(layer_scale_init_value=1e-5, num_register_tokens=4, prefix_position_embeddings=False, pooling="cls_mean"),
         dict(use_cls_token=False, pooling="map", pre_norm=True, mlp_type="swiglu", hidden_act="silu"),
         dict(position_embedding_type="rope", num_register_tokens=4, layer_scale_init_value=1e-5),
+        # MAE's mean pooling with fc_norm; CLIP's QuickGELU and bias-free patch embedding; DeiT III's patch-only
+        # positions with LayerScale: what the three cases above leave out, in one model.
+        dict(
+            pooling="mean",
+            hidden_act="quick_gelu",
+            patch_embedding_bias=False,
+            prefix_position_embeddings=False,
+            layer_scale_init_value=1e-6,
+        ),
     ],
-    ids=["dinov2-registers", "siglip-map-swiglu", "dinov3-rope"],
+    ids=["dinov2-registers", "siglip-map-swiglu", "dinov3-rope", "mae-mean-clip-deit3"],
 )
 def test_family_train_step_compiles_whole_with_eager_gradients(options):
     torch._dynamo.reset()

@@ -187,3 +187,32 @@ def test_rope_gives_the_same_outputs_on_every_attention_backend(backend):
         torch.testing.assert_close(model(pixels).logits, expected, atol=1e-5, rtol=1e-5)
         maps = model(pixels, output_attentions=True).attentions
     assert maps[0].shape == (2, 4, 21, 21)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_OPTIONS))
+def test_every_family_gives_eager_logits_and_gradients_through_sdpa(name):
+    """Each family's blocks and head (the attention pool's single query too) through SDPA, at its own input size and
+    an interpolated one: the eager function's logits, and in training its gradients. Not flex_attention: each new
+    sequence length compiles a flex kernel, minutes on 2 cores for these six, and it has no backward on the CPU
+    (DINOv3's RoPE through flex: `test_rope_gives_the_same_outputs_on_every_attention_backend`)."""
+    model = family_model(name)
+    pixels, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    larger = torch.nn.functional.interpolate(pixels, size=48)
+
+    def logits(implementation):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            return [model.eval()(pixels).logits, model(larger, interpolate_pos_encoding=True).logits]
+
+    def gradients(implementation):
+        model.set_attn_implementation(implementation)
+        model.train().zero_grad()
+        model(larger, labels=labels, interpolate_pos_encoding=True).loss.backward()
+        return {key: p.grad.clone() for key, p in model.named_parameters()}
+
+    expected = logits("eager")
+    for got, want in zip(logits("sdpa"), expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    eager_grads, sdpa_grads = gradients("eager"), gradients("sdpa")
+    for key, grad in eager_grads.items():
+        torch.testing.assert_close(sdpa_grads[key], grad, atol=1e-5, rtol=1e-4, msg=key)

@@ -124,3 +124,18 @@ def test_family_shapes_parse_and_build_the_same_model_in_ours_and_timm(bench):
 def test_flags_take_underscores(bench):
     args = bench.parse_args(["--dry_run", "--time_budget", "5", "--compile_backend", "eager"])
     assert (args.dry_run, args.time_budget, args.compile_backend) == (True, 5.0, "eager")
+
+
+def test_cpu_clock_counts_the_steps_computing_not_the_time_waited(bench, monkeypatch):
+    """On a shared machine a step's wall time includes the time others' jobs hold the core; `--clock cpu` counts the
+    worker's own CPU time. A step that waits (sleeps) for 0.3 s takes 0.3 s of wall time and almost no CPU time."""
+    import time
+
+    shape = bench.parse_shape("Mini/8@32")
+    wall, cpu = (bench.Trainer("ours", shape, 2, "cpu", "fp32", None, clock) for clock in ("wall", "cpu"))
+    for trainer in (wall, cpu):
+        monkeypatch.setattr(trainer, "step", lambda: time.sleep(0.3))
+    assert wall.run(1) >= 0.3 and cpu.run(1) < 0.1
+    assert bench.parse_args(["--clock", "cpu"]).clock == "cpu"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cuda", "--clock", "cpu"])

@@ -69,19 +69,30 @@ def test_unknown_recipe_key_and_missing_recipe(tmp_path):
         "recipes/digits_lora.yaml",
         "recipes/imagenet_mae_base.yaml",
         "recipes/imagenet_dinov2_linear.yaml",
+        "recipes/imagenet_dinov2_finetune.yaml",
+        "recipes/imagenet_dinov3_linear.yaml",
+        "recipes/imagenet_siglip2_linear.yaml",
+        "recipes/cifar100_clip_linear.yaml",
+        "recipes/imagenet_deit3_base.yaml",
     ],
 )
 def test_method_recipes_parse(recipe):
     from factories import ROOT
 
-    _, data, training = parse_all([str(ROOT / recipe)])
+    model, data, training = parse_all([str(ROOT / recipe)])
     if "modern" in recipe:
         assert training.layer_decay == 0.65 and training.ema_decay == 0.9998 and data.random_erasing == 0.25
         assert training.mixing_config().enabled and training.label_smoothing == 0.1
-    elif "mae" in recipe:
+    elif "mae" in recipe or "dinov2_finetune" in recipe:
         assert training.layer_decay == 0.65 and training.learning_rate == 2e-3 and data.random_erasing == 0.25
-    elif "dinov2" in recipe:
-        assert training.freeze == "backbone" and training.optimizer == "sgd"
+        assert training.freeze is None and training.mixing_config().enabled
+    elif "linear" in recipe:  # the linear probes: a frozen backbone, SGD, no weight decay
+        assert training.freeze == "backbone" and training.optimizer == "sgd" and training.weight_decay == 0.0
+        if "dino" in recipe:  # DINO's head reads CLS and the patch mean, at 224 px
+            assert model.parsed_overrides() == {"pooling": "cls_mean", "image_size": 224}
+    elif "deit3" in recipe:
+        assert training.learning_rate == 3e-4 and training.ema_decay == 0.99996 and training.mixup_alpha == 0.0
+        assert training.mixing_config().enabled and model.parsed_overrides() == {"drop_path_rate": 0.15}
     else:
         assert training.peft == "lora"
 

@@ -7,9 +7,9 @@ from vit_accel.errors import UserError
 from vit_accel.training.freezing import apply_freezing, check_freezing
 
 
-def _trained_names(freeze, freeze_layers):
+def _trained_names(freeze, freeze_layers, **family):
     torch.manual_seed(0)
-    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_hidden_layers=3)))
+    model = ViTAccelForImageClassification(ViTAccelConfig(**tiny_config_kwargs(num_hidden_layers=3, **family)))
     apply_freezing(model, freeze, freeze_layers)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -28,6 +28,26 @@ def test_freeze_layers_freezes_embeddings_and_the_first_blocks():
     trained = _trained_names(None, 2)
     assert not any(n.startswith(("vit.embeddings.", "vit.layers.0.", "vit.layers.1.")) for n in trained)
     assert {"vit.layers.2.mlp.fc1.weight", "vit.layernorm.weight", "classifier.weight"} <= trained
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        dict(pre_norm=True),  # CLIP's LayerNorm on the embeddings, before the first block
+        dict(num_register_tokens=2, prefix_position_embeddings=False, layer_scale_init_value=1e-5),
+        dict(use_cls_token=False, pooling="map"),
+        dict(position_embedding_type="rope", num_register_tokens=2),
+    ],
+    ids=["clip-pre-norm", "dinov2-registers", "siglip-map", "dinov3-rope"],
+)
+def test_freeze_layers_freezes_what_comes_before_the_first_trained_block_in_every_family(family):
+    """What feeds the frozen blocks is frozen with them (registers, CLIP's pre-norm: layer 0 for layer decay too),
+    and what follows the last block (SigLIP's attention pool) trains."""
+    trained = _trained_names(None, 1, **family)
+    assert not any(n.startswith(("vit.embeddings.", "vit.pre_layernorm.", "vit.layers.0.")) for n in trained)
+    assert {"vit.layers.1.attention.q_proj.weight", "vit.layers.2.mlp.fc2.weight", "classifier.weight"} <= trained
+    if family.get("pooling") == "map":
+        assert "vit.attention_pool.probe" in trained
 
 
 @pytest.mark.parametrize(

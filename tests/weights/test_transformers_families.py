@@ -121,7 +121,7 @@ def test_convert_writes_the_family_preprocessing(tmp_path, name, mean):
 @pytest.mark.parametrize(
     "config_name, model_name, what",
     [
-        ("Siglip2VisionConfig", "Siglip2VisionModel", "NaFlex"),
+        ("Aimv2VisionConfig", "Aimv2VisionModel", "AIMv2"),
     ],
 )
 def test_families_not_supported_yet_are_refused_by_name(tmp_path, config_name, model_name, what):

@@ -1,8 +1,8 @@
 """Linear probing and partial fine-tuning: which parameters of the model train.
 
-`--freeze backbone` trains the classifier alone (linear probing); `--freeze_layers N` freezes the embeddings and the
-first N blocks, so that the later blocks, the final norm and the head train. Frozen parameters get no gradients, no
-optimizer state and no place in checkpoints.
+`--freeze backbone` trains the classifier alone (linear probing); `--freeze_layers N` freezes the embeddings (with
+CLIP's LayerNorm on them) and the first N blocks, so that the later blocks, the final norm and the head train. Frozen
+parameters get no gradients, no optimizer state and no place in checkpoints.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def apply_freezing(model: nn.Module, freeze: str | None, freeze_layers: int | No
         model.vit.requires_grad_(False)
     elif freeze_layers:
         model.vit.embeddings.requires_grad_(False)
+        # CLIP's LayerNorm on the embeddings feeds the first block: frozen with the embeddings (layer 0 to layer decay).
+        if model.vit.pre_layernorm is not None:
+            model.vit.pre_layernorm.requires_grad_(False)
         for layer in model.vit.layers[:freeze_layers]:
             layer.requires_grad_(False)
 

@@ -104,7 +104,7 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
         return {"image_mean": list(GOOGLE_MEAN_STD), "image_std": list(GOOGLE_MEAN_STD)}
     folder = Path(checkpoint.source)
     if folder.is_dir() and (folder / PROCESSOR_FILE).is_file():
-        return read_json(folder / PROCESSOR_FILE)
+        return transformers_families.whole_image_processor(read_json(folder / PROCESSOR_FILE))
     if checkpoint.format in ("mae", meta_dinov2.FORMAT):  # both train (their files say nothing) on ImageNet's
         return dict(transformers_families.PREPROCESSING["vit_mae"])
     if folder.is_dir():
@@ -120,7 +120,7 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
             found = _hub_download(checkpoint.source, PROCESSOR_FILE, hub or HubOptions(), missing_ok=True)
         except CheckpointError:
             return None
-        return read_json(found) if found is not None else None
+        return transformers_families.whole_image_processor(read_json(found)) if found is not None else None
     return None
 
 

@@ -1,7 +1,8 @@
 """transformers' own ViT families (directories written by `save_pretrained`): `Dinov2Model`,
-`Dinov2WithRegistersModel` (and their `...ForImageClassification`), `CLIPVisionModel`, `SiglipVisionModel` and
-`ViTMAEModel`: detect, read into our names; and write from our names (`write`: the family class that computes the
-same model, or a refusal naming the class and what differs).
+`Dinov2WithRegistersModel` (and their `...ForImageClassification`), `CLIPVisionModel`, `SiglipVisionModel`,
+`Siglip2VisionModel` (at one fixed resolution) and `ViTMAEModel`: detect, read into our names; and write from our
+names (`write`: the family class that computes the same model, or a refusal naming the class and what differs; a
+SigLIP2 read at a fixed resolution is SigLIP's architecture and writes as `SiglipVisionModel`).
 
 transformers reads its own directory (its on-disk names, shards, dtype), through the class the directory's
 `config.json` names, and hands over its in-memory state dict; this module renames it:
@@ -15,6 +16,11 @@ transformers reads its own directory (its on-disk names, shards, dtype), through
   `self_attn.{q,k,v,out}_proj` -> `attention.{q,k,v,o}_proj`, `post_layernorm` -> `vit.layernorm`.
 - SigLIP's head: `head.probe`, `head.attention.in_proj_*` (q, k, v stacked), `out_proj`, `layernorm`, `mlp` ->
   `vit.attention_pool.probe`, `q_proj`/`k_proj`/`v_proj`, `o_proj`, `layernorm`, `feed_forward`.
+- SigLIP2 (`Siglip2VisionModel`): SigLIP's names. Its processor cuts the image into patches, each flattened in
+  (row, column, channel) order, for a Linear patch embedding: that weight, `(hidden, p * p * C)`, is our convolution's
+  `(hidden, C, p, p)` with its input axes reordered. Its square position table is resized at run time to each image's
+  patch grid (bilinear, `align_corners=False`, antialiased); ours is resized once, the same way, to the grid of the
+  `image_size` the model is built at (by default the table's own grid: `sqrt(num_patches) * patch_size`).
 - ViTMAE: transformers' ViT names (`transformers_vit`); its decoder is not read.
 - DINOv3 (`DINOv3ViTModel`, 2-D RoPE: `position_embedding_type="rope"`): `embeddings.cls_token`/`register_tokens`
   keep their names under `vit.`, `embeddings.patch_embeddings` is `patch_embeddings.projection`,
@@ -48,16 +54,16 @@ SUPPORTED = {
     "dinov2_with_registers": ("DINOv2 with registers", "cls_mean"),
     "clip_vision_model": ("CLIP's vision tower", "cls"),
     "siglip_vision_model": ("SigLIP's vision tower", "map"),
+    "siglip2_vision_model": ("SigLIP2's vision tower (at a fixed resolution)", "map"),
     "vit_mae": ("MAE", "cls"),
     "dinov3_vit": ("DINOv3", "cls"),
 }
 UNSUPPORTED = {
-    "siglip2_vision_model": "SigLIP2 NaFlex (variable resolution)",
     "aimv2_vision_model": "AIMv2 (RMSNorm, SwiGLU)",
     "aimv2": "AIMv2 (RMSNorm, SwiGLU)",
     "clip": "a whole CLIP model (image and text); save its CLIPVisionModel",
     "siglip": "a whole SigLIP model (image and text); save its SiglipVisionModel",
-    "siglip2": "a whole SigLIP2 model (image and text)",
+    "siglip2": "a whole SigLIP2 model (image and text); save its Siglip2VisionModel",
 }
 # Classifiers whose head is none of our poolings (they average the patch tokens without any LayerNorm).
 _FOREIGN_HEADS = {
@@ -77,6 +83,7 @@ PREPROCESSING = {
         "image_std": [0.26862954, 0.26130258, 0.27577711],
     },
     "siglip_vision_model": {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+    "siglip2_vision_model": {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
 }
 
 _DINO_BLOCK = {
@@ -120,6 +127,15 @@ def default_processor(folder: str | os.PathLike) -> dict[str, Any] | None:
 
     settings = PREPROCESSING.get(read_json(Path(folder) / "config.json").get("model_type"))
     return dict(settings) if settings is not None else None
+
+
+def whole_image_processor(settings: dict[str, Any]) -> dict[str, Any]:
+    """A source directory's image processor settings as our models take images: SigLIP2's processor (any of its
+    backends) cuts images into flattened patches for its Linear patch embedding, where ours takes the whole image at
+    the model's size, so only its normalisation is kept (written as a resizing `ViTImageProcessor`)."""
+    if str(settings.get("image_processor_type", "")).startswith("Siglip2ImageProcessor"):
+        return {key: list(settings[key]) for key in ("image_mean", "image_std")}
+    return settings
 
 
 def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
@@ -170,6 +186,8 @@ def to_checkpoint(state_dict: Mapping[str, torch.Tensor], config: Any, source: s
         ours, fields = _dinov2(body, config, source)
     elif model_type in ("clip_vision_model", "siglip_vision_model"):
         ours, fields = _clip(body, config, source)
+    elif model_type == "siglip2_vision_model":
+        ours, fields = _clip(_siglip2_patches(body, config), config, source)
     elif model_type == "dinov3_vit":
         ours, fields = _dinov3(body, config, source)
     else:  # vit_mae: transformers' ViT names
@@ -188,8 +206,10 @@ def to_checkpoint(state_dict: Mapping[str, torch.Tensor], config: Any, source: s
         state_dict=ours,
         source=source,
         format="transformers",
-        resample_mode="bicubic",  # as each family's interpolate_pos_encoding; DINOv2 with registers antialiases
-        resample_antialias=model_type == "dinov2_with_registers",
+        # As each family resizes its table at run time: its interpolate_pos_encoding (bicubic; DINOv2 with registers
+        # antialiases), or SigLIP2's resize to every image's grid (bilinear, antialiased).
+        resample_mode="bilinear" if model_type == "siglip2_vision_model" else "bicubic",
+        resample_antialias=model_type in ("dinov2_with_registers", "siglip2_vision_model"),
         num_attention_heads=int(config.num_attention_heads),
         config=fields,
     )
@@ -302,6 +322,17 @@ def _dinov3(sd: dict[str, torch.Tensor], config: Any, source: str) -> tuple[dict
         "pooling": "cls",
     }
     return ours, fields
+
+
+def _siglip2_patches(sd: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """SigLIP2's Linear patch embedding as the convolution of ours: its inputs are a patch's pixels in
+    (row, column, channel) order, as its image processor flattens them."""
+    sd = dict(sd)
+    key = "embeddings.patch_embedding.weight"
+    patch, channels = int(config.patch_size), int(config.num_channels)
+    if key in sd:  # without it, `_clip` names what is missing
+        sd[key] = sd[key].reshape(-1, patch, patch, channels).permute(0, 3, 1, 2).contiguous()
+    return sd
 
 
 def _clip(sd: dict[str, torch.Tensor], config: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -732,5 +763,6 @@ __all__ = [
     "export_family",
     "read",
     "to_checkpoint",
+    "whole_image_processor",
     "write",
 ]
