@@ -12,7 +12,8 @@ from ..errors import UserError
 
 AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "none")
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
-# How training JPEGs are decoded: `pil_draft` decodes at the reduced DCT scale a random-resized crop needs.
+# How training JPEGs are decoded: `pil_draft` draws the random-resized crop first, then decodes at the DCT scale it
+# needs and resizes on uint8.
 IMAGE_DECODERS: tuple[str, ...] = ("auto", "pil", "pil_draft")
 # Examples per shuffle window of a stream (🤗 datasets' default shuffle buffer size too).
 DEFAULT_SHUFFLE_BUFFER = 1000
@@ -106,9 +107,10 @@ class DataArguments:
     image_decoder: str | None = field(
         default=None,
         metadata={
-            "help": "With --streaming: how training images are decoded: `pil` (full decode), `pil_draft` (JPEGs "
-            "decoded at the reduced DCT scale the random-resized crop needs: same crops and flips), `auto` (the "
-            "default: pil_draft for presets that start with a random-resized crop).",
+            "help": "How training images are decoded: `pil` (full decode, then the preset's transforms), "
+            "`pil_draft` (the crop box drawn from the header first, JPEGs decoded at the reduced DCT scale it needs, "
+            "resized on uint8: the same crops and flips, pixels within a few levels), `auto` (the default: "
+            "pil_draft for training presets that start with a random-resized crop, else pil).",
             "choices": list(IMAGE_DECODERS),
         },
     )
@@ -142,9 +144,8 @@ class DataArguments:
             raise UserError(f"--bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {self.bad_images!r}.")
         if self.streaming and self.dataset_name is None:
             raise UserError("--streaming reads --dataset_name (shards or a Hub id), not --train_dir.")
-        for name in ("shuffle_buffer_size", "image_decoder"):
-            if getattr(self, name) is not None and not self.streaming:
-                raise UserError(f"--{name} applies to --streaming input only; drop it or add --streaming.")
+        if self.shuffle_buffer_size is not None and not self.streaming:
+            raise UserError("--shuffle_buffer_size applies to --streaming input only; drop it or add --streaming.")
         if self.shuffle_buffer_size is not None and self.shuffle_buffer_size < 1:
             raise UserError(f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
         if self.image_decoder is not None and self.image_decoder not in IMAGE_DECODERS:
