@@ -31,9 +31,12 @@ def photo() -> bytes:
     return jpeg_bytes(np.asarray(image.resize((1280, 854), PIL.Image.Resampling.BICUBIC)))
 
 
-def both(pipeline, encoded, seed):
+FAST = ["pil_draft", "simplejpeg"]
+
+
+def both(pipeline, encoded, seed, fast_decoder="pil_draft"):
     full = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "pil")
-    fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "pil_draft")
+    fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), fast_decoder)
     return full, fast
 
 
@@ -86,14 +89,15 @@ def torchvision_on_tensors(pipeline, encoded: bytes, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", [(500, 375), (200, 150)])
-def test_full_scale_crops_are_torchvisions_tensor_path_bit_for_bit(size):
+@pytest.mark.parametrize("fast_decoder", FAST)
+def test_full_scale_crops_are_torchvisions_tensor_path_bit_for_bit(size, fast_decoder):
     """Where no reduced DCT scale applies (most crops of ImageNet-sized photos), the fast path gives exactly what
     torchvision's RandomResizedCrop and flip give on the decoded uint8 tensor; and within 1 level of 255 of the
     preset's PIL path (the same filter in Pillow's fixed point)."""
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     encoded = photo_of(*size)
     for seed in range(24):
-        full, fast = both(pipeline, encoded, seed)
+        full, fast = both(pipeline, encoded, seed, fast_decoder)
         assert torch.equal(fast, torchvision_on_tensors(pipeline, encoded, seed))
         assert (full.int() - fast.int()).abs().max() <= 1
 
@@ -107,14 +111,15 @@ def test_png_takes_the_uint8_resize_without_a_draft():
         assert (full.int() - fast.int()).abs().max() <= 1
 
 
-def test_drafted_crops_stay_within_the_stated_bound():
+@pytest.mark.parametrize("fast_decoder", FAST)
+def test_drafted_crops_stay_within_the_stated_bound(fast_decoder):
     """Crops of a 1024x768 photo at least 448 px both ways decode at 1/2 scale (or less): pixels differ from the full
     decode's by libjpeg's DCT-domain downscaling, under 2.5 levels of 255 on average per example, under 1 overall."""
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     encoded = photo_of(1024, 768, seed=1)
     means = []
     for seed in range(24):
-        full, fast = both(pipeline, encoded, seed)
+        full, fast = both(pipeline, encoded, seed, fast_decoder)
         means.append((full.float() - fast.float()).abs().mean().item())
     drafted = [m for m in means if m > 0.15]  # full-scale crops sit far below (<= 1 level, almost all 0)
     assert len(drafted) >= 6
@@ -135,25 +140,48 @@ def test_crop_statistics_match_torchvisions(photo):
     assert np.corrcoef(full_means, fast_means)[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("installed", [True, False])
 @pytest.mark.parametrize(
-    "preset,train,expected",
-    [
-        ("inception", True, "pil_draft"),
-        ("randaugment", True, "pil_draft"),
-        ("inception", False, "pil"),
-        ("cifar", True, "pil"),
-        ("none", True, "pil"),
-    ],
+    "preset,train,fast",
+    [("inception", True, True), ("randaugment", True, True), ("inception", False, False), ("cifar", True, False)],
 )
-def test_auto_picks_the_draft_path_for_random_resized_crops(preset, train, expected):
+def test_auto_picks_the_fast_path_for_random_resized_crops(preset, train, fast, installed, monkeypatch):
+    """simplejpeg where it is installed, else Pillow's draft; the full decode for pipelines without the crop."""
+    from vit_accel.data import decode
+
+    monkeypatch.setattr(decode, "simplejpeg_available", lambda: installed)
     pipeline = build_pipeline(preset, 224, HALF, HALF, train=train)
-    assert resolve_decoder("auto", pipeline) == expected
+    expected = ("simplejpeg" if installed else "pil_draft") if fast else "pil"
+    assert resolve_decoder("auto", pipeline) == resolve_decoder(None, pipeline) == expected
     assert resolve_decoder("pil", pipeline) == "pil"
+
+
+def test_simplejpeg_without_its_package_is_one_line(monkeypatch):
+    from vit_accel.data import DataArguments, arguments
+    from vit_accel.errors import UserError
+
+    monkeypatch.setattr(arguments.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"needs the simplejpeg package: pip install 'vit_accel\[jpeg\]'"):
+        DataArguments(dataset_name="x", image_decoder="simplejpeg")
+    with pytest.raises(UserError, match="simplejpeg package"):
+        resolve_decoder("simplejpeg", build_pipeline("inception", 224, HALF, HALF, train=True))
+
+
+def test_simplejpeg_decodes_pillows_pixels():
+    """At full scale and at each DCT scale, libjpeg-turbo through simplejpeg and through Pillow give the same
+    pixels, so the two fast decoders differ only in speed."""
+    import simplejpeg
+
+    encoded = photo_of(1024, 768)
+    for scale in (1, 2, 4, 8):
+        image = PIL.Image.open(io.BytesIO(encoded))
+        image.draft("RGB", (1024 // scale, 768 // scale))
+        ours = simplejpeg.decode_jpeg(encoded, colorspace="RGB", min_height=768 // scale, min_width=1024 // scale)
+        assert np.array_equal(ours, np.asarray(image.convert("RGB"))), scale
 
 
 def test_random_erasing_runs_after_the_drafted_crop(photo):
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True, random_erasing=1.0)
-    assert resolve_decoder("auto", pipeline) == "pil_draft"
     full, fast = both(pipeline, photo, 5)
     # Erased rectangles are filled with the mean colour (128 in [-1, 1] units): the same rectangle in both.
     assert ((full == 128) & (fast == 128)).float().mean() > 0.01
@@ -177,7 +205,7 @@ def boxes_of_the_fast_path(monkeypatch, pipeline, encoded: bytes, seeds) -> list
 
     boxes = []
 
-    def record(image, size, params):
+    def record(image, size, params, data=None):
         boxes.append((params["top"], params["left"], params["height"], params["width"]))
         return torch.zeros((3, *size), dtype=torch.uint8)
 
@@ -235,7 +263,8 @@ def test_box_distribution_matches_torchvisions(monkeypatch):
     assert ks_2samp(features(other.astype(float))["area"], reference["area"]).pvalue < 1e-6
 
 
-def test_flips_are_torchvisions_draws_at_rate_one_half():
+@pytest.mark.parametrize("fast_decoder", FAST)
+def test_flips_are_torchvisions_draws_at_rate_one_half(fast_decoder):
     """Flipped or not, seed for seed as torchvision's flip on the same stream; about half of them."""
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     unflipped = build_pipeline("inception", 224, HALF, HALF, train=True)
@@ -243,7 +272,7 @@ def test_flips_are_torchvisions_draws_at_rate_one_half():
     encoded = photo_of(256, 192)
     flips = []
     for seed in range(60):
-        fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "pil_draft")
+        fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), fast_decoder)
         assert torch.equal(fast, torchvision_on_tensors(pipeline, encoded, seed))
         straight = torchvision_on_tensors(unflipped, encoded, seed)
         assert torch.equal(fast, straight) or torch.equal(fast, straight.flip(-1))
@@ -251,14 +280,15 @@ def test_flips_are_torchvisions_draws_at_rate_one_half():
     assert 18 <= sum(flips) <= 42  # Binomial(60, 0.5): outside this with probability < 2e-3
 
 
-def test_grayscale_and_cmyk_jpegs_come_out_rgb_and_close():
+@pytest.mark.parametrize("fast_decoder", FAST)
+def test_grayscale_and_cmyk_jpegs_come_out_rgb_and_close(fast_decoder):
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     photo = PIL.Image.fromarray(load_sample_images().images[0]).resize((900, 600))
     for mode in ("L", "CMYK"):
         buffer = io.BytesIO()
         photo.convert(mode).save(buffer, format="JPEG", quality=90)
         for seed in range(6):
-            full, fast = both(pipeline, buffer.getvalue(), seed)
+            full, fast = both(pipeline, buffer.getvalue(), seed, fast_decoder)
             assert fast.shape == full.shape == (3, 224, 224)
             assert (full.float() - fast.float()).abs().mean() < 2.5
 
@@ -285,8 +315,8 @@ def test_an_undecodable_image_is_one_clear_error():
 
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     truncated = photo_of(500, 375)[:3000]
-    for decoder in ("pil", "pil_draft"):
-        with pytest.raises(UndecodableImageError, match="OSError"):
+    for decoder in ("pil", *FAST):
+        with pytest.raises(UndecodableImageError, match="OSError|Premature end of JPEG"):
             prepare(pipeline, truncated, torch.Generator().manual_seed(0), decoder)
         with pytest.raises(UndecodableImageError, match="UnidentifiedImageError"):
             prepare(pipeline, b"not an image", torch.Generator().manual_seed(0), decoder)

@@ -1,7 +1,9 @@
 """Image decoding for training input, with a fast path for JPEGs that are cropped and shrunk anyway.
 
 A random-resized crop of a photo down to 224 px throws most decoded pixels away, and the usual pipeline then spends
-as long again on a float32 tensor that only the accelerator needs. The fast path (`pil_draft`):
+as long again on a float32 tensor that only the accelerator needs. The fast path (`pil_draft`, or `simplejpeg` where
+the optional `simplejpeg` package is installed: the same steps with libjpeg-turbo called directly, which decodes the
+same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB array):
 
 1. draws the crop box exactly as torchvision's `RandomResizedCrop` does (its own `make_params`, on the same random
    stream), from the size in the file's header, before any pixel is decoded;
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .arguments import IMAGE_DECODERS
+from .arguments import IMAGE_DECODERS, check_simplejpeg, simplejpeg_available
 from .transforms import Pipeline, to_rgb
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
@@ -59,14 +61,22 @@ def draft_applies(pipeline: Pipeline) -> bool:
     return pipeline.train and bool(leaves) and isinstance(leaves[0], v2.RandomResizedCrop)
 
 
+FAST_DECODERS: tuple[str, ...] = ("pil_draft", "simplejpeg")
+
+
 def resolve_decoder(decoder: str | None, pipeline: Pipeline) -> str:
-    """`auto` (or None) -> `pil_draft` where the pipeline begins with a random-resized crop (the fast path; same crops
-    and flips), else `pil`; `pil_draft` on a pipeline without one decodes in full, as `pil` does."""
+    """`auto` (or None) -> the fast path where the pipeline begins with a random-resized crop (same crops and flips):
+    `simplejpeg` where that package is installed, else `pil_draft`; `pil` for every other pipeline. A fast decoder
+    on a pipeline without such a crop decodes in full, as `pil` does."""
     decoder = "auto" if decoder is None else decoder
     if decoder not in IMAGE_DECODERS:
         raise ValueError(f"image decoder must be one of {', '.join(IMAGE_DECODERS)}; got {decoder!r}.")
+    if decoder == "simplejpeg":
+        check_simplejpeg()
     if decoder == "auto":
-        return "pil_draft" if draft_applies(pipeline) else "pil"
+        if not draft_applies(pipeline):
+            return "pil"
+        return "simplejpeg" if simplejpeg_available() else "pil_draft"
     return decoder
 
 
@@ -103,10 +113,50 @@ def _pixels_hwc(image: PIL.Image.Image) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) -> torch.Tensor | PIL.Image.Image:
+def _dct_scale(full: tuple[int, int], wanted: tuple[int, int]) -> int:
+    """The largest of libjpeg's DCT downscaling denominators (8, 4, 2, 1) that keeps both sides >= `wanted`, as
+    Pillow's `draft` picks it."""
+    ratio = min(full[0] // wanted[0], full[1] // wanted[1])
+    return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
+
+
+def _simplejpeg_resized_crop(
+    data: bytes, full: tuple[int, int], size: tuple[int, int], params: dict
+) -> torch.Tensor | PIL.Image.Image:
+    """`resized_crop`'s steps with libjpeg-turbo through simplejpeg: the same DCT scale, the same resize."""
+    import simplejpeg
+
+    out_h, out_w = size
+    full_w, full_h = full
+    top, left, height, width = params["top"], params["left"], params["height"], params["width"]
+    factor = max(out_w / width, out_h / height)
+    scale = _dct_scale(full, (math.ceil(full_w * factor), math.ceil(full_h * factor))) if factor < 1.0 else 1
+    try:
+        # libjpeg-turbo decodes at the smallest n/8 scale leaving the image at least this size: 1/scale exactly.
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=-(-full_h // scale), min_width=-(-full_w // scale)
+        )
+    except ValueError as error:
+        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
+    if scale > 1:
+        image = PIL.Image.fromarray(pixels)
+        scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
+        box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
+        return image.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR, box=box)
+    region = torch.from_numpy(pixels)[top : top + height, left : left + width].permute(2, 0, 1)
+    resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0]
+
+
+def resized_crop(
+    image: PIL.Image.Image, size: tuple[int, int], params: dict, data: bytes | None = None
+) -> torch.Tensor | PIL.Image.Image:
     """The crop `params` (top, left, height, width on the full image) of a lazily opened image, resized to `size`
     (h, w), decoding a JPEG only at the scale the crop needs: a uint8 (3, h, w) tensor at full scale, a PIL image at a
-    reduced one. Raises `UndecodableImageError` where the image cannot be decoded."""
+    reduced one. `data`: the image's encoded bytes, to decode them with simplejpeg (an RGB or grayscale JPEG only).
+    Raises `UndecodableImageError` where the image cannot be decoded."""
+    if data is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+        return _simplejpeg_resized_crop(data, image.size, size, params)
     out_h, out_w = size
     full_w, full_h = image.size
     top, left, height, width = params["top"], params["left"], params["height"], params["width"]
@@ -146,18 +196,26 @@ def prepare(
 ) -> torch.Tensor:
     """Decode and augment one example: uint8 (3, h, w), a pure function of the image and `generator`.
 
-    `decoder="pil"` is exactly `pipeline(full decode, generator)`; `"pil_draft"` is the fast path above (same random
-    draws, see the module docstring). Raises `UndecodableImageError` where the image cannot be opened or decoded.
+    `decoder="pil"` is exactly `pipeline(full decode, generator)`; `"pil_draft"` and `"simplejpeg"` are the fast path
+    above (same random draws, see the module docstring). Raises `UndecodableImageError` where the image cannot be
+    opened or decoded.
     """
+    data = None
     try:
+        if decoder == "simplejpeg" and isinstance(image, str):
+            with open(image, "rb") as handle:
+                image = handle.read()
+        if decoder == "simplejpeg" and isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
         opened = open_image(image)
         # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
         rotated = opened.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1
-        if decoder != "pil_draft" or not draft_applies(pipeline) or rotated:
+        full = decoder not in FAST_DECODERS or not draft_applies(pipeline) or rotated
+        if full:
             opened.load()
     except _DECODE_ERRORS as error:
         raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
-    if decoder != "pil_draft" or not draft_applies(pipeline) or rotated:
+    if full:
         return pipeline(opened, generator)
     leaves = _leaf_transforms(pipeline.cpu_transform)
     crop, rest = leaves[0], leaves[1:]
@@ -167,7 +225,7 @@ def prepare(
         torch.default_generator.manual_seed(seed)
         # make_params reads only the size, which a lazily opened image knows from its header.
         params = crop.make_params([opened])
-        result = resized_crop(opened, tuple(crop.size), params)
+        result = resized_crop(opened, tuple(crop.size), params, data)
         if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
             # Flip then PILToTensor, decided as torchvision's flip decides (`torch.rand(1) < p`, the same draw) but
             # done on the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..errors import UserError
 from .arguments import BAD_IMAGE_POLICIES
-from .decode import UndecodableImageError, prepare, resolve_decoder
+from .decode import FAST_DECODERS, UndecodableImageError, prepare, resolve_decoder
 from .transforms import Pipeline, resize_batch
 
 # What PIL raises on truncated, corrupt or unsupported files.
@@ -55,9 +55,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         bad_images: str = "error",
         decoder: str | None = None,
     ) -> None:
-        """`decoder`: `--image_decoder`'s values (None = `auto`): `pil_draft` (what `auto` picks for training
-        pipelines that start with a random-resized crop) decodes through `vit_accel.data.decode`'s fast path, same
-        crops and flips; `pil` decodes in full and runs the pipeline as it is."""
+        """`decoder`: `--image_decoder`'s values (None = `auto`): `simplejpeg` or `pil_draft` (what `auto` picks for
+        training pipelines that start with a random-resized crop) decode through `vit_accel.data.decode`'s fast path,
+        same crops and flips; `pil` decodes in full and runs the pipeline as it is."""
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {bad_images!r}.")
         for column in ("image", "label"):
@@ -152,7 +152,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         index = int(index)
         generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, index))
         try:
-            if self.decoder == "pil_draft":
+            if self.decoder in FAST_DECODERS:
                 pixels, label = self._prepare(index, generator)
                 return {"pixel_values": pixels, "labels": label}
             image, label = self._decode(index)
