@@ -120,6 +120,25 @@ def _dct_scale(full: tuple[int, int], wanted: tuple[int, int]) -> int:
     return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
 
 
+# Markers of the two places an orientation can be stored (an Exif APP1 segment, an XMP packet): a JPEG holding
+# either is opened by Pillow, which reads the orientation as `prepare_image` applies it.
+_ORIENTATION_CARRIERS = (b"Exif\x00\x00", b"http://ns.adobe.com/xap/1.0/")
+
+
+def _simplejpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a YCbCr or grayscale JPEG without an orientation tag, from libjpeg-turbo's header parse;
+    None for anything else (another format, CMYK, a possible EXIF or XMP orientation), which Pillow then opens."""
+    import simplejpeg
+
+    if any(marker in data for marker in _ORIENTATION_CARRIERS):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (width, height) if colorspace in ("YCbCr", "Gray", "RGB") else None
+
+
 def _simplejpeg_resized_crop(
     data: bytes, full: tuple[int, int], size: tuple[int, int], params: dict
 ) -> torch.Tensor | PIL.Image.Image:
@@ -148,15 +167,10 @@ def _simplejpeg_resized_crop(
     return resized[0]
 
 
-def resized_crop(
-    image: PIL.Image.Image, size: tuple[int, int], params: dict, data: bytes | None = None
-) -> torch.Tensor | PIL.Image.Image:
+def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) -> torch.Tensor | PIL.Image.Image:
     """The crop `params` (top, left, height, width on the full image) of a lazily opened image, resized to `size`
     (h, w), decoding a JPEG only at the scale the crop needs: a uint8 (3, h, w) tensor at full scale, a PIL image at a
-    reduced one. `data`: the image's encoded bytes, to decode them with simplejpeg (an RGB or grayscale JPEG only).
-    Raises `UndecodableImageError` where the image cannot be decoded."""
-    if data is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
-        return _simplejpeg_resized_crop(data, image.size, size, params)
+    reduced one. Raises `UndecodableImageError` where the image cannot be decoded."""
     out_h, out_w = size
     full_w, full_h = image.size
     top, left, height, width = params["top"], params["left"], params["height"], params["width"]
@@ -200,22 +214,26 @@ def prepare(
     above (same random draws, see the module docstring). Raises `UndecodableImageError` where the image cannot be
     opened or decoded.
     """
-    data = None
+    fast = decoder in FAST_DECODERS and draft_applies(pipeline)
+    data = size = opened = None
     try:
-        if decoder == "simplejpeg" and isinstance(image, str):
-            with open(image, "rb") as handle:
-                image = handle.read()
-        if decoder == "simplejpeg" and isinstance(image, (bytes, bytearray, memoryview)):
+        if fast and decoder == "simplejpeg" and not isinstance(image, PIL.Image.Image):
+            if isinstance(image, str):
+                with open(image, "rb") as handle:
+                    image = handle.read()
             data = bytes(image)
-        opened = open_image(image)
-        # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
-        rotated = opened.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1
-        full = decoder not in FAST_DECODERS or not draft_applies(pipeline) or rotated
-        if full:
-            opened.load()
+            size = _simplejpeg_size(data)
+        if size is None:
+            opened = open_image(image)
+            # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
+            if opened.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1:
+                fast = False
+            if not fast:
+                opened.load()
+            size = opened.size
     except _DECODE_ERRORS as error:
         raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
-    if full:
+    if not fast:
         return pipeline(opened, generator)
     leaves = _leaf_transforms(pipeline.cpu_transform)
     crop, rest = leaves[0], leaves[1:]
@@ -223,9 +241,13 @@ def prepare(
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        # make_params reads only the size, which a lazily opened image knows from its header.
-        params = crop.make_params([opened])
-        result = resized_crop(opened, tuple(crop.size), params, data)
+        # make_params reads only the size, known from the header: the lazily opened image, or a stand-in of its
+        # size that holds no pixels.
+        params = crop.make_params([opened if opened is not None else torch.empty(1, 1, 1).expand(1, size[1], size[0])])
+        if opened is None:
+            result = _simplejpeg_resized_crop(data, size, tuple(crop.size), params)
+        else:
+            result = resized_crop(opened, tuple(crop.size), params)
         if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
             # Flip then PILToTensor, decided as torchvision's flip decides (`torch.rand(1) < p`, the same draw) but
             # done on the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
