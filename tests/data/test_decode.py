@@ -42,23 +42,25 @@ def both(pipeline, encoded, seed, fast_decoder="pil_draft"):
 
 @pytest.mark.parametrize("preset", ["inception", "randaugment"])
 def test_same_crops_and_flips_as_the_full_decode(photo, preset, monkeypatch):
-    """Both paths draw the same crop boxes (recorded from torchvision's own make_params) and the same flips; the
-    drafted pixels stay close to the full decode's."""
+    """Both paths crop the same boxes (the full path's recorded from torchvision's own make_params) and flip the
+    same examples; the drafted pixels stay close to the full decode's."""
     recorded = []
     original = v2.RandomResizedCrop.make_params
 
     def record(self, flat_inputs):
         params = original(self, flat_inputs)
-        recorded.append(params)
+        recorded.append((params["top"], params["left"], params["height"], params["width"]))
         return params
 
-    monkeypatch.setattr(v2.RandomResizedCrop, "make_params", record)
     pipeline = build_pipeline(preset, 224, HALF, HALF, train=True)
+    fast_boxes = boxes_of_the_fast_path(monkeypatch, pipeline, photo, range(12))
+    monkeypatch.undo()
+    monkeypatch.setattr(v2.RandomResizedCrop, "make_params", record)
     differences = []
     for seed in range(12):
         recorded.clear()
         full, fast = both(pipeline, photo, seed)
-        assert len(recorded) == 2 and recorded[0] == recorded[1]
+        assert recorded == [fast_boxes[seed]]  # make_params ran once: in the full path
         assert full.shape == fast.shape == (3, 224, 224)
         difference = (full.float() - fast.float()).abs().mean().item()
         flipped = (full.float() - fast.flip(-1).float()).abs().mean().item()
@@ -230,6 +232,29 @@ def test_boxes_are_torchvisions_get_params_seed_for_seed(monkeypatch):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed))))
         expected.append(v1.RandomResizedCrop.get_params(image, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)))
     assert boxes == expected
+
+
+@pytest.mark.parametrize("size", [(640, 480), (37, 500), (900, 40), (224, 224)])
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.9, 1.0)])
+def test_draw_box_is_torchvisions_make_params_seed_for_seed(size, scale):
+    """The box sampler gives torchvision's v2 RandomResizedCrop boxes from a generator seeded as its global stream,
+    seed for seed, including the centred fallback (elongated images with a large scale fall back often), and leaves
+    the generator where torchvision leaves its stream (the next draw, the flip's, agrees too)."""
+    from vit_accel.data.decode import draw_box
+
+    crop = v2.RandomResizedCrop(224, scale=scale, antialias=True)
+    stand_in = torch.empty(1, 1, 1).expand(1, size[1], size[0])
+    fallbacks = 0
+    for seed in range(300):
+        stream = torch.Generator().manual_seed(seed)
+        ours = draw_box(crop, size, stream)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            assert ours == crop.make_params([stand_in]), seed
+            assert torch.equal(torch.rand(1, generator=stream), torch.rand(1))
+        fallbacks += ours["top"] == (size[1] - ours["height"]) // 2 and ours["left"] == (size[0] - ours["width"]) // 2
+    if size in ((37, 500), (900, 40)) and scale == (0.9, 1.0):
+        assert fallbacks > 100
 
 
 def test_box_distribution_matches_torchvisions(monkeypatch):

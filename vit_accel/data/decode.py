@@ -5,8 +5,9 @@ as long again on a float32 tensor that only the accelerator needs. The fast path
 the optional `simplejpeg` package is installed: the same steps with libjpeg-turbo called directly, which decodes the
 same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB array):
 
-1. draws the crop box exactly as torchvision's `RandomResizedCrop` does (its own `make_params`, on the same random
-   stream), from the size in the file's header, before any pixel is decoded;
+1. draws the crop box as torchvision's `RandomResizedCrop` does (the same random numbers in the same order, from a
+   local generator seeded as the full decode's global stream: the same box, seed for seed), from the size in the
+   file's header, before any pixel is decoded;
 2. decodes a JPEG at the smallest DCT scale (libjpeg's 1/2, 1/4, 1/8, through Pillow's `Image.draft`) that still
    leaves the crop box at least the output size in both directions; most crops of ImageNet-sized photos need the
    full scale, most crops of larger ones do not;
@@ -26,6 +27,7 @@ pipeline that does not start with a random-resized crop takes the full decode, e
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -199,6 +201,44 @@ def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) ->
     return resized[0, :3]
 
 
+@functools.lru_cache(maxsize=16)
+def _log_ratio_bounds(ratio: tuple[float, float]) -> tuple[float, float]:
+    # In float32, as torchvision's RandomResizedCrop keeps them, so that the same draws give the same aspect ratios.
+    low, high = torch.log(torch.tensor(ratio)).tolist()
+    return low, high
+
+
+def draw_box(crop: v2.RandomResizedCrop, size: tuple[int, int], generator: torch.Generator) -> dict:
+    """A random-resized-crop box {top, left, height, width} of an image of `size` (width, height), from `generator`.
+
+    The Inception-style sampling of `crop`'s scale and ratio ranges: up to 10 tries of an area fraction (uniform in
+    `scale`) and a log aspect ratio (uniform in log `ratio`) whose rounded box fits, placed uniformly; else the whole
+    image, cut to the nearest allowed ratio and centred. The random numbers are drawn in torchvision's order and
+    precision (float32 uniforms, then integer offsets), so a generator seeded as torch's global one gives the box
+    torchvision's `RandomResizedCrop` draws there (tested seed for seed), without swapping the global state.
+    """
+    width, height = size
+    area = width * height
+    log_low, log_high = _log_ratio_bounds(tuple(crop.ratio))
+    for _ in range(10):
+        fraction = torch.empty(1).uniform_(crop.scale[0], crop.scale[1], generator=generator).item()
+        aspect = torch.empty(1).uniform_(log_low, log_high, generator=generator).exp_().item()
+        box_w = int(round(math.sqrt(area * fraction * aspect)))
+        box_h = int(round(math.sqrt(area * fraction / aspect)))
+        if 0 < box_w <= width and 0 < box_h <= height:
+            top = int(torch.randint(0, height - box_h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - box_w + 1, (1,), generator=generator))
+            return {"top": top, "left": left, "height": box_h, "width": box_w}
+    image_ratio = width / height
+    if image_ratio < min(crop.ratio):
+        box_w, box_h = width, int(round(width / min(crop.ratio)))
+    elif image_ratio > max(crop.ratio):
+        box_w, box_h = int(round(height * max(crop.ratio))), height
+    else:
+        box_w, box_h = width, height
+    return {"top": (height - box_h) // 2, "left": (width - box_w) // 2, "height": box_h, "width": box_w}
+
+
 def _to_tensor(image: torch.Tensor | PIL.Image.Image) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image
@@ -239,26 +279,28 @@ def prepare(
     crop, rest = leaves[0], leaves[1:]
     # The same seed derivation as Pipeline.__call__, so both paths consume the same random numbers.
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        # make_params reads only the size, known from the header: the lazily opened image, or a stand-in of its
-        # size that holds no pixels.
-        params = crop.make_params([opened if opened is not None else torch.empty(1, 1, 1).expand(1, size[1], size[0])])
-        if opened is None:
-            result = _simplejpeg_resized_crop(data, size, tuple(crop.size), params)
-        else:
-            result = resized_crop(opened, tuple(crop.size), params)
-        if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
-            # Flip then PILToTensor, decided as torchvision's flip decides (`torch.rand(1) < p`, the same draw) but
-            # done on the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
-            flip = bool(torch.rand(1) < rest[0].p)
-            result = _to_tensor(result)
-            if flip:
-                result = result.flip(-1)
-            rest = rest[2:]
-        elif isinstance(result, torch.Tensor):
-            # Later transforms (RandAugment) run on the PIL image, as in the full decode's pipeline.
-            result = PIL.Image.fromarray(result.permute(1, 2, 0).numpy())
-        for transform in rest:
-            result = transform(result)
+    # The transforms' own stream: what Pipeline.__call__ seeds torch's global generator with, here a local generator
+    # of the same kind, so that no global state is saved and restored unless a later transform draws from it.
+    stream = torch.Generator().manual_seed(seed)
+    params = draw_box(crop, size, stream)
+    if opened is None:
+        result = _simplejpeg_resized_crop(data, size, tuple(crop.size), params)
+    else:
+        result = resized_crop(opened, tuple(crop.size), params)
+    if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
+        # Flip then PILToTensor, decided as torchvision's flip decides (`torch.rand(1) < p`, the next draw) but done
+        # on the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
+        flip = bool(torch.rand(1, generator=stream) < rest[0].p)
+        result = _to_tensor(result)
+        if flip:
+            result = result.flip(-1)
+        rest = rest[2:]
+    elif isinstance(result, torch.Tensor):
+        # Later transforms (RandAugment) run on the PIL image, as in the full decode's pipeline.
+        result = PIL.Image.fromarray(result.permute(1, 2, 0).numpy())
+    if rest:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.set_state(stream.get_state())  # continue the same stream
+            for transform in rest:
+                result = transform(result)
     return result.contiguous()
