@@ -1,5 +1,6 @@
 """The DCT-domain decode path: the same crops and flips as the full decode, pixels close, chosen automatically."""
 
+import functools
 import io
 
 import numpy as np
@@ -78,12 +79,17 @@ def photo_of(width: int, height: int, seed: int = 0) -> bytes:
     return jpeg_bytes(np.asarray(image.resize((width, height), PIL.Image.Resampling.BICUBIC)))
 
 
+@functools.lru_cache(maxsize=4)
+def decoded_tensor(encoded: bytes) -> torch.Tensor:
+    pixels = np.asarray(PIL.Image.open(io.BytesIO(encoded)).convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
 def torchvision_on_tensors(pipeline, encoded: bytes, seed: int) -> torch.Tensor:
     """torchvision's own RandomResizedCrop + RandomHorizontalFlip of the preset, run on the full decode's uint8
     tensor, on the random stream `prepare` derives from `seed`."""
     crop, flip = pipeline.cpu_transform.transforms[:2]
-    pixels = np.asarray(PIL.Image.open(io.BytesIO(encoded)).convert("RGB"))
-    tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+    tensor = decoded_tensor(encoded)
     derived = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived)
@@ -98,7 +104,7 @@ def test_full_scale_crops_are_torchvisions_tensor_path_bit_for_bit(size, fast_de
     preset's PIL path (the same filter in Pillow's fixed point)."""
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     encoded = photo_of(*size)
-    for seed in range(24):
+    for seed in range(12):
         full, fast = both(pipeline, encoded, seed, fast_decoder)
         assert torch.equal(fast, torchvision_on_tensors(pipeline, encoded, seed))
         assert (full.int() - fast.int()).abs().max() <= 1
@@ -120,11 +126,11 @@ def test_drafted_crops_stay_within_the_stated_bound(fast_decoder):
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     encoded = photo_of(1024, 768, seed=1)
     means = []
-    for seed in range(24):
+    for seed in range(16):
         full, fast = both(pipeline, encoded, seed, fast_decoder)
         means.append((full.float() - fast.float()).abs().mean().item())
     drafted = [m for m in means if m > 0.15]  # full-scale crops sit far below (<= 1 level, almost all 0)
-    assert len(drafted) >= 6
+    assert len(drafted) >= 4
     assert max(means) < 2.5 and np.mean(means) < 1.0
 
 
@@ -133,7 +139,7 @@ def test_crop_statistics_match_torchvisions(photo):
     the crops (a function of where and how large they are) and the flip rate agree with the full decode's."""
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     full_means, fast_means = [], []
-    for seed in range(100, 124):
+    for seed in range(100, 116):
         full, fast = both(pipeline, photo, seed)
         full_means.append(full.float().mean().item())
         fast_means.append(fast.float().mean().item())
@@ -297,13 +303,13 @@ def test_flips_are_torchvisions_draws_at_rate_one_half(fast_decoder):
     unflipped.cpu_transform.transforms[1].p = 0.0
     encoded = photo_of(256, 192)
     flips = []
-    for seed in range(60):
+    for seed in range(40):
         fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), fast_decoder)
         assert torch.equal(fast, torchvision_on_tensors(pipeline, encoded, seed))
         straight = torchvision_on_tensors(unflipped, encoded, seed)
         assert torch.equal(fast, straight) or torch.equal(fast, straight.flip(-1))
         flips.append(not torch.equal(fast, straight))
-    assert 18 <= sum(flips) <= 42  # Binomial(60, 0.5): outside this with probability < 2e-3
+    assert 10 <= sum(flips) <= 30  # Binomial(40, 0.5): outside this with probability < 3e-3
 
 
 @pytest.mark.parametrize("fast_decoder", FAST)
