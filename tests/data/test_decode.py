@@ -352,3 +352,18 @@ def test_an_undecodable_image_is_one_clear_error():
             prepare(pipeline, truncated, torch.Generator().manual_seed(0), decoder)
         with pytest.raises(UndecodableImageError, match="UnidentifiedImageError"):
             prepare(pipeline, b"not an image", torch.Generator().manual_seed(0), decoder)
+
+
+@pytest.mark.parametrize("fast_decoder", FAST)
+def test_an_upright_exif_jpeg_takes_the_fast_path(fast_decoder):
+    """Camera JPEGs carry an Exif block even when upright (orientation 1): Pillow reads the tag, and the crop is the
+    fast path's, bit for bit torchvision's on the uint8 tensor."""
+    exif = PIL.Image.Exif()
+    exif[PIL.ExifTags.Base.Orientation] = 1
+    buffer = io.BytesIO()
+    PIL.Image.open(io.BytesIO(photo_of(500, 375))).save(buffer, "JPEG", quality=90, exif=exif)
+    encoded = buffer.getvalue()
+    pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
+    for seed in range(6):
+        fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), fast_decoder)
+        assert torch.equal(fast, torchvision_on_tensors(pipeline, encoded, seed))

@@ -21,8 +21,9 @@ same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB
 The result stays uint8; conversion to float and normalisation happen per batch in `Pipeline.on_device`. So the crop
 boxes and flips are identical to the full decode's, seed for seed, and pixels differ only by the resize kernel (the
 same bilinear antialiased filter in fixed point, at most 1 level of 255 apart on photos) and, where a reduced DCT
-scale is used, by libjpeg's downscaling (a few levels on average). A PNG, a JPEG with an EXIF rotation, or a
-pipeline that does not start with a random-resized crop takes the full decode, exactly as `pil` does.
+scale is used, by libjpeg's downscaling (a few levels on average). Other formats (PNG) take steps 1, 3 and 4 at full
+scale. A JPEG with an EXIF rotation, or a pipeline that does not start with a random-resized crop, takes the full
+decode, exactly as `pil` does.
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ def prepare(
     # of the same kind, so that no global state is saved and restored unless a later transform draws from it.
     stream = torch.Generator().manual_seed(seed)
     params = draw_box(crop, size, stream)
-    if opened is None:
+    # simplejpeg takes an RGB or grayscale JPEG, also one Pillow opened to read its (upright) orientation.
+    if data is not None and (opened is None or (opened.format == "JPEG" and opened.mode in ("RGB", "L"))):
         result = _simplejpeg_resized_crop(data, size, tuple(crop.size), params)
     else:
         result = resized_crop(opened, tuple(crop.size), params)
