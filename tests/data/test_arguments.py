@@ -33,5 +33,5 @@ def test_image_decoder_applies_to_whole_datasets_too(source):
     assert DataArguments(**source).image_decoder is None  # auto
     from vit_accel.errors import UserError
 
-    with pytest.raises(UserError, match="--image_decoder must be one of auto, pil, pil_draft; got 'turbo'"):
+    with pytest.raises(UserError, match="--image_decoder must be one of auto, pil, pil_draft, simplejpeg; got 'turbo'"):
         DataArguments(**source, image_decoder="turbo")
