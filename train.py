@@ -29,13 +29,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vit_accel.data import (
     ImageClassificationDataset,
     build_pipeline,
-    dataset_identity,
     load_image_dataset,
     make_dataloader,
 )
 from vit_accel.errors import UserError, report
 from vit_accel.eval_loop import evaluate_classifier
-from vit_accel.training import best, methods, resume
+from vit_accel.training import best, methods, resume, streams
 from vit_accel.training.arguments import parse_args, recorded_arguments
 from vit_accel.training.distributed import create_accelerator
 from vit_accel.training.eval_only import evaluate_only
@@ -45,8 +44,10 @@ from vit_accel.training.loop import (
     AccumulationWindows,
     Interrupted,
     LossMeter,
+    Terminated,
     interruption_report,
     save_step_checkpoint,
+    sigterm_as_interrupt,
 )
 from vit_accel.training.model import build_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
@@ -85,7 +86,8 @@ def build_accelerator(args) -> Accelerator:
 def main(argv: list[str] | None = None) -> dict:
     """Train as the arguments say; returns the final results (also written to all_results.json)."""
     try:
-        return train(argv)
+        with sigterm_as_interrupt():
+            return train(argv)
     finally:
         release_output_dir_locks()
 
@@ -105,15 +107,22 @@ def train(argv: list[str] | None) -> dict:
     set_seed(args.seed)
 
     # Only the main process downloads/prepares the dataset; the others then read the cache.
-    data = main_process_first(accelerator, lambda: load_image_dataset(data_args, seed=args.seed))
-    resume.check_resumed_data(plan, settings, dataset_identity(data), args.accept_changed_settings)
+    load = streams.load_stream if data_args.streaming else load_image_dataset
+    data = main_process_first(accelerator, lambda: load(data_args, seed=args.seed))
+    resume.check_resumed_data(plan, settings, streams.data_identity(data), args.accept_changed_settings)
     model, mean, std = build_model(model_args, data.labels)
     resume.check_resumed_model(plan, model.config)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     pipelines = build_pipelines(data_args, model.config.image_size, mean, std)
     train_pipeline, eval_pipeline = pipelines
-    (train_set, train_loader), (eval_set, eval_loader) = data_loaders(data, pipelines, data_args, args)
+    (train_set, train_loader), (eval_set, eval_loader) = (
+        streams.stream_loaders(accelerator, data, pipelines, data_args, args)
+        if data_args.streaming
+        else data_loaders(data, pipelines, data_args, args)
+    )
+    if data_args.streaming:  # placed where the checkpoint stopped, before any state is loaded
+        streams.restore_stream(plan.checkpoint, plan.state, train_loader)
     # What trains (LoRA adapters, unfrozen layers), the EMA copy, batch mixing; checkpoints then hold what changes.
     model = methods.setup_model(model, model_args, args)
     frozen = has_frozen_parameters(model)
@@ -121,7 +130,10 @@ def train(argv: list[str] | None) -> dict:
     mixer = methods.build_mixer(args, len(data.labels))
     methods.register_checkpointing(accelerator, frozen, ema)
     optimizer = build_optimizer(model, args)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    # Streams are split across processes already: `prepare` leaves them whole.
+    model, optimizer, train_loader, eval_loader = streams.prepare(
+        accelerator, args, model, optimizer, train_loader, eval_loader
+    )
 
     # Counted after `prepare`, which shards the loader: these are this process's batches.
     accumulation = args.gradient_accumulation_steps
@@ -142,11 +154,9 @@ def train(argv: list[str] | None) -> dict:
     model.train()
     with logging_redirect_tqdm(loggers=[logging.root]), interruption_report(output_dir, state):
         while state.completed_steps < total_steps and state.epoch < num_epochs and state.early_stopped_at is None:
-            loader = train_loader
-            if state.batches_in_epoch:
-                # Resumed mid-epoch: the shuffle order is a function of (seed, epoch), so skipping the batches already
-                # seen puts us exactly where the interrupted run was.
-                loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+            # Resumed mid-epoch: a map-style order is a function of (seed, epoch), so skipping the batches already
+            # seen puts us exactly where the interrupted run was; a stream was placed there by its own state.
+            loader = streams.resume_position(accelerator, train_loader, state.batches_in_epoch)
             # On the prepared loader, not the dataset: accelerate re-applies the loader's own epoch counter at each
             # iteration, which restarts at 0 in a resumed process.
             loader.set_epoch(state.epoch)
@@ -322,11 +332,12 @@ def cli() -> None:
     except UserError as error:
         sys.exit(report("train.py", error))
     except Interrupted as interruption:
-        print(f"train.py: {interruption}", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("train.py: interrupted before training started; nothing was written.", file=sys.stderr)
-        sys.exit(130)
+        print(f"train.py: {'SIGTERM: ' if interruption.terminated else ''}{interruption}", file=sys.stderr)
+        sys.exit(interruption.exit_code)
+    except KeyboardInterrupt as interruption:
+        signal_name = "SIGTERM: " if isinstance(interruption, Terminated) else ""
+        print(f"train.py: {signal_name}interrupted before training started; nothing was written.", file=sys.stderr)
+        sys.exit(143 if signal_name else 130)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
 

@@ -119,7 +119,7 @@ def _export(args: argparse.Namespace) -> int:
     # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
     from .weights import export
 
-    out = export(args.source, args.output, to=args.to)
+    out = export(args.source, args.output, to=args.to, backbone_only=args.backbone_only)
     print(f"wrote {args.to} export to {out}")
     return 0
 
@@ -161,14 +161,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="export a ViTAccel directory to transformers (model_type vit), timm, ONNX or a torch.export program",
-        description="transformers: a ViT directory written by transformers itself; timm: model.safetensors under "
+        help="export a ViTAccel directory to transformers (its family's class), timm, ONNX or a torch.export program",
+        description="transformers: the family's own class (ViT, DINOv2, DINOv3, CLIP, SigLIP) written by "
+        "transformers; timm: model.safetensors under "
         "timm's names + config.json; onnx: model.onnx by torch's ONNX exporter (needs pip install "
         "'vit_accel[onnx]'); exported-program: model.pt2 from torch.export. The graph formats take any batch size.",
     )
     export.add_argument("source", help="a ViTAccel directory (save_pretrained or vit-accel convert output)")
     export.add_argument("output", help="directory to write (new or empty)")
     export.add_argument("--to", choices=EXPORT_TARGETS, default="transformers")
+    export.add_argument("--backbone-only", dest="backbone_only", action="store_true",
+                        help="--to transformers: write the family's bare model class (Dinov2Model, SiglipVisionModel, "
+                        "...) without the classifier")  # fmt: skip
     export.set_defaults(func=_export)
 
     predict = commands.add_parser("predict", help="top-k labels of images")

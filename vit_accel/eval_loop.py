@@ -68,9 +68,15 @@ def evaluate_classifier(
         with torch.no_grad():
             logits = model(pixel_values=on_device(batch["pixel_values"])).logits.float()
         ranked_k = min(max(5, k), logits.shape[-1])
-        ranked, labels, losses = accelerator.gather_for_metrics(
-            (logits.topk(ranked_k, dim=-1).indices, labels, F.cross_entropy(logits, labels, reduction="none"))
-        )
+        outputs = (logits.topk(ranked_k, dim=-1).indices, labels, F.cross_entropy(logits, labels, reduction="none"))
+        if "valid" in batch:
+            # A loader that pads its last batches itself (a stream split across processes) says which rows are real:
+            # gathered whole, the padding then dropped, every example counts once.
+            # (as uint8: not every collective backend gathers bool tensors)
+            *outputs, valid = accelerator.gather((*outputs, batch["valid"].to(torch.uint8)))
+            ranked, labels, losses = (tensor[valid.bool()] for tensor in outputs)
+        else:
+            ranked, labels, losses = accelerator.gather_for_metrics(outputs)
         ranked_all.append(ranked.cpu())
         labels_all.append(labels.cpu())
         losses_all.append(losses.float().cpu())

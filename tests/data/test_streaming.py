@@ -27,7 +27,7 @@ KINDS = ("parquet", "webdataset")
 
 
 def loaders(data, world_size, batch_size=2, num_workers=0, train=True, buffer=4, seed=0, split=None):
-    split = split or (data.train if train else data.validation)
+    split = split if split is not None else (data.train if train else data.validation)
     return [
         make_streaming_dataloader(
             split,
@@ -345,7 +345,8 @@ def test_bad_image_names_shard_and_row(tmp_path):
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
     rows = {"image": [{"bytes": b"not an image", "path": None}] * 4, "label": [0, 1, 0, 1]}
     Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "train-00000-of-00001.parquet"))
-    write_parquet_shards(tmp_path, [2], split="validation")
+    held_out = {"image": [{"bytes": id_png(i), "path": None} for i in range(2)], "label": [0, 1]}
+    Dataset.from_dict(held_out, features=features).to_parquet(str(tmp_path / "validation-00000-of-00001.parquet"))
     data = open_streaming_dataset(stream_args(tmp_path), seed=0)
     (loader,) = loaders(data, 1)
     with pytest.raises(UserError) as error:
@@ -428,3 +429,19 @@ def test_a_whole_dataset_loader_refuses_streaming_arguments(tmp_path):
     with pytest.raises(UserError) as error:
         load_image_dataset(stream_args(tmp_path), seed=0)
     assert "--streaming" in one_line(error)
+
+
+def test_a_validation_split_naming_other_classes_is_refused(tmp_path):
+    """Label ids of a ClassLabel mean its names: a held-out split that names other classes than training would be
+    scored against the wrong ones (or ids past the model's classes)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    write_parquet_shards(tmp_path, [4])  # classes c0, c1, c2
+    features = Features({"image": Image(), "label": ClassLabel(names=["c0", "c1", "c2", "c3"])})
+    held_out = {"image": [{"bytes": id_png(i), "path": None} for i in range(2)], "label": [0, 3]}
+    Dataset.from_dict(held_out, features=features).to_parquet(str(tmp_path / "validation-00000-of-00001.parquet"))
+    with pytest.raises(UserError) as error:
+        open_streaming_dataset(stream_args(tmp_path), seed=0)
+    assert "'validation' shards' label column 'label'" in one_line(error) and "['c3'] are not training" in one_line(
+        error
+    )

@@ -1,5 +1,7 @@
 """The training loop's bookkeeping: accumulation windows, the loss/throughput/data-wait meter, Ctrl-C's line."""
 
+import os
+import signal
 import time
 
 import pytest
@@ -8,7 +10,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 
 from vit_accel.training.checkpointing import TrainerState
-from vit_accel.training.loop import AccumulationWindows, Interrupted, LossMeter, interruption_report
+from vit_accel.training.loop import (
+    AccumulationWindows,
+    Interrupted,
+    LossMeter,
+    interruption_report,
+    sigterm_as_interrupt,
+)
 
 
 @pytest.fixture
@@ -61,3 +69,16 @@ def test_ctrl_c_in_the_loop_names_the_step_and_the_checkpoint(tmp_path):
     last = pytest.raises(Interrupted, match=r"last complete checkpoint is checkpoint-3: resume with")
     with last, interruption_report(tmp_path, state):
         raise KeyboardInterrupt
+
+
+def test_sigterm_in_the_loop_ends_as_ctrl_c_does_with_its_own_exit_code(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    stopping = pytest.raises(Interrupted, match=r"interrupted at step 4")
+    with stopping as stopped, sigterm_as_interrupt(), interruption_report(tmp_path, TrainerState(completed_steps=4)):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert stopped.value.terminated and stopped.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the block's alone
+    with pytest.raises(Interrupted) as ctrl_c, interruption_report(tmp_path, TrainerState(completed_steps=4)):
+        raise KeyboardInterrupt
+    assert not ctrl_c.value.terminated and ctrl_c.value.exit_code == 130

@@ -89,3 +89,40 @@ def test_a_directory_of_ours_keeps_its_trained_head_at_another_size_unless_told(
         atol=0,
         rtol=0,
     )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "layer_scale_init_value": 1e-5,
+            "num_register_tokens": 4,
+            "prefix_position_embeddings": False,
+            "pooling": "cls_mean",
+        },
+        {"use_cls_token": False, "pooling": "map"},
+        {"pre_norm": True, "patch_embedding_bias": False, "pooling": "mean", "hidden_act": "quick_gelu"},
+    ],
+    ids=["dinov2-registers", "siglip", "clip-mean"],
+)
+def test_family_directory_loads_at_another_resolution_keeping_its_family(tmp_path, fields):
+    """Our own directory of a family, read through the converter (here: to resample its positions)."""
+    torch.manual_seed(0)
+    config = ViTAccelConfig(**tiny_config_kwargs(**fields))
+    model = ViTAccelForImageClassification(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    model.save_pretrained(tmp_path / "saved")
+    size = config.image_size + config.patch_size
+    again = ViTAccelForImageClassification.from_pretrained(tmp_path / "saved", image_size=size)
+    for name, value in fields.items():
+        assert getattr(again.config, name) == value, name
+    table = "vit.embeddings.position_embeddings"
+    mine, read = model.state_dict(), again.state_dict()
+    assert set(read) == set(mine)
+    for key, value in mine.items():
+        if key == table:
+            assert read[key].shape[1] == (size // config.patch_size) ** 2 + config.num_prefix_positions
+        else:
+            assert torch.equal(read[key], value), key

@@ -121,7 +121,7 @@ def test_convert_writes_the_family_preprocessing(tmp_path, name, mean):
 @pytest.mark.parametrize(
     "config_name, model_name, what",
     [
-        ("Siglip2VisionConfig", "Siglip2VisionModel", "NaFlex"),
+        ("Aimv2VisionConfig", "Aimv2VisionModel", "AIMv2"),
     ],
 )
 def test_families_not_supported_yet_are_refused_by_name(tmp_path, config_name, model_name, what):
@@ -144,9 +144,10 @@ def test_clip_classifier_head_is_refused_not_half_loaded(tmp_path):
     "fields",
     [
         {"num_register_tokens": 4},  # transformers' defaults: query and value biases, no key bias
+        {"num_register_tokens": 0},  # transformers keeps an empty register table
         {"num_register_tokens": 2, "use_gated_mlp": True, "hidden_act": "silu", "query_bias": False, "mlp_bias": False},
     ],
-    ids=["registers", "gated-no-biases"],
+    ids=["registers", "no-registers", "gated-no-biases"],
 )
 def test_dinov3_hidden_states_match_transformers_at_any_resolution(tmp_path, fields):
     reference = tiny("DINOv3ViTConfig", "DINOv3ViTModel", {"image_size": 32, "patch_size": 8, **fields})

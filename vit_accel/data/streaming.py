@@ -90,6 +90,9 @@ class StreamSplit:
     def num_examples(self) -> int:
         return sum(shard.num_examples for shard in self.shards)
 
+    def __len__(self) -> int:
+        return self.num_examples
+
     def fingerprint(self) -> str:
         """A digest of the shard list (paths and lengths): a checkpoint's stream must be this one to resume it."""
         text = json.dumps([[Path(s.url).name, s.num_examples] for s in self.shards])
@@ -104,6 +107,11 @@ class StreamingData:
     validation: StreamSplit
     labels: list[str]
     label_ids: dict = field(default_factory=dict)
+
+    @property
+    def eval_split(self) -> str:
+        """The split evaluated: the shards' own evaluation split, or `validation` for shards held out of training."""
+        return self.validation.name
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -195,7 +203,9 @@ def _parquet_index(url: str) -> tuple[int, str, Features | None]:
     if b"huggingface" in metadata:
         info = json.loads(metadata[b"huggingface"])
         features = Features.from_dict(info["info"]["features"]) if "info" in info else None
-    if features is None:
+    if features is None or list(features) != schema.names:
+        # No 🤗 features, or features of other columns than the file's (metadata copied over by another writer): the
+        # file's own columns are what a reader will meet.
         features = Features.from_arrow_schema(schema)
     return rows, _describe_features(features), features
 
@@ -259,21 +269,24 @@ def _index_split(
     builder = SHARD_FORMATS[Path(urls[0].split("?")[0]).suffix]
     features = _split_features(builder, urls[0])
     view = _FeatureView(features)
-    image_column = _pick_image_column(view, args.image_column_name)
-    label_column = _pick_label_column(view, args.label_column_name)
+    try:
+        image_column = _pick_image_column(view, args.image_column_name)
+        label_column = _pick_label_column(view, args.label_column_name)
+    except UserError as error:
+        raise UserError(f"The {name!r} shards ({urls[0]!r}, ...): {error}") from error
     shards: list[Shard] = []
-    values: list = []
+    values: list[list] = []  # per kept shard: its raw label values (ClassLabel columns: none needed)
     schema = reference_schema
     needs_values = not isinstance(features[label_column], ClassLabel)
     for url in urls:
+        shard_values: list = []
         if builder == "parquet":
             rows, described, _ = _parquet_index(url)
             if needs_values:
                 with _open(url) as handle:
-                    values.extend(pq.read_table(handle, columns=[label_column]).column(0).to_pylist())
+                    shard_values = pq.read_table(handle, columns=[label_column]).column(0).to_pylist()
         else:
             rows, described, shard_values = _tar_index(url, label_column if needs_values else None)
-            values.extend(shard_values)
         if schema is None:
             schema = described
         elif described != schema:
@@ -283,6 +296,7 @@ def _index_split(
             )
         if rows:
             shards.append(Shard(url, rows))
+            values.append(shard_values)
     return StreamSplit(name, shards, builder, image_column, label_column), features, values
 
 
@@ -319,8 +333,9 @@ def open_streaming_dataset(args: DataArguments, seed: int) -> StreamingData:
         )
     train, features, values = _index_split(train_name, sorted(files[train_name]), args, None)
     eval_name = next((name for name in EVAL_SPLITS if name in files), None)
+    eval_features = features
     if eval_name is not None:
-        validation, _, eval_values = _index_split(eval_name, sorted(files[eval_name]), args, None)
+        validation, eval_features, eval_values = _index_split(eval_name, sorted(files[eval_name]), args, None)
     else:
         if len(train.shards) < 2:
             raise UserError(
@@ -346,11 +361,23 @@ def open_streaming_dataset(args: DataArguments, seed: int) -> StreamingData:
             train.image_column,
             train.label_column,
         )
-        eval_values = values  # the values of all training shards, a superset: only the label set is read from them
+        # The classes are those of the shards that train: a label found only in held-out shards is not one of them.
+        eval_values = [v for i, v in enumerate(values) if i in held_out]
+        values = [v for i, v in enumerate(values) if i not in held_out]
+    values = [v for shard_values in values for v in shard_values]
+    eval_values = [v for shard_values in eval_values for v in shard_values]
     label_feature = features[train.label_column]
     if isinstance(label_feature, ClassLabel):
         labels = list(label_feature.names)
         label_ids = {i: i for i in range(len(labels))}
+        eval_feature = eval_features[validation.label_column]
+        if isinstance(eval_feature, ClassLabel) and list(eval_feature.names) != labels:
+            unknown = [name for name in eval_feature.names if name not in labels]
+            raise UserError(
+                f"The {validation.name!r} shards' label column {validation.label_column!r} names the classes "
+                f"{list(eval_feature.names)[:8]}, unlike the training shards' {labels[:8]}"
+                + (f": {unknown[:5]} are not training classes." if unknown else " (another order of ids).")
+            )
     else:
         if any(v is None for v in values):
             raise UserError(

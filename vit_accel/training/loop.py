@@ -4,6 +4,9 @@ and data-wait meter, the checkpoint of a step, and what Ctrl-C says. The loop it
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -95,8 +98,46 @@ class LossMeter:
         return loss_sum / max(examples, 1), round(examples / elapsed, 2), round(data_wait, 4)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`), raised where the run stands so that it ends as Ctrl-C does."""
+
+
 class Interrupted(Exception):
-    """The run stopped by Ctrl-C; the message says what it reached, what is saved and how to go on."""
+    """The run stopped by Ctrl-C or SIGTERM; the message says what it reached, what is saved and how to go on."""
+
+    @property
+    def terminated(self) -> bool:
+        """Whether SIGTERM stopped it (the exception this one replaced says)."""
+        return isinstance(self.__context__, Terminated)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for the signal: 143 for SIGTERM, 130 for Ctrl-C."""
+        return 128 + (signal.SIGTERM if self.terminated else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in this process while the block runs, so that a preempted or killed run says
+    where it stands, as Ctrl-C does, instead of ending silently. Data-loader workers forked meanwhile inherit the
+    handler; in them SIGTERM keeps its default effect."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_advice(output_dir: Path) -> str:
@@ -109,7 +150,7 @@ def resume_advice(output_dir: Path) -> str:
 
 @contextlib.contextmanager
 def interruption_report(output_dir: Path, state: TrainerState) -> Iterator[None]:
-    """Ctrl-C during training ends with one line saying where the run stands and how to resume it."""
+    """Ctrl-C (or SIGTERM) during training ends with one line saying where the run stands and how to resume it."""
     try:
         yield
     except KeyboardInterrupt:

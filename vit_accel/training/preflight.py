@@ -5,6 +5,7 @@ A mistake found here costs seconds; found after loading or after training, it co
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import tempfile
@@ -174,17 +175,27 @@ def lock_output_dir(output_dir: Path) -> None:
     # Deferred: fcntl exists on POSIX systems only, and only the lock needs it.
     import fcntl
 
-    handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the life of the process)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+    path = output_dir / LOCK_FILE
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 (held open for the life of the process)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to end or choose "
+                "another directory."
+            ) from error
+        # A run ending removes its lock file (`release_output_dir_locks`): a file it removed between our open and
+        # our lock is no longer the directory's lock, so take the one at the path now.
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         handle.close()
-        raise UserError(
-            f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to end or choose another "
-            "directory."
-        ) from error
     handle.seek(0)
     handle.truncate()
     handle.write(f"PID {os.getpid()} on {os.uname().nodename}")
@@ -193,9 +204,15 @@ def lock_output_dir(output_dir: Path) -> None:
 
 
 def release_output_dir_locks() -> None:
-    """Let go of the directories this process took (a process that ends lets go of them anyway)."""
+    """Let go of the directories this process took, and remove their lock files: a run that stops on bad input leaves
+    its directory as it found it. (A process that ends lets go of its locks anyway; a killed one leaves the file,
+    which no check minds.)"""
     while _held_locks:
-        _held_locks.pop().close()
+        handle = _held_locks.pop()
+        # Removed while still held: a run starting now either failed on the lock already or creates a new file.
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        handle.close()
 
 
 def check_model_source(source: str, from_scratch: bool, attn_implementation: str | None) -> None:

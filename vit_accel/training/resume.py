@@ -68,6 +68,9 @@ RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
         "augmentation",
         "random_erasing",
         "bad_images",
+        "streaming",
+        "shuffle_buffer_size",
+        "image_decoder",
     ),
     "TrainingArguments": (
         "seed",

@@ -9,7 +9,8 @@ transformers' standard path.
 
 One module per format, each with the same surface (`detect`, `read` into our names, `write` from our names):
 `google_npz`, `timm_state_dict`, `transformers_vit`, `native` (ours), for the later ViT families `timm_families` and
-`transformers_families`, and `mae` for MAE pre-training checkpoints (with their decoder). Around them: `files`
+`transformers_families`, `meta_dinov2` for Meta's DINOv2 `.pth`, and `mae` for MAE pre-training checkpoints (with
+their decoder). Around them: `files`
 (containers: sniffing, safe reads, the streaming safetensors writer), `sources` (named variants, local paths, the Hub),
 `policy` (head, pre_logits/pooler, position-embedding resampling: the fine-tuning policy), `loading` (the
 `from_pretrained` entry point and its keywords), `conversion` (`convert`, `export`), `graph_export` (ONNX,

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from transformers import ViTImageProcessor
 
+from ..configuration_vit_accel import ViTAccelConfig, ViTAccelMAEConfig
 from ..errors import UserError
 from ..formats import EXPORT_TARGETS
-from ..modeling_vit_accel import ViTAccelForImageClassification
-from . import graph_export, mae, native, policy, timm_families, timm_state_dict, transformers_families, transformers_vit
+from ..modeling_vit_accel import ViTAccelForImageClassification, ViTAccelForPreTraining
+from . import graph_export, mae, meta_dinov2, native, policy, timm_families, timm_state_dict, transformers_families
 from .files import read_json
 from .loading import split_keywords
 from .source_weights import Checkpoint, CheckpointError, ProgressFn
@@ -103,8 +104,8 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
         return {"image_mean": list(GOOGLE_MEAN_STD), "image_std": list(GOOGLE_MEAN_STD)}
     folder = Path(checkpoint.source)
     if folder.is_dir() and (folder / PROCESSOR_FILE).is_file():
-        return read_json(folder / PROCESSOR_FILE)
-    if checkpoint.format == "mae":  # MAE pre-trains (and its files say nothing else) on ImageNet's mean and std
+        return transformers_families.whole_image_processor(read_json(folder / PROCESSOR_FILE))
+    if checkpoint.format in ("mae", meta_dinov2.FORMAT):  # both train (their files say nothing) on ImageNet's
         return dict(transformers_families.PREPROCESSING["vit_mae"])
     if folder.is_dir():
         if checkpoint.format == "timm":  # timm's Hub layout records its normalisation in `pretrained_cfg`
@@ -119,7 +120,7 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
             found = _hub_download(checkpoint.source, PROCESSOR_FILE, hub or HubOptions(), missing_ok=True)
         except CheckpointError:
             return None
-        return read_json(found) if found is not None else None
+        return transformers_families.whole_image_processor(read_json(found)) if found is not None else None
     return None
 
 
@@ -149,11 +150,19 @@ def write_processor(settings: dict[str, Any], image_size: Any, out_dir: Path) ->
 
 
 def export(
-    model_or_dir: torch.nn.Module | str | os.PathLike, out_dir: str | os.PathLike, to: str = "transformers"
+    model_or_dir: torch.nn.Module | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    to: str = "transformers",
+    backbone_only: bool = False,
 ) -> Path:
     """Write a ViTAccel classifier for another ecosystem, into the directory `out_dir`:
 
-    - `"transformers"`: a transformers `ViT` directory (`model_type: vit`), written by transformers itself;
+    - `"transformers"`: transformers' own class for the model's family, written by transformers itself: Google's
+      ViT as `ViTForImageClassification`, DINOv2 (with registers) as `Dinov2[WithRegisters]ForImageClassification`
+      (or its `...Model` with `backbone_only`), DINOv3, CLIP and SigLIP as `DINOv3ViTModel`, `CLIPVisionModel` and
+      `SiglipVisionModel` (their backbone only: transformers' classifiers of these read other features than ours,
+      and are refused by name, as is what no transformers class computes; see `transformers_families.write`);
+      MAE pre-training (`ViTAccelForPreTraining`) as `ViTMAEForPreTraining` (its encoder: `ViTMAEModel`);
     - `"timm"`: timm's Hub layout (`model.safetensors` under timm's names, `config.json` with the registered
       `architecture`, `num_classes`, `model_args`, `label_names` and `pretrained_cfg`), which
       `timm.create_model("local-dir:" + out_dir, pretrained=True)` opens;
@@ -166,6 +175,8 @@ def export(
 
     if to not in EXPORT_TARGETS:
         raise UserError(f"export to must be one of {', '.join(EXPORT_TARGETS)}, got {to!r}.")
+    if backbone_only and to != "transformers":
+        raise UserError(f"backbone_only applies to export to transformers, not to {to!r}.")
     writes = {
         "transformers": ("config.json", "model.safetensors"),
         "timm": ("config.json", "model.safetensors"),
@@ -176,15 +187,21 @@ def export(
     out_dir = check_output(out_dir, source, (*writes, PROCESSOR_FILE))
     if to == "onnx":
         graph_export.require_onnx_exporter()  # before loading anything
-    model = model_or_dir if source is None else ViTAccelForImageClassification.from_pretrained(source)
+    saved = Path(source) / "config.json" if source is not None else None
+    saved_type = read_json(saved).get("model_type") if saved is not None and saved.is_file() else None
+    pretraining = isinstance(model_or_dir, ViTAccelForPreTraining) or saved_type == ViTAccelMAEConfig.model_type
+    if pretraining and to != "transformers":
+        raise UserError(
+            f"an MAE pre-training model (encoder and decoder) exports to transformers (ViTMAEForPreTraining), not to "
+            f"{to!r}; to export its encoder, fine-tune it (from_pretrained with num_labels=) or convert it first."
+        )
+    model_class = ViTAccelForPreTraining if pretraining else ViTAccelForImageClassification
+    if to == "transformers" and saved_type in (ViTAccelConfig.model_type, ViTAccelMAEConfig.model_type):
+        # A family class that would compute another model is refused before the weights are read.
+        transformers_families.export_class(model_class.config_class.from_pretrained(source), backbone_only)
+    model = model_or_dir if source is None else model_class.from_pretrained(source)
     if to == "transformers":
-        if timm_families.is_family(model.config):
-            raise UserError(
-                f"export --to transformers writes transformers' ViT, which has none of this model's family options "
-                f"({', '.join(timm_families.family_options(model.config))}); export --to timm, onnx or "
-                "exported-program instead."
-            )
-        transformers_vit.write(model, out_dir)
+        transformers_families.write(model, out_dir, backbone_only=backbone_only)
     elif to == "timm":
         processor = Path(source) / PROCESSOR_FILE if source is not None else None
         settings = read_json(processor) if processor is not None and processor.is_file() else None

@@ -6,6 +6,7 @@ source): detect, read, write.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,34 @@ from typing import Any
 import torch
 
 from ..configuration_vit_accel import ViTAccelConfig
+from ..modeling_vit_accel import _ON_DISK_VIT_NAMES
 from .files import read_json, read_tensors, safetensors_header, save_safetensors
 from .source_weights import Checkpoint, CheckpointError, ProgressFn
 from .transformers_vit import rename_state_dict
 
+# Keys only the later ViT families have (LayerScale, registers, pre-norm, fc_norm, the attention pool).
+_FAMILY_KEY = re.compile(r"(lambda1|register_tokens|pre_layernorm\.|fc_norm\.|attention_pool\.)")
+
 # Fields of our config.json that the tensors' shapes cannot tell.
-_CONFIG_FIELDS = ("layer_norm_eps", "hidden_act", "initializer_range", "pooler_act", "id2label")
+_CONFIG_FIELDS = (
+    "layer_norm_eps",
+    "hidden_act",
+    "initializer_range",
+    "pooler_act",
+    "id2label",
+    # the family options: what the blocks compute and what the classifier reads
+    "use_cls_token",
+    "num_register_tokens",
+    "prefix_position_embeddings",
+    "patch_embedding_bias",
+    "pre_norm",
+    "layer_scale_init_value",
+    "mlp_type",
+    "pooling",
+    "position_embedding_type",
+    "rope_theta",
+    "qkv_bias",
+)
 
 
 def detect(names: Collection[str], config: Mapping[str, Any] | None = None) -> bool:
@@ -66,7 +89,15 @@ def _classifier_names(tensors: dict[str, torch.Tensor], source: str) -> dict[str
     on-disk names (as transformers' own ViT does), our streaming writer the in-memory ones, and a bare
     `ViTAccelModel`'s keys carry no prefix."""
 
-    return rename_state_dict(tensors, source)
+    if not any(_FAMILY_KEY.search(key) for key in tensors):
+        return rename_state_dict(tensors, source)
+    # A family's parts have no transformers ViT name: undo the on-disk renaming of our blocks as transformers does.
+    out = {}
+    for key, value in tensors.items():
+        for pattern, new in _ON_DISK_VIT_NAMES:
+            key = re.sub(pattern, new, key)
+        out[key if key.startswith(("vit.", "classifier.")) else f"vit.{key}"] = value
+    return out
 
 
 def write(

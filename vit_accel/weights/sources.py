@@ -26,6 +26,7 @@ from . import (
     download,
     google_npz,
     mae,
+    meta_dinov2,
     native,
     timm_families,
     timm_state_dict,
@@ -38,13 +39,14 @@ from .source_weights import PATCH_KEY, Checkpoint, CheckpointError, ProgressFn
 
 ACCEPTED = (
     "a named variant (" + ", ".join(VIT_VARIANTS[:2]) + ", ...), a Google .npz, a timm state dict (.pth/.bin/"
-    ".safetensors), a transformers ViT or ViTMAE directory or Hub id, Meta's MAE .pth, a safetensors file or "
+    ".safetensors), a transformers ViT or ViTMAE directory or Hub id, Meta's MAE or DINOv2 .pth, a safetensors file or "
     "directory of ViTAccel"
 )
 # Tensor files are told apart by their names, in this order: our names are also transformers' v5 in-memory names, and
-# an MAE decoder next to timm's or transformers' encoder names makes a file MAE's. A directory's config.json tells: an
+# an MAE decoder next to timm's or transformers' encoder names makes a file MAE's, Meta's mask token a file Meta's
+# DINOv2 (whose other names are timm's). A directory's config.json tells: an
 # MAE pre-training model's (with its decoder) before transformers' families (whose ViTMAEModel is the encoder alone).
-TENSOR_FORMATS = (mae, timm_families, timm_state_dict, native, transformers_vit)
+TENSOR_FORMATS = (mae, meta_dinov2, timm_families, timm_state_dict, native, transformers_vit)
 DIRECTORY_FORMATS = (mae, native, transformers_vit, transformers_families, timm_families, timm_state_dict)
 
 
