@@ -210,7 +210,7 @@ def data_loaders(data, pipelines: tuple, data_args, args) -> tuple:
         (data.train, pipelines[0], args.per_device_train_batch_size, True),
         (data.validation, pipelines[1], args.per_device_eval_batch_size, False),
     ):
-        dataset = ImageClassificationDataset(split, pipeline, seed=args.seed, bad_images=data_args.bad_images)
+        dataset = ImageClassificationDataset(split, pipeline, args.seed, data_args.bad_images, data_args.image_decoder)
         loaders.append(
             (dataset, make_dataloader(dataset, batch_size, shuffle, args.seed, data_args.dataloader_num_workers))
         )

@@ -6,13 +6,18 @@ Every path reads the same JPEGs (cut from scikit-learn's two sample photos, re-e
 - `torchvision ImageFolder`: torchvision.datasets.ImageFolder + RandomResizedCrop(224) / RandomHorizontalFlip /
   ToTensor / Normalize (torchvision's reference recipe), a DataLoader;
 - `datasets map-style rows + torchvision`: a 🤗 Dataset of the JPEG bytes, `set_transform` with the same transforms;
-- `ours map-style`: vit_accel's ImageClassificationDataset (inception preset: uint8 out, normalised on the device);
-- `ours stream parquet/webdataset (decoder)`: vit_accel.data.streaming from local parquet / .tar shards, with the
-  full decode (`pil`) or the DCT-domain decode (`pil_draft`).
+- `ours map-style (decoder)`: vit_accel's ImageClassificationDataset over the same 🤗 rows (inception preset: uint8
+  out, normalised per batch on the device), with each `--image_decoder`: `pil` (full decode, the preset's
+  transforms), `pil_draft` and `simplejpeg` (the crop box drawn from the header, a JPEG decoded at the DCT scale it
+  needs, resized on uint8);
+- `ours ImageFolder (auto)`: the same dataset class over `--train_dir`'s folder (what train.py builds), auto decoder;
+- `ours stream parquet/webdataset (decoder)`: vit_accel.data.streaming from local parquet / .tar shards.
 
 Each path runs as one DataLoader worker would: in this process, one thread (`num_workers=0`), so that its images/s is
 the per-worker figure. Time is this process' CPU time (what a worker with its own core spends; on a shared machine
-wall time mostly measures the neighbours), and wall time is reported beside it. Paths take turns within each repeat.
+wall time mostly measures the neighbours), and wall time is reported beside it. Paths take turns within each repeat,
+so that a busy neighbour slows all of them alike; each ratio is also given as its range over the repeats (each
+repeat's rate against torchvision's in the same repeat).
 
 Usage:
     python bench/data_stream.py [--num_images 128] [--sizes 500x375,1024x768] [--batch_size 32] [--repeats 3]
@@ -39,13 +44,29 @@ from datasets import ClassLabel, Dataset, Features, Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as v1
 
-from vit_accel.data import DataArguments, ImageClassificationDataset, build_pipeline, make_dataloader
+from vit_accel.data import (
+    DataArguments,
+    ImageClassificationDataset,
+    build_pipeline,
+    load_image_dataset,
+    make_dataloader,
+)
+from vit_accel.data.decode import FAST_DECODERS
 from vit_accel.data.streaming import make_streaming_dataloader, open_streaming_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUT = 224
 CLASSES = 4
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def make_jpegs(num: int, width: int, height: int, seed: int = 0) -> list[bytes]:
@@ -115,20 +136,29 @@ def loaders(sources: dict[str, Path], jpegs: list[bytes], batch_size: int) -> di
         return torch.stack([e["pixel_values"] for e in examples]), torch.tensor([e["labels"] for e in examples])
 
     inception = build_pipeline("inception", OUT, IMAGENET_MEAN, IMAGENET_STD, train=True)
-    ours_map = ImageClassificationDataset(table, inception, seed=0)
     paths: dict[str, Callable[[], Iterable]] = {
         "torchvision ImageFolder": lambda: DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=0),
         "datasets map-style rows + torchvision": lambda: DataLoader(
             hf_rows, batch_size=batch_size, shuffle=True, num_workers=0, collate_fn=hf_collate
         ),
-        "ours map-style (pil)": lambda: make_dataloader(ours_map, batch_size, shuffle=True, seed=0),
     }
+    for decoder in ("pil", *FAST_DECODERS):
+        dataset = ImageClassificationDataset(table, inception, seed=0, decoder=decoder)
+        paths[f"ours map-style ({decoder})"] = lambda dataset=dataset: make_dataloader(
+            dataset, batch_size, shuffle=True, seed=0
+        )
+    # What train.py builds from --train_dir (its training part: a validation split is held out as train.py does).
+    folder_args = DataArguments(train_dir=str(sources["folder"]), augmentation="inception", train_val_split=0.25)
+    ours_folder = ImageClassificationDataset(load_image_dataset(folder_args, seed=0).train, inception, seed=0)
+    paths[f"ours ImageFolder (auto = {ours_folder.decoder})"] = lambda: make_dataloader(
+        ours_folder, batch_size, shuffle=True, seed=0
+    )
     for kind in ("parquet", "wds"):
         args = DataArguments(
             dataset_name=str(sources[kind]), streaming=True, augmentation="inception", train_val_split=0.25
         )
         data = open_streaming_dataset(args, seed=0)
-        for decoder in ("pil", "pil_draft"):
+        for decoder in ("pil", *FAST_DECODERS) if kind == "parquet" else ("pil", "simplejpeg"):
             name = f"ours stream {'parquet' if kind == 'parquet' else 'webdataset'} ({decoder})"
             loader = make_streaming_dataloader(
                 data.train, inception, data.label_ids, 0, batch_size, shuffle_buffer_size=256, decoder=decoder
@@ -137,8 +167,9 @@ def loaders(sources: dict[str, Path], jpegs: list[bytes], batch_size: int) -> di
     return paths
 
 
-def measure(paths: dict[str, Callable[[], Iterable]], repeats: int) -> dict[str, dict[str, float]]:
-    """Median images/s (CPU time and wall time) of each path over `repeats` epochs, after one warm-up epoch."""
+def measure(paths: dict[str, Callable[[], Iterable]], repeats: int) -> dict[str, dict]:
+    """Per path: median images/s (CPU time and wall time) over `repeats` epochs after one warm-up epoch, and each
+    repeat's CPU-time rate (`rounds`), for ratios taken within a repeat."""
     cpu: dict[str, list[float]] = {name: [] for name in paths}
     wall: dict[str, list[float]] = {name: [] for name in paths}
     for round_ in range(repeats + 1):
@@ -150,7 +181,16 @@ def measure(paths: dict[str, Callable[[], Iterable]], repeats: int) -> dict[str,
             if round_:  # round 0 warms up caches and imports
                 cpu[name].append(count / (time.process_time() - start_cpu))
                 wall[name].append(count / (time.perf_counter() - start_wall))
-    return {name: {"cpu": float(np.median(cpu[name])), "wall": float(np.median(wall[name]))} for name in paths}
+    return {
+        name: {"cpu": float(np.median(cpu[name])), "wall": float(np.median(wall[name])), "rounds": cpu[name]}
+        for name in paths
+    }
+
+
+def ratio_range(rates: dict[str, dict], name: str, base: str) -> tuple[float, float]:
+    """(lowest, highest) over the repeats of `name`'s rate against `base`'s in the same repeat."""
+    ratios = [ours / theirs for ours, theirs in zip(rates[name]["rounds"], rates[base]["rounds"])]
+    return min(ratios), max(ratios)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -167,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "pillow": PIL.__version__,
+        "simplejpeg": _version("simplejpeg"),
+        "datasets": _version("datasets"),
         "num_images": args.num_images,
         "batch_size": args.batch_size,
         "results": {},
@@ -177,12 +219,16 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             sources = write_sources(Path(tmp), jpegs)
             rates = measure(loaders(sources, jpegs, args.batch_size), args.repeats)
-        base = rates["torchvision ImageFolder"]["cpu"]
-        mapped = rates["ours map-style (pil)"]["cpu"]
-        print(f"\n{size} JPEG -> {OUT} px, images/s per worker (CPU time; wall in brackets)")
+        base = "torchvision ImageFolder"
+        print(f"\n{size} JPEG -> {OUT} px, images/s per worker (CPU time; wall in brackets); ratio to torchvision")
+        print("ImageFolder (median, range over repeats) and to 🤗 datasets rows + torchvision")
         for name, rate in rates.items():
-            extra = f"  vs ours map-style {rate['cpu'] / mapped:.2f}x" if name.startswith("ours stream") else ""
-            print(f"  {name:42s} {rate['cpu']:7.1f} ({rate['wall']:6.1f})  {rate['cpu'] / base:5.2f}x{extra}")
+            low, high = ratio_range(rates, name, base)
+            rows = rate["cpu"] / rates["datasets map-style rows + torchvision"]["cpu"]
+            print(
+                f"  {name:42s} {rate['cpu']:7.1f} ({rate['wall']:6.1f})  {rate['cpu'] / rates[base]['cpu']:5.2f}x "
+                f"[{low:.2f}-{high:.2f}]  vs rows {rows:5.2f}x"
+            )
         report["results"][size] = rates
     print(json.dumps(report))
     return report

@@ -24,3 +24,14 @@ def test_data_flags_are_declared_from_the_dataclass(resolved):
         parser.parse_args(["--bad_images", "maybe"])  # the dataclass's choices
     with pytest.raises(SystemExit):
         parser.parse_args(["--max_eval_samples", "many"])  # its type
+
+
+@pytest.mark.parametrize("source", [{"dataset_name": "x"}, {"train_dir": "folder"}])
+def test_image_decoder_applies_to_whole_datasets_too(source):
+    """--image_decoder chooses the decoder of map-style and ImageFolder training as well as of streams."""
+    assert DataArguments(**source, image_decoder="pil").image_decoder == "pil"
+    assert DataArguments(**source).image_decoder is None  # auto
+    from vit_accel.errors import UserError
+
+    with pytest.raises(UserError, match="--image_decoder must be one of auto, pil, pil_draft, simplejpeg; got 'turbo'"):
+        DataArguments(**source, image_decoder="turbo")

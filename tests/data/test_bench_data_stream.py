@@ -12,6 +12,8 @@ def test_benchmark_reports_every_path(capsys):
     spec.loader.exec_module(bench)
     report = bench.main(["--num_images", "8", "--sizes", "300x240", "--batch_size", "2", "--repeats", "1"])
     rates = report["results"]["300x240"]
-    assert {"torchvision ImageFolder", "ours map-style (pil)", "ours stream webdataset (pil_draft)"} <= set(rates)
-    assert all(rate["cpu"] > 0 and rate["wall"] > 0 for rate in rates.values())
-    assert "vs ours map-style" in capsys.readouterr().out
+    expected = {"torchvision ImageFolder", "datasets map-style rows + torchvision", "ours stream webdataset (pil)"}
+    expected |= {f"ours map-style ({decoder})" for decoder in ("pil", "pil_draft", "simplejpeg")}
+    assert expected | {"ours ImageFolder (auto = simplejpeg)"} <= set(rates)
+    assert all(rate["cpu"] > 0 and rate["wall"] > 0 and len(rate["rounds"]) == 1 for rate in rates.values())
+    assert "vs rows" in capsys.readouterr().out

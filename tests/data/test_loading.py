@@ -22,6 +22,7 @@ from vit_accel.data import (
     ImageClassificationDataset,
     build_pipeline,
     collate,
+    example_seed,
     load_image_dataset,
     make_dataloader,
 )
@@ -238,3 +239,81 @@ def test_a_photo_with_exif_orientation_is_read_upright_from_an_image_folder(tmp_
             pixels[name] += [rows[i]["pixel_values"] for i in range(len(rows))]
     assert len(pixels["photo"]) == 4
     assert all(torch.equal(a, b) for a, b in zip(pixels["photo"], pixels["upright"], strict=True))
+
+
+def jpeg_rows(num: int, size=(320, 240), corrupt=()) -> Dataset:
+    """`num` JPEG rows of random-ish photos (a gradient plus noise); rows in `corrupt` are truncated."""
+    import io
+
+    import PIL.Image
+
+    rows = []
+    for i in range(num):
+        x = np.linspace(0, 255, size[0])[None, :, None] * np.ones((size[1], 1, 3))
+        array = np.clip(x + random_rgb(i, size) * 0.3, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+        data = buffer.getvalue()
+        rows.append(data[:400] if i in corrupt else data)
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    return Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in rows], "label": [i % 2 for i in range(num)]}, features
+    )
+
+
+def test_map_style_training_takes_the_fast_decoder_by_default():
+    """`auto` picks the fast path for a random-resized-crop training preset: each item is exactly what
+    `decode.prepare` makes from the row's bytes; `pil` is the full decode through the pipeline, as before."""
+    import io
+
+    import PIL.Image
+
+    from vit_accel.data.decode import prepare
+
+    data = jpeg_rows(4)
+    pipeline = build_pipeline("inception", 64, HALF, HALF, train=True)
+    fast = ImageClassificationDataset(data, pipeline, seed=3)
+    full = ImageClassificationDataset(data, pipeline, seed=3, decoder="pil")
+    assert fast.decoder in ("pil_draft", "simplejpeg") and full.decoder == "pil"
+    raw = data.cast_column("image", Image(decode=False))
+    for index in range(4):
+        generator = torch.Generator().manual_seed(example_seed(3, 0, index))
+        expected = prepare(pipeline, raw[index]["image"]["bytes"], generator, fast.decoder)
+        assert torch.equal(fast[index]["pixel_values"], expected)
+        generator = torch.Generator().manual_seed(example_seed(3, 0, index))
+        decoded = PIL.Image.open(io.BytesIO(raw[index]["image"]["bytes"]))
+        assert torch.equal(full[index]["pixel_values"], pipeline(decoded, generator))
+        # 64 px crops of a 320x240 JPEG mostly decode at a reduced DCT scale: close, not equal.
+        assert (fast[index]["pixel_values"].float() - full[index]["pixel_values"].float()).abs().mean() < 3
+
+
+def test_evaluation_keeps_the_full_decode():
+    """An evaluation pipeline (resize + centre crop) prepares images exactly as before, whatever the flag."""
+    import io
+
+    import PIL.Image
+
+    data = jpeg_rows(2)
+    pipeline = build_pipeline("randaugment", 64, HALF, HALF, train=False)
+    raw = data.cast_column("image", Image(decode=False))
+    for decoder in (None, "auto", "pil", "pil_draft", "simplejpeg"):
+        dataset = ImageClassificationDataset(data, pipeline, seed=0, decoder=decoder)
+        generator = torch.Generator().manual_seed(example_seed(0, 0, 1))
+        expected = pipeline(PIL.Image.open(io.BytesIO(raw[1]["image"]["bytes"])), generator)
+        assert torch.equal(dataset[1]["pixel_values"], expected)
+        assert dataset.decoder == (decoder if decoder in ("pil_draft", "simplejpeg") else "pil")
+
+
+@pytest.mark.parametrize("decoder", ["pil_draft", "simplejpeg"])
+def test_a_corrupt_jpeg_on_the_fast_path_names_its_row_and_can_be_skipped(decoder):
+    pipeline = build_pipeline("inception", 64, HALF, HALF, train=True)
+    strict = ImageClassificationDataset(jpeg_rows(5, corrupt=(2,)), pipeline, seed=0, decoder=decoder)
+    with pytest.raises(BadImageError, match=r"row 2: (OSError|ValueError).*--bad_images skip"):
+        strict[2]
+    lenient = ImageClassificationDataset(
+        jpeg_rows(5, corrupt=(2,)), pipeline, seed=0, bad_images="skip", decoder=decoder
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels = [lenient[i]["labels"] for i in range(5)]
+    assert labels == [0, 1, 1, 1, 0] and lenient.bad_rows == [2]

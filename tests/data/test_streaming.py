@@ -416,7 +416,7 @@ def test_config_name_refused_for_shard_folders(tmp_path):
     assert "--dataset_config_name 'x'" in one_line(error)
 
 
-@pytest.mark.parametrize("flag", [{"shuffle_buffer_size": 10}, {"image_decoder": "pil_draft"}])
+@pytest.mark.parametrize("flag", [{"shuffle_buffer_size": 10}])
 def test_streaming_flags_without_streaming_are_refused(tmp_path, flag):
     with pytest.raises(UserError) as error:
         DataArguments(dataset_name=str(tmp_path), **flag)

@@ -1,28 +1,53 @@
 """Image decoding for training input, with a fast path for JPEGs that are cropped and shrunk anyway.
 
-A random-resized crop of a 500x375 photo down to 224 px throws most decoded pixels away. libjpeg can decode at 1/2,
-1/4 or 1/8 scale in the DCT domain (Pillow's `Image.draft`), several times faster than a full decode. The fast path
-(`pil_draft`) draws the crop exactly as torchvision's `RandomResizedCrop` does (the same random numbers from the same
-generator, on the full image's size), then decodes at the smallest scale that still gives the crop at least the
-output size in both directions, and resizes that region to the output size. Every later transform (flip, RandAugment,
-RandomErasing) runs unchanged on the same random stream, so crops and flips are identical to the full decode's;
-pixels differ only by the DCT-domain downscale's filtering. Where no reduced scale applies (a crop under twice the
-output size, a PNG, a JPEG with an EXIF rotation) the result is bitwise the full decode's.
+A random-resized crop of a photo down to 224 px throws most decoded pixels away, and the usual pipeline then spends
+as long again on a float32 tensor that only the accelerator needs. The fast path (`pil_draft`, or `simplejpeg` where
+the optional `simplejpeg` package is installed: the same steps with libjpeg-turbo called directly, which decodes the
+same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB array):
+
+1. draws the crop box as torchvision's `RandomResizedCrop` does (the same random numbers in the same order, from a
+   local generator seeded as the full decode's global stream: the same box, seed for seed), from the size in the
+   file's header, before any pixel is decoded;
+2. decodes a JPEG at the smallest DCT scale (libjpeg's 1/2, 1/4, 1/8, through Pillow's `Image.draft`) that still
+   leaves the crop box at least the output size in both directions; most crops of ImageNet-sized photos need the
+   full scale, most crops of larger ones do not;
+3. resizes the box to the output size on uint8: at full scale with PyTorch's antialiased bilinear uint8 kernel (the
+   kernel torchvision's `resized_crop` uses on uint8 tensors, reading Pillow's pixel buffer without a copy, about
+   twice as fast as Pillow's resize here); at a reduced scale with Pillow's resize of the box's exact fractional
+   region (antialiased bilinear too);
+4. flips the uint8 tensor on torchvision's own draw (`torch.rand(1) < p`), and runs every later transform
+   (RandAugment on the PIL image, RandomErasing on the tensor) unchanged on the same random stream.
+
+The result stays uint8; conversion to float and normalisation happen per batch in `Pipeline.on_device`. So the crop
+boxes and flips are identical to the full decode's, seed for seed, and pixels differ only by the resize kernel (the
+same bilinear antialiased filter in fixed point, at most 1 level of 255 apart on photos) and, where a reduced DCT
+scale is used, by libjpeg's downscaling (a few levels on average). Other formats (PNG) take steps 1, 3 and 4 at full
+scale. A JPEG with an EXIF rotation, or a pipeline that does not start with a random-resized crop, takes the full
+decode, exactly as `pil` does.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import warnings
 
 import numpy as np
 import PIL.ExifTags
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .arguments import IMAGE_DECODERS
-from .transforms import Pipeline, prepare_image
+from .arguments import IMAGE_DECODERS, check_simplejpeg, simplejpeg_available
+from .transforms import Pipeline, to_rgb
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
+
+
+class UndecodableImageError(Exception):
+    """The image's bytes (or file) cannot be opened or decoded; the decoder's own error is the cause."""
 
 
 def _leaf_transforms(transform) -> list:
@@ -33,18 +58,28 @@ def _leaf_transforms(transform) -> list:
 
 
 def draft_applies(pipeline: Pipeline) -> bool:
-    """Whether the pipeline starts with a RandomResizedCrop, the transform the DCT-domain path replaces."""
+    """Whether the pipeline is a training one that starts with a RandomResizedCrop, the transform the fast path
+    replaces."""
     leaves = _leaf_transforms(pipeline.cpu_transform)
     return pipeline.train and bool(leaves) and isinstance(leaves[0], v2.RandomResizedCrop)
 
 
-def resolve_decoder(decoder: str, pipeline: Pipeline) -> str:
-    """`auto` -> `pil_draft` where the pipeline begins with a random-resized crop (measured several times faster on
-    JPEG photos), else `pil`; `pil_draft` on a pipeline without one decodes in full, as `pil` does."""
+FAST_DECODERS: tuple[str, ...] = ("pil_draft", "simplejpeg")
+
+
+def resolve_decoder(decoder: str | None, pipeline: Pipeline) -> str:
+    """`auto` (or None) -> the fast path where the pipeline begins with a random-resized crop (same crops and flips):
+    `simplejpeg` where that package is installed, else `pil_draft`; `pil` for every other pipeline. A fast decoder
+    on a pipeline without such a crop decodes in full, as `pil` does."""
+    decoder = "auto" if decoder is None else decoder
     if decoder not in IMAGE_DECODERS:
         raise ValueError(f"image decoder must be one of {', '.join(IMAGE_DECODERS)}; got {decoder!r}.")
+    if decoder == "simplejpeg":
+        check_simplejpeg()
     if decoder == "auto":
-        return "pil_draft" if draft_applies(pipeline) else "pil"
+        if not draft_applies(pipeline):
+            return "pil"
+        return "simplejpeg" if simplejpeg_available() else "pil_draft"
     return decoder
 
 
@@ -57,28 +92,158 @@ def open_image(image: bytes | str | PIL.Image.Image) -> PIL.Image.Image:
     return PIL.Image.open(image)
 
 
-def draft_resized_crop(image: PIL.Image.Image, crop: v2.RandomResizedCrop, params: dict) -> PIL.Image.Image:
-    """The crop `params` (top, left, height, width on the full image) of a lazily opened image, resized to the crop
-    transform's size, decoding a JPEG only at the scale the crop needs."""
-    out_h, out_w = crop.size
+def _pixels_hwc(image: PIL.Image.Image) -> torch.Tensor:
+    """A uint8 (h, w, c) view of an RGB image's pixels: Pillow's own 4-byte-per-pixel buffer through its Arrow export
+    where it has one (Pillow >= 11.2; no copy), else a packed copy."""
+    array = None
+    if hasattr(image, "__arrow_c_array__"):
+        import pyarrow  # a dependency of 🤗 datasets
+
+        try:
+            pixels = pyarrow.array(image)
+        except (ValueError, TypeError, pyarrow.ArrowException):
+            pixels = None  # e.g. an image stored in several blocks: no single buffer to export
+        if pixels is not None and pyarrow.types.is_fixed_size_list(pixels.type) and pixels.offset == 0:
+            channels = pixels.type.list_size
+            data = pixels.values.buffers()[1]
+            array = np.frombuffer(data, dtype=np.uint8, count=len(pixels) * channels)
+            array = array.reshape(image.size[1], image.size[0], channels)
+    if array is None:
+        array = np.asarray(image)
+    with warnings.catch_warnings():
+        # Read-only memory (Pillow's buffer, or the bytes of a copy): the tensor is only read, never written.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _dct_scale(full: tuple[int, int], wanted: tuple[int, int]) -> int:
+    """The largest of libjpeg's DCT downscaling denominators (8, 4, 2, 1) that keeps both sides >= `wanted`, as
+    Pillow's `draft` picks it."""
+    ratio = min(full[0] // wanted[0], full[1] // wanted[1])
+    return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
+
+
+# Markers of the two places an orientation can be stored (an Exif APP1 segment, an XMP packet): a JPEG holding
+# either is opened by Pillow, which reads the orientation as `prepare_image` applies it.
+_ORIENTATION_CARRIERS = (b"Exif\x00\x00", b"http://ns.adobe.com/xap/1.0/")
+
+
+def _simplejpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a YCbCr or grayscale JPEG without an orientation tag, from libjpeg-turbo's header parse;
+    None for anything else (another format, CMYK, a possible EXIF or XMP orientation), which Pillow then opens."""
+    import simplejpeg
+
+    if any(marker in data for marker in _ORIENTATION_CARRIERS):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (width, height) if colorspace in ("YCbCr", "Gray", "RGB") else None
+
+
+def _simplejpeg_resized_crop(
+    data: bytes, full: tuple[int, int], size: tuple[int, int], params: dict
+) -> torch.Tensor | PIL.Image.Image:
+    """`resized_crop`'s steps with libjpeg-turbo through simplejpeg: the same DCT scale, the same resize."""
+    import simplejpeg
+
+    out_h, out_w = size
+    full_w, full_h = full
+    top, left, height, width = params["top"], params["left"], params["height"], params["width"]
+    factor = max(out_w / width, out_h / height)
+    scale = _dct_scale(full, (math.ceil(full_w * factor), math.ceil(full_h * factor))) if factor < 1.0 else 1
+    try:
+        # libjpeg-turbo decodes at the smallest n/8 scale leaving the image at least this size: 1/scale exactly.
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=-(-full_h // scale), min_width=-(-full_w // scale)
+        )
+    except ValueError as error:
+        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
+    if scale > 1:
+        image = PIL.Image.fromarray(pixels)
+        scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
+        box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
+        return image.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR, box=box)
+    region = torch.from_numpy(pixels)[top : top + height, left : left + width].permute(2, 0, 1)
+    resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0]
+
+
+def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) -> torch.Tensor | PIL.Image.Image:
+    """The crop `params` (top, left, height, width on the full image) of a lazily opened image, resized to `size`
+    (h, w), decoding a JPEG only at the scale the crop needs: a uint8 (3, h, w) tensor at full scale, a PIL image at a
+    reduced one. Raises `UndecodableImageError` where the image cannot be decoded."""
+    out_h, out_w = size
     full_w, full_h = image.size
     top, left, height, width = params["top"], params["left"], params["height"], params["width"]
     drafted = False
-    if image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK"):
-        # draft() keeps each side >= the requested one: request the full size scaled so that the crop region stays
-        # at least the output size in both directions.
-        factor = max(out_w / width, out_h / height)
-        if factor < 1.0:
-            drafted = image.draft(image.mode, (math.ceil(full_w * factor), math.ceil(full_h * factor))) is not None
-    image.load()
-    image = prepare_image(image)  # orientation 1 here: only the RGB conversion acts
-    if not drafted or image.size == (full_w, full_h):
-        return crop.transform(image, params)  # torchvision's own kernel: bitwise the full decode's result
-    scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
-    box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
-    # The crop's box in the reduced image is fractional: Pillow resamples exactly that region (BILINEAR, antialiased
-    # when shrinking, as torchvision's crop-then-resize is on PIL images).
-    return image.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR, box=box)
+    try:
+        if image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK"):
+            # draft() keeps each side >= the requested one: request the full size scaled so that the crop region
+            # stays at least the output size in both directions.
+            factor = max(out_w / width, out_h / height)
+            if factor < 1.0:
+                drafted = image.draft(image.mode, (math.ceil(full_w * factor), math.ceil(full_h * factor))) is not None
+        image.load()
+    except _DECODE_ERRORS as error:
+        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
+    # Orientation 1 here (prepare_image's turn would be a copy of the whole image): only the RGB conversion acts.
+    image = to_rgb(image)
+    if drafted and image.size != (full_w, full_h):
+        scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
+        box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
+        # The crop's box in the reduced image is fractional: Pillow resamples exactly that region.
+        return image.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR, box=box)
+    region = _pixels_hwc(image)[top : top + height, left : left + width].permute(2, 0, 1)
+    # A channels-last uint8 region takes PyTorch's vectorised antialiased kernel; the 4th byte Pillow stores per RGB
+    # pixel is resized along and dropped.
+    resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0, :3]
+
+
+@functools.lru_cache(maxsize=16)
+def _log_ratio_bounds(ratio: tuple[float, float]) -> tuple[float, float]:
+    # In float32, as torchvision's RandomResizedCrop keeps them, so that the same draws give the same aspect ratios.
+    low, high = torch.log(torch.tensor(ratio)).tolist()
+    return low, high
+
+
+def draw_box(crop: v2.RandomResizedCrop, size: tuple[int, int], generator: torch.Generator) -> dict:
+    """A random-resized-crop box {top, left, height, width} of an image of `size` (width, height), from `generator`.
+
+    The Inception-style sampling of `crop`'s scale and ratio ranges: up to 10 tries of an area fraction (uniform in
+    `scale`) and a log aspect ratio (uniform in log `ratio`) whose rounded box fits, placed uniformly; else the whole
+    image, cut to the nearest allowed ratio and centred. The random numbers are drawn in torchvision's order and
+    precision (float32 uniforms, then integer offsets), so a generator seeded as torch's global one gives the box
+    torchvision's `RandomResizedCrop` draws there (tested seed for seed), without swapping the global state.
+    """
+    width, height = size
+    area = width * height
+    log_low, log_high = _log_ratio_bounds(tuple(crop.ratio))
+    for _ in range(10):
+        fraction = torch.empty(1).uniform_(crop.scale[0], crop.scale[1], generator=generator).item()
+        aspect = torch.empty(1).uniform_(log_low, log_high, generator=generator).exp_().item()
+        box_w = int(round(math.sqrt(area * fraction * aspect)))
+        box_h = int(round(math.sqrt(area * fraction / aspect)))
+        if 0 < box_w <= width and 0 < box_h <= height:
+            top = int(torch.randint(0, height - box_h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - box_w + 1, (1,), generator=generator))
+            return {"top": top, "left": left, "height": box_h, "width": box_w}
+    image_ratio = width / height
+    if image_ratio < min(crop.ratio):
+        box_w, box_h = width, int(round(width / min(crop.ratio)))
+    elif image_ratio > max(crop.ratio):
+        box_w, box_h = int(round(height * max(crop.ratio))), height
+    else:
+        box_w, box_h = width, height
+    return {"top": (height - box_h) // 2, "left": (width - box_w) // 2, "height": box_h, "width": box_w}
+
+
+def _to_tensor(image: torch.Tensor | PIL.Image.Image) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        return image
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def prepare(
@@ -86,32 +251,58 @@ def prepare(
 ) -> torch.Tensor:
     """Decode and augment one example: uint8 (3, h, w), a pure function of the image and `generator`.
 
-    `decoder="pil"` is exactly `pipeline(full decode, generator)`; `"pil_draft"` is the DCT-domain path above (same
-    random draws, see the module docstring).
+    `decoder="pil"` is exactly `pipeline(full decode, generator)`; `"pil_draft"` and `"simplejpeg"` are the fast path
+    above (same random draws, see the module docstring). Raises `UndecodableImageError` where the image cannot be
+    opened or decoded.
     """
-    opened = open_image(image)
-    # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
-    rotated = opened.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1
-    if decoder != "pil_draft" or not draft_applies(pipeline) or rotated:
-        opened.load()
+    fast = decoder in FAST_DECODERS and draft_applies(pipeline)
+    data = size = opened = None
+    try:
+        if fast and decoder == "simplejpeg" and not isinstance(image, PIL.Image.Image):
+            if isinstance(image, str):
+                with open(image, "rb") as handle:
+                    image = handle.read()
+            data = bytes(image)
+            size = _simplejpeg_size(data)
+        if size is None:
+            opened = open_image(image)
+            # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
+            if opened.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1:
+                fast = False
+            if not fast:
+                opened.load()
+            size = opened.size
+    except _DECODE_ERRORS as error:
+        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
+    if not fast:
         return pipeline(opened, generator)
     leaves = _leaf_transforms(pipeline.cpu_transform)
     crop, rest = leaves[0], leaves[1:]
     # The same seed derivation as Pipeline.__call__, so both paths consume the same random numbers.
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        # make_params reads only the size, which a lazily opened image knows from its header.
-        params = crop.make_params([opened])
-        result = draft_resized_crop(opened, crop, params)
-        if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
-            # Flip then PILToTensor, done as torchvision's flip decides (`torch.rand(1) < p`, the same draw) but on
-            # the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
-            flip = bool(torch.rand(1) < rest[0].p)
-            result = torch.from_numpy(np.asarray(result).copy()).permute(2, 0, 1)
-            if flip:
-                result = result.flip(-1)
-            rest = rest[2:]
-        for transform in rest:
-            result = transform(result)
+    # The transforms' own stream: what Pipeline.__call__ seeds torch's global generator with, here a local generator
+    # of the same kind, so that no global state is saved and restored unless a later transform draws from it.
+    stream = torch.Generator().manual_seed(seed)
+    params = draw_box(crop, size, stream)
+    # simplejpeg takes an RGB or grayscale JPEG, also one Pillow opened to read its (upright) orientation.
+    if data is not None and (opened is None or (opened.format == "JPEG" and opened.mode in ("RGB", "L"))):
+        result = _simplejpeg_resized_crop(data, size, tuple(crop.size), params)
+    else:
+        result = resized_crop(opened, tuple(crop.size), params)
+    if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
+        # Flip then PILToTensor, decided as torchvision's flip decides (`torch.rand(1) < p`, the next draw) but done
+        # on the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
+        flip = bool(torch.rand(1, generator=stream) < rest[0].p)
+        result = _to_tensor(result)
+        if flip:
+            result = result.flip(-1)
+        rest = rest[2:]
+    elif isinstance(result, torch.Tensor):
+        # Later transforms (RandAugment) run on the PIL image, as in the full decode's pipeline.
+        result = PIL.Image.fromarray(result.permute(1, 2, 0).numpy())
+    if rest:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.set_state(stream.get_state())  # continue the same stream
+            for transform in rest:
+                result = transform(result)
     return result.contiguous()

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..errors import UserError
 from .arguments import BAD_IMAGE_POLICIES
+from .decode import FAST_DECODERS, UndecodableImageError, prepare, resolve_decoder
 from .transforms import Pipeline, resize_batch
 
 # What PIL raises on truncated, corrupt or unsupported files.
@@ -46,7 +47,17 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     warns once per process.
     """
 
-    def __init__(self, data: datasets.Dataset, pipeline: Pipeline, seed: int, bad_images: str = "error") -> None:
+    def __init__(
+        self,
+        data: datasets.Dataset,
+        pipeline: Pipeline,
+        seed: int,
+        bad_images: str = "error",
+        decoder: str | None = None,
+    ) -> None:
+        """`decoder`: `--image_decoder`'s values (None = `auto`): `simplejpeg` or `pil_draft` (what `auto` picks for
+        training pipelines that start with a random-resized crop) decode through `vit_accel.data.decode`'s fast path,
+        same crops and flips; `pil` decodes in full and runs the pipeline as it is."""
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {bad_images!r}.")
         for column in ("image", "label"):
@@ -60,6 +71,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.pipeline = pipeline
         self.seed = int(seed)
         self.bad_images = bad_images
+        self.decoder = resolve_decoder(decoder, pipeline)
         self.epoch = 0
         # One shared byte per row, set when the row cannot be decoded, so that rows found bad in DataLoader workers are
         # visible from the main process. Writes are idempotent, so no lock is needed (a lock would tie the dataset to
@@ -93,37 +105,61 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         """The rows found unreadable so far, in this process and its DataLoader workers, each listed once."""
         return np.flatnonzero(np.frombuffer(self._bad, dtype=np.int8)).tolist()
 
-    def _decode(self, index: int) -> tuple[PIL.Image.Image, int]:
+    def _source(self, index: int) -> tuple[PIL.Image.Image | bytes | str, int, str | None]:
+        """(the row's image: a PIL image, its encoded bytes or its path; its label; its path, if any)."""
         row = self.data[index]
         image, label = row["image"], row["label"]
-        path = None
+        if isinstance(image, PIL.Image.Image):  # a dataset whose image column still decodes
+            return image, int(label), None
+        if image is None:
+            raise BadImageError(f"Cannot decode the image at row {index}: ValueError: the image is missing (null)")
+        path = image.get("path")
+        if image.get("bytes") is not None:
+            return image["bytes"], int(label), path
+        if path:
+            return path, int(label), path
+        raise BadImageError(
+            f"Cannot decode the image at row {index}: ValueError: the row has neither image bytes nor a path"
+        )
+
+    @staticmethod
+    def _where(index: int, path: str | None) -> str:
+        return f"row {index}" + (f" (file {path!r})" if path else "")
+
+    def _decode(self, index: int) -> tuple[PIL.Image.Image, int]:
+        source, label, path = self._source(index)
         try:
-            if isinstance(image, PIL.Image.Image):  # a dataset whose image column still decodes
-                decoded = image
-            elif image is None:
-                raise ValueError("the image is missing (null)")
+            if isinstance(source, PIL.Image.Image):
+                decoded = source
             else:
-                path = image.get("path")
-                if image.get("bytes") is not None:
-                    decoded = PIL.Image.open(io.BytesIO(image["bytes"]))
-                elif path:
-                    decoded = PIL.Image.open(path)
-                else:
-                    raise ValueError("the row has neither image bytes nor a path")
+                decoded = PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             decoded.load()  # force the full decode here, so truncated files fail inside the try
         except _DECODE_ERRORS as error:
-            where = f"row {index}" + (f" (file {path!r})" if path else "")
+            where = self._where(index, path)
             raise BadImageError(f"Cannot decode the image at {where}: {type(error).__name__}: {error}") from error
-        return decoded, int(label)
+        return decoded, label
+
+    def _prepare(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """The fast path: decoded and augmented in one step (the crop chosen before decoding)."""
+        source, label, path = self._source(index)
+        try:
+            return prepare(self.pipeline, source, generator, self.decoder), label
+        except UndecodableImageError as error:
+            where = self._where(index, path)
+            raise BadImageError(f"Cannot decode the image at {where}: {error}") from error.__cause__
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, index))
         try:
+            if self.decoder in FAST_DECODERS:
+                pixels, label = self._prepare(index, generator)
+                return {"pixel_values": pixels, "labels": label}
             image, label = self._decode(index)
         except BadImageError as error:
             if self.bad_images == "error":
                 raise BadImageError(f"{error}. Fix or remove it, or pass --bad_images skip.") from error.__cause__
+            # The replacement takes the full decode: a rare event, with the same random draws.
             image, label = self._substitute(index, error)
         return {"pixel_values": self.pipeline(image, generator), "labels": label}
 

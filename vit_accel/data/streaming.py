@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import UserError
 from .arguments import DEFAULT_SHUFFLE_BUFFER, DataArguments
-from .decode import prepare, resolve_decoder
+from .decode import UndecodableImageError, prepare, resolve_decoder
 from .folders import is_url
 from .loading import BadImageError, collate, example_seed
 from .sources import EVAL_SPLITS, _pick_image_column, _pick_label_column
@@ -637,10 +637,8 @@ class StreamingImageDataset(IterableDataset):
         encoded = (image.get("bytes") or image.get("path")) if isinstance(image, dict) else image
         try:
             pixels = prepare(self.pipeline, encoded, generator, self.decoder)
-        except (OSError, ValueError, SyntaxError) as error:
-            raise BadImageError(
-                f"Cannot decode the image at shard {url!r}, row {row}: {type(error).__name__}: {error}."
-            ) from error
+        except UndecodableImageError as error:
+            raise BadImageError(f"Cannot decode the image at shard {url!r}, row {row}: {error}.") from error.__cause__
         return pixels, self.label_ids[label]
 
     def __iter__(self) -> Iterator[dict]:
