@@ -179,3 +179,20 @@ def test_another_metric_for_the_best_model_is_a_changed_setting(tmp_path):
     now = resume_settings((TrainingArguments(output_dir=str(tmp_path / "run"), metric_for_best_model="eval_loss"),), 1)
     with pytest.raises(UserError, match=r"--metric_for_best_model: 'eval_top1' in the checkpoint, 'eval_loss' now"):
         plan_resume(accelerator(), run_args(), {**SETTINGS, **now}, tmp_path)
+
+
+def test_auto_decoding_on_a_machine_that_resolves_it_otherwise_is_a_changed_setting(tmp_path, monkeypatch):
+    from vit_accel.data.arguments import DataArguments
+    from vit_accel.training import resume
+
+    def settings(installed):
+        monkeypatch.setattr(resume, "simplejpeg_available", lambda: installed)
+        return resume.resume_settings((DataArguments(dataset_name="digits"),), 1)
+
+    recorded = settings(True)
+    assert recorded["image_decoder"] == "auto: simplejpeg"
+    make_checkpoint(tmp_path, 3, settings={**SETTINGS, **recorded})
+    plan_resume(accelerator(), run_args(), {**SETTINGS, **settings(True)}, tmp_path)  # the same machine: continues
+    changed = r"--image_decoder: 'auto: simplejpeg' in the checkpoint, 'auto: pil_draft' now"
+    with pytest.raises(UserError, match=changed):
+        plan_resume(accelerator(), run_args(), {**SETTINGS, **settings(False)}, tmp_path)
