@@ -29,7 +29,7 @@ from vit_accel.data import (
     make_dataloader,
 )
 from vit_accel.eval_loop import evaluate_classifier
-from vit_accel.training import best, methods, resume, session, streams
+from vit_accel.training import best, data_rate, methods, resume, session, streams
 from vit_accel.training.arguments import parse_args
 from vit_accel.training.eval_only import evaluate_only
 from vit_accel.training.finish import finish_run
@@ -125,6 +125,7 @@ def train(argv: list[str] | None) -> dict:
     state = resume.restore(plan, accelerator, model, scheduler, frozen, ema, total_steps, settings)
     reporter = Reporter(accelerator, output_dir, total_steps, state.completed_steps)
     announce(reporter, accelerator, plan, state, data, (model_args, data_args, args), model)
+    data_rate.announce_loader_rate(reporter, accelerator, train_set, train_loader, data_args)
 
     results, meter, compute_dtype = dict(state.last_eval or {}), LossMeter(accelerator), None
     model.train()

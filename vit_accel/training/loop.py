@@ -13,14 +13,18 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
 from ..data import ImageClassificationDataset
 from ..hub import push_to_hub
 from . import best, methods
 from .checkpointing import TrainerState, list_checkpoints, rotate_checkpoints, save_checkpoint
+from .data_rate import data_wait_warning
 from .model import base_config
 from .reporting import Reporter
+
+logger = get_logger(__name__)
 
 
 class AccumulationWindows:
@@ -71,17 +75,24 @@ class LossMeter:
         self.totals = torch.zeros(2, device=accelerator.device)  # loss sum, examples
         self.start = time.perf_counter()
         self.data_wait = 0.0
+        # The first next() of each pass starts the workers: kept apart so a start-up does not read as a slow loader.
+        self.start_up_wait = 0.0
+        self.reads = 0
+        self.last_interval = (0.0, 0.0)  # (seconds waited on data, seconds) of the last read, start-ups left out
 
     def batches(self, loader: Iterable) -> Iterator:
         """`loader`'s batches, timing each wait for the next one."""
-        iterator = iter(loader)
+        iterator, first = iter(loader), True
         while True:
             start = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
-            self.data_wait += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            self.data_wait += waited
+            if first:
+                self.start_up_wait, first = self.start_up_wait + waited, False
             yield batch
 
     def add(self, losses: torch.Tensor) -> None:
@@ -93,8 +104,10 @@ class LossMeter:
         loss_sum, examples = self.accelerator.reduce(self.totals, "sum").tolist()
         elapsed = time.perf_counter() - self.start
         data_wait = self.data_wait
+        self.last_interval = (data_wait - self.start_up_wait, elapsed - self.start_up_wait)
+        self.reads += 1
         self.totals.zero_()
-        self.start, self.data_wait = time.perf_counter(), 0.0
+        self.start, self.data_wait, self.start_up_wait = time.perf_counter(), 0.0, 0.0
         return loss_sum / max(examples, 1), round(examples / elapsed, 2), round(data_wait, 4)
 
 
@@ -215,8 +228,11 @@ def training_record(
     state: TrainerState, meter: LossMeter, scheduler, examples: int, num_batches: int, grad_norm
 ) -> dict:
     """The log's record of the steps since the last one: mean loss, rate, global batch, throughput, data wait (in
-    next(loader) since the last record, this process) and the gradient norm when clipped."""
+    next(loader) since the last record, this process) and the gradient norm when clipped. The first record also
+    warns when waiting on data took more than `data_rate.DATA_WAIT_SHARE` of the time (this process)."""
     loss, images_per_second, data_wait = meter.read()
+    if meter.reads == 1 and (warning := data_wait_warning(*meter.last_interval, images_per_second)) is not None:
+        logger.warning(warning, main_process_only=True)
     record = {
         "step": state.completed_steps,
         "epoch": round(state.epoch + state.batches_in_epoch / num_batches, 4),
