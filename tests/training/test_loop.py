@@ -1,8 +1,10 @@
 """The training loop's bookkeeping: accumulation windows, the loss/throughput/data-wait meter, Ctrl-C's line."""
 
+import logging
 import os
 import signal
 import time
+import types
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from vit_accel.training.loop import (
     LossMeter,
     interruption_report,
     sigterm_as_interrupt,
+    training_record,
 )
 
 
@@ -56,6 +59,35 @@ def test_the_meter_averages_the_loss_and_times_the_wait_for_data(accelerator):
     # A read starts the next interval afresh.
     meter.add(torch.full((2,), 5.0))
     assert meter.read()[0] == pytest.approx(5.0) and meter.data_wait == 0.0
+
+
+def test_the_first_record_warns_once_when_the_loop_waited_on_data_past_the_workers_start_up(accelerator, caplog):
+    caplog.set_level(logging.WARNING)
+    meter, state = LossMeter(accelerator), TrainerState()
+    scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.1])
+
+    def loader(first_wait, wait):
+        for index in range(3):
+            time.sleep(first_wait if index == 0 else wait)
+            yield torch.ones(2)
+
+    def record() -> list[str]:
+        for losses in meter.batches(loader(first_wait, wait)):
+            meter.add(losses)
+            time.sleep(0.03)  # the step
+        caplog.clear()
+        training_record(state, meter, scheduler, 2, 10, None)
+        return [r.getMessage() for r in caplog.records if "waited on data" in r.getMessage()]
+
+    # A slow first batch (workers starting) and quick ones after: not a slow loader.
+    first_wait, wait = 0.3, 0.0
+    assert record() == []
+    assert meter.last_interval[0] < 0.05 and meter.last_interval[1] < 0.2
+    # A loader slower than the steps, at the first record: one warning; at later records: none.
+    meter, first_wait, wait = LossMeter(accelerator), 0.0, 0.06
+    warned = record()
+    assert len(warned) == 1 and "--dataloader_num_workers" in warned[0]
+    assert record() == []
 
 
 def test_ctrl_c_in_the_loop_names_the_step_and_the_checkpoint(tmp_path):
