@@ -9,11 +9,7 @@ The loop has the shape of accelerate's own examples: `prepare` once, `accumulate
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import sys
 from pathlib import Path
 
 from vit_accel.training.arguments import exit_if_help
@@ -23,7 +19,7 @@ if __name__ == "__main__":
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin, set_seed
+from accelerate.utils import set_seed
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vit_accel.data import (
@@ -33,17 +29,14 @@ from vit_accel.data import (
     load_image_dataset,
     make_dataloader,
 )
-from vit_accel.errors import UserError, report
 from vit_accel.eval_loop import evaluate_classifier
-from vit_accel.training import best, methods, resume
-from vit_accel.training.arguments import parse_args, recorded_arguments
-from vit_accel.training.distributed import create_accelerator
+from vit_accel.training import best, methods, resume, session
+from vit_accel.training.arguments import parse_args
 from vit_accel.training.eval_only import evaluate_only
 from vit_accel.training.finish import finish_run
 from vit_accel.training.freezing import has_frozen_parameters
 from vit_accel.training.loop import (
     AccumulationWindows,
-    Interrupted,
     LossMeter,
     interruption_report,
     save_step_checkpoint,
@@ -51,35 +44,15 @@ from vit_accel.training.loop import (
 from vit_accel.training.model import build_model
 from vit_accel.training.optim import build_optimizer, build_scheduler
 from vit_accel.training.preflight import (
-    check_hub_repo,
     check_metric_cache,
-    check_model_source,
-    check_output_dir,
-    check_precision_and_accumulation,
-    check_process_group,
-    check_trackers,
-    lock_output_dir,
     main_process_first,
     on_main_process,
     release_output_dir_locks,
 )
 from vit_accel.training.reporting import Reporter
+from vit_accel.training.session import check_destinations, run_length, tracker_config
 
 logger = get_logger(__name__, log_level="INFO")
-
-
-def build_accelerator(args) -> Accelerator:
-    # create_accelerator: gloo where there is no CUDA, and FSDP2 for real on the CPU when the config asks for it.
-    return create_accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=check_trackers(args.report_to or "all") if args.with_tracking else None,
-        project_dir=args.output_dir,
-        # We step the schedule ourselves once per optimizer step, so warm-up and totals are in optimizer steps.
-        step_scheduler_with_optimizer=False,
-        # Host-to-device copies of pinned batches overlap with compute instead of blocking every step.
-        dataloader_config=DataLoaderConfiguration(non_blocking=True),
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if args.torch_compile else None,
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -222,27 +195,11 @@ def checked_accelerator(model_args, args) -> Accelerator:
     """The run's `Accelerator`, after every check of the flags, the launch, the accelerate config and the model
     source (nothing is loaded yet)."""
     methods.check_run(model_args, args)
-    accelerator = build_accelerator(args)
-    check_process_group(accelerator)
-    check_precision_and_accumulation(accelerator, args.gradient_accumulation_steps)
-    methods.check_accelerator(accelerator, args)
-    if (plugin := accelerator.state.deepspeed_plugin) is not None:
-        # DeepSpeed clips inside its own step, with the value from its config (read at `prepare`): hand it ours.
-        plugin.deepspeed_config["gradient_clipping"] = args.max_grad_norm
-    check_model_source(model_args.model_name_or_path, model_args.from_scratch, model_args.attn_implementation)
+    accelerator = session.checked_accelerator(model_args, args, lambda built: methods.check_accelerator(built, args))
     check_metric_cache()
     if args.hub_token:
         logger.warning("--hub_token is deprecated: set HF_TOKEN or run `hf auth login`.", main_process_only=True)
     return accelerator
-
-
-def run_length(num_batches: int, args) -> tuple[int, int, int, int]:
-    """(optimizer steps, epochs, steps between evaluations, steps between checkpoints or 0) for `num_batches`
-    micro-batches an epoch on this process."""
-    steps_per_epoch = math.ceil(num_batches / args.gradient_accumulation_steps)
-    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    checkpoint_every = steps_per_epoch if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps or 0)
-    return total_steps, math.ceil(total_steps / steps_per_epoch), args.eval_steps or steps_per_epoch, checkpoint_every
 
 
 def build_pipelines(data_args, image_size, mean, std) -> tuple:
@@ -294,41 +251,8 @@ def announce(reporter: Reporter, accelerator: Accelerator, plan, state, data, ar
     reporter.info(methods.parameter_summary(accelerator.unwrap_model(model)))
 
 
-def check_destinations(plan: resume.ResumePlan, model_args, data_args, args) -> None:
-    """Check that the Hub takes the upload (--push_to_hub) and that the run may write into --output_dir (see
-    `check_output_dir`); lock the directory for this run alone."""
-    if args.push_to_hub:
-        check_hub_repo(args.hub_model_id, args.hub_token)
-    inputs = {
-        "--model_name_or_path": model_args.model_name_or_path,
-        "--dataset_name": data_args.dataset_name,
-        "--train_dir": data_args.train_dir,
-        "--validation_dir": data_args.validation_dir,
-    }
-    output_dir = Path(args.output_dir)
-    check_output_dir(output_dir, plan.checkpoint is not None, args.overwrite_output_dir, inputs)
-    lock_output_dir(output_dir)
-
-
-def tracker_config(*arguments) -> dict:
-    """Hyperparameters for the trackers: every argument that is set, the token left out."""
-    flat = {k: v for values in recorded_arguments(*arguments).values() for k, v in values.items()}
-    return {k: v for k, v in flat.items() if v is not None and k != "hub_token"}
-
-
 def cli() -> None:
-    try:
-        results = main()
-    except UserError as error:
-        sys.exit(report("train.py", error))
-    except Interrupted as interruption:
-        print(f"train.py: {interruption}", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("train.py: interrupted before training started; nothing was written.", file=sys.stderr)
-        sys.exit(130)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(results))
+    session.run_cli("train.py", main)
 
 
 if __name__ == "__main__":

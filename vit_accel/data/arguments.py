@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UserError
 
-AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "none")
+AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "mae", "none")
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
 # How training JPEGs are decoded: `pil_draft` decodes at the reduced DCT scale a random-resized crop needs.
 IMAGE_DECODERS: tuple[str, ...] = ("auto", "pil", "pil_draft")
@@ -69,7 +69,8 @@ class DataArguments:
         metadata={
             "help": "Training augmentation preset: `cifar` (crop 32 pad 4, flip, AutoAugment CIFAR10 at 32 px, then "
             "resized on the accelerator), `inception` (random resized crop + flip, pixels in [-1, 1]), `randaugment` "
-            "(random resized crop + flip + RandAugment), `none` (resize only).",
+            "(random resized crop + flip + RandAugment), `mae` (MAE pre-training: bicubic random resized crop of "
+            "20-100% of the area + flip), `none` (resize only).",
             "choices": list(AUGMENTATIONS),
         },
     )

@@ -370,11 +370,14 @@ def _refuse_urls(dataset: Dataset, column: str, split: str) -> None:
         )
 
 
-def _normalise(dataset: Dataset, image_column: str, label_column: str, split: str) -> Dataset:
-    for column in (image_column, label_column):
+def _normalise(dataset: Dataset, image_column: str, label_column: str | None, split: str) -> Dataset:
+    """The split's image column as `image` (an Image feature) and its label column as `label`; the image column
+    alone when `label_column` is None (images without labels)."""
+    columns = [image_column] if label_column is None else [image_column, label_column]
+    for column in columns:
         if column not in dataset.features:
             raise UserError(f"Split {split!r} has no column {column!r}; available: {_describe_columns(dataset)}.")
-    dataset = dataset.select_columns([image_column, label_column])
+    dataset = dataset.select_columns(columns)
     _refuse_urls(dataset, image_column, split)
     feature = dataset.features[image_column]
     if _is_encoded_struct(feature) or (isinstance(feature, Value) and feature.dtype in PATH_OR_BYTES_DTYPES):
@@ -384,7 +387,7 @@ def _normalise(dataset: Dataset, image_column: str, label_column: str, split: st
             f"Column {image_column!r} of split {split!r} holds {feature!r}, not images (an Image feature, file paths "
             "or encoded bytes); pass --image_column_name."
         )
-    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    renames = {old: new for old, new in zip(columns, ("image", "label")) if old != new}
     return dataset.rename_columns(renames) if renames else dataset
 
 
@@ -416,11 +419,12 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.flatnonzero(train_mask), val_index
 
 
-def _load(args: DataArguments) -> DatasetDict:
-    """`_load_raw`, with what 🤗 datasets refuses (empty splits, unreadable files, an unreachable Hub) as one line."""
+def _load(args: DataArguments, load_raw=None) -> DatasetDict:
+    """`load_raw(args)` (default `_load_raw`), with what 🤗 datasets refuses (empty splits, unreadable files, an
+    unreachable Hub) as one line."""
     source = f"--dataset_name {args.dataset_name}" if args.dataset_name else f"--train_dir {args.train_dir}"
     try:
-        return _load_raw(args)
+        return (load_raw or _load_raw)(args)
     except UserError:
         raise
     except (ValueError, OSError, IndexError, ConnectionError, datasets.exceptions.DatasetGenerationError) as error:

@@ -26,6 +26,8 @@ CIFAR_SIZE = 32
 INCEPTION_MEAN = INCEPTION_STD = GOOGLE_MEAN_STD
 # Google's inception crop (vit_jax `inception_crop`) samples 5%-100% of the image area.
 INCEPTION_CROP_SCALE = (0.05, 1.0)
+# MAE's pre-training crop (its `main_pretrain.py`): 20%-100% of the area, bicubic, then a flip; nothing else.
+MAE_CROP_SCALE = (0.2, 1.0)
 # Evaluation crop ratio for the presets that centre-crop (timm's and torchvision's usual 0.875).
 EVAL_CROP_PCT = 0.875
 
@@ -209,6 +211,19 @@ def _build(preset: str, image_size: int, mean: Sequence[float], std: Sequence[fl
             ]
         else:
             ops = [v2.Resize(int(round(size / EVAL_CROP_PCT)), antialias=True), v2.CenterCrop(size)]
+        return Pipeline(preset, train, v2.Compose([*ops, *_to_uint8()]), size, size, mean, std)
+    if preset == "mae":
+        bicubic = v2.InterpolationMode.BICUBIC
+        if train:
+            ops = [
+                v2.RandomResizedCrop(size, scale=MAE_CROP_SCALE, interpolation=bicubic, antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        else:
+            ops = [
+                v2.Resize(int(round(size / EVAL_CROP_PCT)), interpolation=bicubic, antialias=True),
+                v2.CenterCrop(size),
+            ]
         return Pipeline(preset, train, v2.Compose([*ops, *_to_uint8()]), size, size, mean, std)
     # "none": resize only, for training and evaluation alike.
     return Pipeline(preset, train, v2.Compose([resize, *_to_uint8()]), size, size, mean, std)

@@ -463,7 +463,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
+def _recipe_argv(recipe: Path, parser: HfArgumentParser, classes: tuple = ARGUMENT_CLASSES) -> list[str]:
     """A recipe's values as command-line arguments, each checked by the same parser as a typed flag."""
     if recipe.is_dir():
         raise UserError(f"Recipe {recipe} is a directory, not a YAML file.")
@@ -480,7 +480,7 @@ def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
         raise UserError(f"Recipe {recipe} is not valid YAML{where}: {problem}.") from error
     if not isinstance(values, dict):
         raise UserError(f"Recipe {recipe} must be a mapping of argument names to values.")
-    known = [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)]
+    known = [f.name for cls in classes for f in dataclasses.fields(cls)]
     argv: list[str] = []
     for key, value in values.items():
         if key not in known:
@@ -508,38 +508,43 @@ def _recipe_argv(recipe: Path, parser: HfArgumentParser) -> list[str]:
     return argv
 
 
-def _raise_user_error(message: str) -> None:
-    """argparse's error handler prints the whole usage and exits; one line naming the flag is what users need."""
-    raise UserError(redact(message) + " (see `python train.py --help`)")
-
-
-def _parser() -> HfArgumentParser:
+def _parser(classes: tuple = ARGUMENT_CLASSES, program: str = "train.py") -> HfArgumentParser:
     # No abbreviations: a typo such as --learning_rat must be an error, not silently --learning_rate.
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
-    parser.error = _raise_user_error
+    parser = HfArgumentParser(classes, allow_abbrev=False)
+
+    def raise_user_error(message: str) -> None:
+        # argparse's handler prints the whole usage and exits; one line naming the flag is what users need.
+        raise UserError(redact(message) + f" (see `python {program} --help`)")
+
+    parser.error = raise_user_error
     return parser
 
 
-def exit_if_help(argv: list[str] | None = None) -> None:
-    """`train.py --help` (or `-h`): print every argument and exit, before train.py imports torch and accelerate."""
+def exit_if_help(argv: list[str] | None = None, classes: tuple = ARGUMENT_CLASSES, program: str = "train.py") -> None:
+    """`train.py --help` (or `-h`): print every argument and exit, before train.py imports torch and accelerate.
+    `classes`, `program`: another script's argument dataclasses and name (pretrain.py's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        _parser().print_help()
+        _parser(classes, program).print_help()
         sys.exit(0)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_args(
+    argv: list[str] | None = None, classes: tuple = ARGUMENT_CLASSES, program: str = "train.py"
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse `[recipe.yaml] [--flag value ...]`: the recipe's values come first, so that flags override them.
+    `classes`: the (model, data, training) argument dataclasses, train.py's unless another script (`program`) has
+    its own subclasses of them.
 
     Raises:
         UserError: a missing or malformed recipe, an unknown flag or recipe key, or a value that fails its check;
             the message names it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    parser = _parser(classes, program)
     if argv and argv[0].lower().endswith((".yaml", ".yml")):
         recipe = Path(argv.pop(0))
-        argv = _recipe_argv(recipe, parser) + argv
+        argv = _recipe_argv(recipe, parser, classes) + argv
     model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
         args=habits.apply_aliases(argv), return_remaining_strings=True
     )
@@ -548,7 +553,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if any(item.startswith("-") for item in remaining):
         raise UserError(habits.unknown_arguments_message(remaining, parser._option_string_actions))
     if remaining:
-        raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python train.py --help`)."))
+        raise UserError(redact(f"Unknown arguments: {' '.join(remaining)} (see `python {program} --help`)."))
     check_flags_without_effect(model_args, training_args)
     return model_args, data_args, training_args
 
@@ -606,9 +611,16 @@ def check_flags_without_effect(model_args: ModelArguments, training_args: Traini
             raise UserError(f"--{name}{shown} needs {needs}; without it the flag changes nothing.")
 
 
+def argument_class_name(arguments) -> str:
+    """The name of the train.py dataclass `arguments` is (or subclasses: another script's arguments), under which
+    records and resume settings file it."""
+    names = {cls.__name__ for cls in ARGUMENT_CLASSES}
+    return next(cls.__name__ for cls in type(arguments).__mro__ if cls.__name__ in names)
+
+
 def recorded_arguments(*arguments) -> dict:
     """The arguments as JSON-ready dicts for training_args.json and trackers, with the token left out."""
-    record = {type(a).__name__: dataclasses.asdict(a) for a in arguments}
+    record = {argument_class_name(a): dataclasses.asdict(a) for a in arguments}
     for values in record.values():
         if values.get("hub_token") is not None:
             values["hub_token"] = "<redacted>"

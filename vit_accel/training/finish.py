@@ -82,11 +82,13 @@ def finish_run(
     arguments: tuple,
     normalisation: tuple,
     evaluated: dict | None = None,
+    model_card: bool = True,
 ) -> dict:
     """Gather the final results, save the final model (or adapter) with its image processor, `training_args.json`,
     the curves and the card, then `all_results.json`, then push; returns the results. `datasets`: (train, eval)
     sets, for their unreadable rows; `normalisation`: (mean, std) of the model's inputs; `evaluated`: what the
-    results add about the evaluations (the best one, the split evaluated)."""
+    results add about the evaluations (the best one, the split evaluated); `model_card`: write the classifier's card
+    (README.md)."""
     model_args, data_args, args = arguments
     output_dir = Path(args.output_dir)
     phase = FinalPhase(output_dir, state.completed_steps)
@@ -107,7 +109,7 @@ def finish_run(
         phase.reached("writing the curves and the model card")
         if accelerator.is_main_process:
             plot_curves(reporter.log.records(), output_dir / CURVES_FILE)
-            if not args.peft:  # the adapter directory has its own card, saying how to load it
+            if not args.peft and model_card:  # the adapter directory has its own card, saying how to load it
                 write_model_card(output_dir, final)
             phase.reached(f"writing {RESULTS_FILE}")
             _write_atomically(output_dir / RESULTS_FILE, json.dumps(final, indent=2) + "\n")

@@ -17,13 +17,15 @@ from .arguments import ModelArguments
 DEFAULT_MEAN = DEFAULT_STD = GOOGLE_MEAN_STD
 
 
-def _normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std of the source's image processor when it has one, else Google's [-1, 1]."""
+def source_normalisation(
+    source: str, default: tuple = (DEFAULT_MEAN, DEFAULT_STD)
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of the source's image processor when it has one, else `default` (Google's [-1, 1])."""
     path = Path(source) / "preprocessor_config.json"
     if path.is_file():
         processor = json.loads(path.read_text())
-        return tuple(processor.get("image_mean", DEFAULT_MEAN)), tuple(processor.get("image_std", DEFAULT_STD))
-    return DEFAULT_MEAN, DEFAULT_STD
+        return tuple(processor.get("image_mean", default[0])), tuple(processor.get("image_std", default[1]))
+    return tuple(default[0]), tuple(default[1])
 
 
 def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForImageClassification, tuple, tuple]:
@@ -78,7 +80,7 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
         raise UserError(
             f"--model_name_or_path {source} takes {model.config.num_channels}-channel images, but train.py feeds RGB."
         )
-    mean, std = _normalisation(source)
+    mean, std = source_normalisation(source)
     return model, mean, std
 
 

@@ -20,6 +20,8 @@ from .checkpointing import list_checkpoints, remove_stale_checkpoints
 
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "training_curves.png"
+# pretrain.py's figure of held-out images: original, masked, reconstructed.
+RECONSTRUCTION_FILE = "reconstruction.png"
 
 RESULTS_FILE = "all_results.json"
 # What the final phase of a run writes (a model directory or an adapter directory, and the run's record): the files
@@ -39,6 +41,7 @@ FINAL_OUTPUTS = (
     "README.md",
     "training_args.json",
     CURVES_FILE,
+    RECONSTRUCTION_FILE,
     RESULTS_FILE,
 )
 
@@ -115,11 +118,12 @@ def curves_figure(records: list[dict]):
     import matplotlib.pyplot as plt  # after choosing the backend, which pyplot fixes on import
 
     train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_top1" in r]
+    evals = [r for r in records if "eval_loss" in r]  # a pre-training run evaluates its loss alone
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if evals:
         ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
+    if evals and "eval_top1" in evals[0]:
         ax_acc.plot([r["step"] for r in evals], [100 * r["eval_top1"] for r in evals], "o-", label="top-1")
         ax_acc.plot([r["step"] for r in evals], [100 * r["eval_top5"] for r in evals], "o-", label="top-5")
     with_lr = [r for r in train if "lr" in r]
@@ -130,7 +134,8 @@ def curves_figure(records: list[dict]):
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a pre-training run has no accuracy to plot
+            ax.legend()
     fig.tight_layout()
     return fig
 

@@ -101,6 +101,16 @@ RESUME_SETTINGS: dict[str, tuple[str, ...]] = {
         # The best value kept in the checkpoint is of this metric: another one would compare unlike numbers.
         "metric_for_best_model",
     ),
+    # pretrain.py's arguments (subclasses of the above): the decoder, the mask and the base rate.
+    "PretrainingModelArguments": (
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+        "mask_ratio",
+        "norm_pix_loss",
+    ),
+    "PretrainingTrainingArguments": ("base_learning_rate",),
 }
 
 
@@ -126,7 +136,9 @@ def resume_settings(arguments: tuple, num_processes: int) -> dict[str, Any]:
     """The values of `RESUME_SETTINGS` in these argument dataclasses, plus the number of processes."""
     settings: dict[str, Any] = {"num_processes": num_processes}
     for values in arguments:
-        for name in RESUME_SETTINGS.get(type(values).__name__, ()):
+        # A subclass (another script's arguments) adds its own settings to those of the class it extends.
+        names = [n for cls in reversed(type(values).__mro__) for n in RESUME_SETTINGS.get(cls.__name__, ())]
+        for name in names:
             value = getattr(values, name)
             if name in _PATH_SETTINGS and isinstance(value, str) and Path(value).expanduser().exists():
                 value = str(Path(value).expanduser().resolve())  # `data/`, `./data` and `/abs/data` are one dataset
