@@ -25,13 +25,16 @@ def _processor(folder: Path) -> None:
 
 def _models(root: Path) -> dict[str, Path]:
     """Tiny random models of the kinds features reads: our classifiers (CLS and mean pooling), our MAE pre-training
-    directory (no image processor: MAE's ImageNet mean and std) and a transformers `ViTModel` directory."""
+    directory (no image processor: MAE's ImageNet mean and std), a transformers `ViTModel` directory and a timm
+    model in timm's Hub layout (its `pretrained_cfg` mean and std)."""
+    import timm
+    from timm.models import save_for_hf
     from transformers import ViTConfig, ViTModel
 
     from vit_accel import ViTAccelConfig, ViTAccelForImageClassification, ViTAccelForPreTraining, ViTAccelMAEConfig
 
     torch.manual_seed(0)
-    folders = {name: root / name for name in ("cls", "mean", "mae", "transformers")}
+    folders = {name: root / name for name in ("cls", "mean", "mae", "transformers", "timm")}
     ViTAccelForImageClassification(ViTAccelConfig(**TINY, num_labels=3)).save_pretrained(folders["cls"])
     ViTAccelForImageClassification(ViTAccelConfig(**TINY, num_labels=3, pooling="mean")).save_pretrained(
         folders["mean"]
@@ -40,6 +43,9 @@ def _models(root: Path) -> dict[str, Path]:
                    decoder_intermediate_size=32)  # fmt: skip
     ViTAccelForPreTraining(ViTAccelMAEConfig(**TINY, **decoder)).save_pretrained(folders["mae"])
     ViTModel(ViTConfig(**TINY, hidden_act="gelu")).save_pretrained(folders["transformers"])
+    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, embed_dim=32,
+                               depth=2, num_heads=2, mlp_ratio=2.0, num_classes=7)  # fmt: skip
+    save_for_hf(theirs, folders["timm"], safe_serialization=True)
     for name in ("cls", "mean", "transformers"):
         _processor(folders[name])
     return folders
@@ -84,6 +90,11 @@ def _direct(kind: str, folder: Path, pixels: torch.Tensor) -> torch.Tensor:
     from vit_accel import ViTAccelForImageClassification, ViTAccelForPreTraining
 
     with torch.no_grad():
+        if kind == "timm":  # the pre-logits features its head reads
+            import timm
+
+            theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+            return theirs.forward_head(theirs.forward_features(pixels), pre_logits=True)
         if kind == "transformers":  # what its ViTForImageClassification reads: the CLS token, not the pooler
             return ViTModel.from_pretrained(folder).eval()(pixels).last_hidden_state[:, 0]
         if kind == "mae":
@@ -96,7 +107,7 @@ def _direct(kind: str, folder: Path, pixels: torch.Tensor) -> torch.Tensor:
         return outputs.last_hidden_state[:, 0] if kind == "cls" else outputs.pooler_output
 
 
-@pytest.mark.parametrize("kind", ["cls", "mean", "mae", "transformers"])
+@pytest.mark.parametrize("kind", ["cls", "mean", "mae", "transformers", "timm"])
 def test_features_of_a_folder_equal_the_models_own_output_every_call(models, images, kind, tmp_path, capsys):
     from vit_accel.weights.transformers_families import PREPROCESSING
 
@@ -104,8 +115,13 @@ def test_features_of_a_folder_equal_the_models_own_output_every_call(models, ima
     features, files = _features(models[kind], [folder], tmp_path / "a")
     assert "5 images x 32 features" in capsys.readouterr().out
     assert files == sorted(str(path) for path in images)  # every image below the folder, sorted
-    mean, std = (MEAN, STD) if kind != "mae" else (PREPROCESSING["vit_mae"]["image_mean"],
-                                                    PREPROCESSING["vit_mae"]["image_std"])  # fmt: skip
+    if kind == "mae":
+        mean, std = PREPROCESSING["vit_mae"]["image_mean"], PREPROCESSING["vit_mae"]["image_std"]
+    elif kind == "timm":
+        cfg = json.loads((models[kind] / "config.json").read_text())["pretrained_cfg"]
+        mean, std = cfg["mean"], cfg["std"]
+    else:
+        mean, std = MEAN, STD
     expected = _direct(kind, models[kind], _pixels(files, mean, std))
     assert features.shape == expected.shape == (5, 32)
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
