@@ -359,3 +359,52 @@ def test_default_targets_adapt_the_attention_of_every_family_and_merge_exactly(u
         with torch.no_grad():
             merged = merged_copy(model)(pixel_values=x).logits
             torch.testing.assert_close(merged, model(pixel_values=x).logits, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_lora_on_an_mae_encoder_trains_an_adapter_that_predict_and_evaluate_load(
+    digits, digit_images, run_train, tmp_path, capsys
+):
+    from launching import tiny_args
+    from safetensors.torch import load_file
+
+    from vit_accel import ViTAccelForPreTraining, ViTAccelMAEConfig
+    from vit_accel.cli import main as vit_accel
+
+    torch.manual_seed(0)
+    mae = tmp_path / "mae"
+    encoder = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64)  # fmt: skip
+    decoder = dict(decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                   decoder_intermediate_size=32)  # fmt: skip
+    ViTAccelForPreTraining(ViTAccelMAEConfig(**encoder, **decoder)).save_pretrained(mae)
+    before = load_file(mae / "model.safetensors")
+    adapter = tmp_path / "adapter"
+    argv = tiny_args(digits, adapter, "--peft", "lora", "--lora_r", "4", "--lora_alpha", "8", "--max_train_steps", "4")
+    argv.remove("--from_scratch")
+    del argv[argv.index("--config_overrides") : argv.index("--config_overrides") + 2]
+    argv[argv.index("--model_name_or_path") + 1] = str(mae)
+    argv[argv.index("--learning_rate") + 1] = "1e-2"
+    code, err = run_train(argv)
+    assert code == 0, err[-3000:]
+    results = json.loads((adapter / "all_results.json").read_text())
+    # LoRA on the query and value projections of both blocks (r=4) and the new 10-class head; the encoder is frozen.
+    assert results["trainable_parameters"] == 2 * 2 * (4 * 32 + 32 * 4) + (32 * 10 + 10)
+    assert json.loads((adapter / "classifier_config.json").read_text())["pooling"] == "mean"  # MAE's fine-tuning
+    assert json.loads((adapter / ADAPTER_CONFIG).read_text())["r"] == 4
+    lora_b = [t for k, t in load_file(adapter / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # the adapter did train
+    after = load_file(mae / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    # evaluate gives back the run's own evaluation; predict reads the adapter like any model.
+    out = tmp_path / "eval"
+    command = ["evaluate", "--model", str(adapter), "--dataset_name", str(digits), "--max_eval_samples", "64"]
+    assert vit_accel([*command, "--output_dir", str(out), "--dataloader_num_workers", "0"]) == 0
+    evaluated = json.loads((out / "eval_results.json").read_text())
+    assert evaluated["loss"] == pytest.approx(results["eval_loss"], abs=1e-5)
+    assert evaluated["num_examples"] == results["eval_num_examples"] == 64
+    capsys.readouterr()
+    assert vit_accel(["predict", "--model", str(adapter), "--json", "--top_k", "10", str(digit_images[0])]) == 0
+    scores = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert sorted(p["label"] for p in scores) == [str(i) for i in range(10)]
+    assert sum(p["score"] for p in scores) == pytest.approx(1.0, abs=1e-5)

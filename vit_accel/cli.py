@@ -184,6 +184,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--allow_changed_base", action="store_true", help=_ALLOW_CHANGED_BASE)
     predict.set_defaults(func=_predict)
 
+    features = commands.add_parser(
+        "features",
+        help="the encoder's features of images (the pooled output its classifier reads), as safetensors",
+        description="Writes <output_dir>/features.safetensors (tensor 'features', one row per image, float32) and "
+        "<output_dir>/images.json (the image files in row order). The images are prepared as predict prepares "
+        "them; an MAE pre-training checkpoint gives its encoder's CLS token with no patch masked. The same images "
+        "give the same features on every call.",
+    )
+    features.add_argument("--model", required=True, help="a model directory (ours, an adapter, transformers', "
+                          "timm's, an MAE run), a checkpoint file, a named variant or a Hub id")  # fmt: skip
+    features.add_argument("images", nargs="+", help="image files and folders of them (every image below, sorted)")
+    features.add_argument("--output_dir", required=True, help="where features.safetensors and images.json go")
+    features.add_argument("--batch_size", type=_positive_int, default=64)
+    features.add_argument("--overwrite", action="store_true", help="replace the features already in --output_dir")
+    features.set_defaults(func=_features)
+
     evaluate = commands.add_parser(
         "evaluate",
         help="top-1/top-5/top-k, loss, per-class precision/recall/F1, a confusion matrix and the worst "
@@ -254,6 +270,18 @@ def _predict(args: argparse.Namespace) -> int:
         for item in results:
             top = ", ".join(f"{p['label']} {p['score']:.4f}" for p in item["predictions"])
             print(f"{item['image']}: {top}")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    """Features of images, written as safetensors with the list of images."""
+    # Deferred, as in every command here: `vit-accel` starts fast, each command importing only what it uses.
+    from .features import check_output_dir, extract_features, write_features
+
+    output_dir = check_output_dir(args.output_dir, args.overwrite)
+    features, files = extract_features(args.model, args.images, batch_size=args.batch_size)
+    target = write_features(features, files, output_dir, args.model)
+    print(f"wrote {target}: {features.shape[0]} images x {features.shape[1]} features")
     return 0
 
 

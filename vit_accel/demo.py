@@ -4,6 +4,9 @@
 PIL images) and a `label` ClassLabel column, split into train and test; `train.py --dataset_name outputs/digits`
 then trains on it like on any other dataset. `--rotate 90` writes the same digits turned a quarter counter-clockwise
 (same split): a task a model trained on upright digits was not trained for, used by the LoRA demo.
+`--label_fraction 0.1` writes the MAE demo's two datasets instead: `<target>/unlabeled` (the training images alone,
+no label column, for `pretrain.py`) and `<target>/labeled` (a seeded stratified tenth of the training images with
+their labels, and the same test split, for `train.py`), beside `<target>/full`, the whole dataset they come from.
 """
 
 from __future__ import annotations
@@ -40,12 +43,41 @@ def export_digits(path: str | Path, test_fraction: float = 0.2, seed: int = 0, r
     return splits
 
 
+def export_mae_digits(
+    path: str | Path, label_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.2
+) -> dict[str, datasets.DatasetDict]:
+    """The digits as the MAE demo uses them: `path/unlabeled`, every training image without its label (the images
+    `export_digits` puts in its train split), and `path/labeled`, `label_fraction` of those training images with their
+    labels (drawn with `seed`, stratified by class) beside the same test split."""
+    if not 0.0 < label_fraction < 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1), got {label_fraction}.")
+    path = Path(path)
+    splits = export_digits(path / "full", test_fraction=test_fraction)
+    unlabeled = datasets.DatasetDict({"train": splits["train"].remove_columns("label")})
+    subset = splits["train"].train_test_split(train_size=label_fraction, seed=seed, stratify_by_column="label")
+    labeled = datasets.DatasetDict({"train": subset["train"], "test": splits["test"]})
+    unlabeled.save_to_disk(str(path / "unlabeled"))
+    labeled.save_to_disk(str(path / "labeled"))
+    return {"unlabeled": unlabeled, "labeled": labeled}
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m vit_accel.demo", description=__doc__.splitlines()[0])
     parser.add_argument("target", nargs="?", default="outputs/digits", help="directory to write")
     parser.add_argument("--rotate", type=int, default=0, help="turn every digit by this many degrees (90, 180, 270)")
+    parser.add_argument(
+        "--label_fraction",
+        type=float,
+        help="write the MAE demo's unlabeled training images and this stratified fraction of them with labels",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="with --label_fraction: the seed of the labelled draw")
     args = parser.parse_args()
-    result = export_digits(args.target, rotate=args.rotate)
-    print(f"wrote {args.target}: {result.num_rows}")
+    if args.label_fraction is not None:
+        written = export_mae_digits(args.target, label_fraction=args.label_fraction, seed=args.seed)
+        for name, result in written.items():
+            print(f"wrote {Path(args.target) / name}: {result.num_rows}")
+    else:
+        result = export_digits(args.target, rotate=args.rotate)
+        print(f"wrote {args.target}: {result.num_rows}")

@@ -27,7 +27,7 @@ from .data.arguments import DataArguments
 from .data.folders import is_url
 from .data.loading import ImageClassificationDataset, make_dataloader
 from .data.sources import EVAL_SPLITS, _load, load_image_dataset
-from .data.transforms import build_pipeline, to_rgb
+from .data.transforms import Pipeline, build_pipeline, to_rgb
 from .errors import UserError
 from .eval_loop import evaluate_classifier
 from .paths import looks_local
@@ -192,14 +192,8 @@ def _open_image(path: str) -> PIL.Image.Image:
         raise UserError(f"Cannot read image {path}: {error}") from error
 
 
-def predict(
-    model: str, images: list[str], top_k: int = 5, batch_size: int = 32, allow_changed_base: bool = False
-) -> list[dict]:
-    """Top-k labels with softmax scores for each image path, batched (k is capped at the number of labels)."""
-    if top_k < 1:
-        raise UserError(f"--top_k must be at least 1, got {top_k}.")
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}.")
+def check_image_files(images: list[str]) -> None:
+    """Every path an image file on this machine, checked before any model is loaded (one line for the first fault)."""
     folders = [image for image in images if Path(image).is_dir()]
     if folders:
         raise UserError(f"{folders[0]}: a directory, not an image file; give the image files (e.g. {folders[0]}/*).")
@@ -210,19 +204,38 @@ def predict(
         raise UserError(
             f"No such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)." if missing[1:] else ".")
         )
+
+
+def image_pipeline(preprocessing: dict) -> Pipeline:
+    """The evaluation pipeline of a model's saved preprocessing (`size`, `image_mean`, `image_std`)."""
+    return build_pipeline("none", preprocessing["size"], preprocessing["image_mean"], preprocessing["image_std"], False)
+
+
+def prepare_images(paths: list[str], pipeline: Pipeline) -> torch.Tensor:
+    """The model input `(batch, 3, size, size)` of these image files: read, turned by their EXIF orientation, made
+    RGB, resized and normalised by `pipeline`, as every command that reads image files prepares them."""
+    generator = torch.Generator()  # the evaluation pipeline draws nothing from it
+    return pipeline.on_device(torch.stack([pipeline(_open_image(path), generator) for path in paths]))
+
+
+def predict(
+    model: str, images: list[str], top_k: int = 5, batch_size: int = 32, allow_changed_base: bool = False
+) -> list[dict]:
+    """Top-k labels with softmax scores for each image path, batched (k is capped at the number of labels)."""
+    if top_k < 1:
+        raise UserError(f"--top_k must be at least 1, got {top_k}.")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}.")
+    check_image_files(images)
     classifier, preprocessing = load_classifier(model, allow_changed_base)
-    pipeline = build_pipeline(
-        "none", preprocessing["size"], preprocessing["image_mean"], preprocessing["image_std"], False
-    )
+    pipeline = image_pipeline(preprocessing)
     id2label = classifier.config.id2label
     k = min(top_k, classifier.config.num_labels)
     predictions = []
-    generator = torch.Generator()
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
-        batch = torch.stack([pipeline(_open_image(path), generator) for path in paths])
         with torch.no_grad():
-            probabilities = classifier(pixel_values=pipeline.on_device(batch)).logits.float().softmax(-1)
+            probabilities = classifier(pixel_values=prepare_images(paths, pipeline)).logits.float().softmax(-1)
         scores, indices = probabilities.topk(k, dim=-1)
         for path, row_scores, row_indices in zip(paths, scores.tolist(), indices.tolist()):
             top = [{"label": id2label[i], "score": s} for i, s in zip(row_indices, row_scores)]

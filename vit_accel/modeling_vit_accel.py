@@ -793,6 +793,12 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
         self.classifier = nn.Linear(features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @staticmethod
+    def pooled_features(outputs: BaseModelOutputWithPooling) -> torch.Tensor:
+        """What the classifier reads from the encoder's outputs: the pooled output, or the CLS token's final state
+        for `pooling="cls"` without `pre_logits`."""
+        return outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
+
     @can_return_tuple
     def forward(
         self,
@@ -818,8 +824,7 @@ class ViTAccelForImageClassification(ViTAccelPreTrainedModel):
             cls_token_only=True,
             **kwargs,
         )
-        features = outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
-        logits = self.classifier(features)
+        logits = self.classifier(self.pooled_features(outputs))
         loss = None
         if labels is not None:
             # transformers' loss for the problem type, computed in float32 whatever the compute dtype (bf16 logits
