@@ -10,7 +10,8 @@ from torch import nn
 from ..configuration_vit_accel import VIT_VARIANTS, ViTAccelConfig
 from ..errors import UserError
 from ..modeling_vit_accel import ViTAccelForImageClassification
-from ..weights.conversion import GOOGLE_MEAN_STD
+from ..weights.conversion import GOOGLE_MEAN_STD, PROCESSOR_FILE, source_processor
+from ..weights.sources import locate
 from .arguments import ModelArguments
 
 # Without an image processor of its own, a source is taken to expect Google's pixels in [-1, 1].
@@ -18,14 +19,21 @@ DEFAULT_MEAN = DEFAULT_STD = GOOGLE_MEAN_STD
 
 
 def source_normalisation(
-    source: str, default: tuple = (DEFAULT_MEAN, DEFAULT_STD)
+    source: str, default: tuple = (DEFAULT_MEAN, DEFAULT_STD), from_scratch: bool = False
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std of the source's image processor when it has one, else `default` (Google's [-1, 1])."""
-    path = Path(source) / "preprocessor_config.json"
-    if path.is_file():
-        processor = json.loads(path.read_text())
-        return tuple(processor.get("image_mean", default[0])), tuple(processor.get("image_std", default[1]))
-    return tuple(default[0]), tuple(default[1])
+    """The mean/std the source's images were prepared with, as `source_processor` reads them (its image processor,
+    a timm Hub layout's `pretrained_cfg`, a family's published values, Google's npz), else `default` (Google's
+    [-1, 1]) where the source does not say (a bare state dict). The model was loaded from it already: it is found
+    again without reading the weights. `from_scratch`: only the image processor of a directory, if any (nothing
+    else is read or downloaded)."""
+    processor = Path(source) / PROCESSOR_FILE
+    if from_scratch:
+        settings = json.loads(processor.read_text()) if processor.is_file() else None
+    else:
+        settings = source_processor(locate(source, lazy=True))
+    if settings is None or "image_mean" not in settings or "image_std" not in settings:
+        return tuple(default[0]), tuple(default[1])
+    return tuple(settings["image_mean"]), tuple(settings["image_std"])
 
 
 def refused_shape(args: ModelArguments, error: Exception) -> UserError:
@@ -90,7 +98,7 @@ def build_model(args: ModelArguments, labels: list[str]) -> tuple[ViTAccelForIma
         raise UserError(
             f"--model_name_or_path {source} takes {model.config.num_channels}-channel images, but train.py feeds RGB."
         )
-    mean, std = source_normalisation(source)
+    mean, std = source_normalisation(source, from_scratch=args.from_scratch)
     return model, mean, std
 
 

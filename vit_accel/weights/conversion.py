@@ -102,7 +102,7 @@ def source_processor(checkpoint: Checkpoint, hub: HubOptions | None = None) -> d
     if checkpoint.format == "google-npz":
         # Google's ViTs (vit_jax, big_vision) take pixels scaled to [-1, 1], resized bilinearly.
         return {"image_mean": list(GOOGLE_MEAN_STD), "image_std": list(GOOGLE_MEAN_STD)}
-    folder = Path(checkpoint.source)
+    folder = Path(checkpoint.folder or checkpoint.source)
     if folder.is_dir() and (folder / PROCESSOR_FILE).is_file():
         return transformers_families.whole_image_processor(read_json(folder / PROCESSOR_FILE))
     if checkpoint.format in ("mae", meta_dinov2.FORMAT):  # both train (their files say nothing) on ImageNet's

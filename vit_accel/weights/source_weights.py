@@ -43,6 +43,8 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     # For a lazily read checkpoint: reads the tensor that a meta tensor of `state_dict` stands for.
     materialize: Callable[[str], torch.Tensor] | None = None
+    # Where the source's files lie when `source` names it otherwise (a Hub repo read from the HF cache).
+    folder: str | None = None
 
     def tensor(self, key: str) -> torch.Tensor:
         """The real data of `key`, read now if the checkpoint holds only a placeholder for it."""

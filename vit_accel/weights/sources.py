@@ -256,6 +256,7 @@ def family_checkpoint(variant: str, options: HubOptions | None = None) -> Checkp
                 f"{variant}: could not download {repo_id}/{filename}: {error}".splitlines()[0]
             ) from None
     checkpoint = read_checkpoint(Path(paths[0]).parent)
+    checkpoint.folder = str(Path(paths[0]).parent)  # its config.json says how its images were normalised
     # What the architecture fixes and the repo's config.json may name otherwise (OpenAI CLIP's QuickGELU).
     checkpoint.config.update({key: fields[key] for key in ("hidden_act", "layer_norm_eps") if key in fields})
     checkpoint.source = repo_id
