@@ -198,7 +198,7 @@ def test_arguments_parse_and_validate():
     assert (args.dataset_name, args.augmentation, args.bad_images) == ("uoft-cs/cifar100", "inception", "skip")
     with pytest.raises(ValueError, match="--dataset_name .* or --train_dir"):
         DataArguments()
-    with pytest.raises(ValueError, match="cifar, inception, randaugment, none"):
+    with pytest.raises(ValueError, match="cifar, inception, randaugment, mae, none"):
         DataArguments(dataset_name="x", augmentation="mixup")
     with pytest.raises(ValueError, match="train_val_split"):
         DataArguments(dataset_name="x", train_val_split=1.5)
