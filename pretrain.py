@@ -90,8 +90,9 @@ def pretrain(argv: list[str] | None) -> dict:
     train_pipeline = build_pipeline(augmentation, size, mean, std, train=True, random_erasing=data_args.random_erasing)
     eval_pipeline = build_pipeline(augmentation, size, mean, std, train=False)
     patches, bad_images = num_patches(model.config), data_args.bad_images
-    train_set = MaskedImageDataset(data.train, train_pipeline, args.seed, bad_images, patches, held_out=False)
-    eval_set = MaskedImageDataset(data.validation, eval_pipeline, args.seed, bad_images, patches, held_out=True)
+    decoder = data_args.image_decoder
+    train_set = MaskedImageDataset(data.train, train_pipeline, args.seed, bad_images, patches, False, decoder)
+    eval_set = MaskedImageDataset(data.validation, eval_pipeline, args.seed, bad_images, patches, True, decoder)
     workers = data_args.dataloader_num_workers
     train_loader = make_dataloader(train_set, args.per_device_train_batch_size, True, args.seed, workers)
     eval_loader = make_dataloader(eval_set, args.per_device_eval_batch_size, False, args.seed, workers)

@@ -148,6 +148,8 @@ def test_the_loader_draws_each_examples_noise_from_its_row_and_epoch(tmp_path):
     pipeline = build_pipeline("mae", 16, *IMAGENET_MEAN_STD, train=True)
     train = MaskedImageDataset(data.train, pipeline, 4, "error", 16, held_out=False)
     held = MaskedImageDataset(data.validation, pipeline, 4, "error", 16, held_out=True)
+    assert train.decoder != "pil"  # `auto`: MAE's random-resized crop takes the fast path ...
+    assert MaskedImageDataset(data.train, pipeline, 4, "error", 16, False, "pil").decoder == "pil"  # ... unless told
     train.set_epoch(2)
     batch = next(iter(make_dataloader(train, 4, True, 4)))
     assert batch["noise"].shape == (4, 16)

@@ -58,3 +58,11 @@ def test_the_vit_b_recipe_is_maes_pretraining():
     assert args.learning_rate == pytest.approx(2.4e-3)
     assert (model_args.mask_ratio, model_args.from_scratch, data_args.augmentation) == (0.75, True, "mae")
     assert (args.adam_beta2, args.weight_decay, args.max_grad_norm) == (0.95, 0.05, 0.0)
+
+
+def test_streaming_is_refused_with_the_arguments_before_anything_runs():
+    from vit_accel.errors import UserError
+    from vit_accel.training.pretraining_arguments import PretrainingDataArguments
+
+    with pytest.raises(UserError, match=r"^--streaming: pre-training loads its images whole"):
+        PretrainingDataArguments(dataset_name="shards", streaming=True)

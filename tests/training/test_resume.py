@@ -182,12 +182,13 @@ def test_another_metric_for_the_best_model_is_a_changed_setting(tmp_path):
 
 
 def test_auto_decoding_on_a_machine_that_resolves_it_otherwise_is_a_changed_setting(tmp_path, monkeypatch):
+    from vit_accel.data import decode
     from vit_accel.data.arguments import DataArguments
-    from vit_accel.training import resume
+    from vit_accel.training.resume import resume_settings
 
-    def settings(installed):
-        monkeypatch.setattr(resume, "simplejpeg_available", lambda: installed)
-        return resume.resume_settings((DataArguments(dataset_name="digits"),), 1)
+    def settings(installed, augmentation="inception"):
+        monkeypatch.setattr(decode, "simplejpeg_available", lambda: installed)
+        return resume_settings((DataArguments(dataset_name="digits", augmentation=augmentation),), 1)
 
     recorded = settings(True)
     assert recorded["image_decoder"] == "auto: simplejpeg"
@@ -196,3 +197,5 @@ def test_auto_decoding_on_a_machine_that_resolves_it_otherwise_is_a_changed_sett
     changed = r"--image_decoder: 'auto: simplejpeg' in the checkpoint, 'auto: pil_draft' now"
     with pytest.raises(UserError, match=changed):
         plan_resume(accelerator(), run_args(), {**SETTINGS, **settings(False)}, tmp_path)
+    # A preset without a random-resized crop decodes in full on every machine: nothing changed.
+    assert settings(True, "cifar")["image_decoder"] == settings(False, "cifar")["image_decoder"] == "auto: pil"

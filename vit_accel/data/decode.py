@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from .arguments import IMAGE_DECODERS, check_simplejpeg, simplejpeg_available
-from .transforms import Pipeline, to_rgb
+from .transforms import Pipeline, build_pipeline, to_rgb
 
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
+# What PIL raises on truncated, corrupt or unsupported files.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
 
 
 class UndecodableImageError(Exception):
@@ -81,6 +82,12 @@ def resolve_decoder(decoder: str | None, pipeline: Pipeline) -> str:
             return "pil"
         return "simplejpeg" if simplejpeg_available() else "pil_draft"
     return decoder
+
+
+def auto_decoder(augmentation: str) -> str:
+    """What `auto` decodes the training images of the `augmentation` preset with on this machine."""
+    pipeline = build_pipeline(augmentation, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), train=True)
+    return resolve_decoder("auto", pipeline)
 
 
 def open_image(image: bytes | str | PIL.Image.Image) -> PIL.Image.Image:
@@ -186,7 +193,7 @@ def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) ->
             if factor < 1.0:
                 drafted = image.draft(image.mode, (math.ceil(full_w * factor), math.ceil(full_h * factor))) is not None
         image.load()
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
     # Orientation 1 here (prepare_image's turn would be a copy of the whole image): only the RGB conversion acts.
     image = to_rgb(image)
@@ -272,7 +279,7 @@ def prepare(
             if not fast:
                 opened.load()
             size = opened.size
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
     if not fast:
         return pipeline(opened, generator)

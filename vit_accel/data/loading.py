@@ -22,11 +22,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..errors import UserError
 from .arguments import BAD_IMAGE_POLICIES
-from .decode import FAST_DECODERS, UndecodableImageError, prepare, resolve_decoder
+from .decode import DECODE_ERRORS, FAST_DECODERS, UndecodableImageError, prepare, resolve_decoder
 from .transforms import Pipeline, resize_batch
-
-# What PIL raises on truncated, corrupt or unsupported files.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
 
 
 class BadImageError(UserError):
@@ -134,7 +131,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             else:
                 decoded = PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             decoded.load()  # force the full decode here, so truncated files fail inside the try
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             where = self._where(index, path)
             raise BadImageError(f"Cannot decode the image at {where}: {type(error).__name__}: {error}") from error
         return decoded, label

@@ -89,8 +89,6 @@ def load_unlabelled_dataset(args: DataArguments, seed: int) -> ImageClassificati
     """The training and held-out images, any labels ignored: the dataset's validation split (or --validation_dir),
     else a seeded --train_val_split fraction of the training images; subsampled as --max_*_samples ask."""
     check_seed(seed)
-    if args.streaming:
-        raise UserError("--streaming: pre-training loads its images whole; drop --streaming.")
     if args.train_dir is not None and args.validation_dir is not None:
         _check_distinct_folders(args.train_dir, args.validation_dir)
     raw = _load(args, _load_raw)

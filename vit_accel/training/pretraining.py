@@ -116,8 +116,10 @@ class MaskedImageDataset(ImageClassificationDataset):
     (in the loader's workers, beside the GPU's step): the training images' of their epoch, the held-out images'
     fixed (`held_out`). The `labels` of unlabelled data are the rows that seed it."""
 
-    def __init__(self, data, pipeline, seed: int, bad_images: str, num_patches: int, held_out: bool) -> None:
-        super().__init__(data, pipeline, seed, bad_images)
+    def __init__(
+        self, data, pipeline, seed: int, bad_images: str, num_patches: int, held_out: bool, decoder: str | None = None
+    ) -> None:
+        super().__init__(data, pipeline, seed, bad_images, decoder)
         self.num_patches, self.held_out = num_patches, held_out
 
     def __getitem__(self, index: int) -> dict:

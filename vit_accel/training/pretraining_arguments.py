@@ -101,6 +101,8 @@ class PretrainingDataArguments(DataArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.streaming:
+            raise UserError("--streaming: pre-training loads its images whole; drop --streaming.")
         if self.label_column_name is not None:
             raise UserError(
                 f"--label_column_name {self.label_column_name!r}: pre-training reads no labels (any label column is "

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
 
-from ..data.arguments import simplejpeg_available
+from ..data.decode import auto_decoder
 from ..errors import UserError
 from . import methods
 from .checkpointing import CONFIG_FILE, TrainerState, resolve_checkpoint, verify_checkpoint
@@ -147,10 +147,11 @@ def resume_settings(arguments: tuple, num_processes: int) -> dict[str, Any]:
             if name in _PATH_SETTINGS and isinstance(value, str) and Path(value).expanduser().exists():
                 value = str(Path(value).expanduser().resolve())  # `data/`, `./data` and `/abs/data` are one dataset
             settings[name] = value
-    if "image_decoder" in settings and settings["image_decoder"] in (None, "auto"):
-        # `auto` decodes with simplejpeg where it is installed and Pillow's draft mode elsewhere, whose pixels differ
-        # by a few levels: a resume on a machine that resolves it otherwise is a changed setting.
-        settings["image_decoder"] = f"auto: {'simplejpeg' if simplejpeg_available() else 'pil_draft'}"
+    data = next((values for values in arguments if hasattr(values, "image_decoder")), None)
+    if data is not None and data.image_decoder in (None, "auto"):
+        # `auto` decodes random-resized crops with simplejpeg where it is installed and Pillow's draft mode elsewhere,
+        # whose pixels differ by a few levels: a resume on a machine that resolves it otherwise is a changed setting.
+        settings["image_decoder"] = f"auto: {auto_decoder(data.augmentation)}"
     return settings
 
 
