@@ -1,7 +1,8 @@
 """Streaming training through train.py (`--streaming`): parquet and webdataset shards of uneven sizes on one process,
 two DDP processes over gloo and DeepSpeed ZeRO-2; every example read once per epoch across processes and every
 evaluation counting each held-out example once (counted from what each process read, recorded by the tests); a
-SIGKILL mid-epoch, resumed twice in a row, ends bit-identical to the uninterrupted run with the same batches.
+SIGKILL mid-epoch, resumed twice in a row, ends bit-identical to the uninterrupted run with the same batches. Each
+format runs under each launcher.
 
 The shards' images carry their example id in a pixel (tests/streams.py), so the recorder reads back which examples
 each process consumed. The same ids and labels are written as parquet and as webdataset shards: the two formats must
@@ -171,3 +172,27 @@ def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_ex
     assert train_batches(records(zero2_read)) == train_batches(records(read))
     assert train_losses(zero2) == pytest.approx(train_losses(reference), abs=1e-5)
     assert_same_weights(zero2, reference, atol=1e-5)
+
+
+def test_two_processes_ddp_on_parquet_and_zero2_on_webdataset_each_example_once(shards, extensions_dir, tmp_path):
+    """The other format under each two-process launcher (the test above runs DDP on webdataset and ZeRO-2 on
+    parquet): each example once per epoch, the same batches in both, and the same training."""
+
+    def argv(data, out):
+        return stream_args(data, out, *TWO)
+
+    ddp, ddp_read = tmp_path / "ddp-parquet", tmp_path / "ddp-parquet-read"
+    launch("multi_cpu.yaml", argv(shards["parquet"], ddp), env={"VIT_ACCEL_TEST_RECORD": str(ddp_read)},
+           **{**RECORDER, "check": True})  # fmt: skip
+    assert_really(ddp, "MULTI_CPU", 2)
+    assert_each_example_once(records(ddp_read), 2, 2)
+
+    zero2, zero2_read = tmp_path / "zero2-webdataset", tmp_path / "zero2-webdataset-read"
+    env = {"VIT_ACCEL_TEST_RECORD": str(zero2_read), "TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    launch("deepspeed_zero2.yaml", argv(shards["webdataset"], zero2), env=env, launcher_args=FP32,
+           **{**RECORDER, "check": True})  # fmt: skip
+    assert_really(zero2, "DEEPSPEED", 2)
+    assert_each_example_once(records(zero2_read), 2, 2)
+    assert train_batches(records(zero2_read)) == train_batches(records(ddp_read))
+    assert train_losses(zero2) == pytest.approx(train_losses(ddp), abs=1e-5)
+    assert_same_weights(zero2, ddp, atol=1e-5)
