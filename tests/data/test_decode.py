@@ -367,3 +367,91 @@ def test_an_upright_exif_jpeg_takes_the_fast_path(fast_decoder):
     for seed in range(6):
         fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), fast_decoder)
         assert torch.equal(fast, torchvision_on_tensors(pipeline, encoded, seed))
+
+
+def encode(width: int, height: int, mode: str = "RGB", **options) -> bytes:
+    """A JPEG of a sample photo at width x height in `mode`, saved with Pillow's `options` (subsampling, ...)."""
+    image = PIL.Image.fromarray(load_sample_images().images[1]).resize((width, height), PIL.Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.convert(mode).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def test_the_jpeg_header_is_read_from_its_markers():
+    from vit_accel.data.decode import read_jpeg_header
+
+    # 4:4:4, 4:2:2 and 4:2:0 chroma: a row of MCUs is 8, 8 and 16 pixel rows.
+    for subsampling, mcu_rows in ((0, 8), (1, 8), (2, 16)):
+        header = read_jpeg_header(encode(321, 203, subsampling=subsampling))
+        assert (header.size, header.mcu_rows, header.one_scan, header.complete) == ((321, 203), mcu_rows, True, True)
+        assert not header.orientation_carrier
+    assert read_jpeg_header(encode(64, 48, "L")).mcu_rows == 8
+    assert not read_jpeg_header(encode(64, 48, progressive=True)).one_scan
+    exif = PIL.Image.Exif()
+    exif[PIL.ExifTags.Base.Orientation] = 1
+    assert read_jpeg_header(encode(64, 48, exif=exif)).orientation_carrier
+    whole = encode(320, 240)
+    assert not read_jpeg_header(whole[: len(whole) // 2]).complete
+    assert read_jpeg_header(whole + b"trailing bytes").complete
+    for other in (png_bytes(random_rgb(0, (8, 8))), b"not an image", whole[:100], b"\xff\xd8\xff\xc0\x00"):
+        assert read_jpeg_header(other) is None
+
+
+@pytest.mark.parametrize(
+    "size, mode, options",
+    [
+        ((1001, 757), "RGB", {"subsampling": 2}),
+        ((1001, 757), "RGB", {"subsampling": 1}),
+        ((1001, 757), "RGB", {"subsampling": 0}),
+        ((500, 375), "RGB", {"subsampling": 2}),
+        ((700, 1100), "L", {}),
+        ((900, 600), "RGB", {"restart_marker_rows": 1}),
+    ],
+)
+def test_decoding_only_the_rows_down_to_the_crop_changes_no_pixel(size, mode, options, monkeypatch):
+    """simplejpeg decodes a sequential JPEG only down to a row of MCUs below the crop; the result is bit for bit
+    `pil_draft`'s, which decodes every row (at the same DCT scale and with the same resize), at full and reduced
+    scales, for each chroma subsampling, grayscale and a JPEG with restart markers; and most crops were cut short."""
+    import simplejpeg
+
+    encoded = encode(*size, mode, **options)
+    decoded_rows = []
+    original = simplejpeg.decode_jpeg
+
+    def spy(data, *args, **kwargs):
+        pixels = original(data, *args, **kwargs)
+        decoded_rows.append(pixels.shape[0] / (pixels.shape[1] * size[1] / size[0]))
+        return pixels
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
+    pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
+    for seed in range(30):
+        fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "simplejpeg")
+        assert torch.equal(fast, prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "pil_draft")), seed
+    assert sum(fraction < 0.97 for fraction in decoded_rows) >= 5
+
+
+def test_damaged_scan_data_decodes_as_pillow_decodes_it():
+    """A complete JPEG with damaged entropy-coded data, which libjpeg recovers from with a warning: Pillow's plugin
+    decodes it, and so does every decoder here (a strict libjpeg-turbo call would refuse it, failing with the fast
+    path a run that the full decode accepts). A file cut short still fails with each (the test above)."""
+    import simplejpeg
+
+    from vit_accel.data.decode import read_jpeg_header
+
+    encoded = photo_of(500, 375)
+    start = read_jpeg_header(encoded).height_at + 200
+    for position in range(start, len(encoded) - 10, 97):
+        damaged = bytearray(encoded)
+        damaged[position] ^= 0x5A
+        try:
+            simplejpeg.decode_jpeg(bytes(damaged))
+        except ValueError:
+            break
+    else:
+        pytest.fail("no damage that libjpeg-turbo warns about was found")
+    pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
+    for decoder in ("pil", *FAST):
+        for seed in range(4):
+            prepared = prepare(pipeline, bytes(damaged), torch.Generator().manual_seed(seed), decoder)
+            assert prepared.shape == (3, 224, 224)

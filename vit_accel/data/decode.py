@@ -10,7 +10,10 @@ same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB
    file's header, before any pixel is decoded;
 2. decodes a JPEG at the smallest DCT scale (libjpeg's 1/2, 1/4, 1/8, through Pillow's `Image.draft`) that still
    leaves the crop box at least the output size in both directions; most crops of ImageNet-sized photos need the
-   full scale, most crops of larger ones do not;
+   full scale, most crops of larger ones do not. With simplejpeg, a sequential JPEG (the common kind: one scan,
+   rows in order) is decoded only down to a row of MCUs below the crop: its frame header is rewritten to say fewer
+   rows, and libjpeg-turbo stops there with the same pixels (tested bit for bit against the whole image's decode);
+   the rows above the crop still cost their entropy decoding, which no crop can skip;
 3. resizes the box to the output size on uint8: at full scale with PyTorch's antialiased bilinear uint8 kernel (the
    kernel torchvision's `resized_crop` uses on uint8 tensors, reading Pillow's pixel buffer without a copy, about
    twice as fast as Pillow's resize here); at a reduced scale with Pillow's resize of the box's exact fractional
@@ -28,6 +31,7 @@ decode, exactly as `pil` does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -123,6 +127,42 @@ def _pixels_hwc(image: PIL.Image.Image) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def _resize_region(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A (h, w, c) uint8 crop of a decoded image resized to `size` (h, w) by PyTorch's antialiased bilinear uint8
+    kernel, the one torchvision's `resized_crop` uses on uint8 tensors: (c, h, w)."""
+    # The kernel's vectorised path reads a dense channels-last image: copying the crop into one first is faster than
+    # letting it read the crop in place, a strided view of the whole decoded image.
+    dense = region.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    return F.interpolate(dense, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _window_rows(full_h: int, scaled_h: int, top: int, height: int, out_h: int) -> tuple[int, int]:
+    """The rows [first, end) of an image decoded at a reduced scale (`scaled_h` rows in all) that Pillow's resize of
+    the crop's rows [top, top + height) of the full image reads: the scaled box, its filter's support (an output
+    pixel's footprint, at least one pixel) and a pixel more on each side."""
+    scale_y = scaled_h / full_h
+    support = max(1.0, height * scale_y / out_h)
+    first = max(0, math.floor(top * scale_y - support) - 1)
+    end = min(scaled_h, math.ceil((top + height) * scale_y + support) + 1)
+    return first, end
+
+
+def _resize_window(
+    window: PIL.Image.Image, first: int, scale: tuple[float, float], params: dict, size: tuple[int, int]
+) -> torch.Tensor:
+    """Pillow's antialiased bilinear resize of the crop's exact (fractional) box, from `window`, the rows from
+    `first` on of an image decoded at `scale` (x, y) of the full size: a uint8 (3, h, w) tensor.
+
+    Pillow is handed only the rows its filter reads (`_window_rows`), because its choice of pass order, and so its
+    rounding, depends on the image's height: the result is the same whether the image was decoded whole or only
+    down to below the crop."""
+    scale_x, scale_y = scale
+    top, left, height, width = params["top"], params["left"], params["height"], params["width"]
+    box = (left * scale_x, top * scale_y - first, (left + width) * scale_x, (top + height) * scale_y - first)
+    resized = window.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR, box=box)
+    return _pixels_hwc(resized)[..., :3].permute(2, 0, 1)
+
+
 def _dct_scale(full: tuple[int, int], wanted: tuple[int, int]) -> int:
     """The largest of libjpeg's DCT downscaling denominators (8, 4, 2, 1) that keeps both sides >= `wanted`, as
     Pillow's `draft` picks it."""
@@ -130,29 +170,108 @@ def _dct_scale(full: tuple[int, int], wanted: tuple[int, int]) -> int:
     return next(scale for scale in (8, 4, 2, 1) if ratio >= scale)
 
 
-# Markers of the two places an orientation can be stored (an Exif APP1 segment, an XMP packet): a JPEG holding
-# either is opened by Pillow, which reads the orientation as `prepare_image` applies it.
-_ORIENTATION_CARRIERS = (b"Exif\x00\x00", b"http://ns.adobe.com/xap/1.0/")
+# Start-of-frame markers of sequential Huffman-coded JPEGs (baseline, extended): the one scan of such a file holds
+# every row in order, so the image's first rows decode from the data's first part. Other kinds (progressive,
+# arithmetic, lossless) are decoded whole.
+_SEQUENTIAL_FRAMES = (0xC0, 0xC1)
+_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+_EXIF_OR_XMP = 0xE1  # APP1: where Exif and XMP store an orientation, which Pillow then applies
+_START_OF_SCAN, _END_OF_IMAGE = 0xDA, b"\xff\xd9"
 
 
-def _simplejpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a YCbCr or grayscale JPEG without an orientation tag, from libjpeg-turbo's header parse;
-    None for anything else (another format, CMYK, a possible EXIF or XMP orientation), which Pillow then opens."""
+@dataclasses.dataclass(frozen=True)
+class JpegHeader:
+    """What the fast path needs from a JPEG's markers, read up to its first scan."""
+
+    size: tuple[int, int]  # (width, height)
+    height_at: int  # offset of the frame header's 2-byte image height
+    mcu_rows: int  # pixel rows per row of MCUs (8 x the largest vertical sampling factor)
+    one_scan: bool  # sequential Huffman coding with every component in its first scan
+    complete: bool  # an end-of-image marker follows the first scan: the file is not cut short
+    orientation_carrier: bool  # an APP1 segment (Exif or XMP), where an orientation may be stored
+
+
+def read_jpeg_header(data: bytes) -> JpegHeader | None:
+    """The header of a JPEG (its markers up to the first scan), or None for another format or a malformed one."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at, frame, carrier = 2, None, False
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
+            at += 2
+            continue
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if length < 2:
+            return None
+        if marker in _FRAMES:
+            components = data[at + 9] if at + 9 < len(data) else 0
+            sampling = data[at + 11 : at + 11 + 3 * components : 3]
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            width = int.from_bytes(data[at + 7 : at + 9], "big")
+            if not components or len(sampling) != components or not height or not width:
+                return None
+            frame = (marker, at + 5, (width, height), 8 * max(factor & 0x0F for factor in sampling), components)
+        elif marker == _EXIF_OR_XMP:
+            carrier = True
+        elif marker == _START_OF_SCAN:
+            if frame is None or at + 4 >= len(data):
+                return None
+            kind, height_at, size, mcu_rows, components = frame
+            scan_end = at + 2 + length
+            return JpegHeader(
+                size=size,
+                height_at=height_at,
+                mcu_rows=mcu_rows,
+                one_scan=kind in _SEQUENTIAL_FRAMES and data[at + 4] == components,
+                # Inside entropy-coded data every 0xFF byte is followed by 0x00 or a restart marker.
+                complete=data.rfind(_END_OF_IMAGE) >= scan_end,
+                orientation_carrier=carrier,
+            )
+        at += 2 + length
+    return None
+
+
+def _simplejpeg_header(data: bytes) -> JpegHeader | None:
+    """The header of a YCbCr or grayscale JPEG without an APP1 segment (where an orientation could be), of a size
+    libjpeg-turbo reads alike; None for anything else (another format, CMYK, a possible orientation), which Pillow
+    then opens."""
     import simplejpeg
 
-    if any(marker in data for marker in _ORIENTATION_CARRIERS):
+    header = read_jpeg_header(data)
+    if header is None or header.orientation_carrier:
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    return (width, height) if colorspace in ("YCbCr", "Gray", "RGB") else None
+    if colorspace not in ("YCbCr", "Gray", "RGB") or (width, height) != header.size:
+        return None
+    return header
+
+
+def _first_rows(data: bytes, header: JpegHeader | None, rows: int) -> bytes:
+    """The JPEG with its frame header saying `rows` rows (rounded up to a row of MCUs), where its coding allows:
+    libjpeg-turbo then decodes those rows exactly as in the whole image, but the last (whose chroma would be
+    interpolated with the next row's) and stops, skipping the rest of the scan unread."""
+    if header is None or not header.one_scan or not header.complete:
+        return data
+    rows = -(-rows // header.mcu_rows) * header.mcu_rows
+    if rows >= header.size[1]:
+        return data
+    return data[: header.height_at] + rows.to_bytes(2, "big") + data[header.height_at + 2 :]
 
 
 def _simplejpeg_resized_crop(
-    data: bytes, full: tuple[int, int], size: tuple[int, int], params: dict
-) -> torch.Tensor | PIL.Image.Image:
-    """`resized_crop`'s steps with libjpeg-turbo through simplejpeg: the same DCT scale, the same resize."""
+    data: bytes, header: JpegHeader | None, full: tuple[int, int], size: tuple[int, int], params: dict
+) -> torch.Tensor:
+    """`resized_crop`'s steps with libjpeg-turbo through simplejpeg: the same DCT scale, the same resize, decoding
+    the rows down to a little below the crop only."""
     import simplejpeg
 
     out_h, out_w = size
@@ -160,27 +279,35 @@ def _simplejpeg_resized_crop(
     top, left, height, width = params["top"], params["left"], params["height"], params["width"]
     factor = max(out_w / width, out_h / height)
     scale = _dct_scale(full, (math.ceil(full_w * factor), math.ceil(full_h * factor))) if factor < 1.0 else 1
+    scaled_w, scaled_h = -(-full_w // scale), -(-full_h // scale)  # libjpeg's size at 1/scale
+    # The rows the result depends on, and below them a row of MCUs: where a shortened image is decoded, its last row
+    # (whose chroma lacks the next row's) stays outside.
+    first, end = (top, top + height) if scale == 1 else _window_rows(full_h, scaled_h, top, height, out_h)
+    cut = _first_rows(data, header, end * scale + (header.mcu_rows if header else 0))
     try:
         # libjpeg-turbo decodes at the smallest n/8 scale leaving the image at least this size: 1/scale exactly.
+        # Recoverable damage (corrupt entropy-coded data) is tolerated as Pillow tolerates it; a file cut short is
+        # not (strict where no end-of-image marker follows the scan), again as in Pillow.
         pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=-(-full_h // scale), min_width=-(-full_w // scale)
+            cut,
+            # Pillow keeps RGB in 4 bytes per pixel: RGBX is what it can resize in place, without a copy.
+            colorspace="RGB" if scale == 1 else "RGBX",
+            min_height=scaled_h if cut is data else 0,
+            min_width=scaled_w,
+            strict=header is None or not header.complete,
         )
     except ValueError as error:
         raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
-    if scale > 1:
-        image = PIL.Image.fromarray(pixels)
-        scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
-        box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
-        return image.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR, box=box)
-    region = torch.from_numpy(pixels)[top : top + height, left : left + width].permute(2, 0, 1)
-    resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
-    return resized[0]
+    if scale == 1:
+        return _resize_region(torch.from_numpy(pixels)[top : top + height, left : left + width], size)
+    window = PIL.Image.frombuffer("RGBX", (scaled_w, end - first), pixels[first:end], "raw", "RGBX", 0, 1)
+    return _resize_window(window, first, (scaled_w / full_w, scaled_h / full_h), params, size)
 
 
-def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) -> torch.Tensor | PIL.Image.Image:
+def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) -> torch.Tensor:
     """The crop `params` (top, left, height, width on the full image) of a lazily opened image, resized to `size`
-    (h, w), decoding a JPEG only at the scale the crop needs: a uint8 (3, h, w) tensor at full scale, a PIL image at a
-    reduced one. Raises `UndecodableImageError` where the image cannot be decoded."""
+    (h, w), decoding a JPEG only at the scale the crop needs: a uint8 (3, h, w) tensor. Raises
+    `UndecodableImageError` where the image cannot be decoded."""
     out_h, out_w = size
     full_w, full_h = image.size
     top, left, height, width = params["top"], params["left"], params["height"], params["width"]
@@ -198,15 +325,13 @@ def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) ->
     # Orientation 1 here (prepare_image's turn would be a copy of the whole image): only the RGB conversion acts.
     image = to_rgb(image)
     if drafted and image.size != (full_w, full_h):
-        scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
-        box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
         # The crop's box in the reduced image is fractional: Pillow resamples exactly that region.
-        return image.resize((out_w, out_h), PIL.Image.Resampling.BILINEAR, box=box)
-    region = _pixels_hwc(image)[top : top + height, left : left + width].permute(2, 0, 1)
-    # A channels-last uint8 region takes PyTorch's vectorised antialiased kernel; the 4th byte Pillow stores per RGB
-    # pixel is resized along and dropped.
-    resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
-    return resized[0, :3]
+        scaled_w, scaled_h = image.size
+        first, end = _window_rows(full_h, scaled_h, top, height, out_h)
+        window = image.crop((0, first, scaled_w, end))
+        return _resize_window(window, first, (scaled_w / full_w, scaled_h / full_h), params, size)
+    # Pillow stores an RGB pixel in 4 bytes: the 4th is dropped.
+    return _resize_region(_pixels_hwc(image)[top : top + height, left : left + width, :3], size)
 
 
 @functools.lru_cache(maxsize=16)
@@ -263,14 +388,15 @@ def prepare(
     opened or decoded.
     """
     fast = decoder in FAST_DECODERS and draft_applies(pipeline)
-    data = size = opened = None
+    data = size = opened = header = None
     try:
         if fast and decoder == "simplejpeg" and not isinstance(image, PIL.Image.Image):
             if isinstance(image, str):
                 with open(image, "rb") as handle:
                     image = handle.read()
             data = bytes(image)
-            size = _simplejpeg_size(data)
+            header = _simplejpeg_header(data)
+            size = header.size if header is not None else None
         if size is None:
             opened = open_image(image)
             # An EXIF rotation turns the crop's frame: such images (a minority) take the full decode, the same draws.
@@ -293,7 +419,10 @@ def prepare(
     params = draw_box(crop, size, stream)
     # simplejpeg takes an RGB or grayscale JPEG, also one Pillow opened to read its (upright) orientation.
     if data is not None and (opened is None or (opened.format == "JPEG" and opened.mode in ("RGB", "L"))):
-        result = _simplejpeg_resized_crop(data, size, tuple(crop.size), params)
+        if header is None:  # opened by Pillow: its header is read here, for the rows only
+            header = read_jpeg_header(data)
+            header = header if header is not None and header.size == size else None
+        result = _simplejpeg_resized_crop(data, header, size, tuple(crop.size), params)
     else:
         result = resized_crop(opened, tuple(crop.size), params)
     if len(rest) >= 2 and type(rest[0]) is v2.RandomHorizontalFlip and type(rest[1]) is v2.PILToTensor:
