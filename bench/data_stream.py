@@ -13,6 +13,10 @@ Every path reads the same JPEGs (cut from scikit-learn's two sample photos, re-e
 - `ours ImageFolder (auto)`: the same dataset class over `--train_dir`'s folder (what train.py builds), auto decoder;
 - `ours stream parquet/webdataset (decoder)`: vit_accel.data.streaming from local parquet / .tar shards.
 
+Then the loader's ceiling on this machine, one worker per core (`--workers`, default: the CPU count) at the fastest
+path's per-worker rate, against what one GPU trains ViT-B/16 at 224 px at (`--mfu` of an H100's dense bf16 peak),
+and how many such workers that GPU needs with ours and with torchvision's pipeline.
+
 Each path runs as one DataLoader worker would: in this process, one thread (`num_workers=0`), so that its images/s is
 the per-worker figure. Time is this process' CPU time (what a worker with its own core spends; on a shared machine
 wall time mostly measures the neighbours), and wall time is reported beside it. Paths take turns within each repeat,
@@ -28,6 +32,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import os
 import platform
 import tarfile
 import tempfile
@@ -53,6 +59,11 @@ from vit_accel.data import (
 )
 from vit_accel.data.decode import FAST_DECODERS
 from vit_accel.data.streaming import make_streaming_dataloader, open_streaming_dataset
+
+# ViT-B/16 at 224 px: 17.56 G multiply-adds a forward pass (timm's count), so about 3 x 2 x 17.56 GFLOP a training
+# image (the backward pass costs twice the forward). An H100 SXM's dense bf16 peak is 989 TFLOP/s.
+VIT_B16_TRAIN_FLOP = 3 * 2 * 17.56e9
+H100_BF16_FLOPS = 989e12
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,12 +204,38 @@ def ratio_range(rates: dict[str, dict], name: str, base: str) -> tuple[float, fl
     return min(ratios), max(ratios)
 
 
+def gpu_appetite(mfu: float) -> float:
+    """Images/s one H100 trains ViT-B/16 at 224 px at, at `mfu` of its dense bf16 peak (0.4: about 3,750)."""
+    return mfu * H100_BF16_FLOPS / VIT_B16_TRAIN_FLOP
+
+
+def ceiling(rates: dict[str, dict], workers: int, appetite: float) -> dict:
+    """The loader's ceiling with `workers` workers (one per core) at ours' fastest per-worker rate, against
+    `appetite` images/s; and the workers that appetite needs with ours and with torchvision's pipeline."""
+    best = max((name for name in rates if name.startswith("ours")), key=lambda name: rates[name]["cpu"])
+    per_worker, torchvision_per_worker = rates[best]["cpu"], rates["torchvision ImageFolder"]["cpu"]
+    return {
+        "path": best,
+        "per_worker": per_worker,
+        "workers": workers,
+        "images_per_s": per_worker * workers,
+        "appetite": appetite,
+        "fraction_fed": per_worker * workers / appetite,
+        "workers_needed": math.ceil(appetite / per_worker),
+        "workers_needed_torchvision": math.ceil(appetite / torchvision_per_worker),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_images", type=int, default=128)
     parser.add_argument("--sizes", default="500x375,1024x768", help="input JPEG resolutions, WxH, comma-separated")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers for the ceiling")
+    parser.add_argument("--mfu", type=float, default=0.4, help="the GPU's model FLOPs utilisation for its appetite")
+    parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     report = {
@@ -212,7 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
         "num_images": args.num_images,
         "batch_size": args.batch_size,
         "results": {},
+        "ceiling": {},
     }
+    appetite = gpu_appetite(args.mfu)
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     for size in args.sizes.split(","):
         width, height = (int(v) for v in size.lower().split("x"))
         jpegs = make_jpegs(args.num_images, width, height)
@@ -220,16 +265,27 @@ def main(argv: list[str] | None = None) -> dict:
             sources = write_sources(Path(tmp), jpegs)
             rates = measure(loaders(sources, jpegs, args.batch_size), args.repeats)
         base = "torchvision ImageFolder"
-        print(f"\n{size} JPEG -> {OUT} px, images/s per worker (CPU time; wall in brackets); ratio to torchvision")
-        print("ImageFolder (median, range over repeats) and to 🤗 datasets rows + torchvision")
+        say(f"\n{size} JPEG -> {OUT} px, images/s per worker (CPU time; wall in brackets); ratio to torchvision")
+        say("ImageFolder (median, range over repeats) and to 🤗 datasets rows + torchvision\n")
         for name, rate in rates.items():
             low, high = ratio_range(rates, name, base)
             rows = rate["cpu"] / rates["datasets map-style rows + torchvision"]["cpu"]
-            print(
-                f"  {name:42s} {rate['cpu']:7.1f} ({rate['wall']:6.1f})  {rate['cpu'] / rates[base]['cpu']:5.2f}x "
+            say(
+                f"    {name:42s} {rate['cpu']:7.1f} ({rate['wall']:6.1f})  {rate['cpu'] / rates[base]['cpu']:5.2f}x "
                 f"[{low:.2f}-{high:.2f}]  vs rows {rows:5.2f}x"
             )
         report["results"][size] = rates
+        top = report["ceiling"][size] = ceiling(rates, args.workers, appetite)
+        say(
+            f"\nCeiling here: {top['workers']} workers x {top['per_worker']:.0f} images/s ({top['path']}) = "
+            f"{top['images_per_s']:,.0f} images/s, {top['fraction_fed']:.0%} of one H100's ViT-B/16 appetite at "
+            f"{args.mfu:.0%} MFU ({appetite:,.0f} images/s); it needs {top['workers_needed']} such workers "
+            f"({top['workers_needed_torchvision']} with torchvision's pipeline)"
+        )
+    if args.out:
+        args.out.write_text("\n".join(lines).lstrip() + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
     return report
 

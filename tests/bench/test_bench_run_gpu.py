@@ -1,4 +1,4 @@
-"""The GPU script's dry run: both benchmarks on tiny shapes on the CPU, through the same code paths as on the GPU
+"""The GPU script's dry run: the three benchmarks on tiny shapes on the CPU, through the same code paths as on the GPU
 (worker processes, interleaved rounds, compiled rows, the largest-batch search, train.py with the loader timers)."""
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_script_dry_run_writes_both_tables(tmp_path):
+def test_gpu_script_dry_run_writes_the_three_tables(tmp_path):
     result = subprocess.run(
         [sys.executable, "bench/run_gpu.py", "--dry_run", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -17,6 +17,9 @@ def test_gpu_script_dry_run_writes_both_tables(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     assert "### train_step (finished" in report and "### end_to_end (finished" in report
+    assert "### data_loading (finished" in report and "Ceiling here:" in report
+    data = json.loads((tmp_path / "data_loading.json").read_text())
+    assert data["ceiling"]["300x240"]["workers_needed"] >= 1
 
     step = json.loads((tmp_path / "train_step.json").read_text())
     assert [(row["shape"], row["mode"]) for row in step["rows"]] == [("Mini/8@32", "eager"), ("Mini/8@32", "compiled")]

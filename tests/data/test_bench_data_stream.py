@@ -17,3 +17,11 @@ def test_benchmark_reports_every_path(capsys):
     assert expected | {"ours ImageFolder (auto = simplejpeg)"} <= set(rates)
     assert all(rate["cpu"] > 0 and rate["wall"] > 0 and len(rate["rounds"]) == 1 for rate in rates.values())
     assert "vs rows" in capsys.readouterr().out
+    # The loader's ceiling: ours' fastest path with one worker per core, against a GPU's ViT-B/16 appetite.
+    top = report["ceiling"]["300x240"]
+    fastest = max(rate["cpu"] for name, rate in rates.items() if name.startswith("ours"))
+    assert top["per_worker"] == fastest and top["images_per_s"] == fastest * top["workers"]
+    assert top["fraction_fed"] == top["images_per_s"] / top["appetite"]
+    assert (top["workers_needed"] - 1) * fastest < top["appetite"] <= top["workers_needed"] * fastest
+    assert top["workers_needed_torchvision"] >= 1
+    assert 3_700 < bench.gpu_appetite(0.4) < 3_800  # 40% of 989 TFLOP/s over ~105 GFLOP an image
