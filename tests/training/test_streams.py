@@ -136,17 +136,34 @@ def test_one_process_parquet_and_webdataset_each_example_once_and_sigkill_resume
     assert_resumed_exactly(interrupted, tmp_path / "parquet", records(read), records(tmp_path / "parquet-read"))
 
 
+def run_two_processes(config: str, data: Path, out: Path, extensions_dir: Path) -> dict[int, list[dict]]:
+    """A two-process streaming run under `config` (DDP or ZeRO-2), checked to have really run so and to have read
+    each example once per epoch; what each process read."""
+    read = out.with_name(out.name + "-read")
+    env = {"VIT_ACCEL_TEST_RECORD": str(read), "TORCH_EXTENSIONS_DIR": str(extensions_dir)}
+    zero2 = config.startswith("deepspeed")
+    launch(config, stream_args(data, out, *TWO), env=env, launcher_args=FP32 if zero2 else (),
+           **{**RECORDER, "check": True})  # fmt: skip
+    assert_really(out, "DEEPSPEED" if zero2 else "MULTI_CPU", 2)
+    assert_each_example_once(records(read), 2, 2)
+    return records(read)
+
+
+def assert_zero2_trains_as_ddp(zero2: Path, zero2_read: dict, ddp: Path, ddp_read: dict) -> None:
+    """The same batches, so the same training, within 1e-5 (ZeRO-2 sums and steps its shards in another order)."""
+    assert train_batches(zero2_read) == train_batches(ddp_read)
+    assert train_losses(zero2) == pytest.approx(train_losses(ddp), abs=1e-5)
+    assert_same_weights(zero2, ddp, atol=1e-5)
+
+
 def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_exact(
     shards, extensions_dir, tmp_path, run_train
 ):
     def argv(data, out, *extra):
         return stream_args(data, out, *TWO, *extra)
 
-    reference, read = tmp_path / "ddp", tmp_path / "ddp-read"
-    launch("multi_cpu.yaml", argv(shards["webdataset"], reference), env={"VIT_ACCEL_TEST_RECORD": str(read)},
-           **{**RECORDER, "check": True})  # fmt: skip
-    assert_really(reference, "MULTI_CPU", 2)
-    assert_each_example_once(records(read), 2, 2)
+    reference = tmp_path / "ddp"
+    read = run_two_processes("multi_cpu.yaml", shards["webdataset"], reference, extensions_dir)
 
     interrupted, interrupted_read = tmp_path / "interrupted", tmp_path / "interrupted-read"
     resumed = kill_and_resume_twice(
@@ -155,7 +172,7 @@ def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_ex
     )  # fmt: skip
     env = {"VIT_ACCEL_TEST_RECORD": str(interrupted_read)}
     launch("multi_cpu.yaml", resumed, env=env, **{**RECORDER, "check": True})
-    assert_resumed_exactly(interrupted, reference, records(interrupted_read), records(read))
+    assert_resumed_exactly(interrupted, reference, records(interrupted_read), read)
     # Resumed on one process, a checkpoint that stopped mid-epoch cannot keep its plan: one line says what changed.
     other = tmp_path / "one-process"
     shutil.copytree(interrupted / "checkpoint-3", other / "checkpoint-3")
@@ -163,36 +180,15 @@ def test_two_processes_ddp_and_zero2_each_example_once_and_sigkill_resume_bit_ex
     assert code == 2 and assert_one_line(stderr, "train.py", "mid-epoch", "world_size 2 -> 1")
 
     # DeepSpeed ZeRO-2 on the parquet copy of the same examples: the same batches, so the same training as DDP.
-    zero2, zero2_read = tmp_path / "zero2", tmp_path / "zero2-read"
-    env = {"VIT_ACCEL_TEST_RECORD": str(zero2_read), "TORCH_EXTENSIONS_DIR": str(extensions_dir)}
-    launch("deepspeed_zero2.yaml", argv(shards["parquet"], zero2), env=env, launcher_args=FP32,
-           **{**RECORDER, "check": True})  # fmt: skip
-    assert_really(zero2, "DEEPSPEED", 2)
-    assert_each_example_once(records(zero2_read), 2, 2)
-    assert train_batches(records(zero2_read)) == train_batches(records(read))
-    assert train_losses(zero2) == pytest.approx(train_losses(reference), abs=1e-5)
-    assert_same_weights(zero2, reference, atol=1e-5)
+    zero2 = tmp_path / "zero2"
+    zero2_read = run_two_processes("deepspeed_zero2.yaml", shards["parquet"], zero2, extensions_dir)
+    assert_zero2_trains_as_ddp(zero2, zero2_read, reference, read)
 
 
 def test_two_processes_ddp_on_parquet_and_zero2_on_webdataset_each_example_once(shards, extensions_dir, tmp_path):
     """The other format under each two-process launcher (the test above runs DDP on webdataset and ZeRO-2 on
     parquet): each example once per epoch, the same batches in both, and the same training."""
-
-    def argv(data, out):
-        return stream_args(data, out, *TWO)
-
-    ddp, ddp_read = tmp_path / "ddp-parquet", tmp_path / "ddp-parquet-read"
-    launch("multi_cpu.yaml", argv(shards["parquet"], ddp), env={"VIT_ACCEL_TEST_RECORD": str(ddp_read)},
-           **{**RECORDER, "check": True})  # fmt: skip
-    assert_really(ddp, "MULTI_CPU", 2)
-    assert_each_example_once(records(ddp_read), 2, 2)
-
-    zero2, zero2_read = tmp_path / "zero2-webdataset", tmp_path / "zero2-webdataset-read"
-    env = {"VIT_ACCEL_TEST_RECORD": str(zero2_read), "TORCH_EXTENSIONS_DIR": str(extensions_dir)}
-    launch("deepspeed_zero2.yaml", argv(shards["webdataset"], zero2), env=env, launcher_args=FP32,
-           **{**RECORDER, "check": True})  # fmt: skip
-    assert_really(zero2, "DEEPSPEED", 2)
-    assert_each_example_once(records(zero2_read), 2, 2)
-    assert train_batches(records(zero2_read)) == train_batches(records(ddp_read))
-    assert train_losses(zero2) == pytest.approx(train_losses(ddp), abs=1e-5)
-    assert_same_weights(zero2, ddp, atol=1e-5)
+    ddp, zero2 = tmp_path / "ddp-parquet", tmp_path / "zero2-webdataset"
+    ddp_read = run_two_processes("multi_cpu.yaml", shards["parquet"], ddp, extensions_dir)
+    zero2_read = run_two_processes("deepspeed_zero2.yaml", shards["webdataset"], zero2, extensions_dir)
+    assert_zero2_trains_as_ddp(zero2, zero2_read, ddp, ddp_read)
