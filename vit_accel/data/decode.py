@@ -13,7 +13,8 @@ same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB
    full scale, most crops of larger ones do not. With simplejpeg, a sequential JPEG (the common kind: one scan,
    rows in order) is decoded only down to a row of MCUs below the crop: its frame header is rewritten to say fewer
    rows, and libjpeg-turbo stops there with the same pixels (tested bit for bit against the whole image's decode);
-   the rows above the crop still cost their entropy decoding, which no crop can skip;
+   the rows above the crop still cost their entropy decoding (without restart markers, the coded data tells where
+   a row starts only by decoding those before it);
 3. resizes the box to the output size on uint8: at full scale with PyTorch's antialiased bilinear uint8 kernel (the
    kernel torchvision's `resized_crop` uses on uint8 tensors, reading Pillow's pixel buffer without a copy, about
    twice as fast as Pillow's resize here); at a reduced scale with Pillow's resize of the box's exact fractional
