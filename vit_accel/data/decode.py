@@ -379,12 +379,6 @@ def draw_box(crop: v2.RandomResizedCrop, size: tuple[int, int], generator: torch
     return {"top": (height - box_h) // 2, "left": (width - box_w) // 2, "height": box_h, "width": box_w}
 
 
-def _to_tensor(image: torch.Tensor | PIL.Image.Image) -> torch.Tensor:
-    if isinstance(image, torch.Tensor):
-        return image
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-
-
 def prepare(
     pipeline: Pipeline, image: bytes | str | PIL.Image.Image, generator: torch.Generator, decoder: str
 ) -> torch.Tensor:
@@ -436,11 +430,10 @@ def prepare(
         # Flip then PILToTensor, decided as torchvision's flip decides (`torch.rand(1) < p`, the next draw) but done
         # on the uint8 tensor: the same pixels without a PIL transpose and two v2 dispatches.
         flip = bool(torch.rand(1, generator=stream) < rest[0].p)
-        result = _to_tensor(result)
         if flip:
             result = result.flip(-1)
         rest = rest[2:]
-    elif isinstance(result, torch.Tensor):
+    else:
         # Later transforms (RandAugment) run on the PIL image, as in the full decode's pipeline.
         result = PIL.Image.fromarray(result.permute(1, 2, 0).numpy())
     if rest:
