@@ -100,10 +100,10 @@ def extensions_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ddp_run(digits, tmp_path_factory) -> Path:
     """The reference run of the distributed tests: two DDP processes over gloo, per-device batch 8 (global 16)."""
-    from launching import TWO_PROCESSES, assert_really, launch, tiny_args
+    from launching import LEAVES_GROUP, TWO_PROCESSES, assert_really, launch, tiny_args
 
     out = tmp_path_factory.mktemp("ddp") / "run"
-    launch("multi_cpu.yaml", tiny_args(digits, out, *TWO_PROCESSES))
+    launch("multi_cpu.yaml", ["train.py", *tiny_args(digits, out, *TWO_PROCESSES)], script=LEAVES_GROUP)
     assert_really(out, "MULTI_CPU", 2)
     return out
 

@@ -64,6 +64,9 @@ def launch(
     return result
 
 
+# Runs the script named first in its arguments, then fails if it returned with its process group still up.
+LEAVES_GROUP = "tests/left_process_group.py"
+
 # train.py run by tests/fault_injection.py, which SIGKILLs it at the point VIT_ACCEL_TEST_FAULT names (another
 # script with VIT_ACCEL_TEST_SCRIPT=pretrain.py in the environment).
 FAULTY = {"script": "tests/fault_injection.py", "check": False}

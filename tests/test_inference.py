@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 from factories import ROOT, write_exif_rotated_pair
+from launching import LEAVES_GROUP
 
 from vit_accel.cli import main as cli
 
@@ -120,7 +121,7 @@ def test_evaluate_with_two_processes_counts_each_example_once(trained_run, tmp_p
     out = tmp_path / "eval2"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/multi_cpu.yaml",
-        "--num_cpu_threads_per_process", "1", "-m", "vit_accel.cli", "evaluate", "--model", str(trained_run),
+        "--num_cpu_threads_per_process", "1", LEAVES_GROUP, "vit_accel.cli", "evaluate", "--model", str(trained_run),
         "--dataset_name", str(trained_run.parent / "digits"), "--max_eval_samples", "64",
         "--dataloader_num_workers", "0", "--batch_size", "24", "--output_dir", str(out),
     ]  # fmt: skip

@@ -293,6 +293,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .data import EVALUATION_FIELDS, DataArguments, check_seed
     from .inference import evaluate, evaluation_split, prepare_output_dir, recorded_split_settings, write_evaluation
+    from .training.distributed import leave_process_group
     from .training.preflight import check_metric_cache
 
     if args.dataset_name is None and args.validation_dir is None:
@@ -355,6 +356,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         summary = write_evaluation(result, output_dir)
         per_example = ("per_class_accuracy", "per_class", "largest_confusions", "worst_misclassified")
         print(json.dumps({k: v for k, v in summary.items() if k not in per_example}))
+    leave_process_group()
     return 0
 
 

@@ -1,6 +1,9 @@
+import json
+
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
+from launching import LEAVES_GROUP, TWO_PROCESSES, launch, results, tiny_args
 from torch.utils.data import BatchSampler
 
 from vit_accel.errors import UserError
@@ -59,6 +62,13 @@ def test_micro_batches_to_skip_reach_the_same_example():
     assert micro_batches_to_skip(BatchLayout(1, 16, 1), 3, BatchLayout(2, 8, 1)) == 3
     with pytest.raises(UserError, match="example 24 of its epoch"):
         micro_batches_to_skip(BatchLayout(1, 8, 1), 3, BatchLayout(1, 16, 1))
+
+
+def test_a_two_process_run_that_returns_early_leaves_its_process_group(ddp_run, digits):
+    # A finished run started again returns its results before the final save, which would end the group otherwise.
+    argv = ["train.py", *tiny_args(digits, ddp_run, *TWO_PROCESSES, "--resume_from_checkpoint", "latest")]
+    again = launch("multi_cpu.yaml", argv, script=LEAVES_GROUP)
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == results(ddp_run)
 
 
 def test_parameter_checksum_sums_every_parameter():

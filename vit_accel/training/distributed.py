@@ -96,6 +96,18 @@ def create_accelerator(**kwargs) -> Accelerator:
     return accelerator
 
 
+def leave_process_group() -> None:
+    """End a command that succeeded: once every process is here, destroy the process group (a no-op without one).
+
+    A process that exits with a gloo group still up can abort at interpreter shutdown ("terminate called without an
+    active exception", SIGABRT), its worker threads outliving the interpreter: a run that succeeded would exit
+    non-zero. Only on success: after an error, another process may be inside a collective this barrier would join.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def parameter_checksum(model: torch.nn.Module) -> torch.Tensor:
     """The sum of all parameters, as a 1-element fp32 tensor on the parameters' device.
 

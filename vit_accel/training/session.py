@@ -17,7 +17,7 @@ from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
 
 from ..errors import UserError, report
 from .arguments import recorded_arguments
-from .distributed import create_accelerator
+from .distributed import create_accelerator, leave_process_group
 from .loop import Interrupted, Terminated
 from .preflight import (
     check_hub_repo,
@@ -106,5 +106,6 @@ def run_cli(program: str, main: Callable[[], dict]) -> None:
         signal_name = "SIGTERM: " if isinstance(interruption, Terminated) else ""
         print(f"{program}: {signal_name}interrupted before training started; nothing was written.", file=sys.stderr)
         sys.exit(143 if signal_name else 130)
+    leave_process_group()  # also after the early returns (a finished run, --eval_only) that skip the final save
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
