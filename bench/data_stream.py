@@ -57,7 +57,8 @@ from vit_accel.data import (
     load_image_dataset,
     make_dataloader,
 )
-from vit_accel.data.decode import FAST_DECODERS
+from vit_accel.data.arguments import decoder_installed
+from vit_accel.data.decode import FAST_DECODERS, auto_decoder
 from vit_accel.data.streaming import make_streaming_dataloader, open_streaming_dataset
 
 # ViT-B/16 at 224 px: 17.56 G multiply-adds a forward pass (timm's count), so about 3 x 2 x 17.56 GFLOP a training
@@ -147,13 +148,14 @@ def loaders(sources: dict[str, Path], jpegs: list[bytes], batch_size: int) -> di
         return torch.stack([e["pixel_values"] for e in examples]), torch.tensor([e["labels"] for e in examples])
 
     inception = build_pipeline("inception", OUT, IMAGENET_MEAN, IMAGENET_STD, train=True)
+    fast = [decoder for decoder in FAST_DECODERS if decoder_installed(decoder)]
     paths: dict[str, Callable[[], Iterable]] = {
         "torchvision ImageFolder": lambda: DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=0),
         "datasets map-style rows + torchvision": lambda: DataLoader(
             hf_rows, batch_size=batch_size, shuffle=True, num_workers=0, collate_fn=hf_collate
         ),
     }
-    for decoder in ("pil", *FAST_DECODERS):
+    for decoder in ("pil", *fast):
         dataset = ImageClassificationDataset(table, inception, seed=0, decoder=decoder)
         paths[f"ours map-style ({decoder})"] = lambda dataset=dataset: make_dataloader(
             dataset, batch_size, shuffle=True, seed=0
@@ -169,7 +171,7 @@ def loaders(sources: dict[str, Path], jpegs: list[bytes], batch_size: int) -> di
             dataset_name=str(sources[kind]), streaming=True, augmentation="inception", train_val_split=0.25
         )
         data = open_streaming_dataset(args, seed=0)
-        for decoder in ("pil", *FAST_DECODERS) if kind == "parquet" else ("pil", "simplejpeg"):
+        for decoder in ("pil", *fast) if kind == "parquet" else ("pil", auto_decoder("inception")):
             name = f"ours stream {'parquet' if kind == 'parquet' else 'webdataset'} ({decoder})"
             loader = make_streaming_dataloader(
                 data.train, inception, data.label_ids, 0, batch_size, shuffle_buffer_size=256, decoder=decoder
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torchvision": torchvision.__version__,
         "pillow": PIL.__version__,
         "simplejpeg": _version("simplejpeg"),
+        "turbojpeg": _version("turbojpeg"),
         "datasets": _version("datasets"),
         "num_images": args.num_images,
         "batch_size": args.batch_size,

@@ -33,5 +33,6 @@ def test_image_decoder_applies_to_whole_datasets_too(source):
     assert DataArguments(**source).image_decoder is None  # auto
     from vit_accel.errors import UserError
 
-    with pytest.raises(UserError, match="--image_decoder must be one of auto, pil, pil_draft, simplejpeg; got 'turbo'"):
+    decoders = "auto, pil, pil_draft, simplejpeg, turbojpeg"
+    with pytest.raises(UserError, match=f"--image_decoder must be one of {decoders}; got 'turbo'"):
         DataArguments(**source, image_decoder="turbo")

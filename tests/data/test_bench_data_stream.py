@@ -3,6 +3,9 @@
 import importlib.util
 from pathlib import Path
 
+from vit_accel.data.arguments import decoder_installed
+from vit_accel.data.decode import FAST_DECODERS, auto_decoder
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "data_stream.py"
 
 
@@ -13,8 +16,8 @@ def test_benchmark_reports_every_path(capsys):
     report = bench.main(["--num_images", "8", "--sizes", "300x240", "--batch_size", "2", "--repeats", "1"])
     rates = report["results"]["300x240"]
     expected = {"torchvision ImageFolder", "datasets map-style rows + torchvision", "ours stream webdataset (pil)"}
-    expected |= {f"ours map-style ({decoder})" for decoder in ("pil", "pil_draft", "simplejpeg")}
-    assert expected | {"ours ImageFolder (auto = simplejpeg)"} <= set(rates)
+    expected |= {f"ours map-style ({decoder})" for decoder in ("pil", *FAST_DECODERS) if decoder_installed(decoder)}
+    assert expected | {f"ours ImageFolder (auto = {auto_decoder('inception')})"} <= set(rates)
     assert all(rate["cpu"] > 0 and rate["wall"] > 0 and len(rate["rounds"]) == 1 for rate in rates.values())
     assert "vs rows" in capsys.readouterr().out
     # The loader's ceiling: ours' fastest path with one worker per core, against a GPU's ViT-B/16 appetite.

@@ -13,7 +13,9 @@ from sklearn.datasets import load_sample_images
 from torchvision.transforms import v2
 
 from vit_accel.data import build_pipeline
-from vit_accel.data.decode import prepare, resolve_decoder
+from vit_accel.data.arguments import decoder_installed
+from vit_accel.data.decode import FAST_DECODERS, prepare, resolve_decoder
+from vit_accel.data.libturbojpeg import available as turbojpeg_available
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -32,7 +34,11 @@ def photo() -> bytes:
     return jpeg_bytes(np.asarray(image.resize((1280, 854), PIL.Image.Resampling.BICUBIC)))
 
 
-FAST = ["pil_draft", "simplejpeg"]
+NO_TURBOJPEG = "the turbojpeg wheel (Linux x86_64 and macOS, Python <= 3.13) is not installed here"
+TURBOJPEG = pytest.param("turbojpeg", marks=pytest.mark.skipif(not turbojpeg_available(), reason=NO_TURBOJPEG))
+FAST = ["pil_draft", "simplejpeg", TURBOJPEG]
+# For loops over the decoders: those installed here.
+INSTALLED_FAST = [decoder for decoder in FAST_DECODERS if decoder_installed(decoder)]
 
 
 def both(pipeline, encoded, seed, fast_decoder="pil_draft"):
@@ -148,18 +154,20 @@ def test_crop_statistics_match_torchvisions(photo):
     assert np.corrcoef(full_means, fast_means)[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("installed", [True, False])
+@pytest.mark.parametrize("installed", [("turbojpeg", "simplejpeg"), ("simplejpeg",), ()])
 @pytest.mark.parametrize(
     "preset,train,fast",
     [("inception", True, True), ("randaugment", True, True), ("inception", False, False), ("cifar", True, False)],
 )
 def test_auto_picks_the_fast_path_for_random_resized_crops(preset, train, fast, installed, monkeypatch):
-    """simplejpeg where it is installed, else Pillow's draft; the full decode for pipelines without the crop."""
+    """turbojpeg, else simplejpeg, whichever is installed, else Pillow's draft; the full decode for pipelines
+    without the crop."""
     from vit_accel.data import decode
 
-    monkeypatch.setattr(decode, "simplejpeg_available", lambda: installed)
+    monkeypatch.setattr(decode, "simplejpeg_available", lambda: "simplejpeg" in installed)
+    monkeypatch.setattr(decode, "turbojpeg_available", lambda: "turbojpeg" in installed)
     pipeline = build_pipeline(preset, 224, HALF, HALF, train=train)
-    expected = ("simplejpeg" if installed else "pil_draft") if fast else "pil"
+    expected = (installed[0] if installed else "pil_draft") if fast else "pil"
     assert resolve_decoder("auto", pipeline) == resolve_decoder(None, pipeline) == expected
     assert resolve_decoder("pil", pipeline) == "pil"
 
@@ -173,6 +181,17 @@ def test_simplejpeg_without_its_package_is_one_line(monkeypatch):
         DataArguments(dataset_name="x", image_decoder="simplejpeg")
     with pytest.raises(UserError, match="simplejpeg package"):
         resolve_decoder("simplejpeg", build_pipeline("inception", 224, HALF, HALF, train=True))
+
+
+def test_turbojpeg_without_its_library_is_one_line(monkeypatch):
+    from vit_accel.data import DataArguments, libturbojpeg
+    from vit_accel.errors import UserError
+
+    monkeypatch.setattr(libturbojpeg, "available", lambda: False)
+    with pytest.raises(UserError, match=r"needs the turbojpeg wheel's library: pip install 'vit_accel\[jpeg\]'"):
+        DataArguments(dataset_name="x", image_decoder="turbojpeg")
+    with pytest.raises(UserError, match="turbojpeg wheel"):
+        resolve_decoder("turbojpeg", build_pipeline("inception", 224, HALF, HALF, train=True))
 
 
 def test_simplejpeg_decodes_pillows_pixels():
@@ -347,7 +366,7 @@ def test_an_undecodable_image_is_one_clear_error():
 
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
     truncated = photo_of(500, 375)[:3000]
-    for decoder in ("pil", *FAST):
+    for decoder in ("pil", *INSTALLED_FAST):
         with pytest.raises(UndecodableImageError, match="OSError|Premature end of JPEG"):
             prepare(pipeline, truncated, torch.Generator().manual_seed(0), decoder)
         with pytest.raises(UndecodableImageError, match="UnidentifiedImageError"):
@@ -451,7 +470,43 @@ def test_damaged_scan_data_decodes_as_pillow_decodes_it():
     else:
         pytest.fail("no damage that libjpeg-turbo warns about was found")
     pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
-    for decoder in ("pil", *FAST):
+    for decoder in ("pil", *INSTALLED_FAST):
         for seed in range(4):
             prepared = prepare(pipeline, bytes(damaged), torch.Generator().manual_seed(seed), decoder)
             assert prepared.shape == (3, 224, 224)
+
+
+ROWS_AND_REGIONS = [
+    ((1001, 757), "RGB", {"subsampling": 2}),
+    ((1001, 757), "RGB", {"subsampling": 1}),
+    ((1001, 757), "RGB", {"subsampling": 0}),
+    ((500, 375), "RGB", {"subsampling": 2}),
+    ((700, 1100), "L", {}),
+    ((900, 600), "RGB", {"restart_marker_rows": 1}),
+    ((900, 600), "RGB", {"progressive": True}),
+]
+
+
+@pytest.mark.skipif(not turbojpeg_available(), reason=NO_TURBOJPEG)
+@pytest.mark.parametrize("size, mode, options", ROWS_AND_REGIONS)
+def test_reconstructing_only_the_crops_region_changes_no_pixel(size, mode, options, monkeypatch):
+    """turbojpeg reconstructs only the crop's region (or the window its reduced-scale resize reads); the result is
+    bit for bit `pil_draft`'s, which decodes the whole image, for each chroma subsampling, grayscale, restart markers
+    and a progressive JPEG; and most regions were a small part of the image."""
+    from vit_accel.data import libturbojpeg
+
+    encoded = encode(*size, mode, **options)
+    fractions = []
+    original = libturbojpeg.decode_region
+
+    def spy(data, size, mcu_width, scale, rows, columns, **kwargs):
+        pixels = original(data, size, mcu_width, scale, rows, columns, **kwargs)
+        fractions.append(pixels.shape[0] * pixels.shape[1] * scale * scale / (size[0] * size[1]))
+        return pixels
+
+    monkeypatch.setattr(libturbojpeg, "decode_region", spy)
+    pipeline = build_pipeline("inception", 224, HALF, HALF, train=True)
+    for seed in range(30):
+        fast = prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "turbojpeg")
+        assert torch.equal(fast, prepare(pipeline, encoded, torch.Generator().manual_seed(seed), "pil_draft")), seed
+    assert len(fractions) == 30 and sum(fraction < 0.7 for fraction in fractions) >= 10

@@ -26,8 +26,12 @@ from vit_accel.data import (
     load_image_dataset,
     make_dataloader,
 )
+from vit_accel.data.decode import FAST_DECODERS
+from vit_accel.data.libturbojpeg import available as turbojpeg_available
 
 HALF = (0.5, 0.5, 0.5)
+NO_TURBOJPEG = "the turbojpeg wheel (Linux x86_64 and macOS, Python <= 3.13) is not installed here"
+TURBOJPEG = pytest.param("turbojpeg", marks=pytest.mark.skipif(not turbojpeg_available(), reason=NO_TURBOJPEG))
 
 
 def cifar_train(tmp_path, num=24):
@@ -274,7 +278,7 @@ def test_map_style_training_takes_the_fast_decoder_by_default():
     pipeline = build_pipeline("inception", 64, HALF, HALF, train=True)
     fast = ImageClassificationDataset(data, pipeline, seed=3)
     full = ImageClassificationDataset(data, pipeline, seed=3, decoder="pil")
-    assert fast.decoder in ("pil_draft", "simplejpeg") and full.decoder == "pil"
+    assert fast.decoder in FAST_DECODERS and full.decoder == "pil"
     raw = data.cast_column("image", Image(decode=False))
     for index in range(4):
         generator = torch.Generator().manual_seed(example_seed(3, 0, index))
@@ -296,15 +300,20 @@ def test_evaluation_keeps_the_full_decode():
     data = jpeg_rows(2)
     pipeline = build_pipeline("randaugment", 64, HALF, HALF, train=False)
     raw = data.cast_column("image", Image(decode=False))
-    for decoder in (None, "auto", "pil", "pil_draft", "simplejpeg"):
+    for decoder in (
+        None,
+        "auto",
+        "pil",
+        *(name for name in FAST_DECODERS if name != "turbojpeg" or turbojpeg_available()),
+    ):
         dataset = ImageClassificationDataset(data, pipeline, seed=0, decoder=decoder)
         generator = torch.Generator().manual_seed(example_seed(0, 0, 1))
         expected = pipeline(PIL.Image.open(io.BytesIO(raw[1]["image"]["bytes"])), generator)
         assert torch.equal(dataset[1]["pixel_values"], expected)
-        assert dataset.decoder == (decoder if decoder in ("pil_draft", "simplejpeg") else "pil")
+        assert dataset.decoder == (decoder if decoder in FAST_DECODERS else "pil")
 
 
-@pytest.mark.parametrize("decoder", ["pil_draft", "simplejpeg"])
+@pytest.mark.parametrize("decoder", ["pil_draft", "simplejpeg", TURBOJPEG])
 def test_a_corrupt_jpeg_on_the_fast_path_names_its_row_and_can_be_skipped(decoder):
     pipeline = build_pipeline("inception", 64, HALF, HALF, train=True)
     strict = ImageClassificationDataset(jpeg_rows(5, corrupt=(2,)), pipeline, seed=0, decoder=decoder)
@@ -317,3 +326,18 @@ def test_a_corrupt_jpeg_on_the_fast_path_names_its_row_and_can_be_skipped(decode
         warnings.simplefilter("ignore")
         labels = [lenient[i]["labels"] for i in range(5)]
     assert labels == [0, 1, 1, 1, 0] and lenient.bad_rows == [2]
+
+
+@pytest.mark.parametrize("decoder", ["pil", "pil_draft", "simplejpeg", TURBOJPEG])
+def test_fast_decoder_batches_stay_channels_last_and_normalise_as_nchw(decoder):
+    """The fast decoders' images keep the resize's channels-last memory, and a batch of them stays so (one copy);
+    `on_device` gives the same NCHW-contiguous float batch as from the same pixels stored NCHW."""
+    pipeline = build_pipeline("inception", 64, HALF, HALF, train=True)
+    dataset = ImageClassificationDataset(jpeg_rows(4), pipeline, seed=0, decoder=decoder)
+    batch = next(iter(make_dataloader(dataset, 4, shuffle=False, seed=0)))["pixel_values"]
+    fast = decoder != "pil"
+    assert batch.shape == (4, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last) == fast
+    assert torch.equal(batch, torch.stack([dataset[i]["pixel_values"] for i in range(4)]))
+    normalised = pipeline.on_device(batch)
+    assert normalised.is_contiguous()
+    assert torch.equal(normalised, pipeline.on_device(batch.contiguous()))

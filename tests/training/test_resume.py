@@ -187,14 +187,15 @@ def test_auto_decoding_on_a_machine_that_resolves_it_otherwise_is_a_changed_sett
     from vit_accel.training.resume import resume_settings
 
     def settings(installed, augmentation="inception"):
+        monkeypatch.setattr(decode, "turbojpeg_available", lambda: installed)
         monkeypatch.setattr(decode, "simplejpeg_available", lambda: installed)
         return resume_settings((DataArguments(dataset_name="digits", augmentation=augmentation),), 1)
 
     recorded = settings(True)
-    assert recorded["image_decoder"] == "auto: simplejpeg"
+    assert recorded["image_decoder"] == "auto: turbojpeg"
     make_checkpoint(tmp_path, 3, settings={**SETTINGS, **recorded})
     plan_resume(accelerator(), run_args(), {**SETTINGS, **settings(True)}, tmp_path)  # the same machine: continues
-    changed = r"--image_decoder: 'auto: simplejpeg' in the checkpoint, 'auto: pil_draft' now"
+    changed = r"--image_decoder: 'auto: turbojpeg' in the checkpoint, 'auto: pil_draft' now"
     with pytest.raises(UserError, match=changed):
         plan_resume(accelerator(), run_args(), {**SETTINGS, **settings(False)}, tmp_path)
     # A preset without a random-resized crop decodes in full on every machine: nothing changed.

@@ -15,7 +15,7 @@ AUGMENTATIONS: tuple[str, ...] = ("cifar", "inception", "randaugment", "mae", "n
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
 # How training JPEGs are decoded: `pil_draft` draws the random-resized crop first, then decodes at the DCT scale it
 # needs and resizes on uint8.
-IMAGE_DECODERS: tuple[str, ...] = ("auto", "pil", "pil_draft", "simplejpeg")
+IMAGE_DECODERS: tuple[str, ...] = ("auto", "pil", "pil_draft", "simplejpeg", "turbojpeg")
 
 
 def simplejpeg_available() -> bool:
@@ -23,10 +23,32 @@ def simplejpeg_available() -> bool:
     return importlib.util.find_spec("simplejpeg") is not None
 
 
-def check_simplejpeg() -> None:
-    """`--image_decoder simplejpeg` needs its package: one line saying how to install it."""
-    if not simplejpeg_available():
+def turbojpeg_available() -> bool:
+    """Whether the TurboJPEG 3 library of the optional `turbojpeg` wheel (`pip install 'vit_accel[jpeg]'`, Linux
+    x86_64 and macOS) loads."""
+    from .libturbojpeg import available
+
+    return available()
+
+
+def decoder_installed(decoder: str) -> bool:
+    """Whether `--image_decoder <decoder>` can run here (simplejpeg and turbojpeg need their optional packages)."""
+    if decoder == "simplejpeg":
+        return simplejpeg_available()
+    return decoder != "turbojpeg" or turbojpeg_available()
+
+
+def check_decoder_installed(decoder: str | None) -> None:
+    """`--image_decoder simplejpeg` or `turbojpeg` needs its package: one line saying how to install it."""
+    if decoder is None or decoder_installed(decoder):
+        return
+    if decoder == "simplejpeg":
         raise UserError("--image_decoder simplejpeg needs the simplejpeg package: pip install 'vit_accel[jpeg]'.")
+    if decoder == "turbojpeg":
+        raise UserError(
+            "--image_decoder turbojpeg needs the turbojpeg wheel's library: pip install 'vit_accel[jpeg]' "
+            "(wheels for Linux x86_64 and macOS, Python <= 3.13)."
+        )
 
 
 # Examples per shuffle window of a stream (🤗 datasets' default shuffle buffer size too).
@@ -125,9 +147,10 @@ class DataArguments:
             "help": "How training images are decoded: `pil` (full decode, then the preset's transforms), "
             "`pil_draft` (the crop box drawn from the header first, JPEGs decoded at the reduced DCT scale it needs, "
             "resized on uint8: the same crops and flips, pixels within a few levels), `simplejpeg` (the same path "
-            "decoding with libjpeg-turbo directly, about a third faster: pip install 'vit_accel[jpeg]'), `auto` (the "
-            "default: simplejpeg if installed, else pil_draft, for training presets that start with a random-resized "
-            "crop; pil otherwise).",
+            "decoding with libjpeg-turbo directly, about a third faster), `turbojpeg` (the same pixels again, "
+            "libjpeg-turbo reconstructing only the crop's region: pip install 'vit_accel[jpeg]' for both), `auto` "
+            "(the default: turbojpeg, else simplejpeg, whichever is installed, else pil_draft, for training presets "
+            "that start with a random-resized crop; pil otherwise).",
             "choices": list(IMAGE_DECODERS),
         },
     )
@@ -167,8 +190,7 @@ class DataArguments:
             raise UserError(f"--shuffle_buffer_size must be >= 1, got {self.shuffle_buffer_size}.")
         if self.image_decoder is not None and self.image_decoder not in IMAGE_DECODERS:
             raise UserError(f"--image_decoder must be one of {', '.join(IMAGE_DECODERS)}; got {self.image_decoder!r}.")
-        if self.image_decoder == "simplejpeg":
-            check_simplejpeg()
+        check_decoder_installed(self.image_decoder)
         if self.dataloader_num_workers < 0:
             raise UserError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .arguments import IMAGE_DECODERS, check_simplejpeg, simplejpeg_available
+from .arguments import IMAGE_DECODERS, check_decoder_installed, simplejpeg_available, turbojpeg_available
 from .transforms import Pipeline, build_pipeline, to_rgb
 
 # What PIL raises on truncated, corrupt or unsupported files.
@@ -70,21 +70,22 @@ def draft_applies(pipeline: Pipeline) -> bool:
     return pipeline.train and bool(leaves) and isinstance(leaves[0], v2.RandomResizedCrop)
 
 
-FAST_DECODERS: tuple[str, ...] = ("pil_draft", "simplejpeg")
+FAST_DECODERS: tuple[str, ...] = ("pil_draft", "simplejpeg", "turbojpeg")
 
 
 def resolve_decoder(decoder: str | None, pipeline: Pipeline) -> str:
     """`auto` (or None) -> the fast path where the pipeline begins with a random-resized crop (same crops and flips):
-    `simplejpeg` where that package is installed, else `pil_draft`; `pil` for every other pipeline. A fast decoder
-    on a pipeline without such a crop decodes in full, as `pil` does."""
+    `turbojpeg` or else `simplejpeg` where its package is installed, else `pil_draft`; `pil` for every other
+    pipeline. A fast decoder on a pipeline without such a crop decodes in full, as `pil` does."""
     decoder = "auto" if decoder is None else decoder
     if decoder not in IMAGE_DECODERS:
         raise ValueError(f"image decoder must be one of {', '.join(IMAGE_DECODERS)}; got {decoder!r}.")
-    if decoder == "simplejpeg":
-        check_simplejpeg()
+    check_decoder_installed(decoder)
     if decoder == "auto":
         if not draft_applies(pipeline):
             return "pil"
+        if turbojpeg_available():
+            return "turbojpeg"
         return "simplejpeg" if simplejpeg_available() else "pil_draft"
     return decoder
 
@@ -137,29 +138,49 @@ def _resize_region(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(dense, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def _window_rows(full_h: int, scaled_h: int, top: int, height: int, out_h: int) -> tuple[int, int]:
-    """The rows [first, end) of an image decoded at a reduced scale (`scaled_h` rows in all) that Pillow's resize of
-    the crop's rows [top, top + height) of the full image reads: the scaled box, its filter's support (an output
-    pixel's footprint, at least one pixel) and a pixel more on each side."""
-    scale_y = scaled_h / full_h
-    support = max(1.0, height * scale_y / out_h)
-    first = max(0, math.floor(top * scale_y - support) - 1)
-    end = min(scaled_h, math.ceil((top + height) * scale_y + support) + 1)
+def _window(full: int, scaled: int, start: int, length: int, out: int) -> tuple[int, int]:
+    """Along one axis, the pixels [first, end) of an image decoded at a reduced scale (`scaled` pixels in all, of
+    `full` at full scale) that Pillow's resize of the crop's [start, start + length) to `out` pixels reads: the
+    scaled box, its filter's support (an output pixel's footprint, at least one pixel) and a pixel more each side."""
+    factor = scaled / full
+    support = max(1.0, length * factor / out)
+    first = max(0, math.floor(start * factor - support) - 1)
+    end = min(scaled, math.ceil((start + length) * factor + support) + 1)
     return first, end
 
 
-def _resize_window(
-    window: PIL.Image.Image, first: int, scale: tuple[float, float], params: dict, size: tuple[int, int]
-) -> torch.Tensor:
-    """Pillow's antialiased bilinear resize of the crop's exact (fractional) box, from `window`, the rows from
-    `first` on of an image decoded at `scale` (x, y) of the full size: a uint8 (3, h, w) tensor.
+def _windows(full: tuple[int, int], scaled: tuple[int, int], params: dict, size: tuple[int, int]) -> tuple:
+    """The rows and the columns (each [first, end)) of `_window` for the crop `params` of an image of `full`
+    (width, height) decoded at `scaled` (width, height), resized to `size` (h, w)."""
+    rows = _window(full[1], scaled[1], params["top"], params["height"], size[0])
+    columns = _window(full[0], scaled[0], params["left"], params["width"], size[1])
+    return rows, columns
 
-    Pillow is handed only the rows its filter reads (`_window_rows`), because its choice of pass order, and so its
-    rounding, depends on the image's height: the result is the same whether the image was decoded whole or only
-    down to below the crop."""
+
+def _rgbx_image(pixels: np.ndarray) -> PIL.Image.Image:
+    """A Pillow RGBX image over (h, w, 4) uint8 pixels (copied first where their rows are not contiguous)."""
+    height, width = pixels.shape[:2]
+    return PIL.Image.frombuffer("RGBX", (width, height), np.ascontiguousarray(pixels), "raw", "RGBX", 0, 1)
+
+
+def _resize_window(
+    window: PIL.Image.Image, origin: tuple[int, int], scale: tuple[float, float], params: dict, size: tuple[int, int]
+) -> torch.Tensor:
+    """Pillow's antialiased bilinear resize of the crop's exact (fractional) box, from `window`, the pixels from
+    `origin` (row, column) on of an image decoded at `scale` (x, y) of the full size: a uint8 (3, h, w) tensor.
+
+    Pillow is handed exactly the pixels its filter reads (`_windows`), because its rounding depends on the box's
+    offset in the image and its choice of pass order on the image's size: the result is the same whether the image
+    was decoded whole, only down to below the crop, or only the crop's region."""
     scale_x, scale_y = scale
+    row, column = origin
     top, left, height, width = params["top"], params["left"], params["height"], params["width"]
-    box = (left * scale_x, top * scale_y - first, (left + width) * scale_x, (top + height) * scale_y - first)
+    box = (
+        left * scale_x - column,
+        top * scale_y - row,
+        (left + width) * scale_x - column,
+        (top + height) * scale_y - row,
+    )
     resized = window.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR, box=box)
     return _pixels_hwc(resized)[..., :3].permute(2, 0, 1)
 
@@ -176,6 +197,7 @@ def _dct_scale(full: tuple[int, int], wanted: tuple[int, int]) -> int:
 # arithmetic, lossless) are decoded whole.
 _SEQUENTIAL_FRAMES = (0xC0, 0xC1)
 _FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+_LOSSLESS_FRAMES = (0xC3, 0xC7, 0xCB, 0xCF)
 _EXIF_OR_XMP = 0xE1  # APP1: where Exif and XMP store an orientation, which Pillow then applies
 _START_OF_SCAN, _END_OF_IMAGE = 0xDA, b"\xff\xd9"
 
@@ -187,6 +209,8 @@ class JpegHeader:
     size: tuple[int, int]  # (width, height)
     height_at: int  # offset of the frame header's 2-byte image height
     mcu_rows: int  # pixel rows per row of MCUs (8 x the largest vertical sampling factor)
+    mcu_columns: int  # pixel columns per column of MCUs (8 x the largest horizontal sampling factor)
+    plain: bool  # 8-bit lossy coding of 1 or 3 components (grayscale, YCbCr or RGB): what libjpeg-turbo turns to RGB
     one_scan: bool  # sequential Huffman coding with every component in its first scan
     complete: bool  # an end-of-image marker follows the first scan: the file is not cut short
     orientation_carrier: bool  # an APP1 segment (Exif or XMP), where an orientation may be stored
@@ -217,18 +241,27 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
             width = int.from_bytes(data[at + 7 : at + 9], "big")
             if not components or len(sampling) != components or not height or not width:
                 return None
-            frame = (marker, at + 5, (width, height), 8 * max(factor & 0x0F for factor in sampling), components)
+            frame = (
+                marker,
+                at + 5,
+                (width, height),
+                (8 * max(factor & 0x0F for factor in sampling), 8 * max(factor >> 4 for factor in sampling)),
+                components,
+                data[at + 4] == 8 and marker not in _LOSSLESS_FRAMES and components in (1, 3),
+            )
         elif marker == _EXIF_OR_XMP:
             carrier = True
         elif marker == _START_OF_SCAN:
             if frame is None or at + 4 >= len(data):
                 return None
-            kind, height_at, size, mcu_rows, components = frame
+            kind, height_at, size, (mcu_rows, mcu_columns), components, plain = frame
             scan_end = at + 2 + length
             return JpegHeader(
                 size=size,
                 height_at=height_at,
                 mcu_rows=mcu_rows,
+                mcu_columns=mcu_columns,
+                plain=plain,
                 one_scan=kind in _SEQUENTIAL_FRAMES and data[at + 4] == components,
                 # Inside entropy-coded data every 0xFF byte is followed by 0x00 or a restart marker.
                 complete=data.rfind(_END_OF_IMAGE) >= scan_end,
@@ -283,7 +316,10 @@ def _simplejpeg_resized_crop(
     scaled_w, scaled_h = -(-full_w // scale), -(-full_h // scale)  # libjpeg's size at 1/scale
     # The rows the result depends on, and below them a row of MCUs: where a shortened image is decoded, its last row
     # (whose chroma lacks the next row's) stays outside.
-    first, end = (top, top + height) if scale == 1 else _window_rows(full_h, scaled_h, top, height, out_h)
+    if scale == 1:
+        (first, end), columns = (top, top + height), (left, left + width)
+    else:
+        (first, end), columns = _windows(full, (scaled_w, scaled_h), params, size)
     cut = _first_rows(data, header, end * scale + (header.mcu_rows if header else 0))
     try:
         # libjpeg-turbo decodes at the smallest n/8 scale leaving the image at least this size: 1/scale exactly.
@@ -301,8 +337,60 @@ def _simplejpeg_resized_crop(
         raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
     if scale == 1:
         return _resize_region(torch.from_numpy(pixels)[top : top + height, left : left + width], size)
-    window = PIL.Image.frombuffer("RGBX", (scaled_w, end - first), pixels[first:end], "raw", "RGBX", 0, 1)
-    return _resize_window(window, first, (scaled_w / full_w, scaled_h / full_h), params, size)
+    window = _rgbx_image(pixels[first:end, columns[0] : columns[1]])
+    return _resize_window(window, (first, columns[0]), (scaled_w / full_w, scaled_h / full_h), params, size)
+
+
+def _turbojpeg_header(data: bytes) -> JpegHeader | None:
+    """The header of an 8-bit lossy grayscale, YCbCr or RGB JPEG without an APP1 segment (where an orientation could
+    be); None for anything else, which Pillow then opens."""
+    header = read_jpeg_header(data)
+    if header is None or header.orientation_carrier or not header.plain:
+        return None
+    return header
+
+
+def _turbojpeg_resized_crop(data: bytes, header: JpegHeader, size: tuple[int, int], params: dict) -> torch.Tensor:
+    """`resized_crop`'s steps with libjpeg-turbo reconstructing only the crop's region (at full scale) or the
+    window its resize reads (at a reduced scale): the same pixels as the other fast decoders."""
+    from .libturbojpeg import TurboJpegError, decode_region
+
+    out_h, out_w = size
+    full_w, full_h = header.size
+    top, left, height, width = params["top"], params["left"], params["height"], params["width"]
+    factor = max(out_w / width, out_h / height)
+    scale = _dct_scale(header.size, (math.ceil(full_w * factor), math.ceil(full_h * factor))) if factor < 1.0 else 1
+    scaled = (-(-full_w // scale), -(-full_h // scale))  # libjpeg's size at 1/scale
+    if scale == 1:
+        rows, columns = (top, top + height), (left, left + width)
+    else:
+        rows, columns = _windows(header.size, scaled, params, size)
+    # A file cut short is read to its end, strictly, so that it fails as in Pillow (which decodes every row); damage
+    # inside a complete file is tolerated, as Pillow tolerates it.
+    strict = not header.complete
+    try:
+        pixels = decode_region(
+            data,
+            header.size,
+            header.mcu_columns,
+            scale,
+            (0, scaled[1]) if strict else rows,
+            columns,
+            strict=strict,
+            mode="RGB" if scale == 1 else "RGBX",
+        )
+    except TurboJpegError as error:
+        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
+    if strict:
+        pixels = pixels[rows[0] : rows[1]]
+    if scale == 1:
+        return _resize_region(torch.from_numpy(pixels), size)
+    window = _rgbx_image(pixels)
+    return _resize_window(window, (rows[0], columns[0]), (scaled[0] / full_w, scaled[1] / full_h), params, size)
+
+
+# The fast decoders that read a JPEG's bytes themselves, each with its header check (None: Pillow opens the image).
+_BYTE_DECODERS = {"simplejpeg": _simplejpeg_header, "turbojpeg": _turbojpeg_header}
 
 
 def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) -> torch.Tensor:
@@ -328,14 +416,14 @@ def resized_crop(image: PIL.Image.Image, size: tuple[int, int], params: dict) ->
     if drafted and image.size != (full_w, full_h):
         # The crop's box in the reduced image is fractional: Pillow resamples exactly that region.
         scaled_w, scaled_h = image.size
-        first, end = _window_rows(full_h, scaled_h, top, height, out_h)
+        (first, end), columns = _windows((full_w, full_h), image.size, params, size)
         pixels = _pixels_hwc(image)
-        if pixels.shape[2] == 4:  # Pillow's own buffer (RGB in 4 bytes a pixel): the window's rows, not a copy
-            rows = pixels[first:end].numpy()
-            window = PIL.Image.frombuffer("RGBX", (scaled_w, end - first), rows, "raw", "RGBX", 0, 1)
+        if pixels.shape[2] == 4:  # Pillow's own buffer (RGB in 4 bytes a pixel)
+            window = _rgbx_image(pixels[first:end, columns[0] : columns[1]].numpy())
         else:
-            window = image.crop((0, first, scaled_w, end))
-        return _resize_window(window, first, (scaled_w / full_w, scaled_h / full_h), params, size)
+            window = image.crop((columns[0], first, columns[1], end))
+        origin = (first, columns[0])
+        return _resize_window(window, origin, (scaled_w / full_w, scaled_h / full_h), params, size)
     # Pillow stores an RGB pixel in 4 bytes: resized along (4 dense channels resize faster than 3 cut from 4) and
     # dropped after.
     return _resize_region(_pixels_hwc(image)[top : top + height, left : left + width], size)[:3]
@@ -391,12 +479,12 @@ def prepare(
     fast = decoder in FAST_DECODERS and draft_applies(pipeline)
     data = size = opened = header = None
     try:
-        if fast and decoder == "simplejpeg" and not isinstance(image, PIL.Image.Image):
+        if fast and decoder in _BYTE_DECODERS and not isinstance(image, PIL.Image.Image):
             if isinstance(image, str):
                 with open(image, "rb") as handle:
                     image = handle.read()
             data = bytes(image)
-            header = _simplejpeg_header(data)
+            header = _BYTE_DECODERS[decoder](data)
             size = header.size if header is not None else None
         if size is None:
             opened = open_image(image)
@@ -418,11 +506,14 @@ def prepare(
     # of the same kind, so that no global state is saved and restored unless a later transform draws from it.
     stream = torch.Generator().manual_seed(seed)
     params = draw_box(crop, size, stream)
-    # simplejpeg takes an RGB or grayscale JPEG, also one Pillow opened to read its (upright) orientation.
-    if data is not None and (opened is None or (opened.format == "JPEG" and opened.mode in ("RGB", "L"))):
-        if header is None:  # opened by Pillow: its header is read here, for the rows only
-            header = read_jpeg_header(data)
-            header = header if header is not None and header.size == size else None
+    # The byte decoders take an RGB or grayscale JPEG, also one Pillow opened to read its (upright) orientation.
+    from_bytes = data is not None and (opened is None or (opened.format == "JPEG" and opened.mode in ("RGB", "L")))
+    if from_bytes and header is None:  # opened by Pillow: the header is read here
+        header = read_jpeg_header(data)
+        header = header if header is not None and header.size == size else None
+    if from_bytes and decoder == "turbojpeg" and header is not None and header.plain:
+        result = _turbojpeg_resized_crop(data, header, tuple(crop.size), params)
+    elif from_bytes and decoder == "simplejpeg":
         result = _simplejpeg_resized_crop(data, header, size, tuple(crop.size), params)
     else:
         result = resized_crop(opened, tuple(crop.size), params)
@@ -441,4 +532,6 @@ def prepare(
             torch.default_generator.set_state(stream.get_state())  # continue the same stream
             for transform in rest:
                 result = transform(result)
-    return result.contiguous()
+    # Left in the resize's channels-last memory: `collate` stacks such images into a channels-last batch, which
+    # saves transposing each one here.
+    return result

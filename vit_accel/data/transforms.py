@@ -113,7 +113,8 @@ class Pipeline:
         pixels = resize_batch(batch, self.image_size)
         # x * (1 / (255 std)) - mean / std, in place on a fresh float32 tensor (never on the caller's): a mixed
         # uint8 * float32 op into a preallocated output is several times slower on the CPU than convert-then-scale.
-        out = pixels.to(dtype=torch.float32, copy=pixels is batch).contiguous()
+        # A channels-last batch (the fast decoders') becomes NCHW in the same pass.
+        out = pixels.to(dtype=torch.float32, copy=pixels is batch, memory_format=torch.contiguous_format)
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=out.device).view(1, 3, 1, 1)
         shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=out.device).view(1, 3, 1, 1)
         return out.mul_(scale).add_(shift)

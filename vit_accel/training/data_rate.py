@@ -129,6 +129,6 @@ def data_wait_warning(
     return (
         f"The training loop waited on data for {waited / interval:.0%} of its time in the first logged steps "
         f"(more than {share:.0%}) at {images_per_second:.0f} images/s: the loader, not the model, sets the pace. "
-        "Raise --dataloader_num_workers, use a faster --image_decoder (auto, simplejpeg) or a lighter "
+        "Raise --dataloader_num_workers, use a faster --image_decoder (auto, turbojpeg) or a lighter "
         "--augmentation preset."
     )

@@ -149,8 +149,9 @@ def resume_settings(arguments: tuple, num_processes: int) -> dict[str, Any]:
             settings[name] = value
     data = next((values for values in arguments if hasattr(values, "image_decoder")), None)
     if data is not None and data.image_decoder in (None, "auto"):
-        # `auto` decodes random-resized crops with simplejpeg where it is installed and Pillow's draft mode elsewhere,
-        # whose pixels differ by a few levels: a resume on a machine that resolves it otherwise is a changed setting.
+        # `auto` decodes random-resized crops with turbojpeg or simplejpeg where installed and Pillow's draft mode
+        # elsewhere, each with its own libjpeg-turbo build: a resume on a machine that resolves it otherwise is a
+        # changed setting.
         settings["image_decoder"] = f"auto: {auto_decoder(data.augmentation)}"
     return settings
 
