@@ -7,9 +7,9 @@ Every path reads the same JPEGs (cut from scikit-learn's two sample photos, re-e
   ToTensor / Normalize (torchvision's reference recipe), a DataLoader;
 - `datasets map-style rows + torchvision`: a 🤗 Dataset of the JPEG bytes, `set_transform` with the same transforms;
 - `ours map-style (decoder)`: vit_accel's ImageClassificationDataset over the same 🤗 rows (inception preset: uint8
-  out, normalised per batch on the device), with each `--image_decoder`: `pil` (full decode, the preset's
-  transforms), `pil_draft` and `simplejpeg` (the crop box drawn from the header, a JPEG decoded at the DCT scale it
-  needs, resized on uint8);
+  out, normalised per batch on the device), with each `--image_decoder` installed here: `pil` (full decode, the
+  preset's transforms), `pil_draft`, `simplejpeg` and `turbojpeg` (the crop box drawn from the header, a JPEG decoded
+  at the DCT scale it needs, turbojpeg reconstructing only the crop's region, resized on uint8);
 - `ours ImageFolder (auto)`: the same dataset class over `--train_dir`'s folder (what train.py builds), auto decoder;
 - `ours stream parquet/webdataset (decoder)`: vit_accel.data.streaming from local parquet / .tar shards.
 

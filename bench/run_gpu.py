@@ -18,9 +18,9 @@ Here (the same code paths on tiny shapes, on the CPU, in seconds; the test suite
 
 The data benchmark runs on the GPU machine's CPU: images/s per loader worker for 224-px JPEG training input, ours
 against torchvision's ImageFolder pipeline, and the loader's ceiling with one worker per core against the GPU's
-ViT-B/16 appetite. It needs `datasets` (the wheels above) and simplejpeg (its wheel, `simplejpeg==1.9.0`, in
-`.whl/` too); without them it fails in its log, the other two tables kept. It gets the time the other two leave, at
-least 60 s.
+ViT-B/16 appetite. It needs `datasets` (the wheels above; without them it fails in its log, the other two tables
+kept), and measures each fast decoder whose wheel is installed (`simplejpeg==1.9.0` and `turbojpeg==0.0.2` in `.whl/`
+too, for the machine's Python). It gets the time the other two leave, at least 60 s.
 
 Writes to --out: report.md (the three tables with the card, versions, date, commands), train_step.{md,json,log},
 end_to_end.{md,json,log}, data_loading.{md,json,log}: 10 files.

@@ -58,3 +58,30 @@ def test_bad_data_is_a_turbojpeg_error_and_a_warning_fails_only_when_strict():
         libturbojpeg.decode_region(cut, (300, 200), 16, 1, (0, 200), (0, 300), strict=True, mode="RGB")
     filled = libturbojpeg.decode_region(cut, (300, 200), 16, 1, (0, 200), (0, 300), strict=False, mode="RGB")
     assert filled.shape == (200, 300, 3)
+
+
+def test_sampling_turbojpeg_cannot_name_is_decoded_whole_then_cut(monkeypatch):
+    """TurboJPEG decodes a JPEG of sampling factors it has no name for only whole: the region is then cut from it."""
+    library = libturbojpeg._library()
+
+    regions = []
+
+    class Unnamed:
+        def __getattr__(self, name):
+            return getattr(library, name)
+
+        @staticmethod
+        def tj3Get(handle, parameter):
+            return -1 if parameter == libturbojpeg._SUBSAMP else library.tj3Get(handle, parameter)
+
+        @staticmethod
+        def tj3SetCroppingRegion(handle, region):
+            regions.append((region.x, region.y, region.w, region.h))
+            return library.tj3SetCroppingRegion(handle, region)
+
+    data = photo(300, 200, 2)
+    expected = libturbojpeg.decode_region(data, (300, 200), 16, 2, (7, 61), (21, 93), strict=True, mode="RGB")
+    monkeypatch.setattr(libturbojpeg, "_library", Unnamed)
+    got = libturbojpeg.decode_region(data, (300, 200), 16, 2, (7, 61), (21, 93), strict=True, mode="RGB")
+    assert regions == [(0, 0, 0, 0)]  # uncropped
+    np.testing.assert_array_equal(got, expected)

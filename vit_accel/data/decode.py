@@ -1,9 +1,11 @@
 """Image decoding for training input, with a fast path for JPEGs that are cropped and shrunk anyway.
 
 A random-resized crop of a photo down to 224 px throws most decoded pixels away, and the usual pipeline then spends
-as long again on a float32 tensor that only the accelerator needs. The fast path (`pil_draft`, or `simplejpeg` where
+as long again on a float32 tensor that only the accelerator needs. The fast path (`pil_draft`; `simplejpeg` where
 the optional `simplejpeg` package is installed: the same steps with libjpeg-turbo called directly, which decodes the
-same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB array):
+same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB array; `turbojpeg` where the
+optional `turbojpeg` wheel's library loads: the same pixels again, libjpeg-turbo reconstructing only the crop's
+region, see `libturbojpeg`):
 
 1. draws the crop box as torchvision's `RandomResizedCrop` does (the same random numbers in the same order, from a
    local generator seeded as the full decode's global stream: the same box, seed for seed), from the size in the
@@ -14,7 +16,8 @@ same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB
    rows in order) is decoded only down to a row of MCUs below the crop: its frame header is rewritten to say fewer
    rows, and libjpeg-turbo stops there with the same pixels (tested bit for bit against the whole image's decode);
    the rows above the crop still cost their entropy decoding (without restart markers, the coded data tells where
-   a row starts only by decoding those before it);
+   a row starts only by decoding those before it). With turbojpeg, the rows above and the columns beside the crop
+   cost only that entropy decoding (no inverse DCT, upsampling or colour conversion), and decoding stops below it;
 3. resizes the box to the output size on uint8: at full scale with PyTorch's antialiased bilinear uint8 kernel (the
    kernel torchvision's `resized_crop` uses on uint8 tensors, reading Pillow's pixel buffer without a copy, about
    twice as fast as Pillow's resize here); at a reduced scale with Pillow's resize of the box's exact fractional
@@ -22,7 +25,9 @@ same pixels about a third faster than Pillow's JPEG plugin and into a packed RGB
 4. flips the uint8 tensor on torchvision's own draw (`torch.rand(1) < p`), and runs every later transform
    (RandAugment on the PIL image, RandomErasing on the tensor) unchanged on the same random stream.
 
-The result stays uint8; conversion to float and normalisation happen per batch in `Pipeline.on_device`. So the crop
+The result stays uint8, in the resize's channels-last memory (`collate` keeps a batch of such images channels-last);
+conversion to float, to NCHW and normalisation happen per batch in `Pipeline.on_device`. The fast decoders hand
+Pillow exactly the pixels its resize reads, so all three give the same pixels, bit for bit. So the crop
 boxes and flips are identical to the full decode's, seed for seed, and pixels differ only by the resize kernel (the
 same bilinear antialiased filter in fixed point, at most 1 level of 255 apart on photos) and, where a reduced DCT
 scale is used, by libjpeg's downscaling (a few levels on average). Other formats (PNG) take steps 1, 3 and 4 at full
@@ -472,9 +477,9 @@ def prepare(
 ) -> torch.Tensor:
     """Decode and augment one example: uint8 (3, h, w), a pure function of the image and `generator`.
 
-    `decoder="pil"` is exactly `pipeline(full decode, generator)`; `"pil_draft"` and `"simplejpeg"` are the fast path
-    above (same random draws, see the module docstring). Raises `UndecodableImageError` where the image cannot be
-    opened or decoded.
+    `decoder="pil"` is exactly `pipeline(full decode, generator)`; `"pil_draft"`, `"simplejpeg"` and `"turbojpeg"` are
+    the fast path above (same random draws, see the module docstring). Raises `UndecodableImageError` where the image
+    cannot be opened or decoded.
     """
     fast = decoder in FAST_DECODERS and draft_applies(pipeline)
     data = size = opened = header = None

@@ -6,6 +6,10 @@ columns beside it are never reconstructed; decoding stops below the region. No o
 this module calls the library that the `turbojpeg` wheel bundles (`pip install 'vit_accel[jpeg]'`; Linux x86_64 and
 macOS), never that package's own Python API.
 
+The wheel's library is libjpeg-turbo 2.1.92 (3.0 beta 2): only 8-bit lossy JPEGs are decoded through it (its 12-bit
+and lossless decoders were new in that release, and fixed after it), with a scan limit against progressive files of
+thousands of scans.
+
 The region's pixels are libjpeg-turbo's pixels of the whole image, except next to a region's left or right edge,
 where chroma upsampling lacks its neighbour: `decode_region` widens the region by one MCU on either side and returns
 the inner part, identical to the whole image's decode (tested bit for bit).
@@ -24,7 +28,7 @@ import numpy as np
 
 # turbojpeg.h (TurboJPEG 3).
 _INIT_DECOMPRESS = 1
-_STOP_ON_WARNING, _SCAN_LIMIT = 0, 13
+_STOP_ON_WARNING, _SUBSAMP, _PRECISION, _SCAN_LIMIT, _LOSSLESS = 0, 4, 7, 13, 15
 _ERROR_WARNING = 0
 _PIXEL_FORMATS = {"RGB": 0, "RGBX": 2}
 # libjpeg-turbo's advice for untrusted input: a progressive file of thousands of scans costs minutes to decode.
@@ -124,23 +128,26 @@ def decode_region(
     as Pillow accepts damage inside a complete file. Raises `TurboJpegError`."""
     lib = _library()
     handle = _handle(lib)
-    width = -(-size[0] // scale)  # libjpeg's width at 1/scale
-    mcu = max(1, mcu_width // scale)
-    # One MCU more on either side (the region's left edge on an MCU boundary, as the library requires): there the
-    # upsampled chroma differs from the whole image's.
-    left = max(0, (columns[0] // mcu - 1) * mcu)
-    right = min(width, columns[1] + mcu)
+    if lib.tj3DecompressHeader(handle, data, len(data)) != 0 or lib.tj3SetScalingFactor(handle, _Scale(1, scale)):
+        raise _error(lib, handle)
+    if lib.tj3Get(handle, _PRECISION) != 8 or lib.tj3Get(handle, _LOSSLESS) == 1:
+        raise TurboJpegError("not an 8-bit lossy JPEG (12-bit and lossless ones are left to Pillow)")
+    width, height = (-(-side // scale) for side in size)  # libjpeg's size at 1/scale
     top, bottom = rows
-    channels = 3 if mode == "RGB" else 4
-    out = np.empty((bottom - top, right - left, channels), dtype=np.uint8)
-    if (
-        lib.tj3DecompressHeader(handle, data, len(data)) != 0
-        or lib.tj3SetScalingFactor(handle, _Scale(1, scale)) != 0
-        or lib.tj3SetCroppingRegion(handle, _Region(left, top, right - left, bottom - top)) != 0
-        or lib.tj3Set(handle, _STOP_ON_WARNING, int(strict)) != 0
-    ):
+    if lib.tj3Get(handle, _SUBSAMP) < 0:
+        # Sampling factors TurboJPEG has no name for: it decodes such a file only whole (an all-zero region).
+        left, right, first, end = 0, width, 0, height
+        region = _Region(0, 0, 0, 0)
+    else:
+        # One MCU more on either side (the region's left edge on an MCU boundary, as the library requires): there
+        # the upsampled chroma differs from the whole image's.
+        mcu = max(1, mcu_width // scale)
+        left, right, first, end = max(0, (columns[0] // mcu - 1) * mcu), min(width, columns[1] + mcu), top, bottom
+        region = _Region(left, first, right - left, end - first)
+    out = np.empty((end - first, right - left, 3 if mode == "RGB" else 4), dtype=np.uint8)
+    if lib.tj3SetCroppingRegion(handle, region) != 0 or lib.tj3Set(handle, _STOP_ON_WARNING, int(strict)) != 0:
         raise _error(lib, handle)
     status = lib.tj3Decompress8(handle, data, len(data), out.ctypes.data, 0, _PIXEL_FORMATS[mode])
     if status != 0 and (strict or lib.tj3GetErrorCode(handle) != _ERROR_WARNING):
         raise _error(lib, handle)
-    return out[:, columns[0] - left : columns[1] - left]
+    return out[top - first : bottom - first, columns[0] - left : columns[1] - left]

@@ -52,9 +52,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         bad_images: str = "error",
         decoder: str | None = None,
     ) -> None:
-        """`decoder`: `--image_decoder`'s values (None = `auto`): `simplejpeg` or `pil_draft` (what `auto` picks for
-        training pipelines that start with a random-resized crop) decode through `vit_accel.data.decode`'s fast path,
-        same crops and flips; `pil` decodes in full and runs the pipeline as it is."""
+        """`decoder`: `--image_decoder`'s values (None = `auto`): `turbojpeg`, `simplejpeg` or `pil_draft` (what `auto`
+        picks for training pipelines that start with a random-resized crop, by what is installed) decode through
+        `vit_accel.data.decode`'s fast path, same crops and flips; `pil` decodes in full and runs the pipeline as it
+        is."""
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {bad_images!r}.")
         for column in ("image", "label"):
